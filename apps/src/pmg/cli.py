@@ -1,0 +1,136 @@
+"""The ``pmg`` command line.
+
+Conventions follow LightningCLI: ``--config FILE`` (YAML), then ``key=value`` overrides
+with dotted keys, and ``--print_config`` to show the merged configuration and exit.
+
+    pmg pipeline [--config FILE] [--run DIR] [--quick] [--force STAGE ...] [key=value ...]
+    pmg data catalog --out DIR [--seed N] [--config FILE] [key=value ...]
+    pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
+    pmg data info DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pmg import __version__
+from pmg.config import ConfigError, config_to_yaml, load_config
+from pmg.data.records import DatasetError
+from pmg.runs import RunError
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument("--print_config", action="store_true", help="print the merged config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pmg", description="Personalized multimodal generation from discrete preference tokens.")
+    parser.add_argument("--version", action="version", version=f"pmg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pipeline = commands.add_parser("pipeline", help="run every stage end to end (default: the embedded catalog)")
+    _add_config_args(pipeline)
+    pipeline.add_argument("--run", type=Path, help="run directory (overrides run_dir)")
+    pipeline.add_argument("--quick", action="store_true", help="the small smoke profile")
+    pipeline.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="redo these stages (or 'all')")
+
+    data = commands.add_parser("data", help="datasets: generate the catalog, convert, inspect")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    catalog = data_commands.add_parser("catalog", help="generate the embedded catalog")
+    catalog.add_argument("--out", type=Path, required=True)
+    catalog.add_argument("--seed", type=int)
+    _add_config_args(catalog)
+
+    convert = data_commands.add_parser("convert", help="convert a public dataset into the pmg format")
+    convert.add_argument("kind", choices=("movielens", "amazon2023", "table"))
+    convert.add_argument("--src", type=Path, required=True, help="MovieLens folder, reviews JSONL, or interactions table")
+    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--images", type=Path, help="folder of item images (posters for MovieLens)")
+    convert.add_argument("--meta", type=Path, help="amazon2023: item metadata JSONL")
+    convert.add_argument("--items", type=Path, help="table: item file (CSV/JSONL)")
+    convert.add_argument("--map", nargs="*", default=[], metavar="field=column", help="table: column mapping")
+    convert.add_argument("--kcore", nargs=2, type=int, metavar=("USER_K", "ITEM_K"))
+    convert.add_argument("--duplicates", choices=("error", "drop"), default="error")
+
+    info = data_commands.add_parser("info", help="summarise a dataset folder")
+    info.add_argument("path", type=Path)
+    return parser
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if args.quick:
+        if config_path is not None:
+            raise ConfigError("--quick and --config are exclusive: --quick is a config of its own")
+        config_path = quick_profile()
+    if args.run is not None:
+        overrides.append(f"run_dir={args.run}")
+    config = load_config(PipelineConfig, config_path, overrides)
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return 0
+    run_pipeline(config, force=tuple(args.force))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
+    from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
+    from pmg.data.split import kcore
+
+    if args.data_command == "catalog":
+        overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        config = load_config(CatalogConfig, args.config, overrides)
+        if args.print_config:
+            print(config_to_yaml(config), end="")
+            return 0
+        out = write_catalog(args.out, config)
+        print(f"catalog written to {out}: {read_dataset(out, check_images=False).report.summary()}")
+        return 0
+    if args.data_command == "convert":
+        if args.kind == "movielens":
+            data = load_movielens(args.src, posters=args.images, duplicates=args.duplicates)
+        elif args.kind == "amazon2023":
+            if args.meta is None:
+                raise ConfigError("amazon2023 needs --meta (the meta_<category>.jsonl file)")
+            data = load_amazon2023(args.src, args.meta, images=args.images, duplicates=args.duplicates)
+        else:
+            mapping = load_config(TableMapping, None, args.map)
+            data = load_table(args.src, items=args.items, images=args.images, mapping=mapping, duplicates=args.duplicates)
+        if args.kcore:
+            data = kcore(data, *args.kcore)
+        write_dataset(data, args.out)
+        print(f"{args.kind} converted to {args.out}: {data.report.summary()}")
+        return 0
+    data = read_dataset(args.path)
+    print(data.report.summary())
+    if data.attributes:
+        print("attributes: " + ", ".join(f"{k} ({v.modality}, {len(v.values)} values)" for k, v in data.attributes.items()))
+    print(f"ground-truth tastes: {'yes' if data.user_tastes else 'no'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pmg`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pipeline":
+            return _pipeline(args)
+        return _data(args)
+    except (ConfigError, DatasetError, RunError, ValueError) as err:
+        print(f"pmg: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The "data" stage: build or convert the configured dataset into the run directory and split it.
+
+Every later stage reads ``<run>/data/dataset`` (the one format) and ``<run>/data/split.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pmg.config import config_to_dict
+from pmg.data.catalog import CatalogConfig, write_catalog
+from pmg.data.format import InteractionData, read_dataset, write_dataset
+from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
+from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
+from pmg.runs import RunDirectory, fingerprint
+
+__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared"]
+
+DATASET_KINDS = ("catalog", "pmg", "movielens", "amazon2023", "table")
+
+
+@dataclass
+class SplitConfig:
+    scheme: str = "leave_last_out"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    user_k: int = 1
+    item_k: int = 1
+
+    def validate(self) -> None:
+        if self.scheme not in SPLIT_SCHEMES:
+            raise ValueError(f"split.scheme {self.scheme!r} is not one of {SPLIT_SCHEMES}")
+        if self.user_k < 1 or self.item_k < 1:
+            raise ValueError("split.user_k and split.item_k must be >= 1")
+
+
+@dataclass
+class DatasetConfig:
+    """Where the data comes from. ``kind`` picks the reader:
+
+    ``catalog`` (the embedded generator, ``catalog`` settings), ``pmg`` (a folder in the
+    dataset format at ``path``), ``movielens`` (a MovieLens folder at ``path``, optional
+    ``images`` folder of posters), ``amazon2023`` (reviews JSONL at ``path``, ``meta`` JSONL,
+    optional ``images``), ``table`` (interactions CSV/JSONL at ``path``, optional ``items``
+    file, ``mapping`` of columns).
+    """
+
+    kind: str = "catalog"
+    path: str | None = None
+    images: str | None = None
+    meta: str | None = None
+    items: str | None = None
+    mapping: TableMapping = field(default_factory=TableMapping)
+    duplicates: str = "error"
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ValueError(f"data.kind {self.kind!r} is not one of {DATASET_KINDS}")
+        if self.kind != "catalog" and not self.path:
+            raise ValueError(f"data.path is required for data.kind {self.kind!r}")
+        if self.kind == "amazon2023" and not self.meta:
+            raise ValueError("data.meta (the meta_<category>.jsonl file) is required for amazon2023")
+        if self.duplicates not in ("error", "drop"):
+            raise ValueError("data.duplicates must be 'error' or 'drop'")
+        self.catalog.validate()
+        self.split.validate()
+
+
+def _load_source(config: DatasetConfig) -> InteractionData:
+    path = Path(config.path or "")
+    if config.kind == "pmg":
+        return read_dataset(path, duplicates=config.duplicates)
+    if config.kind == "movielens":
+        return load_movielens(path, posters=config.images, duplicates=config.duplicates)
+    if config.kind == "amazon2023":
+        return load_amazon2023(path, config.meta or "", images=config.images, duplicates=config.duplicates)
+    return load_table(path, items=config.items, images=config.images, mapping=config.mapping, duplicates=config.duplicates)
+
+
+def prepare_dataset(config: DatasetConfig, run: RunDirectory, *, force: bool = False) -> tuple[InteractionData, Split, str]:
+    """Write the dataset and its split into ``run``'s data stage, unless already current.
+
+    Returns the data, the split and the stage fingerprint (later stages hash it in).
+    """
+    config.validate()
+    stage_fp = fingerprint("data", config_to_dict(config))
+    out = run.stage_dir("data")
+    if force or not run.is_current("data", stage_fp):
+        run.invalidate("data")
+        filtered = config.split.user_k > 1 or config.split.item_k > 1
+        if config.kind == "catalog":
+            # Without filtering the generated folder is the final dataset; with it, a filtered copy is.
+            generated = out / ("generated" if filtered else "dataset")
+            write_catalog(generated, config.catalog)
+            data = read_dataset(generated)
+        else:
+            data = _load_source(config)
+        if filtered:
+            data = kcore(data, config.split.user_k, config.split.item_k)
+        if filtered or config.kind != "catalog":
+            write_dataset(data, out / "dataset")
+            data = read_dataset(out / "dataset")
+        shutil.rmtree(out / "generated", ignore_errors=True)
+        split = temporal_split(
+            data, config.split.scheme, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction
+        )
+        split.save(out / "split.json")
+        (out / "load_report.txt").write_text(data.report.summary() + "\n")
+        run.mark_complete("data", stage_fp, {
+            "users": data.num_users, "items": data.num_items, "interactions": data.num_interactions,
+            "train": len(split.train), "val": len(split.val), "test": len(split.test),
+        })
+        return data, split, stage_fp
+    data, split = load_prepared(run)
+    return data, split, stage_fp
+
+
+def load_prepared(run: RunDirectory) -> tuple[InteractionData, Split]:
+    """The data stage's dataset and split from ``run`` (``RunError`` if the stage has not run)."""
+    run.require("data")
+    out = run.stage_dir("data")
+    return read_dataset(out / "dataset"), Split.load(out / "split.json")

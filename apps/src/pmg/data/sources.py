@@ -1,0 +1,338 @@
+"""Converters from public dataset layouts into ``InteractionData``.
+
+- MovieLens: ml-latest(-small) ``ratings.csv``/``movies.csv``/``tags.csv``, ml-100k
+  ``u.data``/``u.item``, ml-1m ``ratings.dat``/``movies.dat``; an optional folder of posters
+  named ``{movieId}.jpg`` (or .png) gives the image modality.
+- Amazon Reviews 2023: a reviews JSONL and an item-metadata JSONL, images from a local
+  folder named ``{parent_asin}.jpg``.
+- A generic table: any CSV or JSONL of interactions (and optionally of items), with a
+  column mapping.
+
+Items without an image or text keep a missing-modality mask and are counted in the load
+report; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pmg.data.format import InteractionData, Item, LoadReport
+from pmg.data.records import DatasetError, check_image, parse_number, read_delimited, read_json_lines
+
+__all__ = ["load_movielens", "load_amazon2023", "TableMapping", "load_table"]
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+
+
+def _find_image(folder: Path | None, stem: str) -> Path | None:
+    if folder is None:
+        return None
+    for suffix in _IMAGE_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            check_image(candidate, owner=folder)
+            return candidate
+    return None
+
+
+class _Builder:
+    """Collects interactions with raw ids, then assigns contiguous indices in first-seen order."""
+
+    def __init__(self, source: Path, items: dict[str, Item], duplicates: str) -> None:
+        if duplicates not in ("error", "drop"):
+            raise ValueError(f"duplicates must be 'error' or 'drop', not {duplicates!r}")
+        self.source = source
+        self.items = items
+        self.duplicates = duplicates
+        self.report = LoadReport()
+        self.rows: list[tuple[str, str, int, float, str]] = []
+        self.seen: dict[tuple[str, str, int], int] = {}
+
+    def add(self, path: Path, line: int, user: str, item: str, timestamp: int, rating: float, review: str) -> None:
+        if item not in self.items:
+            raise DatasetError(path, f"unknown item id {item!r} (not in the item file)", line=line)
+        key = (user, item, timestamp)
+        if key in self.seen:
+            if self.duplicates == "error":
+                raise DatasetError(
+                    path,
+                    f"duplicate interaction (same user, item and timestamp as line {self.seen[key]}); "
+                    "remove it or load with duplicates='drop'",
+                    line=line,
+                )
+            self.report.duplicate_interactions_dropped += 1
+            return
+        self.seen[key] = line
+        self.rows.append((user, item, timestamp, rating, review))
+
+    def build(self, name: str) -> InteractionData:
+        if not self.rows:
+            raise DatasetError(self.source, "no interactions found")
+        user_index: dict[str, int] = {}
+        item_ids = list(self.items)
+        item_index = {item_id: i for i, item_id in enumerate(item_ids)}
+        users = [user_index.setdefault(r[0], len(user_index)) for r in self.rows]
+        data = InteractionData(
+            name=name,
+            user_ids=list(user_index),
+            items=[self.items[i] for i in item_ids],
+            user=np.array(users),
+            item=np.array([item_index[r[1]] for r in self.rows]),
+            timestamp=np.array([r[2] for r in self.rows]),
+            rating=np.array([r[3] for r in self.rows]),
+            review=[r[4] for r in self.rows],
+            source=str(self.source),
+            report=self.report,
+        )
+        data.refresh_report()
+        return data
+
+
+# ---------------------------------------------------------------- MovieLens
+
+
+def load_movielens(
+    root: str | Path, *, posters: str | Path | None = None, duplicates: str = "error", max_tags: int = 8
+) -> InteractionData:
+    """Read a MovieLens release (latest/latest-small, 100k or 1m, detected from its files).
+
+    Item text is the title, the genres and the most frequent user tags; a user's tags on a
+    movie become the review of that rating. With ``posters``, ``{movieId}.jpg`` is the image.
+    """
+    root = Path(root)
+    poster_dir = Path(posters) if posters is not None else None
+    if poster_dir is not None and not poster_dir.is_dir():
+        raise DatasetError(poster_dir, "posters folder does not exist")
+    if (root / "ratings.csv").is_file() or (root / "movies.csv").is_file():
+        return _movielens_latest(root, poster_dir, duplicates, max_tags)
+    if (root / "u.data").is_file():
+        return _movielens_100k(root, poster_dir, duplicates)
+    if (root / "ratings.dat").is_file():
+        return _movielens_1m(root, poster_dir, duplicates)
+    raise DatasetError(root, "not a MovieLens folder: expected ratings.csv+movies.csv, u.data+u.item, or ratings.dat+movies.dat")
+
+
+def _movie_item(movie_id: str, title: str, genres: list[str], tags: list[str], poster_dir: Path | None) -> Item:
+    description = "Genres: " + ", ".join(genres) + "." if genres else ""
+    if tags:
+        description += (" " if description else "") + "Tags: " + ", ".join(tags) + "."
+    attributes = {"genres": "|".join(genres)} if genres else {}
+    return Item(
+        item_id=movie_id, title=title.strip(), description=description,
+        image=_find_image(poster_dir, movie_id), attributes=attributes,
+    )
+
+
+def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: str, max_tags: int) -> InteractionData:
+    tags_by_movie: dict[str, Counter[str]] = defaultdict(Counter)
+    tags_by_rating: dict[tuple[str, str], list[str]] = defaultdict(list)
+    tags_path = root / "tags.csv"
+    if tags_path.is_file():
+        for _, row in read_delimited(tags_path, required=("userId", "movieId", "tag", "timestamp")):
+            tag = row["tag"].strip()
+            tags_by_movie[row["movieId"]][tag.lower()] += 1
+            tags_by_rating[(row["userId"], row["movieId"])].append(tag)
+    movies_path = root / "movies.csv"
+    items: dict[str, Item] = {}
+    for line, row in read_delimited(movies_path, required=("movieId", "title", "genres")):
+        movie_id = row["movieId"]
+        if movie_id in items:
+            raise DatasetError(movies_path, f"duplicate movieId {movie_id!r}", line=line, column="movieId")
+        genres = [] if row["genres"] == "(no genres listed)" else row["genres"].split("|")
+        top_tags = [t for t, _ in tags_by_movie[movie_id].most_common(max_tags)]
+        items[movie_id] = _movie_item(movie_id, row["title"], genres, top_tags, poster_dir)
+    ratings_path = root / "ratings.csv"
+    builder = _Builder(root, items, duplicates)
+    for line, row in read_delimited(ratings_path, required=("userId", "movieId", "rating", "timestamp")):
+        builder.add(
+            ratings_path, line, row["userId"], row["movieId"],
+            int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
+            float(parse_number(ratings_path, line, "rating", row["rating"], float)),
+            "; ".join(tags_by_rating.get((row["userId"], row["movieId"]), [])),
+        )
+    return builder.build(root.name)
+
+
+def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: str) -> InteractionData:
+    item_path = root / "u.item"
+    fields = ["movie_id", "title", "release", "video_release", "url", *_ML100K_GENRES]
+    items: dict[str, Item] = {}
+    for line, row in read_delimited(item_path, required=("movie_id", "title"), delimiter="|", fieldnames=fields, encoding="latin-1"):
+        genres = [g for g in _ML100K_GENRES if row[g] == "1" and g != "unknown"]
+        if row["movie_id"] in items:
+            raise DatasetError(item_path, f"duplicate movie id {row['movie_id']!r}", line=line)
+        items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], genres, [], poster_dir)
+    data_path = root / "u.data"
+    builder = _Builder(root, items, duplicates)
+    fields = ["user_id", "item_id", "rating", "timestamp"]
+    for line, row in read_delimited(data_path, required=fields, delimiter="\t", fieldnames=fields):
+        builder.add(
+            data_path, line, row["user_id"], row["item_id"],
+            int(parse_number(data_path, line, "timestamp", row["timestamp"], int)),
+            float(parse_number(data_path, line, "rating", row["rating"], float)), "",
+        )
+    return builder.build(root.name)
+
+
+def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str) -> InteractionData:
+    movies_path = root / "movies.dat"
+    items: dict[str, Item] = {}
+    fields = ["movie_id", "title", "genres"]
+    for line, row in read_delimited(movies_path, required=fields, delimiter="::", fieldnames=fields, encoding="latin-1"):
+        if row["movie_id"] in items:
+            raise DatasetError(movies_path, f"duplicate movie id {row['movie_id']!r}", line=line)
+        items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], row["genres"].split("|"), [], poster_dir)
+    ratings_path = root / "ratings.dat"
+    builder = _Builder(root, items, duplicates)
+    fields = ["user_id", "movie_id", "rating", "timestamp"]
+    for line, row in read_delimited(ratings_path, required=fields, delimiter="::", fieldnames=fields, encoding="latin-1"):
+        builder.add(
+            ratings_path, line, row["user_id"], row["movie_id"],
+            int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
+            float(parse_number(ratings_path, line, "rating", row["rating"], float)), "",
+        )
+    return builder.build(root.name)
+
+
+# ---------------------------------------------------------------- Amazon Reviews 2023
+
+
+def load_amazon2023(
+    reviews: str | Path, meta: str | Path, *, images: str | Path | None = None, duplicates: str = "error"
+) -> InteractionData:
+    """Read Amazon Reviews 2023 JSONL files (one category's ``<cat>.jsonl`` and ``meta_<cat>.jsonl``).
+
+    Items are keyed by ``parent_asin``; text is the title, features and description; the
+    image is ``{parent_asin}.jpg`` in ``images`` when present. Timestamps (milliseconds)
+    become seconds; a review is its title and text.
+    """
+    reviews, meta = Path(reviews), Path(meta)
+    image_dir = Path(images) if images is not None else None
+    if image_dir is not None and not image_dir.is_dir():
+        raise DatasetError(image_dir, "images folder does not exist")
+    items: dict[str, Item] = {}
+    for line, row in read_json_lines(meta, required=("parent_asin",)):
+        asin = str(row["parent_asin"])
+        if asin in items:
+            raise DatasetError(meta, f"duplicate parent_asin {asin!r}", line=line, column="parent_asin")
+        description = " ".join(_strings(row.get("features")) + _strings(row.get("description")))
+        attributes = {"main_category": str(row["main_category"])} if row.get("main_category") else {}
+        if row.get("store"):
+            attributes["store"] = str(row["store"])
+        items[asin] = Item(
+            item_id=asin, title=str(row.get("title") or "").strip(), description=description.strip(),
+            image=_find_image(image_dir, asin), attributes=attributes,
+        )
+    builder = _Builder(reviews, items, duplicates)
+    for line, row in read_json_lines(reviews, required=("user_id", "parent_asin", "timestamp")):
+        stamp = row["timestamp"]
+        if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+            raise DatasetError(reviews, f"timestamp {stamp!r} is not a number", line=line, column="timestamp")
+        rating = row.get("rating")
+        if rating is not None and (not isinstance(rating, int | float) or isinstance(rating, bool)):
+            raise DatasetError(reviews, f"rating {rating!r} is not a number", line=line, column="rating")
+        text = " ".join(s for s in (str(row.get("title") or "").strip(), str(row.get("text") or "").strip()) if s)
+        builder.add(
+            reviews, line, str(row["user_id"]), str(row["parent_asin"]), int(stamp) // 1000,
+            math.nan if rating is None else float(rating), text,
+        )
+    return builder.build(reviews.stem)
+
+
+def _strings(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [str(v) for v in value if v]
+    return [str(value)]
+
+
+# ---------------------------------------------------------------- generic table
+
+
+@dataclass
+class TableMapping:
+    """Which columns of a user's CSV/JSONL files hold which field of the format."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+    review: str | None = "review"
+    item_title: str = "title"
+    item_description: str | None = "description"
+    item_image: str | None = "image"
+    extra_item_attributes: list[str] = field(default_factory=list)
+
+
+def _table_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict]]:
+    if path.suffix.lower() in (".jsonl", ".json"):
+        yield from read_json_lines(path, required=required)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        yield from read_delimited(path, required=required, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    else:
+        raise DatasetError(path, "unsupported file type: use .csv, .tsv or .jsonl")
+
+
+def load_table(
+    interactions: str | Path,
+    *,
+    items: str | Path | None = None,
+    images: str | Path | None = None,
+    mapping: TableMapping | None = None,
+    duplicates: str = "error",
+) -> InteractionData:
+    """Read any CSV/TSV/JSONL interaction table (and optional item table) through ``mapping``.
+
+    Without an item table, items are the distinct ids of the interactions (no text, no
+    image: both flagged missing). Image paths in the item table are relative to ``images``
+    (or to the item file's folder).
+    """
+    m = mapping or TableMapping()
+    inter_path = Path(interactions)
+    catalog: dict[str, Item] = {}
+    if items is not None:
+        items_path = Path(items)
+        base = Path(images) if images is not None else items_path.parent
+        for line, row in _table_rows(items_path, [m.item]):
+            item_id = str(row[m.item])
+            if item_id in catalog:
+                raise DatasetError(items_path, f"duplicate item id {item_id!r}", line=line, column=m.item)
+            image = None
+            if m.item_image and row.get(m.item_image):
+                image = (base / str(row[m.item_image])).resolve()
+                check_image(image, owner=items_path, line=line)
+            catalog[item_id] = Item(
+                item_id=item_id,
+                title=str(row.get(m.item_title) or ""),
+                description=str(row.get(m.item_description) or "") if m.item_description else "",
+                image=image,
+                attributes={a: str(row[a]) for a in m.extra_item_attributes if row.get(a) not in (None, "")},
+            )
+    required = [m.user, m.item, m.timestamp]
+    rows = list(_table_rows(inter_path, required))
+    if items is None:
+        for _, row in rows:
+            catalog.setdefault(str(row[m.item]), Item(item_id=str(row[m.item])))
+    builder = _Builder(inter_path, catalog, duplicates)
+    for line, row in rows:
+        rating_raw = row.get(m.rating) if m.rating else None
+        rating = math.nan if rating_raw in (None, "") else float(parse_number(inter_path, line, m.rating or "", rating_raw, float))
+        builder.add(
+            inter_path, line, str(row[m.user]), str(row[m.item]),
+            int(parse_number(inter_path, line, m.timestamp, row[m.timestamp], int)),
+            rating, str(row.get(m.review) or "") if m.review else "",
+        )
+    return builder.build(inter_path.stem)

@@ -1,0 +1,1 @@
+"""Packaged configuration profiles (YAML), usable without a checkout of the repository."""

@@ -1,0 +1,86 @@
+"""Run directories: one folder per run, one sub-folder per stage, each stage's completion
+recorded with a fingerprint of its inputs so unchanged stages are reused, not redone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pmg import __version__
+from pmg.atomic import atomic_file
+
+__all__ = ["RunError", "RunDirectory", "fingerprint"]
+
+_RUN_FORMAT = 1
+
+
+class RunError(RuntimeError):
+    """A run directory that lacks a stage, comes from an incompatible version, or is damaged."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short, stable hash of JSON-serialisable parts (configs, upstream fingerprints)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class RunDirectory:
+    """A run's folder. ``stage_dir(name)`` holds a stage's artifacts; ``<stage>/stage.json``
+    marks the stage complete with the fingerprint of the inputs it was computed from."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta = self.root / "run.json"
+        if meta.is_file():
+            try:
+                info = json.loads(meta.read_text())
+            except json.JSONDecodeError as err:
+                raise RunError(f"{meta} is damaged ({err.msg}); delete the run directory or use another --run") from err
+            if info.get("format") != _RUN_FORMAT:
+                raise RunError(
+                    f"{self.root} was written by pmg {info.get('pmg_version', '?')} in run format "
+                    f"{info.get('format')!r}; this pmg ({__version__}) reads format {_RUN_FORMAT}. "
+                    "Start a new run directory (--run) or rerun with --force all."
+                )
+        else:
+            with atomic_file(meta) as tmp:
+                tmp.write_text(json.dumps({"format": _RUN_FORMAT, "pmg_version": __version__}, indent=2))
+
+    def stage_dir(self, stage: str) -> Path:
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def record(self, stage: str) -> dict[str, Any] | None:
+        """The completion record of ``stage``, or None if it has not completed."""
+        path = self.root / stage / "stage.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def is_current(self, stage: str, stage_fingerprint: str) -> bool:
+        record = self.record(stage)
+        return record is not None and record.get("fingerprint") == stage_fingerprint
+
+    def mark_complete(self, stage: str, stage_fingerprint: str, summary: dict[str, Any]) -> None:
+        with atomic_file(self.stage_dir(stage) / "stage.json") as tmp:
+            tmp.write_text(json.dumps({"fingerprint": stage_fingerprint, "pmg_version": __version__, **summary}, indent=2, default=str))
+
+    def invalidate(self, stage: str) -> None:
+        (self.root / stage / "stage.json").unlink(missing_ok=True)
+
+    def require(self, stage: str) -> dict[str, Any]:
+        """The completion record of ``stage``; ``RunError`` that says what to run if it is missing."""
+        record = self.record(stage)
+        if record is None:
+            raise RunError(
+                f"stage {stage!r} has not completed in {self.root}; run `pmg pipeline --run {self.root}` "
+                f"(or `pmg {stage} fit --run {self.root}`) first"
+            )
+        return record
