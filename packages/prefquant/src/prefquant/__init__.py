@@ -1,5 +1,44 @@
-"""prefquant."""
+"""prefquant: discrete preference tokens and semantic IDs from embeddings, with torch alone.
 
+Quantize continuous embeddings [N, d] into a few codes per row with
+:class:`ResidualQuantizer` (or one :class:`VectorQuantizer` level), turn codes into
+token strings for a generator with :class:`PreferenceTokenizer`, and make codes unique
+per item with :func:`append_disambiguation` / ``ResidualQuantizer.encode_unique``.
+"""
+
+# Defined before the submodule imports: serialization records it in every saved config.
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .metrics import code_perplexity, code_usage, homogeneity, normalized_mutual_information, tuple_ids
+from .quantizer import CodebookMode, QuantizerOutput, QuantizerStats, ResidualQuantizer, VectorQuantizer
+from .safetensors_io import CheckpointError, load_safetensors, read_safetensors_metadata, save_safetensors
+from .semantic_ids import append_disambiguation
+from .serialization import load_quantizer, save_quantizer
+from .tokenizer import DEFAULT_PREFIXES, ModalitySpec, PreferenceTokenizer, TokenParseError
+from .training import fit_quantizer
+
+__all__ = [
+    "DEFAULT_PREFIXES",
+    "CheckpointError",
+    "CodebookMode",
+    "ModalitySpec",
+    "PreferenceTokenizer",
+    "QuantizerOutput",
+    "QuantizerStats",
+    "ResidualQuantizer",
+    "TokenParseError",
+    "VectorQuantizer",
+    "__version__",
+    "append_disambiguation",
+    "code_perplexity",
+    "code_usage",
+    "fit_quantizer",
+    "homogeneity",
+    "load_quantizer",
+    "load_safetensors",
+    "normalized_mutual_information",
+    "read_safetensors_metadata",
+    "save_quantizer",
+    "save_safetensors",
+    "tuple_ids",
+]
