@@ -12,7 +12,9 @@ def _check_codes(codes: Tensor) -> Tensor:
     if codes.dim() == 1:
         codes = codes.unsqueeze(-1)
     if codes.dim() != 2 or codes.is_floating_point():
-        raise ValueError(f"codes must be an integer tensor [N] or [N, L], got {codes.dtype} {list(codes.shape)}")
+        raise ValueError(
+            f"codes must be an integer tensor [N] or [N, L], got {codes.dtype} {list(codes.shape)}"
+        )
     return codes.long()
 
 
@@ -20,7 +22,10 @@ def code_usage(codes: Tensor, codebook_size: int) -> Tensor:
     """[L] fraction of the K codes of each level that occur at least once in codes [N, L]."""
     codes = _check_codes(codes)
     return torch.stack(
-        [(torch.bincount(level, minlength=codebook_size)[:codebook_size] > 0).float().mean() for level in codes.t()]
+        [
+            (torch.bincount(level, minlength=codebook_size)[:codebook_size] > 0).float().mean()
+            for level in codes.t()
+        ]
     )
 
 
@@ -43,7 +48,9 @@ def tuple_ids(codes: Tensor) -> Tensor:
 def _entropies(a: Tensor, b: Tensor) -> tuple[float, float, float]:
     """(H(a), H(b), I(a; b)) in nats for label vectors [N]."""
     if a.shape != b.shape or a.dim() != 1:
-        raise ValueError(f"labels must be two [N] tensors of equal length, got {list(a.shape)} and {list(b.shape)}")
+        raise ValueError(
+            f"labels must be two [N] tensors of equal length, got {list(a.shape)} and {list(b.shape)}"
+        )
     if a.numel() == 0:
         raise ValueError("labels are empty")
     _, a = torch.unique(a, return_inverse=True)
@@ -85,4 +92,3 @@ def homogeneity(codes: Tensor, labels: Tensor) -> float:
     if h_labels == 0.0:
         return 1.0
     return max(0.0, min(1.0, mutual / h_labels))
-

@@ -175,7 +175,9 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight!r}")
         if not isinstance(kmeans_iters, int) or kmeans_iters < 0:
             raise ValueError(f"kmeans_iters must be an int >= 0, got {kmeans_iters!r}")
-        if dead_code_patience is not None and (not isinstance(dead_code_patience, int) or dead_code_patience < 1):
+        if dead_code_patience is not None and (
+            not isinstance(dead_code_patience, int) or dead_code_patience < 1
+        ):
             raise ValueError(f"dead_code_patience must be None or an int >= 1, got {dead_code_patience!r}")
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
@@ -249,7 +251,9 @@ class VectorQuantizer(nn.Module):
         x = x.to(self.codebook.dtype)
         return F.normalize(x, dim=-1) if self.use_cosine else x
 
-    def _nearest(self, x: Tensor, codebook: Tensor, *, with_distance: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _nearest(
+        self, x: Tensor, codebook: Tensor, *, with_distance: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Index [N] of the nearest code per row and, optionally, the distance [N] to it."""
         if self.use_cosine:
             sims = x @ codebook.t()
@@ -404,7 +408,9 @@ class VectorQuantizer(nn.Module):
         save_quantizer(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> VectorQuantizer:
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> VectorQuantizer:
         """Load a quantizer written by :meth:`save_pretrained`, validating config and tensors."""
         from .serialization import load_quantizer
 
@@ -462,7 +468,8 @@ class ResidualQuantizer(nn.Module):
             "eps": eps,
         }
         self.levels = nn.ModuleList(
-            VectorQuantizer(dim, codebook_size, use_cosine=False, **self._level_config) for _ in range(num_levels)
+            VectorQuantizer(dim, codebook_size, use_cosine=False, **self._level_config)
+            for _ in range(num_levels)
         )
         self.dim = dim
         self.codebook_size = codebook_size
@@ -529,11 +536,16 @@ class ResidualQuantizer(nn.Module):
                 usage=(stacked > 0).to(torch.float32).mean(-1),
                 perplexity=torch.stack([_perplexity(c) for c in stacked]),
                 recon_mse=F.mse_loss(reconstruction, target) if nonempty else x.new_zeros(()),
-                recon_cos=F.cosine_similarity(reconstruction, target, dim=-1).mean() if nonempty else x.new_zeros(()),
+                recon_cos=F.cosine_similarity(reconstruction, target, dim=-1).mean()
+                if nonempty
+                else x.new_zeros(()),
                 restarted_codes=torch.tensor(restarted),
             )
         return QuantizerOutput(
-            quantized=quantized.to(x.dtype), codes=torch.stack(codes, dim=-1), loss=torch.stack(losses).sum(), stats=stats
+            quantized=quantized.to(x.dtype),
+            codes=torch.stack(codes, dim=-1),
+            loss=torch.stack(losses).sum(),
+            stats=stats,
         )
 
     @torch.no_grad()

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "load_safetensors", "read_safetensors_metadata", "save_safetensors"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "load_safetensors",
+    "read_safetensors_metadata",
+    "save_safetensors",
+]
 
 # The reference implementation refuses headers above 100 MB; a larger value means a corrupt length field.
 _MAX_HEADER_BYTES = 100_000_000
@@ -106,7 +112,9 @@ def save_safetensors(
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"tensor {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
         if tensor.dtype not in _DTYPE_TO_NAME:
-            raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors I/O here does not support")
+            raise TypeError(
+                f"tensor {name!r} has dtype {tensor.dtype}, which safetensors I/O here does not support"
+            )
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         header[name] = {
@@ -125,10 +133,14 @@ def save_safetensors(
 def _parse_header(path: Path, blob: bytes) -> tuple[dict[str, dict[str, object]], dict[str, str], int]:
     """Validate the header of a safetensors blob; return (entries, metadata, data start)."""
     if len(blob) < 8:
-        raise CheckpointError(f"{path}: file truncated: {len(blob)} bytes, shorter than the 8-byte header length")
+        raise CheckpointError(
+            f"{path}: file truncated: {len(blob)} bytes, shorter than the 8-byte header length"
+        )
     (header_len,) = struct.unpack("<Q", blob[:8])
     if header_len > _MAX_HEADER_BYTES:
-        raise CheckpointError(f"{path}: header length {header_len} is implausible (corrupt file or not safetensors)")
+        raise CheckpointError(
+            f"{path}: header length {header_len} is implausible (corrupt file or not safetensors)"
+        )
     if 8 + header_len > len(blob):
         raise CheckpointError(
             f"{path}: file truncated: header says {header_len} header bytes, only {len(blob) - 8} present"
@@ -149,12 +161,16 @@ def _parse_header(path: Path, blob: bytes) -> tuple[dict[str, dict[str, object]]
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(f"{path}: tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: entry must have exactly dtype, shape, data_offsets"
+            )
         dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype_name not in _NAME_TO_DTYPE:
             raise CheckpointError(f"{path}: tensor {name!r}: unsupported dtype {dtype_name!r}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise CheckpointError(f"{path}: tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}"
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -177,7 +193,9 @@ def _parse_header(path: Path, blob: bytes) -> tuple[dict[str, dict[str, object]]
             raise CheckpointError(f"{path}: tensor {name!r}: data overlaps or leaves a gap at byte {cursor}")
         cursor = end
     if cursor > data_len:
-        raise CheckpointError(f"{path}: file truncated: tensor data needs {cursor} bytes, only {data_len} present")
+        raise CheckpointError(
+            f"{path}: file truncated: tensor data needs {cursor} bytes, only {data_len} present"
+        )
     if cursor < data_len:
         raise CheckpointError(f"{path}: {data_len - cursor} unexpected trailing bytes after the tensor data")
     return header, metadata, data_start

@@ -22,8 +22,16 @@ FORMAT = "prefquant.quantizer"
 FORMAT_VERSION = 1
 
 Quantizer = VectorQuantizer | ResidualQuantizer
-_CLASSES: dict[str, type[Quantizer]] = {"VectorQuantizer": VectorQuantizer, "ResidualQuantizer": ResidualQuantizer}
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_CLASSES: dict[str, type[Quantizer]] = {
+    "VectorQuantizer": VectorQuantizer,
+    "ResidualQuantizer": ResidualQuantizer,
+}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def save_quantizer(quantizer: Quantizer, directory: str | os.PathLike[str]) -> None:
@@ -91,7 +99,9 @@ def load_quantizer(
     config = _read_config(config_path)
     class_name = config["class"]
     if class_name not in _CLASSES:
-        raise CheckpointError(f"{config_path}: unknown quantizer class {class_name!r}; known: {sorted(_CLASSES)}")
+        raise CheckpointError(
+            f"{config_path}: unknown quantizer class {class_name!r}; known: {sorted(_CLASSES)}"
+        )
     cls = _CLASSES[class_name]
     if expected_class is not None and cls is not expected_class:
         raise CheckpointError(f"{config_path}: holds a {class_name}, not a {expected_class.__name__}")
@@ -119,7 +129,9 @@ def load_quantizer(
                 f"{weights_path}: tensor {name!r} has shape {list(tensor.shape)}, config implies {list(reference.shape)}"
             )
         if tensor.dtype != reference.dtype:
-            raise CheckpointError(f"{weights_path}: tensor {name!r} has dtype {tensor.dtype}, expected {reference.dtype}")
+            raise CheckpointError(
+                f"{weights_path}: tensor {name!r} has dtype {tensor.dtype}, expected {reference.dtype}"
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{weights_path}: tensor {name!r} holds NaN or infinite values")
     module.load_state_dict(tensors, strict=True)

@@ -54,7 +54,9 @@ class ModalitySpec:
             raise ValueError(f"prefix must be letters/digits starting with a letter, got {self.prefix!r}")
         sizes = tuple(self.codebook_sizes)
         if not sizes or not all(isinstance(s, int) and s >= 1 for s in sizes):
-            raise ValueError(f"codebook_sizes must be a non-empty sequence of positive ints, got {self.codebook_sizes!r}")
+            raise ValueError(
+                f"codebook_sizes must be a non-empty sequence of positive ints, got {self.codebook_sizes!r}"
+            )
         object.__setattr__(self, "codebook_sizes", sizes)
 
     @property
@@ -83,7 +85,9 @@ class PreferenceTokenizer:
             if not isinstance(spec, ModalitySpec):
                 raise TypeError(f"modality {name!r}: expected a ModalitySpec, got {type(spec).__name__}")
             if spec.prefix in prefixes:
-                raise ValueError(f"modalities {prefixes[spec.prefix]!r} and {name!r} share the prefix {spec.prefix!r}")
+                raise ValueError(
+                    f"modalities {prefixes[spec.prefix]!r} and {name!r} share the prefix {spec.prefix!r}"
+                )
             prefixes[spec.prefix] = name
         self._specs: dict[str, ModalitySpec] = dict(modalities)
         self._modality_by_prefix = prefixes
@@ -106,7 +110,9 @@ class PreferenceTokenizer:
         """
         if not isinstance(num_levels, int) or num_levels < 1:
             raise ValueError(f"num_levels must be a positive int, got {num_levels!r}")
-        return cls({name: ModalitySpec(prefix, (codebook_size,) * num_levels) for name, prefix in prefixes.items()})
+        return cls(
+            {name: ModalitySpec(prefix, (codebook_size,) * num_levels) for name, prefix in prefixes.items()}
+        )
 
     # ----------------------------------------------------------------- introspection
     @property
@@ -140,7 +146,9 @@ class PreferenceTokenizer:
         if not 0 <= level < spec.num_levels:
             raise ValueError(f"{modality}: level {level} out of range [0, {spec.num_levels})")
         if not 0 <= code < spec.codebook_sizes[level]:
-            raise ValueError(f"{modality}: level {level} code {code} out of range [0, {spec.codebook_sizes[level]})")
+            raise ValueError(
+                f"{modality}: level {level} code {code} out of range [0, {spec.codebook_sizes[level]})"
+            )
         return f"<{spec.prefix}_{level}_{code}>"
 
     def all_tokens(self) -> list[str]:
@@ -152,7 +160,9 @@ class PreferenceTokenizer:
             for code in range(size)
         ]
 
-    def _as_code_matrix(self, modality: str, codes: Tensor | Sequence[int] | Sequence[Sequence[int]]) -> Tensor:
+    def _as_code_matrix(
+        self, modality: str, codes: Tensor | Sequence[int] | Sequence[Sequence[int]]
+    ) -> Tensor:
         spec = self.spec(modality)
         tensor = codes if isinstance(codes, Tensor) else torch.as_tensor(codes)
         if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
@@ -196,7 +206,9 @@ class PreferenceTokenizer:
                 codes = codes_by_modality[modality]
                 tensor = codes if isinstance(codes, Tensor) else torch.as_tensor(codes)
                 if tensor.dim() != 1:
-                    raise ValueError(f"{modality}: prompt_fragment takes one user's codes [L], got {list(tensor.shape)}")
+                    raise ValueError(
+                        f"{modality}: prompt_fragment takes one user's codes [L], got {list(tensor.shape)}"
+                    )
                 parts.extend(self.to_tokens(modality, tensor))  # type: ignore[arg-type]
         return "".join(parts)
 
@@ -212,10 +224,14 @@ class PreferenceTokenizer:
         prefix, level, code = match.group(1), int(match.group(2)), int(match.group(3))
         modality = self._modality_by_prefix.get(prefix)
         if modality is None:
-            raise TokenParseError(f"unknown prefix {prefix!r} in {shown!r}; known: {sorted(self._modality_by_prefix)}")
+            raise TokenParseError(
+                f"unknown prefix {prefix!r} in {shown!r}; known: {sorted(self._modality_by_prefix)}"
+            )
         spec = self._specs[modality]
         if level >= spec.num_levels:
-            raise TokenParseError(f"level {level} out of range [0, {spec.num_levels}) in {shown!r} ({modality})")
+            raise TokenParseError(
+                f"level {level} out of range [0, {spec.num_levels}) in {shown!r} ({modality})"
+            )
         if code >= spec.codebook_sizes[level]:
             raise TokenParseError(
                 f"code {code} out of range [0, {spec.codebook_sizes[level]}) at level {level} in {shown!r} ({modality})"
@@ -247,7 +263,9 @@ class PreferenceTokenizer:
             modality, level, code = self._check_parsed(match, match.group(0))
             levels = found.setdefault(modality, {})
             if level in levels:
-                raise TokenParseError(f"{modality}: level {level} appears twice (codes {levels[level]} and {code})")
+                raise TokenParseError(
+                    f"{modality}: level {level} appears twice (codes {levels[level]} and {code})"
+                )
             levels[level] = code
         result: dict[str, Tensor] = {}
         for modality in self._specs:
@@ -256,7 +274,9 @@ class PreferenceTokenizer:
             spec = self._specs[modality]
             missing = [level for level in range(spec.num_levels) if level not in found[modality]]
             if missing:
-                raise TokenParseError(f"{modality}: levels {missing} missing (expected {spec.num_levels} levels)")
+                raise TokenParseError(
+                    f"{modality}: levels {missing} missing (expected {spec.num_levels} levels)"
+                )
             result[modality] = torch.tensor([found[modality][level] for level in range(spec.num_levels)])
         return result
 
