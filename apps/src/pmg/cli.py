@@ -7,6 +7,7 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg data catalog --out DIR [--seed N] [--config FILE] [key=value ...]
     pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
     pmg data info DIR
+    pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (each stage after "data")
 """
 
 from __future__ import annotations
@@ -61,7 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = data_commands.add_parser("info", help="summarise a dataset folder")
     info.add_argument("path", type=Path)
+
+    from pmg.pipeline import STAGES
+
+    for stage in STAGES[1:]:
+        stage_parser = commands.add_parser(stage.name, help=stage.help)
+        actions = stage_parser.add_subparsers(dest="action", required=True)
+        fit = actions.add_parser("fit", help=f"run the {stage.name} stage on a run directory")
+        _add_config_args(fit)
+        fit.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory")
     return parser
+
+
+def _stage_fit(args: argparse.Namespace) -> int:
+    from pmg.pipeline import STAGES
+    from pmg.runs import RunDirectory
+
+    position = [s.name for s in STAGES].index(args.command)
+    stage = STAGES[position]
+    config = load_config(stage.config_type, args.config, args.overrides)
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return 0
+    run = RunDirectory(args.run)
+    upstream = run.require(STAGES[position - 1].name)["fingerprint"]
+    result = stage.run(config, run, upstream, True)
+    print(f"[{stage.name}] {result.summary}; artifacts in {run.stage_dir(stage.name)}")
+    return 0
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -126,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pipeline":
             return _pipeline(args)
-        return _data(args)
+        if args.command == "data":
+            return _data(args)
+        return _stage_fit(args)
     except (ConfigError, DatasetError, RunError, ValueError) as err:
         print(f"pmg: error: {err}", file=sys.stderr)
         return 2

@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from pmg.data.dataset_stage import DatasetConfig, prepare_dataset
+from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
 from pmg.runs import RunDirectory
+from pmg.stages import Stage
 
 __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
-# In order. Each later issue adds its stage here; `--force NAME` redoes one and what follows.
-STAGES = ("data",)
+# In order; each stage's config is the PipelineConfig field of the same name.
+# `--force NAME` redoes that stage, and the stages after it see a changed upstream.
+STAGES: tuple[Stage, ...] = (DATA_STAGE,)
 
 
 @dataclass
@@ -38,19 +40,19 @@ def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=pri
     ``force`` names stages to redo ("all" for every one); a forced stage also invalidates
     the stages after it, since their inputs change.
     """
-    unknown = [s for s in force if s not in STAGES and s != "all"]
+    names = [stage.name for stage in STAGES]
+    unknown = [s for s in force if s not in names and s != "all"]
     if unknown:
-        raise ValueError(f"--force names unknown stage(s) {unknown}; stages are {STAGES}")
-    first_forced = 0 if "all" in force else min((STAGES.index(s) for s in force), default=len(STAGES))
+        raise ValueError(f"--force names unknown stage(s) {unknown}; stages are {names}")
+    first_forced = 0 if "all" in force else min((names.index(s) for s in force), default=len(names))
     run = RunDirectory(config.run_dir)
     started = time.perf_counter()
-
-    t = time.perf_counter()
-    data, split, _ = prepare_dataset(config.data, run, force=first_forced <= STAGES.index("data"))
-    log(
-        f"[data] {data.num_users} users, {data.num_items} items, {data.num_interactions} interactions; "
-        f"split {split.scheme}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} "
-        f"({time.perf_counter() - t:.1f}s)"
-    )
+    upstream = ""
+    for position, stage in enumerate(STAGES):
+        t = time.perf_counter()
+        result = stage.run(getattr(config, stage.config_field), run, upstream, position >= first_forced)
+        note = "reused" if result.reused else f"{time.perf_counter() - t:.1f}s"
+        log(f"[{stage.name}] {result.summary} ({note})")
+        upstream = result.fingerprint
     log(f"pipeline finished in {time.perf_counter() - started:.1f}s; run directory: {run.root.resolve()}")
     return run

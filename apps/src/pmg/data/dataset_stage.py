@@ -15,8 +15,9 @@ from pmg.data.format import InteractionData, read_dataset, write_dataset
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
 from pmg.runs import RunDirectory, fingerprint
+from pmg.stages import Stage, StageResult
 
-__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared"]
+__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "DATA_STAGE"]
 
 DATASET_KINDS = ("catalog", "pmg", "movielens", "amazon2023", "table")
 
@@ -81,13 +82,15 @@ def _load_source(config: DatasetConfig) -> InteractionData:
     return load_table(path, items=config.items, images=config.images, mapping=config.mapping, duplicates=config.duplicates)
 
 
-def prepare_dataset(config: DatasetConfig, run: RunDirectory, *, force: bool = False) -> tuple[InteractionData, Split, str]:
+def prepare_dataset(
+    config: DatasetConfig, run: RunDirectory, *, upstream: str = "", force: bool = False
+) -> tuple[InteractionData, Split, str]:
     """Write the dataset and its split into ``run``'s data stage, unless already current.
 
     Returns the data, the split and the stage fingerprint (later stages hash it in).
     """
     config.validate()
-    stage_fp = fingerprint("data", config_to_dict(config))
+    stage_fp = fingerprint("data", config_to_dict(config), upstream)
     out = run.stage_dir("data")
     if force or not run.is_current("data", stage_fp):
         run.invalidate("data")
@@ -124,3 +127,17 @@ def load_prepared(run: RunDirectory) -> tuple[InteractionData, Split]:
     run.require("data")
     out = run.stage_dir("data")
     return read_dataset(out / "dataset"), Split.load(out / "split.json")
+
+
+def _run_data_stage(config: DatasetConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
+    reused = not force and run.is_current("data", fingerprint("data", config_to_dict(config), upstream))
+    data, split, stage_fp = prepare_dataset(config, run, upstream=upstream, force=force)
+    return StageResult(
+        stage_fp,
+        f"{data.num_users} users, {data.num_items} items, {data.num_interactions} interactions; "
+        f"split {split.scheme}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}",
+        reused,
+    )
+
+
+DATA_STAGE = Stage("data", "data", DatasetConfig, _run_data_stage, "build or convert the dataset and split it")
