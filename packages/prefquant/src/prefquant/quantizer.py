@@ -266,16 +266,36 @@ class VectorQuantizer(nn.Module):
             return codes, None
         return codes, (best + (x * x).sum(-1)).clamp_min(0.0)
 
+    def _distance_to(self, x: Tensor, point: Tensor) -> Tensor:
+        if self.use_cosine:
+            return (1.0 - x @ point).clamp_min(0.0)
+        return ((x - point) ** 2).sum(-1)
+
+    @torch.no_grad()
+    def _kmeans_plus_plus_seeds(self, x: Tensor) -> Tensor:
+        """[K, d] rows of x drawn by k-means++ (each next seed far from the previous ones).
+
+        Random seeds often put two centroids in one cluster and none in another, and
+        Lloyd's iterations rarely undo that; k-means++ seeding avoids most such cases.
+        """
+        n = x.shape[0]
+        seeds = x.new_empty(self.codebook_size, x.shape[1])
+        pick = int(torch.randint(n, (1,)))
+        seeds[0] = x[pick]
+        closest = self._distance_to(x, seeds[0])
+        for index in range(1, self.codebook_size):
+            total = float(closest.sum())
+            # Fewer distinct rows than codes: the rest are duplicates, left to dead-code restart.
+            pick = int(torch.multinomial(closest, 1)) if total > 0 else int(torch.randint(n, (1,)))
+            seeds[index] = x[pick]
+            closest = torch.minimum(closest, self._distance_to(x, seeds[index]))
+        return seeds
+
     @torch.no_grad()
     def _kmeans(self, x: Tensor) -> None:
-        n = x.shape[0]
         k = self.codebook_size
         # Seeds are rank 0's rows so every rank starts Lloyd's iterations from the same centroids.
-        if n >= k:
-            seeds = x[torch.randperm(n, device=x.device)[:k]].clone()
-        else:
-            seeds = x[torch.randint(n, (k,), device=x.device)].clone()
-        centroids = self._from_rank0(seeds)
+        centroids = self._from_rank0(self._kmeans_plus_plus_seeds(x))
         for _ in range(self.kmeans_iters):
             codes, _ = self._nearest(x, centroids)
             counts = self._sum(torch.bincount(codes, minlength=k).to(x.dtype))

@@ -50,7 +50,7 @@ def fit_quantizer(
                     optimizer.zero_grad(set_to_none=True)
                     out.loss.backward()
                     optimizer.step()
-                losses.append(float(out.loss))
+                losses.append(float(out.loss.detach()))
                 mses.append(float(out.stats.recon_mse))
                 usage_min = min(usage_min, float(out.stats.usage.min()))
                 restarted += int(out.stats.restarted_codes.sum())
