@@ -63,3 +63,16 @@ def test_pipeline_reuses_unchanged_stages(tmp_path: Path, capsys: pytest.Capture
     assert main(["pipeline", "--run", str(run), *small, "data.catalog.seed=9", "--force", "data"]) == 0
     assert "(reused)" not in capsys.readouterr().out
     assert main(["pipeline", "--run", str(run), "--force", "nonsense"]) == 2
+
+
+def test_every_shipped_config_loads() -> None:
+    """configs/*.yaml stay in step with the config dataclasses (a renamed key fails here)."""
+    from pmg.config import load_config
+    from pmg.data import CatalogConfig
+    from pmg.pipeline import STAGES, PipelineConfig
+
+    schemas = {stage.name: stage.config_type for stage in STAGES} | {"catalog": CatalogConfig}
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert {"pipeline.yaml", "movielens.yaml"} <= {p.name for p in configs}
+    for path in configs:
+        load_config(schemas.get(path.stem, PipelineConfig), path)
