@@ -1,0 +1,93 @@
+"""benchmarks/quant.py: the --run reader contract and quantizer_report on tiny data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from prefquant import save_safetensors
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quant.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("prefquant_bench_quant", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield module
+    torch.set_num_threads(previous)
+
+
+def write_run(root: Path, embeddings: dict[str, torch.Tensor], tastes: dict[str, torch.Tensor]) -> Path:
+    (root / "preference").mkdir(parents=True)
+    save_safetensors(embeddings, root / "preference" / "user_preferences.safetensors")
+    (root / "preference" / "user_tastes.json").write_text(
+        json.dumps({k: v.tolist() for k, v in tastes.items()})
+    )
+    return root
+
+
+def tiny_config(bench):
+    return bench.BenchConfig(
+        num_levels=2,
+        codebook_size=8,
+        epochs=3,
+        batch_size=64,
+        speed_rows=256,
+        speed_repeats=1,
+        compare_vqpytorch=False,
+    )
+
+
+def test_run_reader_and_report(tmp_path, bench):
+    embeddings, tastes = bench.synthetic_users(num_users=240, dim=8, seed=3)
+    run = write_run(tmp_path / "run", embeddings, tastes)
+    read_embeddings, read_tastes = bench.read_run(run)
+    for name in ("visual", "textual", "id"):
+        assert torch.equal(read_embeddings[name], embeddings[name])
+    for name in ("colour", "pattern", "material", "style"):
+        assert torch.equal(read_tastes[name], tastes[name])
+    report = bench.quantizer_report(read_embeddings, read_tastes, tiny_config(bench))
+    json.dumps(report)  # must be JSON-serialisable
+    for key in (
+        "usage_min",
+        "recon_cos",
+        "nmi_visual_colour",
+        "nmi_textual_material",
+        "nmi_random",
+        "peak_rss_mb",
+    ):
+        assert key in report, key
+    assert 0.0 < report["usage_min"] <= 1.0
+    # Planted signal: visual tokens know colour far better than material, and better than chance.
+    assert report["nmi_visual_colour"] > 2 * report["nmi_visual_material"]
+    assert report["nmi_visual_colour"] > report["nmi_shuffled"]
+    assert report["encode_rows_per_s"] > 0
+    assert report["encode_speed_ratio_vs_vqpytorch"] is None
+
+
+def test_report_without_tastes(bench):
+    embeddings, _ = bench.synthetic_users(num_users=120, dim=8, seed=1)
+    report = bench.quantizer_report({"id": embeddings["id"]}, None, tiny_config(bench))
+    assert "nmi_visual_colour" not in report and report["modalities"]["id"]["users"] == 120
+
+
+def test_run_reader_errors(tmp_path, bench):
+    embeddings, tastes = bench.synthetic_users(num_users=50, dim=4, seed=0)
+    missing = write_run(tmp_path / "a", {"visual": embeddings["visual"]}, tastes)
+    with pytest.raises(ValueError, match=r"missing tensors \['textual', 'id'\]"):
+        bench.read_run(missing)
+    short = dict(tastes, colour=tastes["colour"][:10])
+    bad_tastes = write_run(tmp_path / "b", embeddings, short)
+    with pytest.raises(ValueError, match="'colour' must be a list of 50 ints"):
+        bench.read_run(bad_tastes)
+    with pytest.raises(FileNotFoundError):
+        bench.read_run(tmp_path / "nowhere")
