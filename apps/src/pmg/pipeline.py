@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
+from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig
 from pmg.runs import RunDirectory
 from pmg.stages import Stage
 
@@ -15,7 +16,7 @@ __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
 # In order; each stage's config is the PipelineConfig field of the same name.
 # `--force NAME` redoes that stage, and the stages after it see a changed upstream.
-STAGES: tuple[Stage, ...] = (DATA_STAGE,)
+STAGES: tuple[Stage, ...] = (DATA_STAGE, PREFERENCE_STAGE)
 
 
 @dataclass
@@ -24,9 +25,11 @@ class PipelineConfig:
 
     run_dir: str = "runs/default"
     data: DatasetConfig = field(default_factory=DatasetConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
 
     def validate(self) -> None:
         self.data.validate()
+        self.preference.validate()
 
 
 def quick_profile() -> Path:
