@@ -285,3 +285,17 @@ def test_config_rebuilds_equal_module():
     clone = ResidualQuantizer(**rq.config())
     assert clone.config() == rq.config()
     assert set(clone.state_dict()) == set(rq.state_dict())
+
+
+def test_codes_unchanged_under_bf16_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(1024, 16)
+    rq = ResidualQuantizer(16, 3, 64)
+    fit_quantizer(rq, x, epochs=2, batch_size=256)
+    reference = rq.encode(x)
+    rq.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(rq.encode(x), reference)
+        out = rq(x)
+    assert torch.equal(out.codes, reference)
+    assert out.quantized.dtype == torch.float32

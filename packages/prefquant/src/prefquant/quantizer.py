@@ -16,9 +16,11 @@ help; see :class:`VectorQuantizer` for the details.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,25 @@ CodebookMode = Literal["ema", "learned"]
 
 # Rows per distance computation in encode(): bounds the [rows, K] distance matrix in memory.
 _ENCODE_CHUNK_ROWS = 32768
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _without_autocast(method: _Method) -> _Method:
+    """Run ``method(self, tensor, ...)`` with autocast off for the tensor's device.
+
+    Under bf16/fp16 autocast the distance matmul rounds enough to change nearest codes
+    and the EMA sums; codebooks stay in their own dtype and inputs are cast to it.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
+        device_type = tensor.device.type if isinstance(tensor, Tensor) else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            return method(self, tensor, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -378,6 +399,7 @@ class VectorQuantizer(nn.Module):
         return _LevelResult(quantized=quantized, codes=codes, loss=loss, counts=counts, restarted=restarted)
 
     # ----------------------------------------------------------------- public API
+    @_without_autocast
     def forward(self, x: Tensor) -> QuantizerOutput:
         """Quantize x [N, d]; in training mode also update the codebook.
 
@@ -404,6 +426,7 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
+    @_without_autocast
     def encode(self, x: Tensor) -> Tensor:
         """Codes [N, 1] (long) of x [N, d]; deterministic, never updates the codebook."""
         _check_embeddings(x, self.dim)
@@ -527,6 +550,7 @@ class ResidualQuantizer(nn.Module):
         x = x.to(self.levels[0].codebook.dtype)
         return F.normalize(x, dim=-1) if self.normalize_input else x
 
+    @_without_autocast
     def forward(self, x: Tensor) -> QuantizerOutput:
         """Quantize x [N, d]; in training mode also update every level's codebook.
 
@@ -569,6 +593,7 @@ class ResidualQuantizer(nn.Module):
         )
 
     @torch.no_grad()
+    @_without_autocast
     def encode(self, x: Tensor) -> Tensor:
         """Codes [N, L] (long) of x [N, d]; deterministic, never updates the codebooks."""
         _check_embeddings(x, self.dim)
