@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -263,3 +265,26 @@ def test_no_pickle_in_saved_files(tmp_path, trained):
     header = json.loads(blob[8 : 8 + header_len])
     assert header["__metadata__"]["class"] == "ResidualQuantizer"
     assert b"\x80\x02" not in blob[:2] and not blob.startswith(b"PK")  # neither pickle nor torch zip
+
+
+def test_save_load_work_without_numpy(tmp_path):
+    # torch does not require numpy, so neither may prefquant: run with numpy made unimportable.
+    script = f"""
+import sys
+sys.modules["numpy"] = None
+import torch
+import prefquant as pq
+torch.manual_seed(0)
+x = torch.randn(120, 6)
+rq = pq.ResidualQuantizer(6, 2, 8)
+rq.train()
+rq(x)
+rq.save_pretrained({str(tmp_path / "rq")!r})
+loaded = pq.ResidualQuantizer.from_pretrained({str(tmp_path / "rq")!r})
+assert torch.equal(loaded.encode(x), rq.encode(x))
+assert "numpy" not in sys.modules or sys.modules["numpy"] is None
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -103,7 +103,7 @@ def save_safetensors(
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError("safetensors metadata must map str to str")
         header["__metadata__"] = dict(metadata)
-    chunks: list[bytes] = []
+    byte_views: list[torch.Tensor] = []
     offset = 0
     for name in sorted(tensors):
         tensor = tensors[name]
@@ -115,19 +115,27 @@ def save_safetensors(
             raise TypeError(
                 f"tensor {name!r} has dtype {tensor.dtype}, which safetensors I/O here does not support"
             )
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+        raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         header[name] = {
             "dtype": _DTYPE_TO_NAME[tensor.dtype],
             "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(raw)],
+            "data_offsets": [offset, offset + raw.numel()],
         }
-        chunks.append(raw)
-        offset += len(raw)
+        byte_views.append(raw)
+        offset += raw.numel()
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     # Padding the header to 8 bytes keeps tensor data aligned, as the reference writer does.
     header_bytes += b" " * (-len(header_bytes) % 8)
-    atomic_write_bytes(path, struct.pack("<Q", len(header_bytes)) + header_bytes + b"".join(chunks))
+    prefix = struct.pack("<Q", len(header_bytes)) + header_bytes
+    blob = bytearray(len(prefix) + offset)
+    blob[: len(prefix)] = prefix
+    # Copy through a uint8 view of the output buffer: torch alone, no numpy (torch does not require it).
+    cursor = len(prefix)
+    for raw in byte_views:
+        if raw.numel():
+            torch.frombuffer(blob, dtype=torch.uint8, count=raw.numel(), offset=cursor).copy_(raw)
+        cursor += raw.numel()
+    atomic_write_bytes(path, bytes(blob))
 
 
 def _parse_header(path: Path, blob: bytes) -> tuple[dict[str, dict[str, object]], dict[str, str], int]:
