@@ -22,7 +22,8 @@ Progress goes to stdout; the LAST line is one JSON object. Headline keys:
 
 The ``--run`` contract: ``DIR/preference/user_preferences.safetensors`` holds tensors
 ``visual``, ``textual``, ``id`` of shape [U, d] float32, and ``DIR/preference/user_tastes.json``
-holds ``{"colour": [int per user], "pattern": [...], "material": [...], "style": [...]}``.
+holds ``{"colour": [int per user], "pattern": [...], "material": [...], "style": [...]}``
+(label strings per user are accepted too).
 """
 
 from __future__ import annotations
@@ -127,13 +128,16 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     tastes: dict[str, torch.Tensor] = {}
     for name in TASTES:
         values = raw.get(name)
-        if (
-            not isinstance(values, list)
-            or len(values) != num_users
-            or not all(isinstance(v, int) for v in values)
-        ):
-            raise ValueError(f"{tastes_path}: {name!r} must be a list of {num_users} ints")
-        tastes[name] = torch.tensor(values, dtype=torch.long)
+        if not isinstance(values, list) or len(values) != num_users:
+            raise ValueError(f"{tastes_path}: {name!r} must be a list of {num_users} ints (or label strings)")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            tastes[name] = torch.tensor(values, dtype=torch.long)
+        elif all(isinstance(v, str) for v in values):
+            # pmg's dataset format names tastes ("red"); NMI only needs equal labels to get equal ids.
+            vocabulary = {label: index for index, label in enumerate(sorted(set(values)))}
+            tastes[name] = torch.tensor([vocabulary[v] for v in values], dtype=torch.long)
+        else:
+            raise ValueError(f"{tastes_path}: {name!r} must be a list of {num_users} ints (or label strings)")
     return embeddings, tastes
 
 

@@ -91,3 +91,16 @@ def test_run_reader_errors(tmp_path, bench):
         bench.read_run(bad_tastes)
     with pytest.raises(FileNotFoundError):
         bench.read_run(tmp_path / "nowhere")
+
+
+def test_run_reader_accepts_label_strings(tmp_path, bench):
+    embeddings, tastes = bench.synthetic_users(num_users=30, dim=4, seed=0)
+    run = write_run(tmp_path / "run", embeddings, {})
+    names = {k: [f"{k}-{int(v)}" for v in values] for k, values in tastes.items()}
+    (run / "preference" / "user_tastes.json").write_text(json.dumps(names))
+    _, read = bench.read_run(run)
+    for name, values in tastes.items():
+        # Same partition of users, whatever the ids.
+        assert torch.equal(
+            values.unsqueeze(0) == values.unsqueeze(1), read[name].unsqueeze(0) == read[name].unsqueeze(1)
+        )
