@@ -28,7 +28,7 @@ def normalized_bipartite_adjacency(
     items) have an all-zero row and column instead of a division by zero.
 
     Args:
-        user_index: LongTensor [E], user of each (deduplicated) interaction.
+        user_index: LongTensor [E], user of each interaction (duplicates are merged).
         item_index: LongTensor [E], item of each interaction, in ``0 .. I-1``.
         num_users: U.
         num_items: I.
@@ -39,6 +39,9 @@ def normalized_bipartite_adjacency(
         for speed, not correctness).
     """
     num_nodes = num_users + num_items
+    # Binary graph: repeated (user, item) pairs count once, in the degrees as in the values.
+    keys = torch.unique(user_index.long() * num_items + item_index.long())
+    user_index, item_index = keys // num_items, keys % num_items
     item_nodes = item_index + num_users
     rows = torch.cat([user_index, item_nodes])
     cols = torch.cat([item_nodes, user_index])
