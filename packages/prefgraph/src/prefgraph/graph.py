@@ -114,6 +114,7 @@ class InteractionGraph:
 
         # Deduplicate and sort by (user, item) in one go; the sorted order is the seen-items CSR.
         keys = torch.unique(user_index * num_items + item_index)  # sorted
+        self._edge_keys = keys  # user * I + item, sorted: membership tests by binary search
         self.user_index: Tensor = keys // num_items
         self.item_index: Tensor = keys % num_items
         self.num_users = num_users
@@ -211,7 +212,7 @@ class InteractionGraph:
 
     def has_interaction(self, users: Tensor, items: Tensor) -> Tensor:
         """BoolTensor [B]: whether each (users[b], items[b]) pair is a training edge."""
-        keys = self.user_index * self.num_items + self.item_index  # sorted by construction
+        keys = self._edge_keys
         query = users.long() * self.num_items + items.long()
         pos = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
         return keys[pos] == query
@@ -221,7 +222,7 @@ class InteractionGraph:
         """A copy with every tensor (and the cached adjacency, if built) on ``device``."""
         other = InteractionGraph.__new__(InteractionGraph)
         other.num_users, other.num_items = self.num_users, self.num_items
-        for name in ("user_index", "item_index", "user_degree", "item_degree", "seen_indptr"):
+        for name in ("user_index", "item_index", "user_degree", "item_degree", "seen_indptr", "_edge_keys"):
             setattr(other, name, getattr(self, name).to(device))
         other.item_features = {m: x.to(device) for m, x in self.item_features.items()}
         other.item_feature_masks = {m: x.to(device) for m, x in self.item_feature_masks.items()}

@@ -436,7 +436,9 @@ class ModalSpecificGNN(nn.Module):
         history_count = torch.zeros(self.num_users, dtype=torch.long, device=cold.device)
         hist_users = hist_items = None
         if cold_start_history is not None:
-            hist_users, hist_items = _validate_pairs(cold_start_history, self.num_users, self.num_items)
+            hist_users, hist_items = _validate_pairs(
+                cold_start_history, self.num_users, self.num_items, graph.device
+            )
             keep = cold[hist_users]
             hist_users, hist_items = hist_users[keep], hist_items[keep]
             history_count = torch.bincount(hist_users, minlength=self.num_users)
@@ -483,7 +485,9 @@ class ModalSpecificGNN(nn.Module):
         if exclude_seen:
             seen = graph.seen_mask(users)
             if cold_start_history is not None:
-                hist_users, hist_items = _validate_pairs(cold_start_history, self.num_users, self.num_items)
+                hist_users, hist_items = _validate_pairs(
+                    cold_start_history, self.num_users, self.num_items, graph.device
+                )
                 rows, cols = (users.unsqueeze(1) == hist_users.unsqueeze(0)).nonzero(as_tuple=True)
                 seen[rows, hist_items[cols]] = True
             scores = scores.masked_fill(seen, float("-inf"))
@@ -496,8 +500,10 @@ class ModalSpecificGNN(nn.Module):
         )
 
 
-def _validate_pairs(pairs: tuple[Tensor, Tensor], num_users: int, num_items: int) -> tuple[Tensor, Tensor]:
-    users, items = (torch.as_tensor(x).long().reshape(-1) for x in pairs)
+def _validate_pairs(
+    pairs: tuple[Tensor, Tensor], num_users: int, num_items: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    users, items = (torch.as_tensor(x, device=device).long().reshape(-1) for x in pairs)
     if users.numel() != items.numel():
         raise ValueError(f"user and item index lengths differ: {users.numel()} vs {items.numel()}")
     if users.numel() and (users.min() < 0 or users.max() >= num_users):
