@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
 from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig
+from pmg.quantize.stage import QUANTIZE_STAGE, QuantizeConfig
 from pmg.runs import RunDirectory
 from pmg.stages import Stage
 
@@ -16,7 +17,7 @@ __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
 # In order; each stage's config is the PipelineConfig field of the same name.
 # `--force NAME` redoes that stage, and the stages after it see a changed upstream.
-STAGES: tuple[Stage, ...] = (DATA_STAGE, PREFERENCE_STAGE)
+STAGES: tuple[Stage, ...] = (DATA_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE)
 
 
 @dataclass
@@ -26,10 +27,12 @@ class PipelineConfig:
     run_dir: str = "runs/default"
     data: DatasetConfig = field(default_factory=DatasetConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     def validate(self) -> None:
         self.data.validate()
         self.preference.validate()
+        self.quantize.validate()
 
 
 def quick_profile() -> Path:

@@ -100,10 +100,12 @@ def build_trainer(
     monitor: str | None = None,
     mode: str = "max",
     callbacks: Sequence[Callback] = (),
+    checkpointing: bool = True,
     **overrides,
 ) -> L.Trainer:
     """A ``Trainer`` logging to TensorBoard under ``stage_dir/tb`` and checkpointing to
-    ``stage_dir/checkpoints`` (best by ``monitor`` and last, for resuming).
+    ``stage_dir/checkpoints`` (best by ``monitor`` and last, for resuming) unless
+    ``checkpointing`` is off (short fits whose result is saved by the stage itself).
 
     On strategies that all-reduce over gloo (CPU DDP), mixed-precision bf16 is refused here
     with a clear message, since gloo cannot reduce bf16 tensors.
@@ -118,7 +120,8 @@ def build_trainer(
         checkpoint_kwargs.update(monitor=monitor, mode=mode, save_top_k=1, filename="best")
         if config.early_stopping_patience > 0:
             all_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping_patience))
-    all_callbacks.append(ModelCheckpoint(**checkpoint_kwargs))
+    if checkpointing:
+        all_callbacks.append(ModelCheckpoint(**checkpoint_kwargs))
     kwargs = dict(
         max_epochs=config.max_epochs if config.max_epochs > 0 else None,
         max_steps=config.max_steps,
@@ -135,6 +138,7 @@ def build_trainer(
         callbacks=all_callbacks,
         default_root_dir=str(stage_dir),
         enable_model_summary=False,
+        enable_checkpointing=checkpointing,
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
