@@ -12,12 +12,13 @@ from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig
 from pmg.quantize.stage import QUANTIZE_STAGE, QuantizeConfig
 from pmg.runs import RunDirectory
 from pmg.stages import Stage
+from pmg.zoo import ZOO_STAGE, ZooConfig
 
 __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
 # In order; each stage's config is the PipelineConfig field of the same name.
 # `--force NAME` redoes that stage, and the stages after it see a changed upstream.
-STAGES: tuple[Stage, ...] = (DATA_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE)
+STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE)
 
 
 @dataclass
@@ -26,11 +27,13 @@ class PipelineConfig:
 
     run_dir: str = "runs/default"
     data: DatasetConfig = field(default_factory=DatasetConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     def validate(self) -> None:
         self.data.validate()
+        self.zoo.validate()
         self.preference.validate()
         self.quantize.validate()
 

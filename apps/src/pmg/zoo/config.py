@@ -1,0 +1,287 @@
+"""``ZooConfig``: every hyperparameter of the zoo stage, one nested section per model.
+
+Each model section has ``base_model`` (a local folder or hub id): when set, that checkpoint
+is loaded with ``from_pretrained`` instead of training a tiny model; with ``finetune: true``
+it is then fine-tuned on the catalog for the section's ``trainer.max_steps`` and the result
+is cached like a trained tiny model. The zoo trains by steps: each fit draws exactly
+``trainer.max_steps`` batches (sampling with replacement), so ``max_epochs`` does not bound it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefgen.tiny import TinyCausalLMConfig, TinyClipConfig, TinySDXLConfig
+
+from pmg.training import OptimizerConfig, TrainerConfig
+
+__all__ = [
+    "HoldoutConfig",
+    "TokenizerConfig",
+    "ClipTrainingConfig",
+    "VaeTrainingConfig",
+    "UNetTrainingConfig",
+    "SDXLTrainingConfig",
+    "CausalLMTrainingConfig",
+    "JudgeModelConfig",
+    "JudgeTrainingConfig",
+    "ZooEvalConfig",
+    "ZooConfig",
+]
+
+
+def _trainer(steps: int, log_every: int = 10) -> TrainerConfig:
+    return TrainerConfig(max_epochs=1, max_steps=steps, log_every_n_steps=log_every)
+
+
+def _check_steps(name: str, trainer: TrainerConfig, batch_size: int) -> None:
+    trainer.validate()
+    if trainer.max_steps < 1:
+        raise ValueError(f"zoo.{name}.trainer.max_steps must be >= 1 (the zoo trains by steps)")
+    if batch_size < 1:
+        raise ValueError(f"zoo.{name}.batch_size must be >= 1")
+
+
+def _check_base(name: str, base_model: str | None, local_files_only: bool) -> None:
+    if base_model is None:
+        return
+    if not base_model.strip():
+        raise ValueError(f"zoo.{name}.base_model is empty; use null for a tiny model trained on the catalog")
+    looks_local = base_model.startswith((".", "/", "~")) or Path(base_model).expanduser().exists()
+    if looks_local and not Path(base_model).expanduser().is_dir():
+        raise ValueError(f"zoo.{name}.base_model {base_model!r} is not an existing folder")
+    # A hub id is checked when loaded: with local_files_only it must be in the local HF cache.
+
+
+@dataclass
+class HoldoutConfig:
+    """What no zoo model trains on. ``combos`` category×colour×pattern combinations are held
+    out entirely (every item showing one), so text-to-image is tested on unseen combinations;
+    ``item_fraction`` of the other items are held out too (CLIP retrieval and judge accuracy)."""
+
+    seed: int = 0
+    combos: int = 16
+    item_fraction: float = 0.1
+    # The attributes whose combinations are held out; all must be attributes of the dataset.
+    attributes: list[str] = field(default_factory=lambda: ["category", "colour", "pattern"])
+
+    def validate(self) -> None:
+        if self.combos < 0:
+            raise ValueError("zoo.holdout.combos must be >= 0")
+        if not 0.0 <= self.item_fraction < 0.9:
+            raise ValueError("zoo.holdout.item_fraction must be in [0, 0.9)")
+
+
+@dataclass
+class TokenizerConfig:
+    """Offline tokenizers. ``clip_base`` / ``lm_base`` take a real tokenizer folder (or hub id)
+    instead of training one; a model's ``base_model`` brings its own tokenizer and wins."""
+
+    clip_base: str | None = None
+    clip_vocab_size: int = 1024
+    lm_base: str | None = None
+    lm_vocab_size: int = 2048
+
+    def validate(self, local_files_only: bool) -> None:
+        _check_base("tokenizers.clip_base", self.clip_base, local_files_only)
+        _check_base("tokenizers.lm_base", self.lm_base, local_files_only)
+        if self.clip_vocab_size <= 514:
+            raise ValueError("zoo.tokenizers.clip_vocab_size must exceed 514 (512 byte symbols + 2 specials)")
+        if self.lm_vocab_size <= 257:
+            raise ValueError("zoo.tokenizers.lm_vocab_size must exceed 257 (256 byte symbols + 1 special)")
+
+
+@dataclass
+class ClipTrainingConfig:
+    """Contrastive image–text training. Texts are attribute captions ("a red striped dress")
+    with probability ``caption_probability``, else the item's own title/description.
+    Items sharing a category×colour×pattern count as positives of each other."""
+
+    base_model: str | None = None
+    finetune: bool = False
+    model: TinyClipConfig = field(default_factory=TinyClipConfig)
+    batch_size: int = 128
+    caption_probability: float = 0.5
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-3, weight_decay=0.01))
+
+    def validate(self, local_files_only: bool) -> None:
+        _check_base("clip.base_model", self.base_model, local_files_only)
+        self.model.validate()
+        _check_steps("clip", self.trainer, self.batch_size)
+        self.optimizer.validate()
+        if not 0.0 <= self.caption_probability <= 1.0:
+            raise ValueError("zoo.clip.caption_probability must be in [0, 1]")
+
+
+@dataclass
+class VaeTrainingConfig:
+    """The AutoencoderKL: reconstruction (MSE) + ``kl_weight`` × KL, on random
+    ``crop_size`` crops (the VAE is convolutional; crops cut the cost by (S/crop)²)."""
+
+    batch_size: int = 32
+    crop_size: int = 32
+    kl_weight: float = 1e-6
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-3))
+
+
+@dataclass
+class UNetTrainingConfig:
+    """The UNet: epsilon prediction on precomputed latents and prompt embeddings.
+    ``prompt_dropout`` zeroes both text conditionings (what the SDXL pipeline feeds as the
+    unconditional branch, ``force_zeros_for_empty_prompt``) for classifier-free guidance;
+    ``snr_gamma`` > 0 applies min-SNR loss weighting."""
+
+    batch_size: int = 64
+    prompt_dropout: float = 0.1
+    snr_gamma: float = 5.0
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(1000))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-3))
+
+
+@dataclass
+class SDXLTrainingConfig:
+    """The SDXL-architecture text-to-image pipeline. Trained on ground-truth attribute
+    prompts; the text encoders are copies of the zoo CLIP's text tower (frozen) when
+    ``text_encoders_from_clip``. Fine-tuning a ``base_model`` trains the UNet only."""
+
+    base_model: str | None = None
+    finetune: bool = False
+    model: TinySDXLConfig = field(default_factory=TinySDXLConfig)
+    text_encoders_from_clip: bool = True
+    vae: VaeTrainingConfig = field(default_factory=VaeTrainingConfig)
+    unet: UNetTrainingConfig = field(default_factory=UNetTrainingConfig)
+
+    def validate(self, local_files_only: bool) -> None:
+        _check_base("sdxl.base_model", self.base_model, local_files_only)
+        self.model.validate()
+        _check_steps("sdxl.vae", self.vae.trainer, self.vae.batch_size)
+        _check_steps("sdxl.unet", self.unet.trainer, self.unet.batch_size)
+        self.vae.optimizer.validate()
+        self.unet.optimizer.validate()
+        if not 8 <= self.vae.crop_size <= self.model.image_size:
+            raise ValueError("zoo.sdxl.vae.crop_size must be in [8, sdxl.model.image_size]")
+        factor = 2 ** (len(self.model.vae_block_out_channels) - 1)
+        if self.vae.crop_size % factor:
+            raise ValueError(f"zoo.sdxl.vae.crop_size must be a multiple of the VAE factor {factor}")
+        if not 0.0 <= self.unet.prompt_dropout < 1.0:
+            raise ValueError("zoo.sdxl.unet.prompt_dropout must be in [0, 1)")
+        if self.unet.snr_gamma < 0 or self.vae.kl_weight < 0:
+            raise ValueError("zoo.sdxl.unet.snr_gamma and zoo.sdxl.vae.kl_weight must be >= 0")
+
+
+@dataclass
+class CausalLMTrainingConfig:
+    """Next-token training on catalog titles, descriptions and training-split reviews."""
+
+    base_model: str | None = None
+    finetune: bool = False
+    model: TinyCausalLMConfig = field(default_factory=TinyCausalLMConfig)
+    batch_size: int = 32
+    max_length: int = 64
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
+
+    def validate(self, local_files_only: bool) -> None:
+        _check_base("lm.base_model", self.base_model, local_files_only)
+        self.model.validate()
+        _check_steps("lm", self.trainer, self.batch_size)
+        self.optimizer.validate()
+        if not 8 <= self.max_length <= self.model.max_position_embeddings:
+            raise ValueError("zoo.lm.max_length must be in [8, lm.model.max_position_embeddings]")
+
+
+@dataclass
+class JudgeModelConfig:
+    """The attribute classifier: stride-2 conv layers of ``channels``, global pooling, one
+    linear head per attribute."""
+
+    image_size: int = 64
+    channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
+
+    def validate(self) -> None:
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError("zoo.judge.model.channels must be a non-empty list of positive ints")
+        if self.image_size < 2 ** len(self.channels):
+            raise ValueError("zoo.judge.model.image_size is too small for that many stride-2 layers")
+
+
+@dataclass
+class JudgeTrainingConfig:
+    """The judge of personalization metrics: classifies ``attributes`` from an image.
+    ``noise_std`` adds Gaussian pixel noise in training so generated (imperfect) images are
+    judged robustly. ``base_model`` is a judge folder saved by an earlier zoo."""
+
+    base_model: str | None = None
+    model: JudgeModelConfig = field(default_factory=JudgeModelConfig)
+    attributes: list[str] = field(default_factory=lambda: ["category", "colour", "pattern"])
+    batch_size: int = 64
+    noise_std: float = 0.1
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(300))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=1e-4))
+
+    def validate(self) -> None:
+        if self.base_model is not None and not Path(self.base_model).expanduser().is_dir():
+            raise ValueError(f"zoo.judge.base_model {self.base_model!r} is not an existing judge folder")
+        self.model.validate()
+        _check_steps("judge", self.trainer, self.batch_size)
+        self.optimizer.validate()
+        if not self.attributes:
+            raise ValueError("zoo.judge.attributes must name at least one attribute")
+        if self.noise_std < 0:
+            raise ValueError("zoo.judge.noise_std must be >= 0")
+
+
+@dataclass
+class ZooEvalConfig:
+    """Quality checks run at the end of the stage (figures land in ``zoo.json``).
+    CLIP retrieval ranks each held-out image against ``clip_candidates`` held-out captions of
+    distinct attribute combinations; text-to-image draws ``t2i_images_per_combo`` images per
+    held-out combination (0 skips it) and asks the judge."""
+
+    clip_candidates: int = 100
+    t2i_images_per_combo: int = 4
+    t2i_steps: int = 20
+    guidance_scale: float = 4.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.clip_candidates < 2:
+            raise ValueError("zoo.eval.clip_candidates must be >= 2")
+        if self.t2i_images_per_combo < 0 or self.t2i_steps < 1:
+            raise ValueError("zoo.eval.t2i_images_per_combo must be >= 0 and t2i_steps >= 1")
+
+
+@dataclass
+class ZooConfig:
+    """The zoo stage. Results are cached under ``cache_dir/<hash of data and config>``
+    (shared across run directories); ``retrain`` ignores a cached entry. ``num_threads`` > 0
+    sets torch's CPU threads for the stage (0 keeps torch's default)."""
+
+    cache_dir: str = ".cache/pmg/zoo"
+    retrain: bool = False
+    num_threads: int = 0
+    local_files_only: bool = True
+    trust_remote_code: bool = False
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    tokenizers: TokenizerConfig = field(default_factory=TokenizerConfig)
+    clip: ClipTrainingConfig = field(default_factory=ClipTrainingConfig)
+    sdxl: SDXLTrainingConfig = field(default_factory=SDXLTrainingConfig)
+    lm: CausalLMTrainingConfig = field(default_factory=CausalLMTrainingConfig)
+    judge: JudgeTrainingConfig = field(default_factory=JudgeTrainingConfig)
+    eval: ZooEvalConfig = field(default_factory=ZooEvalConfig)
+
+    def validate(self) -> None:
+        if not self.cache_dir.strip():
+            raise ValueError("zoo.cache_dir must not be empty")
+        if self.num_threads < 0:
+            raise ValueError("zoo.num_threads must be >= 0")
+        self.holdout.validate()
+        self.tokenizers.validate(self.local_files_only)
+        self.clip.validate(self.local_files_only)
+        self.sdxl.validate(self.local_files_only)
+        self.lm.validate(self.local_files_only)
+        self.judge.validate()
+        self.eval.validate()

@@ -1,0 +1,128 @@
+"""What the zoo trains on: the held-out split, attribute captions, images and texts.
+
+Text-to-image and CLIP learn from *attribute captions* built from the ground truth ("a red
+striped dress"), since catalog texts name colour and pattern in only about half the items;
+CLIP also sees the real titles and descriptions, the LM sees titles, descriptions and
+training-split reviews.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pmg.data.catalog import PATTERN_WORDS
+from pmg.data.format import InteractionData
+from pmg.data.modules import load_image_tensor
+from pmg.data.split import Split
+from pmg.zoo.config import HoldoutConfig
+
+__all__ = ["CAPTION_TEMPLATES", "attribute_caption", "ZooCorpus", "build_corpus"]
+
+# Template 0 is the canonical prompt used for evaluation and by later stages.
+CAPTION_TEMPLATES = (
+    "a {colour} {pattern} {category}",
+    "a {category} in {colour}, {pattern}",
+    "{pattern} {colour} {category}",
+)
+
+
+def attribute_caption(attributes: dict[str, str], template: int = 0) -> str | None:
+    """The caption naming an item's colour, pattern and category, or None if one is unknown."""
+    if not all(attributes.get(k) for k in ("category", "colour", "pattern")):
+        return None
+    pattern = PATTERN_WORDS.get(attributes["pattern"], attributes["pattern"])
+    text = CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(
+        colour=attributes["colour"], pattern=pattern, category=attributes["category"]
+    )
+    return re.sub(r"\ba ([aeiou])", r"an \1", text)
+
+
+@dataclass
+class ZooCorpus:
+    """Training material for every zoo model, with the held-out items removed.
+
+    ``images`` float32 [I, 3, S, S] in [-1, 1] for every item (zeros where ``has_image`` is
+    False); ``train_items`` / ``heldout_items`` int64 item indices; ``combo`` int64 [I] an
+    id per distinct combination of the holdout attributes (item index when unknown), used
+    as the contrastive positive groups; ``heldout_combos`` the held-out combinations.
+    """
+
+    data: InteractionData
+    images: torch.Tensor
+    has_image: np.ndarray
+    train_items: np.ndarray
+    heldout_items: np.ndarray
+    heldout_combos: list[dict[str, str]]
+    combo: np.ndarray
+    lm_texts: list[str]
+
+    def caption(self, item: int, template: int = 0) -> str:
+        """Item ``item``'s attribute caption, or its title when attributes are unknown."""
+        found = attribute_caption(self.data.items[item].attributes, template)
+        return found if found is not None else (self.data.items[item].title or self.data.items[item].text)
+
+    def catalog_texts(self, item: int) -> list[str]:
+        """The item's own texts: title, description and both joined (non-empty ones)."""
+        it = self.data.items[item]
+        return [t for t in (it.title, it.description, it.text) if t]
+
+    def image_items(self, items: np.ndarray) -> np.ndarray:
+        """The subset of ``items`` that have an image."""
+        return items[self.has_image[items]]
+
+
+def _holdout_combos(data: InteractionData, config: HoldoutConfig, rng: np.random.Generator) -> list[dict[str, str]]:
+    names = config.attributes
+    if config.combos == 0 or not all(n in data.attributes for n in names):
+        return []
+    space = list(itertools.product(*(data.attributes[n].values for n in names)))
+    chosen = rng.choice(len(space), size=min(config.combos, len(space)), replace=False)
+    return [dict(zip(names, space[int(i)], strict=True)) for i in sorted(chosen)]
+
+
+def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, image_size: int) -> ZooCorpus:
+    """Split items into train / held-out and load every image at ``image_size``."""
+    config.validate()
+    rng = np.random.default_rng(config.seed)
+    combos = _holdout_combos(data, config, rng)
+    names = config.attributes
+    keys = [tuple(it.attributes.get(n, "") for n in names) for it in data.items]
+    held_keys = {tuple(c[n] for n in names) for c in combos}
+    in_held_combo = np.array([k in held_keys for k in keys], dtype=bool)
+    extra = rng.random(data.num_items) < config.item_fraction
+    heldout = in_held_combo | extra
+    known = [all(k) for k in keys]
+    lookup: dict[tuple[str, ...], int] = {}
+    combo = np.array(
+        [lookup.setdefault(k, len(lookup)) if ok else -1 - i for i, (k, ok) in enumerate(zip(keys, known, strict=True))],
+        dtype=np.int64,
+    )
+    has_image = data.has_image
+    images = torch.zeros(data.num_items, 3, image_size, image_size)
+    for i, it in enumerate(data.items):
+        if it.image is not None:
+            images[i] = load_image_tensor(str(it.image), image_size)
+    train_items = np.flatnonzero(~heldout)
+    if len(train_items) == 0:
+        raise ValueError("zoo.holdout leaves no training items; lower holdout.combos or holdout.item_fraction")
+    train_set = set(train_items.tolist())
+    texts: list[str] = []
+    for i in train_items:
+        texts.extend(t for t in (data.items[i].title, data.items[i].description) if t)
+    texts.extend(r for row, r in zip(split.train, (data.review[j] for j in split.train), strict=True)
+                 if r and int(data.item[row]) in train_set)
+    return ZooCorpus(
+        data=data,
+        images=images,
+        has_image=has_image,
+        train_items=train_items,
+        heldout_items=np.flatnonzero(heldout),
+        heldout_combos=combos,
+        combo=combo,
+        lm_texts=texts,
+    )

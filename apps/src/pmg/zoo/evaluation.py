@@ -1,0 +1,100 @@
+"""Quality checks of the zoo on held-out data: judge accuracy, CLIP retrieval, and
+text-to-image attribute accuracy on attribute combinations no model trained on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLPipeline
+from transformers import CLIPModel, CLIPProcessor
+
+from pmg.zoo.clip_features import image_embeddings, text_embeddings
+from pmg.zoo.clip_recipe import clip_pixel_values
+from pmg.zoo.corpus import ZooCorpus, attribute_caption
+from pmg.zoo.judge import AttributeJudge
+
+__all__ = ["judge_accuracy", "clip_retrieval_top1", "text_to_image_accuracy", "generate_images"]
+
+
+@torch.no_grad()
+def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) -> dict[str, float]:
+    """Per-attribute accuracy of ``judge`` on ``items`` (those with an image and known labels)."""
+    items = corpus.image_items(items)
+    labels = {name: corpus.data.item_labels(name)[items] for name in judge.attributes}
+    found = judge.predict(corpus.images[torch.from_numpy(items)])
+    result = {}
+    for name, truth in labels.items():
+        known = truth >= 0
+        hits = found[name].numpy()[known] == truth[known]
+        result[name] = float(hits.mean()) if known.any() else float("nan")
+    return result
+
+
+def _distinct_caption_items(corpus: ZooCorpus, items: np.ndarray, limit: int, seed: int) -> tuple[list[int], list[str]]:
+    rng = np.random.default_rng(seed)
+    chosen, captions, seen = [], [], set()
+    for item in rng.permutation(corpus.image_items(items)):
+        caption = attribute_caption(corpus.data.items[int(item)].attributes)
+        if caption is None or caption in seen:
+            continue
+        seen.add(caption)
+        chosen.append(int(item))
+        captions.append(caption)
+        if len(chosen) == limit:
+            break
+    return chosen, captions
+
+
+@torch.no_grad()
+def clip_retrieval_top1(model: CLIPModel, processor: CLIPProcessor, corpus: ZooCorpus, items: np.ndarray, *,
+                        candidates: int = 100, seed: int = 0) -> tuple[float, int]:
+    """Image→text top-1 accuracy among ``candidates`` captions of distinct attribute
+    combinations (one held-out item each). Returns (accuracy, candidate set size)."""
+    chosen, captions = _distinct_caption_items(corpus, items, candidates, seed)
+    if len(chosen) < 2:
+        return float("nan"), len(chosen)
+    model.eval()
+    pixels = clip_pixel_values(processor, [corpus.data.items[i].image for i in chosen])
+    tokens = processor.tokenizer(captions, padding="longest", truncation=True, return_tensors="pt")
+    images = image_embeddings(model, pixels)
+    texts = text_embeddings(model, tokens["input_ids"], tokens["attention_mask"])
+    top1 = (images @ texts.t()).argmax(dim=1)
+    return float((top1 == torch.arange(len(chosen))).float().mean()), len(chosen)
+
+
+@torch.no_grad()
+def generate_images(pipe: StableDiffusionXLPipeline, prompts: Sequence[str], *, steps: int, guidance_scale: float,
+                    seed: int, batch: int = 16) -> torch.Tensor:
+    """Images [N, 3, R, R] in [-1, 1] for ``prompts``, generated in batches from one seed."""
+    generator = torch.Generator().manual_seed(seed)
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for start in range(0, len(prompts), batch):
+        images = pipe(list(prompts[start:start + batch]), num_inference_steps=steps, guidance_scale=guidance_scale,
+                      generator=generator, output_type="pt").images
+        out.append(images * 2 - 1)
+    return torch.cat(out)
+
+
+def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudge, combos: Sequence[dict[str, str]], *,
+                           images_per_combo: int, steps: int, guidance_scale: float, seed: int = 0) -> dict[str, float]:
+    """How often the judge finds each prompted attribute in images generated for ``combos``
+    (prompt "a {colour} {pattern} {category}"). Keys: judged attributes, plus ``images``."""
+    prompts, wanted = [], []
+    for combo in combos:
+        caption = attribute_caption(combo)
+        if caption is None:
+            continue
+        prompts += [caption] * images_per_combo
+        wanted += [combo] * images_per_combo
+    if not prompts:
+        return {"images": 0.0}
+    images = generate_images(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    found = judge.predict_values(images.clamp(-1, 1))
+    result = {"images": float(len(prompts))}
+    for name in judge.attributes:
+        hits = [f[name] == w[name] for f, w in zip(found, wanted, strict=True) if name in w]
+        result[name] = float(np.mean(hits)) if hits else float("nan")
+    return result

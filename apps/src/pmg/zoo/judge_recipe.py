@@ -1,0 +1,57 @@
+"""The attribute judge: build (or load) and train on catalog images and their attributes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pmg.zoo.config import JudgeTrainingConfig
+from pmg.zoo.corpus import ZooCorpus
+from pmg.zoo.fitting import fit_steps
+from pmg.zoo.judge import AttributeJudge
+from pmg.zoo.lightning_modules import JudgeModule
+
+__all__ = ["judge_attributes", "judge_labels", "train_judge"]
+
+
+def judge_attributes(config: JudgeTrainingConfig, corpus: ZooCorpus) -> dict[str, tuple[str, ...]]:
+    """The configured attributes and their values; ``ValueError`` if the dataset lacks one."""
+    missing = [name for name in config.attributes if name not in corpus.data.attributes]
+    if missing:
+        raise ValueError(f"zoo.judge.attributes {missing} are not attributes of dataset {corpus.data.name!r} "
+                         f"(it has {sorted(corpus.data.attributes)})")
+    return {name: corpus.data.attributes[name].values for name in config.attributes}
+
+
+def judge_labels(corpus: ZooCorpus, attributes: list[str]) -> dict[str, np.ndarray]:
+    """``{attribute: int64 [I]}`` value indices per item (-1 when unknown)."""
+    return {name: corpus.data.item_labels(name) for name in attributes}
+
+
+class _Labelled(Dataset):
+    def __init__(self, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index], **{k: v[index] for k, v in self.labels.items()}}
+
+
+def train_judge(config: JudgeTrainingConfig, corpus: ZooCorpus, log_dir: Path) -> AttributeJudge:
+    """A judge trained on the training items whose image and every judged attribute are known."""
+    attributes = judge_attributes(config, corpus)
+    labels = judge_labels(corpus, list(attributes))
+    items = corpus.image_items(corpus.train_items)
+    items = items[np.all([labels[n][items] >= 0 for n in attributes], axis=0)]
+    if len(items) < 2:
+        raise ValueError("judge training needs at least two training items with an image and known attributes")
+    judge = AttributeJudge(attributes, config.model.channels, config.model.image_size)
+    dataset = _Labelled(corpus.images[torch.from_numpy(items)], {n: torch.from_numpy(labels[n][items]) for n in attributes})
+    fit_steps(JudgeModule(judge, config.optimizer, noise_std=config.noise_std), dataset, trainer_config=config.trainer,
+              batch_size=min(config.batch_size, len(items)), log_dir=log_dir)
+    return judge.eval()

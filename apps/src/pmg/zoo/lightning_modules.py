@@ -1,0 +1,184 @@
+"""The zoo's LightningModules: one per trained model. Each wraps the real architecture's
+module (CLIPModel, AutoencoderKL, UNet2DConditionModel, Qwen2ForCausalLM, the judge) and
+logs its loss to TensorBoard; data preparation lives with the stage."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from torch.nn import functional as F
+from transformers import CLIPModel, PreTrainedModel
+
+from pmg.training import OptimizerConfig, build_optimizer
+from pmg.zoo.clip_features import image_embeddings, text_embeddings
+from pmg.zoo.judge import AttributeJudge
+
+__all__ = [
+    "ClipContrastiveModule",
+    "VaeModule",
+    "UNetDiffusionModule",
+    "CausalLMModule",
+    "JudgeModule",
+    "grouped_contrastive_loss",
+]
+
+
+class _OptimizedModule(L.LightningModule):
+    def __init__(self, optimizer: OptimizerConfig) -> None:
+        super().__init__()
+        self.optimizer_config = optimizer
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return build_optimizer([p for p in self.parameters() if p.requires_grad], self.optimizer_config)
+
+
+def grouped_contrastive_loss(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over image→text ``logits`` [B, B] where every pair in the same group
+    (``groups`` int64 [B]) is a positive: items that look alike are not pushed apart."""
+    same = (groups[:, None] == groups[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+class ClipContrastiveModule(_OptimizedModule):
+    """Batches: ``pixel_values`` [B, 3, S, S], ``input_ids`` / ``attention_mask`` [B, T], ``group`` [B]."""
+
+    def __init__(self, model: CLIPModel, optimizer: OptimizerConfig) -> None:
+        super().__init__(optimizer)
+        self.model = model
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = image_embeddings(self.model, batch["pixel_values"])
+        texts = text_embeddings(self.model, batch["input_ids"], batch["attention_mask"])
+        scale = self.model.logit_scale.exp().clamp(max=100.0)
+        loss = grouped_contrastive_loss(scale * images @ texts.t(), batch["group"])
+        self.log("clip/loss", loss, prog_bar=True)
+        self.log("clip/logit_scale", scale)
+        return loss
+
+
+class VaeModule(_OptimizedModule):
+    """Batches: ``image`` [B, 3, S, S] in [-1, 1]; trains on random ``crop_size`` crops."""
+
+    def __init__(self, vae: AutoencoderKL, optimizer: OptimizerConfig, *, crop_size: int, kl_weight: float) -> None:
+        super().__init__(optimizer)
+        self.vae, self.crop_size, self.kl_weight = vae, crop_size, kl_weight
+
+    def _crop(self, images: torch.Tensor) -> torch.Tensor:
+        size, full = self.crop_size, images.shape[-1]
+        if size >= full:
+            return images
+        offsets = torch.randint(0, full - size + 1, (len(images), 2))
+        return torch.stack([im[:, y:y + size, x:x + size] for im, (y, x) in zip(images, offsets.tolist(), strict=True)])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = self._crop(batch["image"])
+        posterior = self.vae.encode(images).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(reconstruction, images)
+        kl = posterior.kl().mean()
+        loss = mse + self.kl_weight * kl
+        self.log("vae/mse", mse, prog_bar=True)
+        self.log("vae/kl", kl)
+        return loss
+
+
+class UNetDiffusionModule(_OptimizedModule):
+    """Epsilon-prediction training of an SDXL ``text_time`` UNet on precomputed inputs.
+
+    Batches: ``latents`` [B, C, h, w] (already multiplied by the VAE scaling factor),
+    ``prompt_embeds`` [B, T, D] (both encoders' penultimate states concatenated),
+    ``pooled`` [B, P] (encoder 2's projected pooled output). ``time_ids`` [6] are the
+    constant size/crop ids (H, W, 0, 0, H, W) that the pipeline passes at inference.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        noise_scheduler: DDPMScheduler,
+        optimizer: OptimizerConfig,
+        *,
+        time_ids: torch.Tensor,
+        prompt_dropout: float,
+        snr_gamma: float,
+    ) -> None:
+        super().__init__(optimizer)
+        self.unet, self.noise_scheduler = unet, noise_scheduler
+        self.prompt_dropout, self.snr_gamma = prompt_dropout, snr_gamma
+        self.register_buffer("time_ids", time_ids.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.float().clone(), persistent=False)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        latents, prompt_embeds, pooled = batch["latents"], batch["prompt_embeds"], batch["pooled"]
+        b = len(latents)
+        noise = torch.randn_like(latents)
+        steps = torch.randint(0, len(self.alphas_cumprod), (b,), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, steps)
+        # Zeros are the pipeline's unconditional input (force_zeros_for_empty_prompt).
+        keep = (torch.rand(b, device=latents.device) >= self.prompt_dropout).float()
+        prediction = self.unet(
+            noisy,
+            steps,
+            encoder_hidden_states=prompt_embeds * keep[:, None, None],
+            added_cond_kwargs={"text_embeds": pooled * keep[:, None], "time_ids": self.time_ids.expand(b, -1)},
+        ).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        if self.snr_gamma > 0:
+            alpha = self.alphas_cumprod[steps]
+            snr = alpha / (1 - alpha)
+            per_sample = per_sample * torch.clamp(snr, max=self.snr_gamma) / snr
+        loss = per_sample.mean()
+        self.log("unet/loss", loss, prog_bar=True)
+        return loss
+
+
+class CausalLMModule(_OptimizedModule):
+    """Batches: ``input_ids`` / ``attention_mask`` [B, T], ``labels`` [B, T] (-100 on padding)."""
+
+    def __init__(self, model: PreTrainedModel, optimizer: OptimizerConfig) -> None:
+        super().__init__(optimizer)
+        self.model = model
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("lm/loss", loss, prog_bar=True)
+        return loss
+
+
+class JudgeModule(_OptimizedModule):
+    """Batches: ``image`` [B, 3, S, S] in [-1, 1] and one int64 [B] label tensor per attribute.
+
+    Pixel noise (std up to ``noise_std``) and, for half the batch, a 3×3 blur stand in for
+    the artefacts of generated images, which the judge must read as reliably as catalog ones.
+    """
+
+    def __init__(self, judge: AttributeJudge, optimizer: OptimizerConfig, *, noise_std: float) -> None:
+        super().__init__(optimizer)
+        self.judge, self.noise_std = judge, noise_std
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        pick = (torch.rand(len(images), 1, 1, 1, device=images.device) < 0.5).float()
+        images = pick * blurred + (1 - pick) * images
+        sigma = torch.rand(len(images), 1, 1, 1, device=images.device) * self.noise_std
+        return images + sigma * torch.randn_like(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.judge(self._augment(batch["image"]))
+        loss = torch.zeros((), device=batch["image"].device)
+        for name, out in logits.items():
+            part = F.cross_entropy(out, batch[name])
+            accuracy = (out.argmax(-1) == batch[name]).float().mean()
+            self.log(f"judge/{name}_accuracy", accuracy)
+            loss = loss + part
+        self.log("judge/loss", loss, prog_bar=True)
+        return loss
+
+
+def trainable(module: nn.Module, flag: bool) -> nn.Module:
+    """Set ``requires_grad`` on every parameter of ``module``; returns it."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(flag)
+    return module

@@ -1,0 +1,59 @@
+"""The causal LM: build (or load) and train on catalog titles, descriptions and reviews."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from prefgen.tiny import build_tiny_causal_lm
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pmg.zoo.config import CausalLMTrainingConfig
+from pmg.zoo.fitting import fit_steps
+from pmg.zoo.lightning_modules import CausalLMModule
+
+__all__ = ["build_lm", "train_lm"]
+
+
+def build_lm(config: CausalLMTrainingConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A tiny Qwen2-architecture LM over ``tokenizer``."""
+    tokenizer.model_max_length = config.model.max_position_embeddings
+    return build_tiny_causal_lm(config.model, tokenizer)
+
+
+class _Texts(Dataset):
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> str:
+        return self.texts[index]
+
+
+class _LMCollate:
+    """Texts → ids with end of text appended; padding positions are masked out of the loss."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        eos = self.tokenizer.eos_token or ""
+        tokens = self.tokenizer([t + eos for t in texts], padding="longest", truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        labels = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, -100)
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "labels": labels}
+
+
+def train_lm(config: CausalLMTrainingConfig, texts: list[str], model: PreTrainedModel,
+             tokenizer: PreTrainedTokenizerBase, log_dir: Path) -> PreTrainedModel:
+    """Next-token training of ``model`` on ``texts`` for ``config.trainer.max_steps`` batches."""
+    if not texts:
+        raise ValueError("causal-LM training needs texts (titles, descriptions or reviews)")
+    model.train()
+    fit_steps(CausalLMModule(model, config.optimizer), _Texts(texts), trainer_config=config.trainer,
+              batch_size=min(config.batch_size, len(texts)), log_dir=log_dir,
+              collate=_LMCollate(tokenizer, config.max_length))
+    return model.eval()

@@ -1,0 +1,146 @@
+"""The zoo's manifest and ``load_zoo``: what later stages call to find the zoo's models.
+
+    zoo = load_zoo(run)                    # or read_zoo_folder(cache folder)
+    pipe = zoo.load_sdxl()                 # StableDiffusionXLPipeline
+    lm, tokenizer = zoo.load_lm()          # causal LM + its tokenizer (pad token set)
+    clip, processor = zoo.load_clip()      # CLIPModel + CLIPProcessor
+    judge = zoo.load_judge()               # AttributeJudge (ZooError if the zoo has none)
+
+Each model is a folder or hub id loaded with ``from_pretrained``, whether the zoo trained a
+tiny model or ``base_model`` named a real checkpoint. This module imports no model library
+(the ``load_*`` methods do, when called), so the CLI stays quick to start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pmg.runs import RunDirectory, RunError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPModel, CLIPProcessor, PreTrainedModel, PreTrainedTokenizerBase
+
+    from pmg.zoo.judge import AttributeJudge
+
+__all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "Zoo", "read_zoo_folder", "load_zoo"]
+
+ZOO_FORMAT = "pmg-zoo"
+ZOO_VERSION = 1
+MODEL_NAMES = ("clip", "sdxl", "lm", "judge")
+
+
+class ZooError(RunError):
+    """A zoo manifest, cache folder or model that is missing or damaged."""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """Where one model lives: ``path`` a folder or hub id; ``source`` "trained" (a tiny model
+    trained by the zoo), "base" (a ``base_model`` used as is) or "finetuned"."""
+
+    path: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """The zoo's models. ``judge`` is None when the dataset has no judged attributes.
+    ``heldout_combos`` are the attribute combinations no model saw in training."""
+
+    root: Path
+    clip: ZooModel
+    sdxl: ZooModel
+    lm: ZooModel
+    judge: ZooModel | None
+    local_files_only: bool = True
+    trust_remote_code: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+    heldout_combos: list[dict[str, str]] = field(default_factory=list)
+    heldout_items: list[str] = field(default_factory=list)
+
+    def load_clip(self) -> tuple[CLIPModel, CLIPProcessor]:
+        from pmg.zoo.loading import load_clip
+
+        return load_clip(self.clip.path, local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code)
+
+    def load_sdxl(self, torch_dtype: torch.dtype | None = None) -> StableDiffusionXLPipeline:
+        import torch
+
+        from pmg.zoo.loading import load_sdxl
+
+        torch_dtype = torch.float32 if torch_dtype is None else torch_dtype
+        return load_sdxl(self.sdxl.path, local_files_only=self.local_files_only,
+                         trust_remote_code=self.trust_remote_code, torch_dtype=torch_dtype)
+
+    def load_lm(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        from pmg.zoo.loading import load_lm
+
+        return load_lm(self.lm.path, local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code)
+
+    def load_judge(self) -> AttributeJudge:
+        if self.judge is None:
+            raise ZooError(f"the zoo in {self.root} has no attribute judge (the dataset lacks the judged attributes)")
+        from pmg.zoo.judge import load_judge
+
+        return load_judge(self.judge.path)
+
+
+def read_zoo_folder(folder: str | Path) -> Zoo:
+    """The ``Zoo`` described by a cache folder's ``zoo.json``; relative model paths resolve
+    against the folder, others (``base_model`` ids) are kept as given."""
+    folder = Path(folder)
+    manifest_path = folder / "zoo.json"
+    if not manifest_path.is_file():
+        raise ZooError(f"{manifest_path} is missing: {folder} is not a complete zoo (rerun `pmg zoo fit`)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ZooError(f"{manifest_path} is damaged ({err.msg}); delete {folder} and rerun `pmg zoo fit`") from err
+    if manifest.get("format") != ZOO_FORMAT or manifest.get("version") != ZOO_VERSION:
+        raise ZooError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')!r}, "
+                       f"expected {ZOO_FORMAT!r} v{ZOO_VERSION}; rerun `pmg zoo fit`")
+    models: dict[str, ZooModel | None] = {}
+    for name in MODEL_NAMES:
+        entry = manifest.get("models", {}).get(name)
+        if entry is None:
+            models[name] = None
+            continue
+        path = entry["path"]
+        if entry.get("relative"):
+            resolved = folder / path
+            if not resolved.is_dir():
+                raise ZooError(f"zoo model {name!r} folder {resolved} is missing; delete {folder} and rerun `pmg zoo fit`")
+            path = str(resolved)
+        models[name] = ZooModel(path=path, source=entry["source"])
+    for name in ("clip", "sdxl", "lm"):
+        if models[name] is None:
+            raise ZooError(f"{manifest_path} lists no {name!r} model")
+    return Zoo(
+        root=folder,
+        clip=models["clip"],  # type: ignore[arg-type]
+        sdxl=models["sdxl"],  # type: ignore[arg-type]
+        lm=models["lm"],  # type: ignore[arg-type]
+        judge=models["judge"],
+        local_files_only=bool(manifest.get("local_files_only", True)),
+        trust_remote_code=bool(manifest.get("trust_remote_code", False)),
+        metrics=dict(manifest.get("metrics", {})),
+        heldout_combos=list(manifest.get("heldout_combos", [])),
+        heldout_items=list(manifest.get("heldout_items", [])),
+    )
+
+
+def load_zoo(run: RunDirectory | str | Path) -> Zoo:
+    """The zoo recorded in ``run`` by the zoo stage (``RunError`` if it has not run)."""
+    run = run if isinstance(run, RunDirectory) else RunDirectory(run)
+    record = run.require("zoo")
+    cache = record.get("cache")
+    if not cache:
+        raise ZooError(f"{run.root / 'zoo' / 'stage.json'} names no zoo cache folder; rerun `pmg zoo fit --run {run.root}`")
+    if not Path(cache).is_dir():
+        raise ZooError(f"the zoo cache {cache} recorded in {run.root} no longer exists; rerun `pmg zoo fit --run {run.root}`")
+    return read_zoo_folder(cache)

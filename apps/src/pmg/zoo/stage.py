@@ -1,0 +1,105 @@
+"""The "zoo" stage: tokenizers, CLIP, the attribute judge, the SDXL pipeline and the causal
+LM, trained on the run's dataset (or loaded from ``base_model``), cached by content hash.
+
+Cache: ``<cache_dir>/<key>/`` where ``key`` hashes the dataset's files, the split and the
+config (less ``cache_dir``, ``retrain``, ``num_threads``), so every run directory with the
+same inputs shares one entry. Each entry holds ``save_pretrained`` folders (``clip``,
+``sdxl``, ``lm``), the judge folder, the trained tokenizers and ``zoo.json``. The run's
+``zoo/stage.json`` records the entry; TensorBoard logs land in ``<run>/zoo/<model>/tb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pmg.atomic import atomic_directory
+from pmg.config import config_to_dict
+from pmg.data.dataset_stage import load_prepared
+from pmg.data.format import InteractionData
+from pmg.data.split import Split
+from pmg.runs import RunDirectory, fingerprint
+from pmg.stages import Stage, StageResult
+from pmg.zoo.config import ZooConfig
+from pmg.zoo.manifest import ZOO_FORMAT, ZOO_VERSION, read_zoo_folder
+
+__all__ = ["ZOO_STAGE", "zoo_cache_key", "dataset_content_hash", "build_zoo", "run_zoo_stage"]
+
+# Config keys that change where or how fast the zoo is built, not what it contains.
+_UNHASHED_KEYS = ("cache_dir", "retrain", "num_threads")
+
+
+def dataset_content_hash(folder: Path, extra: tuple[Path, ...] = ()) -> str:
+    """SHA-256 over every file under ``folder`` (relative names and bytes) and ``extra`` files."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in [*files, *extra]:
+        name = path.relative_to(folder) if path.is_relative_to(folder) else Path(path.name)
+        digest.update(str(name).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def zoo_cache_key(config: ZooConfig, data_hash: str) -> str:
+    """The cache entry name: a hash of the dataset content and the zoo config."""
+    settings = {k: v for k, v in config_to_dict(config).items() if k not in _UNHASHED_KEYS}
+    return fingerprint("zoo", ZOO_VERSION, settings, data_hash)
+
+
+def build_zoo(config: ZooConfig, data: InteractionData, split: Split, folder: Path, log_dir: Path,
+              log=print) -> dict[str, Any]:
+    """Train / load every model and write them, with ``zoo.json``, to ``folder`` atomically.
+
+    Returns the manifest. Heavy imports happen here so that loading the stage stays cheap.
+    """
+    from pmg.zoo.models import train_models
+
+    started = time.perf_counter()
+    with atomic_directory(folder) as tmp:
+        manifest = train_models(config, data, split, tmp, log_dir, log=log)
+        manifest.update(format=ZOO_FORMAT, version=ZOO_VERSION, seconds=round(time.perf_counter() - started, 1),
+                        config=config_to_dict(config))
+        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def run_zoo_stage(config: ZooConfig, run: RunDirectory, upstream: str, force: bool, log=print) -> StageResult:
+    """Reuse the run's zoo when current, else the cache entry for these inputs, else build it."""
+    config.validate()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    run.require("data")
+    data_dir = run.stage_dir("data")
+    data_hash = dataset_content_hash(data_dir / "dataset", (data_dir / "split.json",))
+    key = zoo_cache_key(config, data_hash)
+    stage_fp = fingerprint("zoo", key, upstream)
+    cache = (Path(config.cache_dir).expanduser() / key).resolve()
+    complete = (cache / "zoo.json").is_file()
+    if not force and complete and run.is_current("zoo", stage_fp):
+        return StageResult(stage_fp, f"zoo reused from {cache}", reused=True)
+    run.invalidate("zoo")
+    reused_cache = complete and not config.retrain
+    if not reused_cache:
+        data, split = load_prepared(run)
+        build_zoo(config, data, split, cache, run.stage_dir("zoo"), log=log)
+    zoo = read_zoo_folder(cache)
+    run.mark_complete("zoo", stage_fp, {"cache": str(cache), "key": key, "metrics": zoo.metrics,
+                                        "models": {n: getattr(zoo, n).path if getattr(zoo, n) else None
+                                                   for n in ("clip", "sdxl", "lm", "judge")}})
+    figures = ", ".join(f"{k} {v:.3g}" for k, v in zoo.metrics.items() if isinstance(v, float))
+    origin = "cached" if reused_cache else "built"
+    return StageResult(stage_fp, f"zoo {origin} in {cache}" + (f"; {figures}" if figures else ""), reused=reused_cache)
+
+
+ZOO_STAGE = Stage(
+    "zoo",
+    "zoo",
+    ZooConfig,
+    run_zoo_stage,
+    "train the tiny model zoo (tokenizers, CLIP, SDXL pipeline, causal LM, attribute judge) or load base models",
+)
