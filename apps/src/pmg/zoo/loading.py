@@ -37,12 +37,12 @@ def load_clip(path: str | Path, *, local_files_only: bool = True, trust_remote_c
 
 
 def load_sdxl(path: str | Path, *, local_files_only: bool = True, trust_remote_code: bool = False,
-              torch_dtype: torch.dtype = torch.float32) -> StableDiffusionXLPipeline:
-    """An SDXL-architecture pipeline from a folder or hub id."""
+              torch_dtype: torch.dtype | None = None) -> StableDiffusionXLPipeline:
+    """An SDXL-architecture pipeline from a folder or hub id, in its saved dtype unless
+    ``torch_dtype`` is given; progress bars off."""
+    extra = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            str(path), torch_dtype=torch_dtype, **_kwargs(local_files_only, trust_remote_code)
-        )
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(path), **_kwargs(local_files_only, trust_remote_code), **extra)
     except (OSError, ValueError) as err:
         raise ZooError(f"cannot load an SDXL pipeline from {str(path)!r}: {err}") from err
     pipe.set_progress_bar_config(disable=True)

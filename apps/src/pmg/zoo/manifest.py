@@ -69,11 +69,8 @@ class Zoo:
         return load_clip(self.clip.path, local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code)
 
     def load_sdxl(self, torch_dtype: torch.dtype | None = None) -> StableDiffusionXLPipeline:
-        import torch
-
         from pmg.zoo.loading import load_sdxl
 
-        torch_dtype = torch.float32 if torch_dtype is None else torch_dtype
         return load_sdxl(self.sdxl.path, local_files_only=self.local_files_only,
                          trust_remote_code=self.trust_remote_code, torch_dtype=torch_dtype)
 
