@@ -15,7 +15,7 @@ from pmg.data.split import temporal_split
 def test_user_item_sets() -> None:
     sets = UserItemSets.from_pairs(np.array([0, 0, 2, 0]), np.array([3, 1, 0, 3]), num_users=3, num_items=4)
     assert sets.items_of(0).tolist() == [1, 3] and sets.items_of(1).tolist() == [] and sets.items_of(2).tolist() == [0]
-    assert sets.contains(np.array([0, 0, 1, 2]), np.array([1, 2, 0, 0])).tolist() == [True, False, False, True]
+    assert sets.counts().tolist() == [2, 0, 1]
 
 
 def test_bpr_batches_never_sample_seen_items(small_catalog: Path) -> None:
@@ -24,6 +24,9 @@ def test_bpr_batches_never_sample_seen_items(small_catalog: Path) -> None:
     module = BPRDataModule(data, split, batch_size=256, num_negatives=4)
     L.seed_everything(0)
     seen_pairs = set(zip(data.user[split.train].tolist(), data.item[split.train].tolist(), strict=True))
+    # Negatives are sampled against prefgraph's training graph: exactly the training pairs.
+    graph = module.train_graph
+    assert set(zip(graph.user_index.tolist(), graph.item_index.tolist(), strict=True)) == seen_pairs
     total = 0
     for batch in module.train_dataloader():
         users, pos, neg = batch["users"], batch["positives"], batch["negatives"]

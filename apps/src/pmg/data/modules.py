@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from prefgraph import InteractionGraph, sample_negatives
 from torch.utils.data import DataLoader, Dataset
 
 from pmg.data.format import InteractionData
@@ -48,20 +49,6 @@ class UserItemSets:
         """Int64 [U]: how many items each user has."""
         return self.indptr[1:] - self.indptr[:-1]
 
-    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Bool, same shape as ``users``: whether (user, item) is in the set (vectorised)."""
-        flat = self._flat_keys()
-        query = np.asarray(users, dtype=np.int64) * self.num_items + np.asarray(items, dtype=np.int64)
-        pos = np.searchsorted(flat, query)
-        pos = np.minimum(pos, len(flat) - 1)
-        return flat[pos] == query
-
-    def _flat_keys(self) -> np.ndarray:
-        if not hasattr(self, "_keys"):
-            rows = np.repeat(np.arange(self.num_users, dtype=np.int64), self.counts().numpy())
-            self._keys = rows * self.num_items + self.indices.numpy()
-        return self._keys
-
 
 class _Rows(Dataset):
     def __init__(self, count: int) -> None:
@@ -77,31 +64,20 @@ class _Rows(Dataset):
 class _BPRCollate:
     """Turns a batch of training-row indices into (users, positives, negatives).
 
-    Negatives are drawn uniformly among items the user has not interacted with in training,
-    by vectorised rejection sampling; the generator follows torch's seed, so
-    ``lightning.seed_everything`` makes epochs reproducible.
+    Negatives come from prefgraph's ``sample_negatives`` on the training graph (uniform over
+    items the user has not interacted with in training, rejection-sampled); it draws from
+    torch's global generator, so ``lightning.seed_everything`` makes epochs reproducible.
     """
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, seen: UserItemSets, num_negatives: int) -> None:
-        self.users, self.items, self.seen, self.num_negatives = users, items, seen, num_negatives
+    def __init__(self, users: np.ndarray, items: np.ndarray, graph: InteractionGraph, num_negatives: int) -> None:
+        self.users, self.items = torch.from_numpy(users), torch.from_numpy(items)
+        self.graph, self.num_negatives = graph, num_negatives
 
     def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        index = np.asarray(rows, dtype=np.int64)
+        index = torch.as_tensor(rows, dtype=torch.long)
         users = self.users[index]
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-        shape = (len(index), self.num_negatives)
-        negatives = rng.integers(0, self.seen.num_items, size=shape)
-        user_grid = np.broadcast_to(users[:, None], shape)
-        for _ in range(100):
-            clash = self.seen.contains(user_grid, negatives)
-            if not clash.any():
-                break
-            negatives[clash] = rng.integers(0, self.seen.num_items, size=int(clash.sum()))
-        return {
-            "users": torch.from_numpy(users),
-            "positives": torch.from_numpy(self.items[index]),
-            "negatives": torch.from_numpy(negatives),
-        }
+        negatives = sample_negatives(self.graph, users, self.num_negatives).reshape(len(index), self.num_negatives)
+        return {"users": users, "positives": self.items[index], "negatives": negatives}
 
 
 class BPRDataModule(L.LightningDataModule):
@@ -109,7 +85,9 @@ class BPRDataModule(L.LightningDataModule):
 
     Train batches are dicts: ``users`` [B], ``positives`` [B], ``negatives`` [B, num_negatives].
     Validation and test batches are ``users`` [B] whose held-out items are in
-    ``val_targets`` / ``test_targets``; ``train_seen`` masks training items in full ranking.
+    ``val_targets`` / ``test_targets``; ``train_graph`` (prefgraph's ``InteractionGraph`` of the
+    training edges, without item features) is what negatives are sampled against and what
+    masks training items in full ranking.
     """
 
     def __init__(
@@ -131,12 +109,19 @@ class BPRDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_negatives, self.num_workers = num_negatives, num_workers
         u, i = data.user, data.item
-        self.train_seen = UserItemSets.from_pairs(u[split.train], i[split.train], data.num_users, data.num_items)
+        if len(split.train) == 0:
+            raise ValueError(
+                f"dataset {data.name!r}: the split has no training interactions "
+                f"(train 0, validation {len(split.val)}, test {len(split.test)} rows); BPR needs some"
+            )
+        self.train_graph = InteractionGraph(
+            torch.from_numpy(u[split.train]), torch.from_numpy(i[split.train]), data.num_users, data.num_items
+        )
         self.val_targets = UserItemSets.from_pairs(u[split.val], i[split.val], data.num_users, data.num_items)
         self.test_targets = UserItemSets.from_pairs(u[split.test], i[split.test], data.num_users, data.num_items)
 
     def train_dataloader(self) -> DataLoader:
-        collate = _BPRCollate(self.data.user[self.split.train], self.data.item[self.split.train], self.train_seen, self.num_negatives)
+        collate = _BPRCollate(self.data.user[self.split.train], self.data.item[self.split.train], self.train_graph, self.num_negatives)
         return DataLoader(
             _Rows(len(self.split.train)), batch_size=self.batch_size, shuffle=True, collate_fn=collate,
             num_workers=self.num_workers, drop_last=False,

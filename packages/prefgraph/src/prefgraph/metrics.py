@@ -123,15 +123,8 @@ def _make_scorer(model_or_scores: ModalSpecificGNN | Scorer | Tensor, graph: Int
     from .model import ModalSpecificGNN
 
     if isinstance(model_or_scores, ModalSpecificGNN):
-        model = model_or_scores
-        with torch.no_grad():
-            emb = model(graph)
-            # Cold-start users are scored from the population prior instead of an untrained row.
-            prefs = model.user_preferences(graph, emb)
-        weights = model.modality_weights().detach()
-        user_side = torch.cat([weights[j] * prefs[m] for j, m in enumerate(model.modalities)], dim=1)
-        item_side = torch.cat([emb.items[m] for m in model.modalities], dim=1)
-        return lambda users: user_side[users] @ item_side.t()
+        # Cold-start users are scored from their inferred preference (see ModalSpecificGNN.scorer).
+        return model_or_scores.scorer(graph)
     if isinstance(model_or_scores, Tensor):
         scores = model_or_scores
         if scores.shape != (graph.num_users, graph.num_items):

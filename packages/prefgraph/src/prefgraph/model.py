@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -345,6 +345,29 @@ class ModalSpecificGNN(nn.Module):
         )
         item_side = torch.cat([emb.items[m] for m in self.modalities], dim=1)
         return user_side @ item_side.t()
+
+    @torch.no_grad()
+    def scorer(
+        self,
+        graph: InteractionGraph,
+        emb: ModalEmbeddings | None = None,
+        cold_start_history: tuple[Tensor, Tensor] | None = None,
+    ) -> Callable[[Tensor], Tensor]:
+        """A full-ranking scorer ``users [B] -> scores [B, I]`` for :func:`prefgraph.evaluate_ranking`.
+
+        Propagates once (or reuses ``emb``, the output of :meth:`forward` on ``graph``) and scores
+        with :meth:`user_preferences`, so cold-start users are ranked from their inferred
+        preference rather than an untrained table row. The scorer holds two matrices,
+        ``[U, M*d]`` (modality-weighted user preferences) and ``[I, M*d]``, computed without
+        gradients; recompute it after the parameters change.
+        """
+        if emb is None:
+            emb = self(graph)
+        prefs = self.user_preferences(graph, emb, cold_start_history)
+        weights = self.modality_weights().detach()
+        user_side = torch.cat([weights[k] * prefs[m] for k, m in enumerate(self.modalities)], dim=1).detach()
+        item_side = torch.cat([emb.items[m] for m in self.modalities], dim=1).detach()
+        return lambda users: user_side[users] @ item_side.t()
 
     # ------------------------------------------------------------------ training objective
     def loss_terms(
