@@ -4,21 +4,30 @@ per-user, per-modality preference vectors saved for the quantizer and the genera
 Artifacts in ``<run>/preference/``:
 
     model.safetensors, model_config.json   the trained ModalSpecificGNN
-    user_preferences.safetensors           {modality: [U, d]}, cold_start [U], from_prior [U] (uint8)
+    user_preferences.safetensors           {modality: [U, d]}, cold_start [U], from_prior [U] (uint8);
+                                           cold_start: no training interaction (vector inferred from the
+                                           user's validation items, or the population prior: from_prior)
     item_embeddings.safetensors            {modality: [I, d]}
     item_features.safetensors              {modality: [I, d_m], "<modality>_mask": [I]}
     user_tastes.json                       ground-truth taste indices per user, when the dataset has them
-    metrics.json                           test Recall/NDCG/HitRate@K (history = train + validation)
+    metrics.json                           test Recall/NDCG/HitRate@K (train + validation items masked),
+                                           best validation NDCG, epochs, counts of cold-start users and of
+                                           items without interactions / image / text
+    checkpoints/, tb/                      Lightning checkpoints (best by val NDCG, last) and TensorBoard logs
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
 from safetensors.torch import load_file, save_file
 
@@ -80,6 +89,10 @@ class PreferenceConfig:
     eval_batch_size: int = 512
     num_negatives: int = 1
     ks: list[int] = field(default_factory=lambda: [10, 20])
+    # torch intra-op CPU threads while this stage runs (0 keeps torch's setting). The stage's
+    # sparse propagation and small matmuls gain little from threads, and on a CPU shared with
+    # other jobs several threads oversubscribe it: one thread was ~20x faster per step here.
+    num_threads: int = 1
 
     def validate(self) -> None:
         self.optimizer.validate()
@@ -88,6 +101,8 @@ class PreferenceConfig:
             raise ValueError("preference.ks must be positive cut-offs")
         if self.batch_size < 1 or self.num_negatives < 1:
             raise ValueError("preference.batch_size and num_negatives must be >= 1")
+        if self.num_threads < 0:
+            raise ValueError("preference.num_threads must be >= 0 (0 keeps torch's setting)")
         for modality in ("visual", "textual"):
             encoder = getattr(self.features, modality)
             if encoder:
@@ -99,12 +114,17 @@ class PreferenceArtifacts:
     """What the preference stage hands on: user preferences per modality and item embeddings."""
 
     user_preferences: dict[str, torch.Tensor]  # modality -> [U, d]
-    cold_start: torch.Tensor  # bool [U]
+    cold_start: torch.Tensor  # bool [U]: no training interaction; the vector is inferred
     item_embeddings: dict[str, torch.Tensor]  # modality -> [I, d]
     metrics: dict[str, float]
+    from_prior: torch.Tensor | None = None  # bool [U]: cold start with no item at all -> population prior
 
 
-def _features(config: PreferenceConfig, data: InteractionData) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def item_features(config: PreferenceConfig, data: InteractionData) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The configured item features: ``({modality: float32 [I, d_m]}, {modality: bool [I]})``.
+
+    A modality no item has (e.g. MovieLens without posters) is left out, with a message.
+    """
     values, masks = {}, {}
     for modality in ("visual", "textual"):
         encoder = getattr(config.features, modality)
@@ -116,12 +136,15 @@ def _features(config: PreferenceConfig, data: InteractionData) -> tuple[dict[str
         )
         encoded = encode_items(data, spec, config.features.cache_dir or None)
         if not encoded.mask.any():
-            continue  # e.g. MovieLens without posters: no item has an image
+            # e.g. MovieLens without posters: no item has an image
+            rank_zero_info(f"preference: no item of {data.name!r} has {modality} input; the {modality} modality is left out")
+            continue
         values[modality], masks[modality] = encoded.values, encoded.mask
     return values, masks
 
 
-def _build_model(config: PreferenceModelConfig, num_users: int, num_items: int, feature_dims: dict[str, int]) -> ModalSpecificGNN:
+def build_model(config: PreferenceModelConfig, num_users: int, num_items: int, feature_dims: dict[str, int]) -> ModalSpecificGNN:
+    """The ``ModalSpecificGNN`` of ``config`` for ``feature_dims`` ``{modality: d_m}``."""
     return ModalSpecificGNN(
         num_users, num_items, config.embedding_dim, config.num_layers, feature_dims,
         use_id_modality=config.use_id_modality,
@@ -134,47 +157,133 @@ def _build_model(config: PreferenceModelConfig, num_users: int, num_items: int, 
     )
 
 
-def train_preferences(config: PreferenceConfig, data: InteractionData, split: Split, out: Path) -> PreferenceArtifacts:
-    """Fit the model on ``split.train``, keep the best validation-NDCG checkpoint, write artifacts to ``out``."""
+def _pairs(data: InteractionData, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user_index [P], item_index [P]) of the interaction rows ``rows``."""
+    return torch.from_numpy(data.user[rows]), torch.from_numpy(data.item[rows])
+
+
+def _check_split(config: PreferenceConfig, data: InteractionData, split: Split) -> None:
+    """Refuse, with what to change, a split this stage cannot train or select a checkpoint on."""
+    sizes = f"train {len(split.train)}, validation {len(split.val)}, test {len(split.test)} rows"
+    if len(split.train) == 0:
+        raise ValueError(f"preference: dataset {data.name!r} is too small for its split ({sizes}): no training interactions")
+    if len(split.val) == 0:
+        raise ValueError(
+            f"preference: dataset {data.name!r} has no validation interactions ({sizes}); the best checkpoint and "
+            "early stopping are chosen on validation NDCG: use a split with validation rows (data.split)"
+        )
+    if data.num_items < 2:
+        raise ValueError(f"preference: dataset {data.name!r} has {data.num_items} item(s); ranking needs at least 2")
+    if max(config.ks) > data.num_items:
+        raise ValueError(f"preference.ks {config.ks} exceeds the {data.num_items} items of dataset {data.name!r}")
+
+
+def _data_notes(data: InteractionData, split: Split, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Counts of the unusual inputs the stage copes with, for metrics.json and the summary."""
+    train_user_degree = np.bincount(data.user[split.train], minlength=data.num_users)
+    any_user_degree = np.bincount(data.user, minlength=data.num_users)
+    train_item_degree = np.bincount(data.item[split.train], minlength=data.num_items)
+    notes = {
+        "users_without_interactions": float((any_user_degree == 0).sum()),
+        "users_only_in_val_or_test": float(((train_user_degree == 0) & (any_user_degree > 0)).sum()),
+        "items_without_train_interactions": float((train_item_degree == 0).sum()),
+    }
+    for modality in ("visual", "textual"):
+        notes[f"items_without_{modality}"] = float((~masks[modality]).sum()) if modality in masks else float(data.num_items)
+    return notes
+
+
+def train_preferences(
+    config: PreferenceConfig, data: InteractionData, split: Split, out: Path, *, callbacks: Sequence[Callback] = ()
+) -> PreferenceArtifacts:
+    """Fit the model on ``split.train``, keep the best validation-NDCG checkpoint, write artifacts to ``out``.
+
+    Cold start: users without training interactions are flagged; those with validation
+    interactions get the mean embedding of those items (a fold-in from their few items), the
+    rest (no interactions, or test ones only, which stay held out) the population prior. Test
+    metrics rank every item not in the user's train + validation history, with the model's
+    propagation over the training graph (the graph it was trained and validated on).
+
+    Under multi-process strategies (``ddp``) only global rank 0 writes the artifacts.
+    ``callbacks`` are extra Lightning callbacks (they must be picklable for ``ddp_spawn``).
+    """
     config.validate()
+    _check_split(config, data, split)
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _fit_and_write(config, data, split, out, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_and_write(
+    config: PreferenceConfig, data: InteractionData, split: Split, out: Path, callbacks: Sequence[Callback]
+) -> PreferenceArtifacts:
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    features, masks = _features(config, data)
-    train_users = torch.from_numpy(data.user[split.train])
-    train_items = torch.from_numpy(data.item[split.train])
-    graph = InteractionGraph(train_users, train_items, data.num_users, data.num_items, features, masks)
-    model = _build_model(config.model, data.num_users, data.num_items, {m: v.shape[1] for m, v in features.items()})
+    features, masks = item_features(config, data)
+    notes = _data_notes(data, split, masks)
+    for modality, mask in masks.items():
+        if not mask.all():
+            rank_zero_warn(
+                f"preference: {int((~mask).sum())} of {data.num_items} items have no {modality} input; "
+                f"they use the learned 'missing {modality}' vector"
+            )
+    if notes["users_without_interactions"] or notes["users_only_in_val_or_test"]:
+        rank_zero_warn(
+            f"preference: {int(notes['users_without_interactions'])} users have no interactions and "
+            f"{int(notes['users_only_in_val_or_test'])} only held-out ones; they are flagged cold_start and get "
+            "a preference from their validation items or the population prior"
+        )
+    graph = InteractionGraph(*_pairs(data, split.train), data.num_users, data.num_items, features, masks)
+    model = build_model(config.model, data.num_users, data.num_items, {m: v.shape[1] for m, v in features.items()})
     datamodule = BPRDataModule(
         data, split, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_negatives=config.num_negatives
     )
     module = PreferenceModule(graph, model, config.optimizer, datamodule.val_targets, config.ks)
     monitor = f"val/ndcg@{max(config.ks)}"
-    trainer = build_trainer(config.trainer, out, monitor=monitor, mode="max")
+    trainer = build_trainer(config.trainer, out, monitor=monitor, mode="max", callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    best_score = None
+    if best_path:
         # Our own checkpoint, read without unpickling arbitrary objects.
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        saved = torch.load(best_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(saved["state_dict"])
+        best_score = checkpoint.best_model_score
+        if best_score is None:  # not carried back from ddp_spawn workers: read it from the checkpoint
+            best_score = next((v.get("best_model_score") for k, v in saved.get("callbacks", {}).items()
+                               if k.startswith("ModelCheckpoint")), None)
     model = module.model.cpu().eval()
+    graph = graph.to("cpu")
 
     with torch.no_grad():
         emb = model(graph)
-        prefs = model.user_preferences(graph, emb)
-        history = torch.from_numpy(data.user[split.train.tolist() + split.val.tolist()]), torch.from_numpy(
-            data.item[split.train.tolist() + split.val.tolist()]
+        val_pairs = _pairs(data, split.val)
+        # Validation items fold in users who have no training edge; warm users' pairs are ignored.
+        prefs = model.user_preferences(graph, emb, cold_start_history=val_pairs)
+        history = np.concatenate([split.train, split.val])
+        history_graph = InteractionGraph(*_pairs(data, history), data.num_users, data.num_items)
+        test_metrics = evaluate_ranking(
+            model.scorer(graph, emb, cold_start_history=val_pairs), history_graph, _pairs(data, split.test), config.ks
         )
-        eval_graph = InteractionGraph(history[0], history[1], data.num_users, data.num_items, features, masks)
-        metrics = evaluate_ranking(model, eval_graph, (torch.from_numpy(data.user[split.test]), torch.from_numpy(data.item[split.test])), config.ks)
-    metrics = {f"test/{k}": float(v) for k, v in metrics.items()}
-    metrics["best_val_score"] = float(trainer.checkpoint_callback.best_model_score or 0.0) if trainer.checkpoint_callback else 0.0
+    metrics = {f"test/{k}": float(v) for k, v in test_metrics.items()}
+    metrics["best_val_score"] = float(best_score) if best_score is not None else float("nan")
     metrics["epochs"] = float(trainer.current_epoch)
+    metrics["cold_start_users"] = float(prefs.cold_start.sum())
+    metrics["prior_users"] = float(prefs.from_prior.sum())
+    metrics.update(notes)
     artifacts = PreferenceArtifacts(
         user_preferences={m: prefs[m].contiguous() for m in model.modalities},
         cold_start=prefs.cold_start,
         item_embeddings={m: emb.items[m].contiguous() for m in model.modalities},
         metrics=metrics,
+        from_prior=prefs.from_prior,
     )
-    _write(out, model, artifacts, prefs.from_prior, features, masks, data)
+    if trainer.is_global_zero:
+        _write(out, model, artifacts, features, masks, data)
     return artifacts
 
 
@@ -188,14 +297,14 @@ def _write_json(path: Path, value: object) -> None:
         tmp.write_text(json.dumps(value, indent=2))
 
 
-def _write(out: Path, model: ModalSpecificGNN, artifacts: PreferenceArtifacts, from_prior: torch.Tensor,
+def _write(out: Path, model: ModalSpecificGNN, artifacts: PreferenceArtifacts,
            features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], data: InteractionData) -> None:
     _save(out / "model.safetensors", model.state_dict())
     _write_json(out / "model_config.json", model.get_config())
     _save(out / "user_preferences.safetensors", {
         **artifacts.user_preferences,
         "cold_start": artifacts.cold_start.to(torch.uint8),
-        "from_prior": from_prior.to(torch.uint8),
+        "from_prior": artifacts.from_prior.to(torch.uint8),
     })
     _save(out / "item_embeddings.safetensors", artifacts.item_embeddings)
     _save(out / "item_features.safetensors", {**features, **{f"{m}_mask": v.to(torch.uint8) for m, v in masks.items()}})
@@ -215,8 +324,11 @@ def load_preferences(run: RunDirectory) -> PreferenceArtifacts:
     except Exception as err:  # safetensors raises several types for damaged files
         raise RunError(f"preference artifacts in {out} are damaged ({err}); rerun with --force preference") from err
     cold = prefs.pop("cold_start").bool()
-    prefs.pop("from_prior", None)
-    return PreferenceArtifacts(user_preferences=prefs, cold_start=cold, item_embeddings=items, metrics=metrics)
+    prior = prefs.pop("from_prior", None)
+    return PreferenceArtifacts(
+        user_preferences=prefs, cold_start=cold, item_embeddings=items, metrics=metrics,
+        from_prior=prior.bool() if prior is not None else None,
+    )
 
 
 def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
@@ -232,9 +344,10 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
     summary = (
         f"test recall@{k} {m[f'test/recall@{k}']:.4f}, ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
         f"after {int(m['epochs'])} epochs; modalities {sorted(artifacts.user_preferences)}; "
-        f"{int(artifacts.cold_start.sum())} cold-start users"
+        f"{int(artifacts.cold_start.sum())} cold-start users ({int(m['prior_users'])} from the prior)"
     )
-    run.mark_complete("preference", stage_fp, {"summary": summary, "metrics": m})
+    if rank_zero_only.rank == 0:  # under `strategy: ddp` every rank runs this function
+        run.mark_complete("preference", stage_fp, {"summary": summary, "metrics": m})
     return StageResult(stage_fp, summary)
 
 
