@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from pmg.cli import main
 from pmg.data import read_dataset
 

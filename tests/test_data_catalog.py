@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from pmg.config import ConfigError, load_config
 from pmg.data import CatalogConfig, generate_catalog, read_dataset, render_item_image, write_catalog
 from pmg.data.catalog import CATEGORIES, COLOURS, PATTERNS

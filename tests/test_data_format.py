@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pmg.atomic import atomic_directory, atomic_file
 from pmg.data import DatasetError, read_dataset, write_dataset
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from pmg.data import DatasetError, read_dataset, write_dataset
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pmg.data import InteractionData, Item, read_dataset
 from pmg.data.split import Split, kcore, temporal_split
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,10 @@ class RunDirectory:
             tmp.write_text(json.dumps({"fingerprint": stage_fingerprint, "pmg_version": __version__, **summary}, indent=2, default=str))
 
     def invalidate(self, stage: str) -> None:
+        """Mark ``stage`` incomplete before recomputing it, and drop its training checkpoints:
+        they belong to the inputs it had before and must not be resumed or mixed in."""
         (self.root / stage / "stage.json").unlink(missing_ok=True)
+        shutil.rmtree(self.root / stage / "checkpoints", ignore_errors=True)
 
     def require(self, stage: str) -> dict[str, Any]:
         """The completion record of ``stage``; ``RunError`` that says what to run if it is missing."""

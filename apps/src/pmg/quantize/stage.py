@@ -17,16 +17,6 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from prefquant import (
-    DEFAULT_PREFIXES,
-    ModalitySpec,
-    PreferenceTokenizer,
-    ResidualQuantizer,
-    code_perplexity,
-    code_usage,
-    normalized_mutual_information,
-    tuple_ids,
-)
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -37,6 +27,16 @@ from pmg.preference.stage import load_preferences
 from pmg.runs import RunDirectory, RunError, fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_optimizer, build_trainer
+from prefquant import (
+    DEFAULT_PREFIXES,
+    ModalitySpec,
+    PreferenceTokenizer,
+    ResidualQuantizer,
+    code_perplexity,
+    code_usage,
+    normalized_mutual_information,
+    tuple_ids,
+)
 
 __all__ = ["QuantizeConfig", "QuantizeModule", "UserTokens", "load_user_tokens", "QUANTIZE_STAGE"]
 

@@ -1,0 +1,107 @@
+"""The stages chained on a tiny catalog: data → zoo → preference → quantize (→ later stages as they land).
+
+One tiny run directory is built once per session; each test checks one stage's artifacts,
+reuse and error handling on it (or on a copy, when it damages something).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pmg.cli import main
+from pmg.runs import RunDirectory, RunError
+
+TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
+
+
+def _pipeline(run: Path, *overrides: str) -> int:
+    # The zoo's cache lives beside the run, never in the checkout.
+    return main(["pipeline", "--config", str(TINY_CONFIG), "--run", str(run),
+                 f"zoo.cache_dir={run.parent / 'zoo-cache'}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    assert _pipeline(run) == 0
+    return run
+
+
+def test_every_stage_completes_with_its_artifacts(tiny_run: Path) -> None:
+    for stage in ("data", "zoo", "preference", "quantize"):
+        assert json.loads((tiny_run / stage / "stage.json").read_text())["fingerprint"]
+    prefs = load_file(tiny_run / "preference" / "user_preferences.safetensors")
+    assert prefs["visual"].shape == (60, 16) and prefs["textual"].shape == (60, 16)
+    assert torch.isfinite(prefs["visual"]).all()
+    assert (tiny_run / "preference" / "tb").is_dir()
+    codes = load_file(tiny_run / "quantize" / "user_codes.safetensors")
+    assert codes["visual"].shape == (60, 2) and codes["visual"].max() < 8
+
+
+def test_user_tokens_parse_back_to_codes(tiny_run: Path) -> None:
+    from pmg.quantize import load_user_tokens
+
+    tokens = load_user_tokens(RunDirectory(tiny_run))
+    lines = [json.loads(line) for line in (tiny_run / "quantize" / "user_tokens.jsonl").read_text().splitlines()]
+    assert len(lines) == 60 and lines[0]["user_id"] == tokens.user_ids[0]
+    for user in (0, 17, 59):
+        fragment = tokens.prompt_fragment(user, ("visual", "textual"))
+        assert fragment.startswith("<pv_0_") and "<pt_1_" in fragment
+        parsed = tokens.tokenizer.parse(f"a product for {fragment}: a dress")
+        assert parsed["visual"].tolist() == tokens.codes["visual"][user].tolist()
+        assert lines[user]["tokens"]["textual"] == tokens.tokenizer.prompt_fragment({"textual": tokens.codes["textual"][user]})
+    assert len(tokens.tokenizer.all_tokens()) == 3 * 2 * 8
+
+
+def test_quantizers_reload_and_encode_the_saved_codes(tiny_run: Path) -> None:
+    from prefquant import ResidualQuantizer
+
+    prefs = load_file(tiny_run / "preference" / "user_preferences.safetensors")
+    codes = load_file(tiny_run / "quantize" / "user_codes.safetensors")
+    quantizer = ResidualQuantizer.from_pretrained(tiny_run / "quantize" / "textual")
+    assert torch.equal(quantizer.encode(prefs["textual"]), codes["textual"])
+    metrics = json.loads((tiny_run / "quantize" / "metrics.json").read_text())
+    assert 0 < metrics["textual/usage_min"] <= 1 and "visual/nmi_colour" in metrics
+
+
+def test_rerun_reuses_and_a_changed_stage_redoes_what_follows(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (tiny_run / "quantize" / "user_codes.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _pipeline(tiny_run) == 0
+    out = capsys.readouterr().out
+    assert out.count("(reused)") == 4
+    assert (tiny_run / "quantize" / "user_codes.safetensors").stat().st_mtime_ns == before
+    assert _pipeline(tiny_run, "quantize.codebook_size=4") == 0
+    out = capsys.readouterr().out
+    assert "[preference]" in out and out.count("(reused)") == 3
+    assert load_file(tiny_run / "quantize" / "user_codes.safetensors")["visual"].max() < 4
+
+
+def test_missing_stage_and_damaged_artifacts_say_what_to_run(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pmg.quantize import load_user_tokens
+
+    empty = tmp_path / "empty"
+    assert main(["quantize", "fit", "--run", str(empty)]) == 2
+    assert "stage 'preference' has not completed" in capsys.readouterr().err
+    damaged = Path(shutil.copytree(tiny_run, tmp_path / "damaged"))
+    path = damaged / "quantize" / "user_codes.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(RunError, match="damaged .* --force quantize"):
+        load_user_tokens(RunDirectory(damaged))
+    (damaged / "run.json").write_text('{"format": 0, "pmg_version": "0.0.1"}')
+    assert _pipeline(damaged) == 2
+    assert "run format 0" in capsys.readouterr().err
+
+
+def test_quantize_fit_alone_on_a_run(tiny_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(tiny_run, tmp_path / "alone"))
+    assert main(["quantize", "fit", "--run", str(run), "num_levels=1", "codebook_size=4", "trainer.max_epochs=2",
+                 "trainer.enable_progress_bar=false", "modalities=[visual]"]) == 0
+    codes = load_file(run / "quantize" / "user_codes.safetensors")
+    assert set(codes) == {"visual"} and codes["visual"].shape == (60, 1)
