@@ -9,7 +9,9 @@ the cache is not what is timed), then measures on held-out data:
 - ``clip_top1``: image→text top-1 among ``clip_candidates`` held-out captions of distinct
   combinations;
 - ``judge_acc``: mean held-out accuracy of the judge over its attributes (per attribute too).
-``minutes`` is the zoo stage's wall time; ``peak_rss_gb`` the process's peak resident memory.
+``minutes`` is the zoo stage's wall time, ``cpu_minutes`` its CPU time over all threads (the
+figure that does not depend on what else runs on the machine); ``peak_rss_gb`` the process's
+peak resident memory.
 The last line printed is one JSON object with every figure.
 """
 
@@ -36,6 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
+
     from pmg.config import load_config
     from pmg.data.dataset_stage import DatasetConfig, prepare_dataset
     from pmg.runs import RunDirectory
@@ -44,9 +47,11 @@ def main() -> None:
     run = RunDirectory(args.run)
     data, split, data_fp = prepare_dataset(DatasetConfig(), run)
     config = load_config(ZooConfig, args.config if args.config.is_file() else None, [*args.overrides, "retrain=true"])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = run_zoo_stage(config, run, data_fp, True)
     minutes = (time.perf_counter() - started) / 60
+    # CPU time (all threads) says what the stage costs whatever else shares the machine.
+    cpu_minutes = (time.process_time() - cpu_started) / 60
     print(result.summary, flush=True)
 
     from pmg.zoo.corpus import build_corpus
@@ -76,6 +81,8 @@ def main() -> None:
         **{f"judge_{k}_acc": v for k, v in judged.items()},
         "judge_heldout_items": int(corpus.image_items(corpus.heldout_items).size),
         "minutes": round(minutes, 2),
+        "cpu_minutes": round(cpu_minutes, 2),
+        "torch_threads": __import__("torch").get_num_threads(),
         "peak_rss_gb": round(_peak_rss_gb(), 2),
         "stage_timings_s": json.loads((Path(zoo.root) / "zoo.json").read_text()).get("timings", {}),
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+
 from pmg.config import ConfigError, load_config
 from pmg.data.dataset_stage import DatasetConfig, prepare_dataset
 from pmg.runs import RunDirectory

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from torch.nn import functional as F
+from transformers import AutoModelForCausalLM, CLIPModel
+
 from prefgen.offline_tokenizers import train_causal_lm_tokenizer, train_clip_tokenizer
 from prefgen.tiny import (
     TinyCausalLMConfig,
@@ -18,8 +21,6 @@ from prefgen.tiny import (
     build_tiny_sdxl_pipeline,
     text_encoders_from_clip,
 )
-from torch.nn import functional as F
-from transformers import AutoModelForCausalLM, CLIPModel
 
 TEXTS = ["a red striped dress", "a blue polka-dot shoe", "Alder casual cotton t-shirt", "great green tone"] * 10
 CLIP_SIZE = TinyClipConfig(text_hidden_size=16, text_layers=2, text_heads=2, text_intermediate_size=32, max_text_length=16,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer, CLIPTokenizer, Qwen2Tokenizer
+
 from prefgen.offline_tokenizers import (
     CLIP_EOS,
     TokenizerError,
@@ -12,7 +14,6 @@ from prefgen.offline_tokenizers import (
     train_causal_lm_tokenizer,
     train_clip_tokenizer,
 )
-from transformers import AutoTokenizer, CLIPTokenizer, Qwen2Tokenizer
 
 TEXTS = [
     "Alder red striped cotton dress",

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefgen.tiny import TinyCausalLMConfig, TinyClipConfig, TinySDXLConfig
-
 from pmg.training import OptimizerConfig, TrainerConfig
+from prefgen.tiny import TinyCausalLMConfig, TinyClipConfig, TinySDXLConfig
 
 __all__ = [
     "HoldoutConfig",
@@ -101,10 +100,10 @@ class ClipTrainingConfig:
     base_model: str | None = None
     finetune: bool = False
     model: TinyClipConfig = field(default_factory=TinyClipConfig)
-    batch_size: int = 128
-    caption_probability: float = 0.5
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-3, weight_decay=0.01))
+    batch_size: int = 64
+    caption_probability: float = 0.8
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(600))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3, weight_decay=0.01))
 
     def validate(self, local_files_only: bool) -> None:
         _check_base("clip.base_model", self.base_model, local_files_only)
@@ -120,7 +119,7 @@ class VaeTrainingConfig:
     """The AutoencoderKL: reconstruction (MSE) + ``kl_weight`` × KL, on random
     ``crop_size`` crops (the VAE is convolutional; crops cut the cost by (S/crop)²)."""
 
-    batch_size: int = 32
+    batch_size: int = 16
     crop_size: int = 32
     kl_weight: float = 1e-6
     trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
@@ -134,10 +133,10 @@ class UNetTrainingConfig:
     unconditional branch, ``force_zeros_for_empty_prompt``) for classifier-free guidance;
     ``snr_gamma`` > 0 applies min-SNR loss weighting."""
 
-    batch_size: int = 64
+    batch_size: int = 32
     prompt_dropout: float = 0.1
     snr_gamma: float = 5.0
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(1000))
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-3))
 
 
@@ -181,7 +180,7 @@ class CausalLMTrainingConfig:
     model: TinyCausalLMConfig = field(default_factory=TinyCausalLMConfig)
     batch_size: int = 32
     max_length: int = 64
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(400))
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(200))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
 
     def validate(self, local_files_only: bool) -> None:
@@ -199,7 +198,7 @@ class JudgeModelConfig:
     linear head per attribute."""
 
     image_size: int = 64
-    channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
 
     def validate(self) -> None:
         if not self.channels or any(c < 1 for c in self.channels):
@@ -219,7 +218,7 @@ class JudgeTrainingConfig:
     attributes: list[str] = field(default_factory=lambda: ["category", "colour", "pattern"])
     batch_size: int = 64
     noise_std: float = 0.1
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(300))
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(150))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=1e-4))
 
     def validate(self) -> None:
@@ -244,7 +243,7 @@ class ZooEvalConfig:
     clip_candidates: int = 100
     t2i_images_per_combo: int = 4
     t2i_steps: int = 20
-    guidance_scale: float = 4.0
+    guidance_scale: float = 5.0
     seed: int = 0
 
     def validate(self) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from prefgen.tiny import build_tiny_causal_lm
 from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pmg.zoo.config import CausalLMTrainingConfig
 from pmg.zoo.fitting import fit_steps
 from pmg.zoo.lightning_modules import CausalLMModule
+from prefgen.tiny import build_tiny_causal_lm
 
 __all__ = ["build_lm", "train_lm"]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
-from prefgen.tiny import build_tiny_sdxl_pipeline, text_encoders_from_clip
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 from transformers import CLIPModel, PreTrainedTokenizerBase
@@ -17,6 +16,7 @@ from pmg.zoo.config import SDXLTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
 from pmg.zoo.fitting import fit_steps
 from pmg.zoo.lightning_modules import UNetDiffusionModule, VaeModule, trainable
+from prefgen.tiny import build_tiny_sdxl_pipeline, text_encoders_from_clip
 
 __all__ = ["build_sdxl", "pipeline_resolution", "train_sdxl"]
 

@@ -55,11 +55,11 @@ class TinyClipConfig:
     text_intermediate_size: int = 128
     max_text_length: int = 32
     vision_hidden_size: int = 64
-    vision_layers: int = 3
+    vision_layers: int = 2
     vision_heads: int = 4
     vision_intermediate_size: int = 128
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16
     projection_dim: int = 64
     hidden_act: str = "quick_gelu"
 
@@ -144,7 +144,7 @@ class TinySDXLConfig:
     """
 
     image_size: int = 64
-    vae_block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    vae_block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 32])
     vae_layers_per_block: int = 1
     vae_norm_num_groups: int = 8
     vae_mid_block_attention: bool = False
