@@ -42,7 +42,7 @@ def _check_steps(name: str, trainer: TrainerConfig, batch_size: int) -> None:
         raise ValueError(f"zoo.{name}.batch_size must be >= 1")
 
 
-def _check_base(name: str, base_model: str | None, local_files_only: bool) -> None:
+def _check_base(name: str, base_model: str | None) -> None:
     if base_model is None:
         return
     if not base_model.strip():
@@ -82,9 +82,9 @@ class TokenizerConfig:
     lm_base: str | None = None
     lm_vocab_size: int = 2048
 
-    def validate(self, local_files_only: bool) -> None:
-        _check_base("tokenizers.clip_base", self.clip_base, local_files_only)
-        _check_base("tokenizers.lm_base", self.lm_base, local_files_only)
+    def validate(self) -> None:
+        _check_base("tokenizers.clip_base", self.clip_base)
+        _check_base("tokenizers.lm_base", self.lm_base)
         if self.clip_vocab_size <= 514:
             raise ValueError("zoo.tokenizers.clip_vocab_size must exceed 514 (512 byte symbols + 2 specials)")
         if self.lm_vocab_size <= 257:
@@ -105,8 +105,8 @@ class ClipTrainingConfig:
     trainer: TrainerConfig = field(default_factory=lambda: _trainer(600))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3, weight_decay=0.01))
 
-    def validate(self, local_files_only: bool) -> None:
-        _check_base("clip.base_model", self.base_model, local_files_only)
+    def validate(self) -> None:
+        _check_base("clip.base_model", self.base_model)
         self.model.validate()
         _check_steps("clip", self.trainer, self.batch_size)
         self.optimizer.validate()
@@ -153,8 +153,8 @@ class SDXLTrainingConfig:
     vae: VaeTrainingConfig = field(default_factory=VaeTrainingConfig)
     unet: UNetTrainingConfig = field(default_factory=UNetTrainingConfig)
 
-    def validate(self, local_files_only: bool) -> None:
-        _check_base("sdxl.base_model", self.base_model, local_files_only)
+    def validate(self) -> None:
+        _check_base("sdxl.base_model", self.base_model)
         self.model.validate()
         _check_steps("sdxl.vae", self.vae.trainer, self.vae.batch_size)
         _check_steps("sdxl.unet", self.unet.trainer, self.unet.batch_size)
@@ -183,8 +183,8 @@ class CausalLMTrainingConfig:
     trainer: TrainerConfig = field(default_factory=lambda: _trainer(200))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
 
-    def validate(self, local_files_only: bool) -> None:
-        _check_base("lm.base_model", self.base_model, local_files_only)
+    def validate(self) -> None:
+        _check_base("lm.base_model", self.base_model)
         self.model.validate()
         _check_steps("lm", self.trainer, self.batch_size)
         self.optimizer.validate()
@@ -278,9 +278,9 @@ class ZooConfig:
         if self.num_threads < 0:
             raise ValueError("zoo.num_threads must be >= 0")
         self.holdout.validate()
-        self.tokenizers.validate(self.local_files_only)
-        self.clip.validate(self.local_files_only)
-        self.sdxl.validate(self.local_files_only)
-        self.lm.validate(self.local_files_only)
+        self.tokenizers.validate()
+        self.clip.validate()
+        self.sdxl.validate()
+        self.lm.validate()
         self.judge.validate()
         self.eval.validate()
