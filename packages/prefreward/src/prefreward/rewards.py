@@ -1,0 +1,259 @@
+"""Rewards for personalized multimodal generation: consistency, personalization, their sum.
+
+Every reward returns one value per sample, shape [B], bounded, and differentiable w.r.t.
+whatever continuous input it was given (images, content embeddings, a learned map).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prefreward._clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipEmbedder, ImageRange
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "ConsistencyReward",
+    "PersonalizationReward",
+    "RankingPersonalizationReward",
+    "CombinedReward",
+    "fit_linear_map",
+]
+
+
+def _to_unit_interval(cosine: torch.Tensor) -> torch.Tensor:
+    return (cosine + 1.0) / 2.0
+
+
+class ConsistencyReward(nn.Module):
+    """CLIP agreement between a generated image and a generated text.
+
+    ``forward(images [B, 3, H, W], texts: B strings) -> [B]``: the cosine of the two CLIP
+    embeddings, in [-1, 1], or ``(cosine + 1) / 2`` in [0, 1] with ``unit_interval=True``.
+    Differentiable w.r.t. ``images`` (the CLIP weights are frozen), so a diffusion model can
+    be fine-tuned by backpropagating through it.
+
+    Args:
+        embedder: a ``ClipEmbedder`` (model, tokenizer, normalisation, image range); build
+            one from a folder with ``ConsistencyReward.from_pretrained``.
+        unit_interval: map the cosine to [0, 1].
+    """
+
+    def __init__(self, embedder: ClipEmbedder, unit_interval: bool = False) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.unit_interval = unit_interval
+
+    @classmethod
+    def from_model(
+        cls,
+        model: CLIPModel,
+        tokenizer: PreTrainedTokenizerBase | Any,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        image_range: ImageRange = "-1,1",
+        unit_interval: bool = False,
+    ) -> ConsistencyReward:
+        """From an in-memory ``CLIPModel`` and tokenizer (or ``CLIPProcessor``, whose mean/std are used)."""
+        image_processor = getattr(tokenizer, "image_processor", None)
+        if image_mean is None:
+            image_mean = getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN
+        if image_std is None:
+            image_std = getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD
+        embedder = ClipEmbedder(model, tokenizer, image_mean=image_mean, image_std=image_std, image_range=image_range)
+        return cls(embedder, unit_interval=unit_interval)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, image_range: ImageRange = "-1,1", unit_interval: bool = False, **model_kwargs: Any
+    ) -> ConsistencyReward:
+        """From any ``save_pretrained`` CLIP folder: the pmg zoo's tiny CLIP or a real checkpoint."""
+        return cls(ClipEmbedder.from_pretrained(folder, image_range=image_range, **model_kwargs), unit_interval=unit_interval)
+
+    def forward(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """images [B, 3, H, W] in the embedder's range, texts B strings → rewards [B]."""
+        if len(texts) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(texts)} texts")
+        cosine = (self.embedder.embed_images(images) * self.embedder.embed_texts(texts)).sum(dim=-1)
+        return _to_unit_interval(cosine) if self.unit_interval else cosine
+
+
+def fit_linear_map(content: torch.Tensor, preference: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Closed-form ridge regression from content embeddings to preference vectors.
+
+    Args:
+        content: [N, d_c] content embeddings (e.g. CLIP embeddings of the items a user liked).
+        preference: [N, d] the matching preference vectors (e.g. the user's modal preference).
+        ridge: L2 penalty; keeps the solve well posed when N < d_c.
+
+    Returns:
+        weight [d, d_c] such that ``content @ weight.T ≈ preference`` (an ``nn.Linear`` weight).
+    """
+    if content.ndim != 2 or preference.ndim != 2 or content.shape[0] != preference.shape[0]:
+        raise ValueError(f"content [N, d_c] and preference [N, d] expected, got {tuple(content.shape)} and {tuple(preference.shape)}")
+    content, preference = content.double(), preference.double()
+    gram = content.T @ content + ridge * torch.eye(content.shape[1], dtype=content.dtype, device=content.device)
+    weight = torch.linalg.solve(gram, content.T @ preference)  # [d_c, d]
+    return weight.T.float()
+
+
+class PersonalizationReward(nn.Module):
+    """Agreement between generated content and the user's modal preference vector.
+
+    ``forward(content [B, d_c], preference [B, d]) -> [B]``: the cosine between
+    ``map(content)`` and ``preference``, in [-1, 1] (or [0, 1] with ``unit_interval=True``).
+    ``content`` is a CLIP image or text embedding of the generated item (e.g.
+    ``ClipEmbedder.embed_images``, differentiable w.r.t. the pixels); the map is a linear layer
+    [d_c → d], learned (``trainable=True``) or given (``weight`` from ``fit_linear_map`` or a
+    checkpoint). With ``content_dim == preference_dim`` and no weight the map is the identity.
+
+    Args:
+        content_dim: d_c, width of the content embedding.
+        preference_dim: d, width of the preference vector.
+        weight: optional [d, d_c] initial map.
+        trainable: whether the map's weight receives gradients (learn it jointly, e.g. with
+            a contrastive loss on (liked item, user) pairs; freeze it during RL).
+        unit_interval: map the cosine to [0, 1].
+    """
+
+    def __init__(
+        self,
+        content_dim: int,
+        preference_dim: int,
+        weight: torch.Tensor | None = None,
+        trainable: bool = False,
+        unit_interval: bool = False,
+    ) -> None:
+        super().__init__()
+        self.projection = nn.Linear(content_dim, preference_dim, bias=False)
+        with torch.no_grad():
+            if weight is not None:
+                if tuple(weight.shape) != (preference_dim, content_dim):
+                    raise ValueError(f"weight must be [{preference_dim}, {content_dim}], got {tuple(weight.shape)}")
+                self.projection.weight.copy_(weight)
+            elif content_dim == preference_dim:
+                self.projection.weight.copy_(torch.eye(content_dim))
+        self.projection.weight.requires_grad_(trainable)
+        self.unit_interval = unit_interval
+
+    def forward(self, content: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+        """content [B, d_c], preference [B, d] → rewards [B]."""
+        mapped = self.projection(content.to(self.projection.weight.dtype))
+        cosine = F.cosine_similarity(mapped, preference.to(mapped.dtype), dim=-1, eps=1e-8)
+        return _to_unit_interval(cosine) if self.unit_interval else cosine
+
+
+RankingScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class RankingPersonalizationReward(nn.Module):
+    """Reward = how surely a ranking model picks the generated item first among C candidates.
+
+    The RAGAR idea: rather than rewarding closeness to a reference (which teaches copying),
+    ask a user-aware ranker whether this user would choose the generated item over
+    alternatives (e.g. the reference and other catalog items).
+
+    ``forward(users [B], generated [B, d], candidates [B, C-1, d]) -> [B]``: the generated
+    item is placed at index 0 of C candidates, ``scorer(users, items [B, C, d])`` returns
+    logits [B, C], and the reward is
+
+    - ``output="probability"``: softmax probability of index 0, in [0, 1];
+    - ``output="log_probability"``: ``log(p + floor) - log(1 + floor)``, in
+      [log(floor / (1 + floor)), 0]: a log-probability kept bounded and smooth, so one
+      hopeless sample cannot dominate the batch.
+
+    Differentiable w.r.t. ``generated`` (and the scorer's parameters, if any).
+    """
+
+    def __init__(self, scorer: RankingScorer, output: str = "log_probability", floor: float = 1e-4) -> None:
+        super().__init__()
+        if output not in ("probability", "log_probability"):
+            raise ValueError(f"output must be 'probability' or 'log_probability', got {output!r}")
+        if floor <= 0:
+            raise ValueError("floor must be > 0")
+        self.scorer = scorer
+        self.output = output
+        self.floor = floor
+
+    def forward(self, users: torch.Tensor, generated: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """users [B] (ids or anything the scorer takes), generated [B, d], candidates [B, C-1, d] → [B]."""
+        if candidates.ndim != 3 or generated.ndim != 2 or candidates.shape[0] != generated.shape[0]:
+            raise ValueError(f"generated [B, d] and candidates [B, C-1, d] expected, got {tuple(generated.shape)} and {tuple(candidates.shape)}")
+        items = torch.cat([generated.unsqueeze(1), candidates.to(generated.dtype)], dim=1)  # [B, C, d]
+        logits = self.scorer(users, items)
+        if logits.shape != items.shape[:2]:
+            raise ValueError(f"scorer must return logits [B, C] = {tuple(items.shape[:2])}, got {tuple(logits.shape)}")
+        probability = logits.float().softmax(dim=-1)[:, 0]
+        if self.output == "probability":
+            return probability
+        return torch.log(probability + self.floor) - math.log1p(self.floor)
+
+
+RewardComponent = Callable[..., torch.Tensor]
+
+
+class CombinedReward(nn.Module):
+    """A weighted sum of named reward components.
+
+    ``forward(**inputs) -> (total [B], {name: value [B]})``: each component is called with
+    the keyword arguments it declares among ``inputs`` (so ``consistency(images, texts)`` and
+    ``personalization(content, preference)`` can share one call); ``combine(values)`` weights
+    values already computed. The per-component values come back detached, for logging.
+
+    Args:
+        weights: name → weight (from a config: ``{"consistency": 1.0, "personalization": 0.5}``).
+            Components with weight 0 are skipped.
+        components: name → callable returning [B]; every weighted name needs one to use
+            ``forward`` (``combine`` needs none).
+    """
+
+    def __init__(self, weights: Mapping[str, float], components: Mapping[str, RewardComponent] | None = None) -> None:
+        super().__init__()
+        if not weights:
+            raise ValueError("CombinedReward needs at least one weight")
+        self.weights = {str(name): float(weight) for name, weight in weights.items()}
+        components = dict(components or {})
+        unknown = sorted(set(components) - set(self.weights))
+        if unknown:
+            raise ValueError(f"components without a weight: {unknown}")
+        # nn.Module components are registered so .to(device) and state_dict reach them.
+        self.modules_by_name = nn.ModuleDict({n: c for n, c in components.items() if isinstance(c, nn.Module)})
+        self.components = components
+
+    def _active(self) -> list[str]:
+        return [name for name, weight in self.weights.items() if weight != 0.0]
+
+    def combine(self, values: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """values name → [B] → (weighted total [B], detached per-component values)."""
+        active = self._active()
+        missing = [name for name in active if name not in values]
+        if missing:
+            raise KeyError(f"missing reward values: {missing}")
+        shapes = {tuple(values[name].shape) for name in active}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+            raise ValueError(f"every component must return one value per sample [B], got shapes {sorted(shapes)}")
+        total = sum(self.weights[name] * values[name].float() for name in active)
+        return total, {name: values[name].detach() for name in active}  # type: ignore[return-value]
+
+    def forward(self, **inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        import inspect
+
+        values: dict[str, torch.Tensor] = {}
+        for name in self._active():
+            if name not in self.components:
+                raise KeyError(f"no component named {name!r}")
+            component = self.components[name]
+            target = component.forward if isinstance(component, nn.Module) else component
+            parameters = inspect.signature(target).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+            arguments = inputs if takes_any else {k: v for k, v in inputs.items() if k in parameters}
+            values[name] = component(**arguments)
+        return self.combine(values)
