@@ -16,6 +16,28 @@ _LAZY = {
     "train_causal_lm_tokenizer": "prefgen.offline_tokenizers",
     "load_tokenizer": "prefgen.offline_tokenizers",
     "TokenizerError": "prefgen.offline_tokenizers",
+    # Preference-token adapters, soft prompts and prompt builders.
+    "TextPreferenceAdapter": "prefgen.text_adapter",
+    "LoraOptions": "prefgen.text_adapter",
+    "DEFAULT_LM_LORA_TARGETS": "prefgen.text_adapter",
+    "ImagePreferenceAdapter": "prefgen.image_adapter",
+    "UNetLoraOptions": "prefgen.image_adapter",
+    "PromptEmbeddings": "prefgen.image_adapter",
+    "load_preference_embeddings": "prefgen.image_adapter",
+    "DEFAULT_UNET_LORA_TARGETS": "prefgen.image_adapter",
+    "TokenInit": "prefgen.token_rows",
+    "PreferenceTokenError": "prefgen.token_rows",
+    "AdapterFileError": "prefgen.token_rows",
+    "add_new_tokens": "prefgen.token_rows",
+    "fit_linear_map": "prefgen.token_rows",
+    "initial_token_rows": "prefgen.token_rows",
+    "SoftPromptInjector": "prefgen.soft_prompt",
+    "SoftPromptProjector": "prefgen.soft_prompt",
+    "soft_prompt_tokens": "prefgen.soft_prompt",
+    "PromptTemplates": "prefgen.prompts",
+    "build_image_prompt": "prefgen.prompts",
+    "build_text_prompt": "prefgen.prompts",
+    "token_fragment": "prefgen.prompts",
 }
 
 __all__ = ["__version__", *_LAZY]
