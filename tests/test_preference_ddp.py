@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file, save_file
+
 from pmg.config import load_config
 from pmg.data import read_dataset
 from pmg.data.split import temporal_split
 from pmg.preference.stage import PreferenceConfig, train_preferences
-from safetensors.torch import load_file, save_file
 
 
 class _SaveRankWeights(Callback):
@@ -35,6 +37,8 @@ class _SaveRankWeights(Callback):
         save_file(tensors, str(Path(self.folder) / f"rank{trainer.global_rank}.safetensors"))
 
 
+# Two spawned workers each import torch + lightning: ~160 s on the shared 2-core machine.
+@pytest.mark.slow
 def test_two_process_gloo_ddp_fit(small_catalog: Path, tmp_path: Path) -> None:
     data = read_dataset(small_catalog)
     config = load_config(PreferenceConfig, None, [

@@ -19,6 +19,7 @@ Artifacts in ``<run>/preference/``:
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
-from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
 from safetensors.torch import load_file, save_file
 
 from pmg.atomic import atomic_file
@@ -42,6 +42,7 @@ from pmg.preference.module import PreferenceModule
 from pmg.runs import RunDirectory, RunError, fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_trainer
+from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
 
 __all__ = [
     "PreferenceModelConfig",
@@ -243,6 +244,8 @@ def _fit_and_write(
     )
     module = PreferenceModule(graph, model, config.optimizer, datamodule.val_targets, config.ks)
     monitor = f"val/ndcg@{max(config.ks)}"
+    # A fresh fit: stale checkpoints would make Lightning version the new ones (best-v1.ckpt).
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     trainer = build_trainer(config.trainer, out, monitor=monitor, mode="max", callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule)
     checkpoint = trainer.checkpoint_callback
@@ -271,7 +274,7 @@ def _fit_and_write(
         )
     metrics = {f"test/{k}": float(v) for k, v in test_metrics.items()}
     metrics["best_val_score"] = float(best_score) if best_score is not None else float("nan")
-    metrics["epochs"] = float(trainer.current_epoch)
+    metrics["epochs"] = float(max(trainer.current_epoch, _epochs_in_last_checkpoint(out)))
     metrics["cold_start_users"] = float(prefs.cold_start.sum())
     metrics["prior_users"] = float(prefs.from_prior.sum())
     metrics.update(notes)
@@ -285,6 +288,15 @@ def _fit_and_write(
     if trainer.is_global_zero:
         _write(out, model, artifacts, features, masks, data)
     return artifacts
+
+
+def _epochs_in_last_checkpoint(out: Path) -> int:
+    """Epochs completed according to ``last.ckpt``; ``ddp_spawn`` does not carry the epoch counter
+    back to the main process, the checkpoint does."""
+    path = out / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", -1)) + 1
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
