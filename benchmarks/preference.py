@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch_geometric.nn.models import LightGCN
+
 from pmg.config import load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog
 from pmg.data.format import InteractionData
@@ -52,7 +54,6 @@ from pmg.preference.module import PreferenceModule
 from pmg.preference.stage import PreferenceConfig, build_model, item_features, train_preferences
 from pmg.training import build_optimizer
 from prefgraph import InteractionGraph, evaluate_ranking, lightgcn_scorer, popularity_scorer
-from torch_geometric.nn.models import LightGCN
 
 REPO = Path(__file__).resolve().parents[1]
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
@@ -89,6 +90,20 @@ def movielens_dataset() -> Prepared:
 
 
 # ---------------------------------------------------------------------------------------- baselines
+def _lightgcn_loss(model: LightGCN, edge_index: torch.Tensor, batch: dict[str, torch.Tensor], offset: int,
+                   l2_weight: float) -> torch.Tensor:
+    """BPR + L2 for a stage batch (``negatives`` [B, N] uses every negative), one propagation per
+    step as in PyG's LightGCN example (positives and negatives ranked in one call)."""
+    negatives = batch["negatives"] + offset  # [B, N]
+    users = batch["users"].unsqueeze(1).expand_as(negatives).reshape(-1)
+    positives = (batch["positives"] + offset).unsqueeze(1).expand_as(negatives).reshape(-1)
+    negatives = negatives.reshape(-1)
+    label_index = torch.cat([torch.stack([users, positives]), torch.stack([users, negatives])], dim=1)
+    pos_rank, neg_rank = model(edge_index, label_index).chunk(2)
+    node_id = torch.cat([batch["users"], batch["positives"] + offset, negatives])
+    return model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=l2_weight)
+
+
 def lightgcn_fit(config: PreferenceConfig, prep: Prepared, log) -> tuple[LightGCN, int]:
     """PyG LightGCN under the stage's budget: same batches, optimizer, L2, epochs, early stopping."""
     torch.manual_seed(config.trainer.seed)
@@ -96,7 +111,7 @@ def lightgcn_fit(config: PreferenceConfig, prep: Prepared, log) -> tuple[LightGC
     edge_index = train_graph.bipartite_edge_index()
     model = LightGCN(train_graph.num_nodes, config.model.embedding_dim, config.model.num_layers)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
-    datamodule = BPRDataModule(prep.data, prep.split, batch_size=config.batch_size, num_negatives=1)
+    datamodule = BPRDataModule(prep.data, prep.split, batch_size=config.batch_size, num_negatives=config.num_negatives)
     val = prep.pairs(prep.split.val)
     k = max(config.ks)
     best, best_state, best_epoch, stale = -1.0, copy.deepcopy(model.state_dict()), 0, 0
@@ -104,11 +119,7 @@ def lightgcn_fit(config: PreferenceConfig, prep: Prepared, log) -> tuple[LightGC
     for epoch in range(config.trainer.max_epochs):
         model.train()
         for batch in datamodule.train_dataloader():
-            users, pos, neg = batch["users"], batch["positives"] + users_offset, batch["negatives"][:, 0] + users_offset
-            pos_rank = model(edge_index, torch.stack([users, pos]))
-            neg_rank = model(edge_index, torch.stack([users, neg]))
-            node_id = torch.cat([users, pos, neg])
-            loss = model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=config.model.l2_weight)
+            loss = _lightgcn_loss(model, edge_index, batch, users_offset, config.model.l2_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -159,10 +170,7 @@ def epoch_seconds(config: PreferenceConfig, prep: Prepared, repeats: int = 2) ->
 
     def lightgcn_epoch() -> None:
         for batch in batches:
-            users, pos, neg = batch["users"], batch["positives"] + offset, batch["negatives"][:, 0] + offset
-            pos_rank = lightgcn(edge_index, torch.stack([users, pos]))
-            neg_rank = lightgcn(edge_index, torch.stack([users, neg]))
-            loss = lightgcn.recommendation_loss(pos_rank, neg_rank, node_id=torch.cat([users, pos, neg]), lambda_reg=1e-4)
+            loss = _lightgcn_loss(lightgcn, edge_index, batch, offset, config.model.l2_weight)
             lightgcn_opt.zero_grad()
             loss.backward()
             lightgcn_opt.step()

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+
 from pmg.data import read_dataset
 from pmg.data.modules import BPRDataModule, GenerationDataModule, UserItemSets
 from pmg.data.split import temporal_split

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from pmg.config import load_config
 from pmg.data import read_dataset
 from pmg.data.split import temporal_split

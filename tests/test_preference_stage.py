@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from pmg.cli import main
 from pmg.config import ConfigError, config_to_dict, load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog
@@ -17,7 +19,6 @@ from pmg.data.split import Split, temporal_split
 from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig, load_preferences, train_preferences
 from pmg.runs import RunDirectory
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 

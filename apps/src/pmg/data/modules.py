@@ -9,12 +9,12 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from prefgraph import InteractionGraph, sample_negatives
 from torch.utils.data import DataLoader, Dataset
 
 from pmg.data.format import InteractionData
 from pmg.data.records import DatasetError
 from pmg.data.split import Split
+from prefgraph import InteractionGraph, sample_negatives
 
 __all__ = ["UserItemSets", "BPRDataModule", "GenerationDataModule", "load_image_tensor"]
 

@@ -8,10 +8,10 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
-from prefgraph import InteractionGraph, ModalSpecificGNN, hit_rate_at_k, ndcg_at_k, recall_at_k, topk_items
 
 from pmg.data.modules import UserItemSets
 from pmg.training import OptimizerConfig, build_optimizer
+from prefgraph import InteractionGraph, ModalSpecificGNN, hit_rate_at_k, ndcg_at_k, recall_at_k, topk_items
 
 __all__ = ["PreferenceModule"]
 
