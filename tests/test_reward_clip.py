@@ -101,6 +101,18 @@ def test_image_ranges_and_normalisation(clip_and_tokenizer) -> None:
         ClipEmbedder(clip, tokenizer, image_range="0,255")  # type: ignore[arg-type]
 
 
+def test_from_model_takes_mean_std_from_a_processor(clip_and_tokenizer) -> None:
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    clip, tokenizer = clip_and_tokenizer
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3), tokenizer=tokenizer)
+    reward = ConsistencyReward.from_model(clip, processor)
+    assert reward.embedder.image_std.flatten().tolist() == [0.25] * 3
+    assert reward.embedder.tokenizer is tokenizer
+    default = ConsistencyReward.from_model(clip, tokenizer)  # no processor: OpenAI's normalisation
+    assert default.embedder.image_mean.flatten()[0].item() == pytest.approx(0.48145466)
+
+
 def test_from_pretrained_folder_reads_normalisation(clip_and_tokenizer, tmp_path: Path) -> None:
     clip, tokenizer = clip_and_tokenizer
     clip.save_pretrained(tmp_path)
