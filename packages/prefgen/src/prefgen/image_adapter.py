@@ -227,17 +227,16 @@ class ImagePreferenceAdapter(nn.Module):
         if not train_lora:
             self.unet.requires_grad_(False)
         token_ids = torch.tensor(meta["token_ids"], dtype=torch.long)
-        self._masks: list[torch.Tensor] = []
-        self._originals: list[torch.Tensor] = []
-        for encoder in self.text_encoders:
+        for index, encoder in enumerate(self.text_encoders):
             weight = encoder.get_input_embeddings().weight
             weight.requires_grad_(True)
-            mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-            mask[token_ids] = 1
-            self._masks.append(mask)
-            self._originals.append(weight.detach().clone())
+            mask = torch.zeros(weight.shape[0], 1, dtype=torch.bool, device=weight.device)
+            mask[token_ids] = True
+            # Non-persistent buffers: they follow .to(device) but stay out of state_dict().
+            self.register_buffer(f"_trainable_rows_{index}", mask, persistent=False)
+            self.register_buffer(f"_original_rows_{index}", weight.detach().clone(), persistent=False)
             # Zero gradients on every row but the preference tokens' (plain Adam then leaves them exactly).
-            weight.register_hook(lambda grad, m=mask: grad * m.to(grad))
+            weight.register_hook(lambda grad, i=index: grad * getattr(self, f"_trainable_rows_{i}").to(grad.dtype))
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self._img2img: Any = None
         self._soft = (
@@ -344,8 +343,8 @@ class ImagePreferenceAdapter(nn.Module):
         """Per encoder: the original rows' mean [d_e] and mean distance to it (for a :class:`SoftPromptProjector`)."""
         out = []
         first_new = min(self.meta["token_ids"])
-        for original in self._originals:
-            old = original[:first_new].float()
+        for index in range(len(self.text_encoders)):
+            old = getattr(self, f"_original_rows_{index}")[:first_new].float()
             center = old.mean(0)
             out.append((center, float((old - center).norm(dim=1).mean())))
         return out
@@ -358,10 +357,10 @@ class ImagePreferenceAdapter(nn.Module):
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Put every embedding row but the preference tokens' back to its original value (after an optimizer step)."""
-        for encoder, mask, original in zip(self.text_encoders, self._masks, self._originals, strict=True):
+        for index, encoder in enumerate(self.text_encoders):
             weight = encoder.get_input_embeddings().weight
-            keep = mask.to(weight.device).bool()
-            weight.copy_(torch.where(keep, weight, original.to(weight)))
+            keep = getattr(self, f"_trainable_rows_{index}")
+            weight.copy_(torch.where(keep, weight, getattr(self, f"_original_rows_{index}").to(weight)))
 
     def protect_frozen_rows(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`restore_frozen_rows` after every ``optimizer.step()``; returns the hook handle."""

@@ -6,6 +6,9 @@ tokens, adds them to a tokenizer so that each encodes to exactly one id, and ini
 new rows either from the mean embedding (plus small noise) or from given vectors, e.g. the
 quantizer's code vectors mapped into the embedding space.
 
+It also holds the checks both adapters run on saved folders (:func:`check_safetensors_file`,
+:func:`read_json_file`), which raise :class:`AdapterFileError` naming the offending file.
+
 Only torch is imported at module level; tokenizers are duck-typed (:class:`TokenizerLike`).
 """
 
