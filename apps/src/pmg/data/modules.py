@@ -16,7 +16,7 @@ from pmg.data.records import DatasetError
 from pmg.data.split import Split
 from prefgraph import InteractionGraph, sample_negatives
 
-__all__ = ["UserItemSets", "BPRDataModule", "GenerationDataModule", "load_image_tensor"]
+__all__ = ["RowIndices", "UserItemSets", "BPRDataModule", "GenerationDataModule", "load_image_tensor"]
 
 
 @dataclass
@@ -50,7 +50,10 @@ class UserItemSets:
         return self.indptr[1:] - self.indptr[:-1]
 
 
-class _Rows(Dataset):
+class RowIndices(Dataset):
+    """The integers ``0 .. count-1`` as a map-style dataset: batches of row indices that a
+    collate function or a training step turns into tensors."""
+
     def __init__(self, count: int) -> None:
         self.count = count
 
@@ -58,7 +61,7 @@ class _Rows(Dataset):
         return self.count
 
     def __getitem__(self, index: int) -> int:
-        return index
+        return int(index)
 
 
 class _BPRCollate:
@@ -123,7 +126,7 @@ class BPRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         collate = _BPRCollate(self.data.user[self.split.train], self.data.item[self.split.train], self.train_graph, self.num_negatives)
         return DataLoader(
-            _Rows(len(self.split.train)), batch_size=self.batch_size, shuffle=True, collate_fn=collate,
+            RowIndices(len(self.split.train)), batch_size=self.batch_size, shuffle=True, collate_fn=collate,
             num_workers=self.num_workers, drop_last=False,
         )
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 from transformers import CLIPModel, PreTrainedTokenizerBase
 
+from pmg.data.modules import RowIndices
 from pmg.zoo.config import SDXLTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
 from pmg.zoo.fitting import fit_steps
@@ -34,17 +34,6 @@ def build_sdxl(config: SDXLTrainingConfig, tokenizer: PreTrainedTokenizerBase, c
 def pipeline_resolution(pipe: StableDiffusionXLPipeline) -> int:
     """The pipeline's default image side in pixels (UNet sample size × VAE factor)."""
     return int(pipe.default_sample_size * pipe.vae_scale_factor)
-
-
-class _Rows(Dataset):
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> int:
-        return int(index)
 
 
 class _ImageCollate:
@@ -111,7 +100,7 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     if train_vae:
         trainable(pipe.vae, True).train()
         module = VaeModule(pipe.vae, config.vae.optimizer, crop_size=config.vae.crop_size, kl_weight=config.vae.kl_weight)
-        fit_steps(module, _Rows(len(items)), trainer_config=config.vae.trainer, batch_size=min(config.vae.batch_size, len(items)),
+        fit_steps(module, RowIndices(len(items)), trainer_config=config.vae.trainer, batch_size=min(config.vae.batch_size, len(items)),
                   log_dir=log_dir / "vae", collate=_ImageCollate(images))
     trainable(pipe.vae, False).eval()
     mean, std = _encode_images(pipe, images)
@@ -134,7 +123,7 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     module = UNetDiffusionModule(pipe.unet, noise_scheduler, config.unet.optimizer, time_ids=time_ids,
                                  prompt_dropout=config.unet.prompt_dropout, snr_gamma=config.unet.snr_gamma)
     collate = _LatentCollate(mean, std, scaling, torch.from_numpy(prompt_index), prompt_embeds, pooled)
-    fit_steps(module, _Rows(len(items)), trainer_config=config.unet.trainer, batch_size=min(config.unet.batch_size, len(items)),
+    fit_steps(module, RowIndices(len(items)), trainer_config=config.unet.trainer, batch_size=min(config.unet.batch_size, len(items)),
               log_dir=log_dir / "unet", collate=collate)
     trainable(pipe.unet, False).eval()
     return pipe
