@@ -1,0 +1,141 @@
+"""Configuration of the generator stage (every hyperparameter, nested by generator)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from pmg.training import OptimizerConfig, TrainerConfig
+from prefquant import DEFAULT_PREFIXES
+
+__all__ = ["TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "GeneratorConfig", "TEXT_TARGETS"]
+
+# The item texts the LM can learn to write for a user.
+TEXT_TARGETS = ("title", "description", "review")
+
+
+@dataclass
+class TextGeneratorConfig:
+    """SFT of the causal LM: prompt with the user's tokens → a text of an item the user liked.
+
+    ``modalities``: whose preference tokens go into the LM (their rows are added and trained).
+    ``targets``: which texts of a liked item become SFT targets (one pair per non-empty text).
+    ``contexts``: the prompt context per target, in the order of ``TEXT_TARGETS``, so that the
+    LM knows which kind of text to write ("" for a title).
+    """
+
+    enabled: bool = True
+    modalities: list[str] = field(default_factory=lambda: ["textual"])
+    targets: list[str] = field(default_factory=lambda: ["title", "review"])
+    contexts: list[str] = field(default_factory=lambda: ["", "description:", "review:"])
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lr: float = 5e-3
+    max_steps: int = 200
+    max_epochs: int = -1
+    batch_size: int = 16
+    max_length: int = 64
+    # Share of examples trained without tokens, so that cold-start users get sensible text.
+    no_token_fraction: float = 0.1
+
+    def context_of(self, target: str) -> str:
+        return self.contexts[TEXT_TARGETS.index(target)]
+
+    def validate(self) -> None:
+        unknown = [t for t in self.targets if t not in TEXT_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"generator.text.targets {unknown or '[]'} must be among {list(TEXT_TARGETS)}")
+        if len(self.contexts) != len(TEXT_TARGETS):
+            raise ValueError(f"generator.text.contexts needs one entry per {list(TEXT_TARGETS)}")
+        _check_common("text", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
+        if self.lora_r < 0 or self.max_length < 4:
+            raise ValueError("generator.text.lora_r must be >= 0 (0: no LoRA) and max_length >= 4")
+
+
+@dataclass
+class ImageGeneratorConfig:
+    """Textual inversion of the users' visual tokens in the SDXL pipeline (+ optional UNet LoRA).
+
+    ``default_subject`` is the image subject for items without a ``category`` attribute.
+    """
+
+    enabled: bool = True
+    modalities: list[str] = field(default_factory=lambda: ["visual"])
+    lr: float = 5e-3
+    max_steps: int = 200
+    max_epochs: int = -1
+    batch_size: int = 16
+    unet_lora_r: int = 0  # 0: no UNet LoRA, only the token rows train
+    unet_lora_alpha: int = 0  # 0: alpha = r
+    default_subject: str = "a product"
+    no_token_fraction: float = 0.1
+
+    def validate(self) -> None:
+        _check_common("image", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
+        if self.unet_lora_r < 0 or self.unet_lora_alpha < 0:
+            raise ValueError("generator.image.unet_lora_r and unet_lora_alpha must be >= 0")
+
+
+@dataclass
+class SampleConfig:
+    """The sample generations written after training (a handful of users + one cold start)."""
+
+    num_users: int = 4
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    max_new_tokens: int = 24
+    seed: int = 0
+
+
+@dataclass
+class GeneratorConfig:
+    """Stage "generator": train the text adapter, then the image adapter, on the users' tokens.
+
+    ``target``: "history" (liked training items, rating >= ``min_rating`` when known) or
+    "next_item" (each user's held-out next item). ``optimizer`` gives the optimizer name
+    (including ``bnb.AdamW8bit``), betas and weight decay; each generator sets its own lr.
+    ``trainer`` gives strategy (``ddp``…), devices, precision and seed; each generator sets
+    its own ``max_steps`` / ``max_epochs``.
+    """
+
+    target: str = "history"
+    min_rating: float = 4.0
+    text: TextGeneratorConfig = field(default_factory=TextGeneratorConfig)
+    image: ImageGeneratorConfig = field(default_factory=ImageGeneratorConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=200, log_every_n_steps=10))
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.target not in ("history", "next_item"):
+            raise ValueError(f"generator.target must be 'history' or 'next_item', not {self.target!r}")
+        if not (self.text.enabled or self.image.enabled):
+            raise ValueError("generator: enable at least one of text and image")
+        self.text.validate()
+        self.image.validate()
+        self.optimizer.validate()
+        self.trainer.validate()
+        if self.sample.num_users < 0 or self.sample.num_inference_steps < 1 or self.sample.max_new_tokens < 1:
+            raise ValueError("generator.sample: num_users >= 0, num_inference_steps >= 1, max_new_tokens >= 1")
+
+    def trainer_for(self, steps: int, epochs: int) -> TrainerConfig:
+        """The shared trainer options with one generator's step/epoch budget."""
+        return dataclasses.replace(self.trainer, max_steps=steps, max_epochs=epochs)
+
+    def optimizer_for(self, lr: float) -> OptimizerConfig:
+        return dataclasses.replace(self.optimizer, lr=lr)
+
+
+def _check_common(name: str, modalities: list[str], lr: float, steps: int, epochs: int, batch: int, no_token: float) -> None:
+    unknown = [m for m in modalities if m not in DEFAULT_PREFIXES]
+    if unknown or not modalities:
+        raise ValueError(f"generator.{name}.modalities {unknown or '[]'} must be among {sorted(DEFAULT_PREFIXES)}")
+    if lr <= 0 or batch < 1:
+        raise ValueError(f"generator.{name}: lr must be > 0 and batch_size >= 1")
+    if steps < 1 and epochs < 1:
+        raise ValueError(f"generator.{name}: set max_steps >= 1 or max_epochs >= 1")
+    if not 0.0 <= no_token < 1.0:
+        raise ValueError(f"generator.{name}.no_token_fraction must be in [0, 1)")
