@@ -75,7 +75,7 @@ def test_rerun_reuses_and_a_changed_stage_redoes_what_follows(tiny_run: Path, ca
     capsys.readouterr()
     assert _pipeline(tiny_run) == 0
     out = capsys.readouterr().out
-    assert out.count("(reused)") == 4
+    assert out.count("(reused)") == 5  # every stage, generator included
     assert (tiny_run / "quantize" / "user_codes.safetensors").stat().st_mtime_ns == before
     assert _pipeline(tiny_run, "quantize.codebook_size=4") == 0
     out = capsys.readouterr().out

@@ -8,6 +8,7 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
     pmg data info DIR
     pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (each stage after "data")
+    pmg generate --run DIR --user ID [--category C] [--reference ITEM] [--no-tokens] [--out FILE]
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="summarise a dataset folder")
     info.add_argument("path", type=Path)
 
+    generate = commands.add_parser("generate", help="an image and texts for one user from a trained run")
+    generate.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory (after the generator stage)")
+    generate.add_argument("--user", help="user id (see <run>/quantize/user_tokens.jsonl); omit with --no-tokens")
+    generate.add_argument("--category", help="image subject category, e.g. 'dress' (default: the user's most liked)")
+    generate.add_argument("--reference", help="item id whose image is personalized (image-to-image)")
+    generate.add_argument("--strength", type=float, default=0.6, help="with --reference: how far from it, in (0, 1]")
+    generate.add_argument("--no-tokens", action="store_true", help="the no-token prompt (cold start / baseline)")
+    generate.add_argument("--out", type=Path, help="image file (default: <run>/generator/generated/<user>.png); texts beside it as .json")
+
     from pmg.pipeline import STAGES
 
     for stage in STAGES[1:]:
@@ -89,6 +99,12 @@ def _stage_fit(args: argparse.Namespace) -> int:
     result = stage.run(config, run, upstream, True)
     print(f"[{stage.name}] {result.summary}; artifacts in {run.stage_dir(stage.name)}")
     return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from pmg.generator.cli import generate_command
+
+    return generate_command(args)
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -155,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pipeline(args)
         if args.command == "data":
             return _data(args)
+        if args.command == "generate":
+            return _generate(args)
         return _stage_fit(args)
     except (ConfigError, DatasetError, RunError, ValueError) as err:
         print(f"pmg: error: {err}", file=sys.stderr)

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
+from pmg.generator import GENERATOR_STAGE, GeneratorConfig
 from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig
 from pmg.quantize.stage import QUANTIZE_STAGE, QuantizeConfig
 from pmg.runs import RunDirectory
@@ -18,7 +19,7 @@ __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
 # In order; each stage's config is the PipelineConfig field of the same name.
 # `--force NAME` redoes that stage, and the stages after it see a changed upstream.
-STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE)
+STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE, GENERATOR_STAGE)
 
 
 @dataclass
@@ -30,12 +31,14 @@ class PipelineConfig:
     zoo: ZooConfig = field(default_factory=ZooConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def validate(self) -> None:
         self.data.validate()
         self.zoo.validate()
         self.preference.validate()
         self.quantize.validate()
+        self.generator.validate()
 
 
 def quick_profile() -> Path:
