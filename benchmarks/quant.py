@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from prefquant import (
     ResidualQuantizer,
     code_perplexity,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from prefgraph import InteractionGraph, normalized_bipartite_adjacency
 
 # 4 users, 5 items; user 3 has no interaction (cold start); item 4 is never interacted with.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking, sample_bpr_batch
 
 

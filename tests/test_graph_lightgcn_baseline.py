@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from prefgraph import InteractionGraph, evaluate_ranking, lightgcn_scorer, propagate, sample_bpr_batch
 
 LightGCN = pytest.importorskip("torch_geometric.nn.models").LightGCN

@@ -105,3 +105,24 @@ def test_quantize_fit_alone_on_a_run(tiny_run: Path, tmp_path: Path) -> None:
                  "trainer.enable_progress_bar=false", "modalities=[visual]"]) == 0
     codes = load_file(run / "quantize" / "user_codes.safetensors")
     assert set(codes) == {"visual"} and codes["visual"].shape == (60, 1)
+
+
+def test_new_data_redoes_every_stage_and_force_reuses_the_zoo_cache(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = Path(shutil.copytree(tiny_run, tmp_path / "reseeded"))
+
+    def stage_lines(out: str) -> dict[str, str]:
+        return {line[1:].split("]")[0]: line for line in out.splitlines() if line.startswith("[")}
+
+    capsys.readouterr()
+    assert _pipeline(run, "data.catalog.seed=9") == 0
+    lines = stage_lines(capsys.readouterr().out)
+    # The zoo learns from the run's data, so new data retrains it too.
+    assert len(lines) == 5 and not any("(reused)" in line for line in lines.values())
+    assert "zoo built" in lines["zoo"]
+    assert "seed 9" in json.loads((run / "data" / "dataset" / "dataset.json").read_text())["source"]
+    assert _pipeline(run, "data.catalog.seed=9", "--force", "data") == 0
+    lines = stage_lines(capsys.readouterr().out)
+    assert "(reused)" not in lines["data"] and "(reused)" not in lines["preference"]
+    assert "zoo cached" in lines["zoo"]  # forced, but the cache entry for the same data is still valid

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from prefquant import save_safetensors
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quant.py"

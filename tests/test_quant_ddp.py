@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from prefquant import ResidualQuantizer, load_safetensors, save_safetensors
 
 WORLD_SIZE = 2

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+
 from prefquant import (
     CheckpointError,
     ResidualQuantizer,

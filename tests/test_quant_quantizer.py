@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from prefquant import QuantizerOutput, ResidualQuantizer, VectorQuantizer, code_usage, fit_quantizer
 
 

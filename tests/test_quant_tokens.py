@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from prefquant import (
     ModalitySpec,
     PreferenceTokenizer,

@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from prefgen.soft_prompt import DEFAULT_SOFT_PREFIX, SoftPromptInjector, soft_prompt_tokens
 from prefgen.token_rows import (
     AdapterFileError,
+    AddedTokensView,
     PreferenceTokenError,
     TokenInit,
     add_new_tokens,
@@ -131,7 +132,7 @@ def _fix_legacy_eos_pooling(text_encoder: nn.Module, tokenizer: Any) -> None:
             module.eos_token_id = eos
 
 
-class ImagePreferenceAdapter(nn.Module):
+class ImagePreferenceAdapter(AddedTokensView, nn.Module):
     """An SDXL (or SD 1.x/2.x) pipeline with preference tokens; only their rows (+ UNet LoRA) train.
 
     Args:
@@ -308,19 +309,6 @@ class ImagePreferenceAdapter(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Introspection
-
-    @property
-    def tokens(self) -> list[str]:
-        return list(self.meta["tokens"])
-
-    @property
-    def token_ids(self) -> torch.Tensor:
-        """Ids [N] of the preference tokens (the same in every tokenizer)."""
-        return torch.tensor(self.meta["token_ids"], dtype=torch.long)
-
-    @property
-    def soft_prompt_tokens(self) -> list[str]:
-        return list(self.meta["soft_prompt_tokens"])
 
     @property
     def embedding_widths(self) -> list[int]:

@@ -31,6 +31,7 @@ from torch import nn
 from prefgen.soft_prompt import DEFAULT_SOFT_PREFIX, SoftPromptInjector, soft_prompt_tokens
 from prefgen.token_rows import (
     AdapterFileError,
+    AddedTokensView,
     TokenInit,
     add_new_tokens,
     check_safetensors_file,
@@ -73,7 +74,7 @@ def _weights_tied(model: PreTrainedModel) -> bool:
     return head is None or head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
-class TextPreferenceAdapter(nn.Module):
+class TextPreferenceAdapter(AddedTokensView, nn.Module):
     """A causal LM with preference tokens: only LoRA weights and the new token rows train.
 
     Build with ``TextPreferenceAdapter(model, tokenizer, tokens, ...)`` (or
@@ -267,21 +268,6 @@ class TextPreferenceAdapter(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Introspection
-
-    @property
-    def tokens(self) -> list[str]:
-        """The preference tokens, in the order given."""
-        return list(self.meta["tokens"])
-
-    @property
-    def token_ids(self) -> torch.Tensor:
-        """Their ids [N] (long)."""
-        return torch.tensor(self.meta["token_ids"], dtype=torch.long)
-
-    @property
-    def soft_prompt_tokens(self) -> list[str]:
-        """The soft-prompt placeholder tokens (empty when none were reserved)."""
-        return list(self.meta["soft_prompt_tokens"])
 
     @property
     def embedding_width(self) -> int:

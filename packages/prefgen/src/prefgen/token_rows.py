@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
 __all__ = [
     "AdapterFileError",
+    "AddedTokensView",
     "PreferenceTokenError",
     "TokenInit",
     "TokenizerLike",
@@ -31,6 +32,27 @@ __all__ = [
     "initial_token_rows",
     "read_json_file",
 ]
+
+
+class AddedTokensView:
+    """What both adapters report about the tokens they added, read from their saved ``meta``."""
+
+    meta: dict[str, Any]
+
+    @property
+    def tokens(self) -> list[str]:
+        """The preference tokens, in the order given."""
+        return list(self.meta["tokens"])
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """Their ids [N] (long); the same in every tokenizer the adapter extended."""
+        return torch.tensor(self.meta["token_ids"], dtype=torch.long)
+
+    @property
+    def soft_prompt_tokens(self) -> list[str]:
+        """The soft-prompt placeholder tokens (empty when none were reserved)."""
+        return list(self.meta["soft_prompt_tokens"])
 
 
 class PreferenceTokenError(ValueError):

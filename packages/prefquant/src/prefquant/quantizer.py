@@ -20,7 +20,7 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,24 @@ def _perplexity(counts: Tensor) -> Tensor:
     return torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
 
 
-class VectorQuantizer(nn.Module):
+class _SafetensorsCheckpoint:
+    """``save_pretrained`` / ``from_pretrained`` for both quantizers (config JSON + safetensors, no pickle)."""
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically, no pickle)."""
+        from .serialization import save_quantizer
+
+        save_quantizer(self, directory)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Self:
+        """Load a quantizer written by :meth:`save_pretrained`, validating config and tensors."""
+        from .serialization import load_quantizer
+
+        return load_quantizer(directory, expected_class=cls, map_location=map_location)  # type: ignore[arg-type,return-value]
+
+
+class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
     """One codebook of K vectors of size d; maps each row of x [N, d] to its nearest code.
 
     Args:
@@ -444,23 +461,9 @@ class VectorQuantizer(nn.Module):
         _check_codes(codes, 1, self.codebook_size)
         return F.embedding(codes[:, 0].long(), self.effective_codebook())
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically, no pickle)."""
-        from .serialization import save_quantizer
-
-        save_quantizer(self, directory)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-    ) -> VectorQuantizer:
-        """Load a quantizer written by :meth:`save_pretrained`, validating config and tensors."""
-        from .serialization import load_quantizer
-
-        return load_quantizer(directory, expected_class=cls, map_location=map_location)  # type: ignore[return-value]
 
 
-class ResidualQuantizer(nn.Module):
+class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
     """L stacked :class:`VectorQuantizer` levels, each quantizing what the previous left over.
 
     Level 0 quantizes x, level l quantizes ``x - sum_{j<l} q_j``; the reconstruction is the
@@ -633,17 +636,3 @@ class ResidualQuantizer(nn.Module):
         """
         return append_disambiguation(self.encode(x), existing=existing)
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically, no pickle)."""
-        from .serialization import save_quantizer
-
-        save_quantizer(self, directory)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-    ) -> ResidualQuantizer:
-        """Load a quantizer written by :meth:`save_pretrained`, validating config and tensors."""
-        from .serialization import load_quantizer
-
-        return load_quantizer(directory, expected_class=cls, map_location=map_location)  # type: ignore[return-value]
