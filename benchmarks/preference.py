@@ -51,7 +51,15 @@ from pmg.data.modules import BPRDataModule
 from pmg.data.sources import load_movielens
 from pmg.data.split import Split, kcore, temporal_split
 from pmg.preference.module import PreferenceModule
-from pmg.preference.stage import PreferenceConfig, build_model, item_features, train_preferences
+from pmg.preference.stage import (
+    ZOO_ENCODER,
+    PreferenceConfig,
+    build_model,
+    item_features,
+    resolve_zoo_encoders,
+    train_preferences,
+)
+from pmg.runs import RunDirectory, RunError
 from pmg.training import build_optimizer
 from prefgraph import InteractionGraph, evaluate_ranking, lightgcn_scorer, popularity_scorer
 
@@ -270,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="the preference stage's YAML (default configs/preference.yaml)")
     parser.add_argument("--datasets", default="catalog,ml", help="comma-separated subset of catalog,ml")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every model (the stage's default is 1)")
+    parser.add_argument("--zoo-run", type=Path, default=REPO / "runs" / "default",
+                        help="a run whose zoo stage has completed on the default catalog: its CLIP serves a 'zoo' feature "
+                             "encoder (default runs/default, what `uv run pmg pipeline` writes)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="preference config overrides")
     args = parser.parse_args(argv)
     # One thread count for ours and the baselines, so speeds compare (the stage sets its own from config).
@@ -281,6 +292,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     config = load_config(PreferenceConfig, args.config, [
         *args.overrides, "trainer.enable_progress_bar=false", f"num_threads={args.threads}"])
+    if ZOO_ENCODER in (config.features.visual, config.features.textual):
+        if args.quick:
+            raise SystemExit("--quick uses a smaller catalog than the zoo was trained on: add features.visual=pixels")
+        try:
+            if not (args.zoo_run / "run.json").is_file():
+                raise RunError(f"{args.zoo_run} is not a run directory")
+            config = resolve_zoo_encoders(config, RunDirectory(args.zoo_run))
+        except RunError as err:
+            raise SystemExit(f"a 'zoo' feature encoder needs the default pipeline's zoo ({err}); run "
+                             "`uv run pmg pipeline` first, pass --zoo-run DIR, or override features.visual=pixels") from err
+        log(f"zoo encoders: visual {config.features.visual!r}, textual {config.features.textual!r}")
     started = time.perf_counter()
     result: dict[str, float] = {}
     if "catalog" in datasets:

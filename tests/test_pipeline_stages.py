@@ -126,3 +126,24 @@ def test_new_data_redoes_every_stage_and_force_reuses_the_zoo_cache(
     lines = stage_lines(capsys.readouterr().out)
     assert "(reused)" not in lines["data"] and "(reused)" not in lines["preference"]
     assert "zoo cached" in lines["zoo"]  # forced, but the cache entry for the same data is still valid
+
+
+def test_preference_features_from_the_runs_zoo_clip(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.preference.stage import PreferenceConfig, item_features
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "zoo-features"))
+    overrides = ["features.visual=zoo", "features.textual=zoo", f"features.cache_dir={tmp_path / 'features'}",
+                 "model.embedding_dim=8", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    assert main(["preference", "fit", "--run", str(run), *overrides]) == 0
+    saved = load_file(run / "preference" / "item_features.safetensors")
+    clip_dim = json.loads((Path(json.loads((run / "zoo" / "stage.json").read_text())["models"]["clip"]) / "config.json")
+                          .read_text())["projection_dim"]
+    # Both towers of the zoo's CLIP, L2-normalised, in place of pixels and words.
+    assert saved["visual"].shape == (90, clip_dim) and saved["textual"].shape == (90, clip_dim)
+    assert torch.allclose(saved["visual"].norm(dim=1), torch.ones(90), atol=1e-4)
+    # Outside a run (e.g. train_preferences on a dataset of one's own) 'zoo' names nothing.
+    config = PreferenceConfig()
+    config.features.visual = "zoo"
+    with pytest.raises(ValueError, match="'zoo' but no zoo is at hand"):
+        item_features(config, load_prepared(RunDirectory(run))[0])

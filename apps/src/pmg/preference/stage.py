@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +43,8 @@ from pmg.runs import RunDirectory, RunError, fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_trainer
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
+
+ZOO_ENCODER = "zoo"  # a feature encoder name: the run's zoo CLIP
 
 __all__ = [
     "PreferenceModelConfig",
@@ -70,7 +72,12 @@ class PreferenceModelConfig:
 
 @dataclass
 class PreferenceFeaturesConfig:
-    """Item feature encoders (see ``pmg.features``); an empty string drops that modality."""
+    """Item feature encoders (see ``pmg.features``); an empty string drops that modality.
+
+    ``zoo`` names the run's own CLIP (the zoo stage's): its image tower for ``visual``, its
+    text tower for ``textual``. It is resolved to ``clip:<folder>`` when the stage runs
+    (:func:`resolve_zoo_encoders`), so the feature cache follows the zoo's weights.
+    """
 
     visual: str = "pixels"
     textual: str = "minilm"
@@ -106,8 +113,22 @@ class PreferenceConfig:
             raise ValueError("preference.num_threads must be >= 0 (0 keeps torch's setting)")
         for modality in ("visual", "textual"):
             encoder = getattr(self.features, modality)
-            if encoder:
+            if encoder and encoder != ZOO_ENCODER:
                 FeatureEncoderSpec(modality, encoder).validate()
+
+
+def resolve_zoo_encoders(config: PreferenceConfig, run: RunDirectory) -> PreferenceConfig:
+    """``config`` with each ``zoo`` feature encoder replaced by ``clip:<the run's zoo CLIP folder>``."""
+    if ZOO_ENCODER not in (config.features.visual, config.features.textual):
+        return config
+    from pmg.zoo import load_zoo
+
+    clip = f"clip:{load_zoo(run).clip.path}"
+    features = replace(
+        config.features,
+        **{m: clip for m in ("visual", "textual") if getattr(config.features, m) == ZOO_ENCODER},
+    )
+    return replace(config, features=features)
 
 
 @dataclass
@@ -131,6 +152,11 @@ def item_features(config: PreferenceConfig, data: InteractionData) -> tuple[dict
         encoder = getattr(config.features, modality)
         if not encoder:
             continue
+        if encoder == ZOO_ENCODER:
+            raise ValueError(
+                f"preference.features.{modality} is 'zoo' but no zoo is at hand: run the stage on a run directory "
+                "whose zoo stage has completed, or name an encoder (pixels, words, minilm, clip:<folder>)"
+            )
         spec = FeatureEncoderSpec(
             modality, encoder, batch_size=config.features.batch_size,
             local_files_only=config.features.local_files_only, trust_remote_code=config.features.trust_remote_code,
@@ -351,7 +377,7 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
         return StageResult(stage_fp, record["summary"], reused=True)
     run.invalidate("preference")
     data, split = load_prepared(run)
-    artifacts = train_preferences(config, data, split, run.stage_dir("preference"))
+    artifacts = train_preferences(resolve_zoo_encoders(config, run), data, split, run.stage_dir("preference"))
     m = artifacts.metrics
     summary = (
         f"test recall@{k} {m[f'test/recall@{k}']:.4f}, ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
