@@ -1,16 +1,20 @@
-"""The generator stage on the tiny pipeline run: both adapters saved, only the new token rows
-and LoRA changed, samples written, ``pmg generate`` for known, unknown and cold-start users."""
+"""The generator stage on the tiny pipeline run: both adapters and the soft-prompt baseline saved,
+only the new token rows and LoRA changed, samples written, ``pmg generate`` for known, unknown and
+cold-start users; held-out users, the next-item target, bitsandbytes' AdamW8bit and 2-process DDP."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from pmg.cli import main
 from pmg.runs import RunDirectory
+from prefgen import TextPreferenceAdapter
 
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
 
@@ -37,12 +41,18 @@ def test_stage_writes_both_adapters_samples_and_metrics(tiny_run: Path) -> None:
     assert all((out / "samples" / s["image"]).is_file() and set(s["texts"]) == {"title", "review"} for s in samples)
 
 
-def test_only_token_rows_and_lora_differ_from_the_zoo_base(tiny_run: Path) -> None:
-    from pmg.generator import load_generators
+@pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])
+def test_only_token_rows_and_lora_differ_from_the_zoo_base(tiny_run: Path, variant: str) -> None:
+    from pmg.generator import load_generators, load_soft_prompt_generators
     from pmg.zoo.manifest import load_zoo
 
     zoo = load_zoo(RunDirectory(tiny_run))
-    text, image = load_generators(RunDirectory(tiny_run), zoo)
+    if variant == "tokens":
+        text, image = load_generators(RunDirectory(tiny_run), zoo)
+    else:
+        soft = load_soft_prompt_generators(RunDirectory(tiny_run), zoo)
+        assert soft is not None and soft.text.soft_prompt_tokens and soft.image.soft_prompt_tokens
+        text, image = soft.text, soft.image
     assert text is not None and image is not None
     base_lm, base_tokenizer = zoo.load_lm()
     base = dict(base_lm.named_parameters())
@@ -89,3 +99,158 @@ def test_cold_start_user_still_generates(tiny_run: Path, tmp_path: Path) -> None
     assert main(["generate", "--run", str(tiny_run), "--no-tokens", "--out", str(out)]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["cold_start"] and out.is_file() and "<p" not in record["image_prompt"] + record["text_prompt"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Variants of the stage on copies of the tiny run
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> RunDirectory:
+    import shutil
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    return RunDirectory(tmp_path / "run")
+
+
+def _stage_config(*overrides: str):
+    from pmg.config import load_config
+    from pmg.pipeline import PipelineConfig
+
+    return load_config(PipelineConfig, TINY_CONFIG, list(overrides)).generator
+
+
+def test_heldout_users_are_left_out_of_training(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.data.modules import GenerationDataModule
+    from pmg.generator import load_heldout_users
+    from pmg.generator.stage import training_split
+
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    heldout_ids = load_heldout_users(run)
+    assert len(heldout_ids) == round(0.1 * data.num_users)
+    heldout = np.array(sorted(data.user_index()[u] for u in heldout_ids))
+    rows = GenerationDataModule(data, training_split(data, split, heldout), target="history").train_rows()
+    assert not np.isin(data.user[rows], heldout).any() and np.isin(data.user[split.train], heldout).any()
+    metrics = json.loads((tiny_run / "generator" / "metrics.json").read_text())
+    assert metrics["text/examples"] == metrics["image/examples"] == len(rows)
+
+
+def test_next_item_target_trains_on_each_users_held_out_next_item(tiny_run: Path, tmp_path: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator import load_generators, load_heldout_users, run_generator_stage
+    from pmg.zoo.manifest import load_zoo
+
+    run = _copy_run(tiny_run, tmp_path)
+    result = run_generator_stage(_stage_config("generator.target=next_item", "generator.baselines.soft_prompt=false"),
+                                 run, "upstream", True)
+    data, split = load_prepared(run)
+    training_users = set(range(data.num_users)) - {data.user_index()[u] for u in load_heldout_users(run)}
+    # Leave-last-out: the validation row of each training user is the interaction right after its history.
+    next_rows = [r for r in split.val if data.user[r] in training_users]
+    for row in next_rows:
+        history = split.train[data.user[split.train] == data.user[row]]
+        assert data.timestamp[row] >= data.timestamp[history].max()
+    metrics = json.loads((run.root / "generator" / "metrics.json").read_text())
+    assert metrics["text/examples"] == metrics["image/examples"] == len(next_rows) == len(training_users)
+    assert "soft_prompt/text/final_loss" not in metrics and not (run.root / "generator" / "soft_prompt").exists()
+    assert torch.isfinite(torch.tensor(metrics["text/final_loss"])) and "image loss" in result.summary
+    text, image = load_generators(run, load_zoo(run))
+    assert text is not None and image is not None
+    assert main(["generate", "--run", str(run.root), "--user", data.user_ids[next(iter(training_users))],
+                 "--out", str(tmp_path / "next.png")]) == 0
+
+
+class _OptimizerStateProbe(Callback):
+    """After training: the optimizer's class and, per parameter size, the dtype of Adam's first moment."""
+
+    def __init__(self) -> None:
+        self.optimizer_type = ""
+        self.state_dtypes: dict[int, torch.dtype] = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        optimizer = trainer.optimizers[0]
+        self.optimizer_type = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
+        self.state_dtypes = {param.numel(): state["state1"].dtype for param, state in optimizer.state.items()}
+
+
+def test_bnb_adamw8bit_trains_the_generators(tiny_run: Path, tmp_path: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.stage import train_image_generator, train_text_generator
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.zoo.manifest import load_zoo
+
+    run = RunDirectory(tiny_run)
+    config = _stage_config("generator.optimizer.name=bnb.AdamW8bit")
+    data, split = load_prepared(run)
+    zoo, tokens = load_zoo(run), load_user_tokens(run)
+    text_probe, image_probe = _OptimizerStateProbe(), _OptimizerStateProbe()
+    _, _, text_metrics = train_text_generator(config, data, split, zoo, tokens, tmp_path, callbacks=[text_probe])
+    image, _, image_metrics = train_image_generator(config, data, split, zoo, tokens, tmp_path, callbacks=[image_probe])
+    assert "AdamW8bit" in text_probe.optimizer_type and text_probe.optimizer_type.startswith("bitsandbytes.")
+    assert "AdamW8bit" in image_probe.optimizer_type
+    # The CLIP embedding matrices (> 4,096 elements) keep 8-bit state; LoRA's small tensors stay 32-bit.
+    large = [size for size in image_probe.state_dtypes if size > 4096]
+    assert large and all(image_probe.state_dtypes[size] == torch.uint8 for size in large)
+    assert torch.float32 in image_probe.state_dtypes.values()
+    assert all(torch.isfinite(torch.tensor(m["final_loss"])) for m in (text_metrics, image_metrics))
+    # Still only the new rows moved, with the 8-bit optimizer too.
+    base = zoo.load_sdxl()
+    rows = len(base.tokenizer)
+    assert torch.equal(image.pipeline.text_encoder.get_input_embeddings().weight[:rows],
+                       base.text_encoder.get_input_embeddings().weight)
+
+
+# Two spawned workers each import torch, lightning, transformers and diffusers on the shared 2-core machine.
+@pytest.mark.slow
+def test_generator_stage_under_two_process_gloo_ddp(tiny_run: Path, tmp_path: Path) -> None:
+    from pmg.generator import load_generators, run_generator_stage
+    from pmg.zoo.manifest import load_zoo
+
+    run = _copy_run(tiny_run, tmp_path)
+    config = _stage_config("generator.trainer.strategy=ddp_spawn", "generator.trainer.accelerator=cpu",
+                           "generator.trainer.devices=2", "generator.baselines.soft_prompt=false")
+    run_generator_stage(config, run, "upstream", True)
+    metrics = json.loads((run.root / "generator" / "metrics.json").read_text())
+    # The losses come back from rank 0 with the weights (a module buffer).
+    assert all(torch.isfinite(torch.tensor(metrics[f"{kind}/final_loss"])) for kind in ("text", "image"))
+    zoo = load_zoo(run)
+    text, image = load_generators(run, zoo)
+    # The trained rows came back to the main process and were saved: they moved from their (seeded) initial values.
+    initial = TextPreferenceAdapter(*zoo.load_lm(), text.tokens)
+    assert not torch.equal(text.token_embeddings(), initial.token_embeddings())
+    base = zoo.load_sdxl()
+    rows = len(base.tokenizer)
+    weight = image.pipeline.text_encoder.get_input_embeddings().weight
+    assert torch.equal(weight[:rows], base.text_encoder.get_input_embeddings().weight)
+    assert not torch.equal(weight[rows:].mean(0), base.text_encoder.get_input_embeddings().weight.mean(0))
+
+
+def test_soft_prompt_baseline_generates_from_each_users_preference_vectors(tiny_run: Path) -> None:
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator import GeneratorConfig, generate_for_user, load_soft_prompt_generators
+    from pmg.preference.stage import load_preferences
+    from pmg.zoo.manifest import load_zoo
+    from prefgen import build_text_prompt
+
+    run = RunDirectory(tiny_run)
+    soft = load_soft_prompt_generators(run, load_zoo(run))
+    preferences = load_preferences(run).user_preferences
+    assert soft is not None and soft.text_baseline.modalities == ["textual"] and soft.image_baseline.modalities == ["visual"]
+    text0, image0 = soft.vectors(preferences, 0)
+    text1, _ = soft.vectors(preferences, 1)
+    assert text0.shape == (1, 2, soft.text.embedding_width)
+    assert [tuple(v.shape) for v in image0] == [(1, 2, width) for width in soft.image.embedding_widths]
+    # The vectors reach the LM: two users' prompts, identical as text, get different logits.
+    prompt = build_text_prompt(soft.fragment(soft.text))
+    assert prompt.count("<pmg_soft_") == 2
+    with soft.text.soft_prompt(torch.cat([text0, text1])):
+        logits = soft.text.logits([prompt, prompt])
+    assert not torch.allclose(logits[0], logits[1])
+    data, _ = load_prepared(run)
+    config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
+    result = generate_for_user(data, config, user=0, text_fragment=soft.fragment(soft.text),
+                               image_fragment=soft.fragment(soft.image), text_adapter=soft.text, image_adapter=soft.image,
+                               text_soft_prompt=text0, image_soft_prompt=image0)
+    assert result.image is not None and set(result.texts) == {"title", "review"} and "<pmg_soft_0>" in result.image_prompt

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pmg.training import OptimizerConfig, TrainerConfig
 from prefquant import DEFAULT_PREFIXES
 
-__all__ = ["TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "GeneratorConfig", "TEXT_TARGETS"]
+__all__ = ["TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig", "GeneratorConfig", "TEXT_TARGETS"]
 
 # The item texts the LM can learn to write for a user.
 TEXT_TARGETS = ("title", "description", "review")
@@ -90,11 +90,33 @@ class SampleConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """Baselines trained beside the token adapters, for the benchmarks and ``pmg evaluate``.
+
+    ``soft_prompt``: the continuous baseline: each user's preference vector (the preference
+    stage's, no quantization; the modalities of each generator) through a trained linear map
+    into ``soft_prompt_slots`` input embeddings of the LM / of each CLIP text encoder, in
+    place of the discrete tokens; same LoRA options, steps and batches as the token adapters.
+    Off by default: it doubles the stage's time (``benchmarks/generation.py`` trains it when needed).
+    """
+
+    soft_prompt: bool = False
+    soft_prompt_slots: int = 2
+
+    def validate(self) -> None:
+        if self.soft_prompt_slots < 1:
+            raise ValueError(f"generator.baselines.soft_prompt_slots must be >= 1, got {self.soft_prompt_slots}")
+
+
+@dataclass
 class GeneratorConfig:
     """Stage "generator": train the text adapter, then the image adapter, on the users' tokens.
 
     ``target``: "history" (liked training items, rating >= ``min_rating`` when known) or
-    "next_item" (each user's held-out next item). ``optimizer`` gives the optimizer name
+    "next_item" (each user's held-out next item). ``heldout_user_fraction`` of the users
+    (seeded) are left out of training, so that evaluation sees users, and token combinations,
+    the generators never saw; they are listed in ``<run>/generator/heldout_users.json``.
+    ``optimizer`` gives the optimizer name
     (including ``bnb.AdamW8bit``), betas and weight decay; each generator sets its own lr.
     ``trainer`` gives strategy (``ddp``…), devices, precision and seed; each generator sets
     its own ``max_steps`` / ``max_epochs``.
@@ -102,9 +124,11 @@ class GeneratorConfig:
 
     target: str = "history"
     min_rating: float = 4.0
+    heldout_user_fraction: float = 0.1
     text: TextGeneratorConfig = field(default_factory=TextGeneratorConfig)
     image: ImageGeneratorConfig = field(default_factory=ImageGeneratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=200, log_every_n_steps=10))
     num_workers: int = 0
@@ -112,10 +136,13 @@ class GeneratorConfig:
     def validate(self) -> None:
         if self.target not in ("history", "next_item"):
             raise ValueError(f"generator.target must be 'history' or 'next_item', not {self.target!r}")
+        if not 0.0 <= self.heldout_user_fraction < 1.0:
+            raise ValueError(f"generator.heldout_user_fraction must be in [0, 1), got {self.heldout_user_fraction}")
         if not (self.text.enabled or self.image.enabled):
             raise ValueError("generator: enable at least one of text and image")
         self.text.validate()
         self.image.validate()
+        self.baselines.validate()
         self.optimizer.validate()
         self.trainer.validate()
         if self.sample.num_users < 0 or self.sample.num_inference_steps < 1 or self.sample.max_new_tokens < 1:

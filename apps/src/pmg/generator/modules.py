@@ -3,7 +3,9 @@
 Both take batches of ``pmg.data.modules.GenerationDataModule`` (``user`` [B], ``item`` [B],
 ``text``/``review`` lists, ``image`` [B, 3, S, S] in [-1, 1]) and build prompts from each
 user's preference-token fragment (precomputed per data user index; ``None`` for a user
-without tokens, who gets the no-token prompt).
+without tokens, who gets the no-token prompt). For the soft-prompt baseline the fragment is the
+adapter's placeholder tokens and a ``SoftPromptBaseline`` maps the users' preference vectors
+to the vectors that fill them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import torch
 
 from pmg.data.format import InteractionData
 from pmg.generator.config import ImageGeneratorConfig, TextGeneratorConfig
+from pmg.generator.soft_prompt import SoftPromptBaseline
 from pmg.training import OptimizerConfig, build_optimizer
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
 
-__all__ = ["TextGeneratorModule", "ImageGeneratorModule", "item_subject", "text_target"]
+__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "item_subject", "text_target"]
 
 
 def item_subject(data: InteractionData, item: int, default: str) -> str:
@@ -47,72 +50,119 @@ class _TokenDropout:
         return None if fragment is None or self.rng.random() < self.fraction else fragment
 
 
-class TextGeneratorModule(L.LightningModule):
-    """SFT: ``build_text_prompt(user's tokens, context)`` → a text of an item the user liked.
+class GeneratorModule(L.LightningModule):
+    """What both generators share: an adapter, the users' prompt fragments (with token dropout),
+    the optional soft-prompt baseline, loss bookkeeping and the optimizer.
 
-    ``fragments[u]`` is data user ``u``'s token fragment for ``config.modalities`` (or None).
-    Only the adapter's LoRA weights and new token rows are optimised.
+    ``fragments[u]`` is data user ``u``'s fragment (or None). With ``soft_prompt``,
+    ``preferences`` [U, k] are the users' preference vectors it maps to soft-prompt vectors.
+    The optimizer sees the adapter's trainable parameters (LoRA + new token rows) and the
+    baseline's projectors. ``losses`` [2] (first, last training loss; NaN before any step) is
+    a buffer, so it comes back from ``ddp_spawn`` workers with the weights.
     """
 
-    def __init__(self, adapter: TextPreferenceAdapter, data: InteractionData, fragments: Sequence[str | None],
-                 config: TextGeneratorConfig, optimizer: OptimizerConfig, seed: int = 0) -> None:
+    kind = ""  # "text" / "image": the name of the logged loss
+
+    def __init__(self, adapter: TextPreferenceAdapter | ImagePreferenceAdapter, data: InteractionData,
+                 fragments: Sequence[str | None], config: TextGeneratorConfig | ImageGeneratorConfig,
+                 optimizer: OptimizerConfig, seed: int = 0, soft_prompt: SoftPromptBaseline | None = None,
+                 preferences: torch.Tensor | None = None) -> None:
         super().__init__()
+        if (soft_prompt is None) != (preferences is None):
+            raise ValueError("the soft-prompt baseline needs both its projectors and the users' preference vectors")
+        if preferences is not None and len(preferences) != data.num_users:
+            raise ValueError(f"preference vectors for {len(preferences)} users, the dataset has {data.num_users}")
         self.adapter, self.data, self.fragments = adapter, data, list(fragments)
         self.config, self.optimizer_config = config, optimizer
         self.dropout = _TokenDropout(config.no_token_fraction, seed)
-        self.first_loss: float | None = None
-        self.last_loss: float | None = None
+        self.soft_prompt = soft_prompt
+        self.register_buffer("preferences", preferences.float() if preferences is not None else None, persistent=False)
+        self.register_buffer("losses", torch.full((2,), float("nan")))
 
-    def pairs(self, batch: dict) -> tuple[list[str], list[str]]:
-        """(prompts, targets) of a batch: one pair per example and non-empty target text."""
+    @property
+    def first_loss(self) -> float:
+        return float(self.losses[0])
+
+    @property
+    def last_loss(self) -> float:
+        return float(self.losses[1])
+
+    def fragment(self, user: int) -> str | None:
+        """User ``user``'s fragment for one training example (None with the dropout's probability)."""
+        return self.dropout(self.fragments[user])
+
+    def soft_vectors(self, users: Sequence[int]) -> list[torch.Tensor] | None:
+        """One [B, S, d_e] per embedding space for the users of B prompts; None without the baseline."""
+        if self.soft_prompt is None:
+            return None
+        return self.soft_prompt(self.preferences[torch.tensor(list(users), device=self.preferences.device)])
+
+    def record(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Log ``loss`` and keep the first and last value; returns it."""
+        self.log(f"train/{self.kind}_loss", loss, prog_bar=True, batch_size=batch_size)
+        with torch.no_grad():
+            if torch.isnan(self.losses[0]):
+                self.losses[0] = loss.detach()
+            self.losses[1] = loss.detach()
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.adapter.trainable_parameters())
+        if self.soft_prompt is not None:
+            params += list(self.soft_prompt.parameters())
+        return build_optimizer(params, self.optimizer_config)
+
+
+class TextGeneratorModule(GeneratorModule):
+    """SFT: ``build_text_prompt(user's tokens, context)`` → a text of an item the user liked.
+
+    Only the adapter's LoRA weights and new token rows (and the soft-prompt projector) train.
+    """
+
+    kind = "text"
+    adapter: TextPreferenceAdapter
+    config: TextGeneratorConfig
+
+    def pairs(self, batch: dict) -> tuple[list[str], list[str], list[int]]:
+        """(prompts, targets, users) of a batch: one pair per example and non-empty target text."""
         prompts: list[str] = []
         targets: list[str] = []
+        users: list[int] = []
         for user, item, review in zip(batch["user"].tolist(), batch["item"].tolist(), batch["review"], strict=True):
-            fragment = self.dropout(self.fragments[user])
+            fragment = self.fragment(user)
             for target in self.config.targets:
                 continuation = text_target(self.data, item, review, target)
                 if continuation:
                     prompts.append(build_text_prompt(fragment, self.config.context_of(target)))
                     targets.append(continuation)
-        return prompts, targets
+                    users.append(user)
+        return prompts, targets, users
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        prompts, targets = self.pairs(batch)
+        prompts, targets, users = self.pairs(batch)
         if not prompts:
             return None  # a batch of items without any target text: nothing to learn
         inputs = self.adapter.tokenize_for_sft(prompts, targets, max_length=self.config.max_length)
-        loss = self.adapter(**{k: v.to(self.device) for k, v in inputs.items()}).loss
-        self.log("train/text_loss", loss, prog_bar=True, batch_size=len(prompts))
-        value = float(loss.detach())
-        self.first_loss = value if self.first_loss is None else self.first_loss
-        self.last_loss = value
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.adapter.trainable_parameters(), self.optimizer_config)
+        vectors = self.soft_vectors(users)
+        with self.adapter.soft_prompt(vectors[0] if vectors is not None else None):
+            loss = self.adapter(**{k: v.to(self.device) for k, v in inputs.items()}).loss
+        return self.record(loss, len(prompts))
 
 
-class ImageGeneratorModule(L.LightningModule):
+class ImageGeneratorModule(GeneratorModule):
     """Diffusion loss on liked items' images with ``build_image_prompt(subject, user's tokens)``.
 
-    ``fragments[u]`` is data user ``u``'s visual token fragment (or None). The optimizer sees
-    the adapter's trainable parameters (the text encoders' embedding matrices + UNet LoRA);
-    ``protect_frozen_rows`` puts every row but the new tokens' back after each step.
+    The optimizer sees the text encoders' embedding matrices + UNet LoRA (+ the soft-prompt
+    projectors); ``protect_frozen_rows`` puts every row but the new tokens' back after each step.
     """
 
-    def __init__(self, adapter: ImagePreferenceAdapter, data: InteractionData, fragments: Sequence[str | None],
-                 config: ImageGeneratorConfig, optimizer: OptimizerConfig, seed: int = 0) -> None:
-        super().__init__()
-        self.adapter, self.data, self.fragments = adapter, data, list(fragments)
-        self.config, self.optimizer_config = config, optimizer
-        self.dropout = _TokenDropout(config.no_token_fraction, seed)
-        self.first_loss: float | None = None
-        self.last_loss: float | None = None
-        self._row_guard = None  # the optimizer hook of protect_frozen_rows, kept alive with the module
+    kind = "image"
+    adapter: ImagePreferenceAdapter
+    config: ImageGeneratorConfig
 
     def prompts(self, batch: dict) -> list[str]:
         return [
-            build_image_prompt(item_subject(self.data, item, self.config.default_subject), self.dropout(self.fragments[user]))
+            build_image_prompt(item_subject(self.data, item, self.config.default_subject), self.fragment(user))
             for user, item in zip(batch["user"].tolist(), batch["item"].tolist(), strict=True)
         ]
 
@@ -122,14 +172,11 @@ class ImageGeneratorModule(L.LightningModule):
             return None  # only items without images: their zero placeholders must not be learned
         images = batch["image"][keep].to(self.device)  # [B', 3, S, S] in [-1, 1]
         prompts = [p for p, k in zip(self.prompts(batch), keep.tolist(), strict=True) if k]
-        loss = self.adapter.diffusion_loss(images, prompts)
-        self.log("train/image_loss", loss, prog_bar=True, batch_size=len(prompts))
-        value = float(loss.detach())
-        self.first_loss = value if self.first_loss is None else self.first_loss
-        self.last_loss = value
-        return loss
+        loss = self.adapter.diffusion_loss(images, prompts, soft_prompt=self.soft_vectors(batch["user"][keep].tolist()))
+        return self.record(loss, len(prompts))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = build_optimizer(self.adapter.trainable_parameters(), self.optimizer_config)
+        optimizer = super().configure_optimizers()
+        # The optimizer hook of protect_frozen_rows, kept alive with the module.
         self._row_guard = self.adapter.protect_frozen_rows(optimizer)
         return optimizer

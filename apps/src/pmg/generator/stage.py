@@ -6,8 +6,12 @@ encoders, optional UNet LoRA). Artifacts in ``<run>/generator/``:
 
     text_adapter/        prefgen text adapter (peft folder + tokenizer + JSON); reload onto the zoo LM
     image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
+    soft_prompt/         the continuous baseline (``generator.baselines.soft_prompt``): text_adapter/ and
+                         image_adapter/ with placeholder tokens, text_projector.safetensors and
+                         image_projector.safetensors (``pmg.generator.soft_prompt.SoftPromptBaseline``)
+    heldout_users.json   ids of the users left out of training (``generator.heldout_user_fraction``)
     samples/             <n>_<user_id>.png + samples.json (prompts and generated texts), one cold start
-    metrics.json         first and final training losses of each generator
+    metrics.json         first and final training losses and training examples of each generator
     config.yaml          the stage's config (``pmg generate`` reads prompts and sampling settings from it)
     tb/                  TensorBoard logs
 """
@@ -15,9 +19,12 @@ encoders, optional UNet LoRA). Artifacts in ``<run>/generator/``:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pmg.atomic import atomic_directory, atomic_file
 from pmg.config import config_to_dict, config_to_yaml
@@ -26,18 +33,25 @@ from pmg.runs import RunDirectory, RunError, fingerprint
 from pmg.stages import Stage, StageResult
 
 if TYPE_CHECKING:
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
     from pmg.data.format import InteractionData
     from pmg.data.split import Split
+    from pmg.generator.modules import GeneratorModule
+    from pmg.generator.soft_prompt import SoftPromptBaseline
     from pmg.quantize.stage import UserTokens
     from pmg.zoo.manifest import Zoo
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
     from prefquant import PreferenceTokenizer
 
-__all__ = ["GENERATOR_STAGE", "UserGeneration", "modality_tokens", "user_fragments", "train_text_generator",
-           "train_image_generator", "load_generators", "generate_for_user", "run_generator_stage"]
+__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "heldout_users",
+           "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
+           "run_generator_stage", "train_image_generator", "train_text_generator", "training_split", "user_fragments"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
+SOFT_PROMPT = "soft_prompt"  # the baseline's folder: the same adapter folders + <kind>_projector.safetensors
 
 
 def modality_tokens(tokenizer: PreferenceTokenizer, modalities: list[str]) -> list[str]:
@@ -64,6 +78,22 @@ def _available(modalities: list[str], tokens: UserTokens, what: str) -> list[str
     return present
 
 
+def heldout_users(data: InteractionData, fraction: float, seed: int) -> np.ndarray:
+    """Sorted data user indices [H] left out of the generators' training (a seeded random share)."""
+    count = min(round(fraction * data.num_users), data.num_users - 1)
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(data.num_users)[:count]).astype(np.int64)
+
+
+def training_split(data: InteractionData, split: Split, heldout: np.ndarray) -> Split:
+    """``split`` without the interactions of the ``heldout`` users."""
+    from dataclasses import replace
+
+    keep = ~np.isin(data.user, heldout)
+    return replace(split, train=split.train[keep[split.train]], val=split.val[keep[split.val]], test=split.test[keep[split.test]])
+
+
 def _datamodule(config: GeneratorConfig, data: InteractionData, split: Split, *, batch_size: int, image_size: int, with_images: bool):
     from pmg.data.modules import GenerationDataModule
 
@@ -71,13 +101,41 @@ def _datamodule(config: GeneratorConfig, data: InteractionData, split: Split, *,
                                 with_images=with_images, batch_size=batch_size, num_workers=config.num_workers)
 
 
+def _fit(module: GeneratorModule, config: GeneratorConfig, datamodule, steps: int, epochs: int, out: Path,
+         callbacks: Sequence[Callback]) -> dict[str, float]:
+    """Fit one generator module; its first/final loss and number of training examples."""
+    from pmg.training import build_trainer
+
+    loader = datamodule.train_dataloader()
+    trainer = build_trainer(config.trainer_for(steps, epochs), out, checkpointing=False, callbacks=callbacks)
+    trainer.fit(module, train_dataloaders=loader)
+    return {"first_loss": module.first_loss, "final_loss": module.last_loss, "examples": float(len(loader.dataset))}
+
+
+def _soft_prompt_baseline(config: GeneratorConfig, preferences: torch.Tensor | None,
+                          spaces: Sequence[tuple[torch.Tensor, float]], modalities: list[str]) -> SoftPromptBaseline | None:
+    from pmg.generator.soft_prompt import SoftPromptBaseline
+
+    if preferences is None:
+        return None
+    return SoftPromptBaseline.for_users(modalities, preferences, config.baselines.soft_prompt_slots, spaces)
+
+
 def train_text_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
-                         out: Path) -> tuple[TextPreferenceAdapter, dict[str, float]]:
-    """Fit the text adapter on (prompt with the user's textual tokens → liked item's texts)."""
+                         out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None,
+                         callbacks: Sequence[Callback] = ()) -> tuple[TextPreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
+    """Fit the text adapter on (prompt with the user's textual tokens → liked item's texts).
+
+    With ``preferences`` ({modality: [U, d]}), the soft-prompt baseline instead: the same
+    adapter (tokens added, never prompted) with placeholders filled by a projector of the
+    users' preference vectors of ``config.text.modalities``, trained with the same budget.
+    Returns the adapter (CPU, eval), the baseline's projector (None for tokens) and metrics
+    (``first_loss``, ``final_loss``, ``examples``).
+    """
     import lightning as L
 
     from pmg.generator.modules import TextGeneratorModule
-    from pmg.training import build_trainer
+    from pmg.generator.soft_prompt import preference_inputs
     from prefgen import LoraOptions, TextPreferenceAdapter
 
     text = config.text
@@ -86,23 +144,30 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
     lm, lm_tokenizer = zoo.load_lm()
     lora = (LoraOptions(r=text.lora_r, alpha=text.lora_alpha, dropout=text.lora_dropout, target_modules=list(text.lora_target_modules))
             if text.lora_r > 0 else None)
-    adapter = TextPreferenceAdapter(lm, lm_tokenizer, modality_tokens(tokens.tokenizer, modalities), lora=lora)
-    module = TextGeneratorModule(adapter, data, user_fragments(data, tokens, modalities), text,
-                                 config.optimizer_for(text.lr), seed=config.trainer.seed)
-    loader = _datamodule(config, data, split, batch_size=text.batch_size, image_size=8, with_images=False).train_dataloader()
-    trainer = build_trainer(config.trainer_for(text.max_steps, text.max_epochs), out, checkpointing=False)
-    trainer.fit(module, train_dataloaders=loader)
-    adapter = module.adapter.cpu().eval()
-    return adapter, {"text/first_loss": _number(module.first_loss), "text/final_loss": _number(module.last_loss)}
+    slots = config.baselines.soft_prompt_slots if preferences is not None else 0
+    adapter = TextPreferenceAdapter(lm, lm_tokenizer, modality_tokens(tokens.tokenizer, modalities), lora=lora, soft_prompt_slots=slots)
+    inputs = preference_inputs(preferences, modalities) if preferences is not None else None
+    baseline = _soft_prompt_baseline(config, inputs, [adapter.embedding_center_and_spread()], modalities)
+    fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
+    module = TextGeneratorModule(adapter, data, fragments, text, config.optimizer_for(text.lr), seed=config.trainer.seed,
+                                 soft_prompt=baseline, preferences=inputs)
+    datamodule = _datamodule(config, data, split, batch_size=text.batch_size, image_size=8, with_images=False)
+    metrics = _fit(module, config, datamodule, text.max_steps, text.max_epochs, out, callbacks)
+    return module.adapter.cpu().eval(), baseline.cpu().eval() if baseline else None, metrics
 
 
 def train_image_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
-                          out: Path) -> tuple[ImagePreferenceAdapter, dict[str, float]]:
-    """Fit the image adapter on liked items' images with prompts carrying the user's visual tokens."""
+                          out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None,
+                          callbacks: Sequence[Callback] = ()) -> tuple[ImagePreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
+    """Fit the image adapter on liked items' images with prompts carrying the user's visual tokens.
+
+    ``preferences`` as in :func:`train_text_generator`: the soft-prompt baseline, with one
+    projector per CLIP text encoder.
+    """
     import lightning as L
 
     from pmg.generator.modules import ImageGeneratorModule
-    from pmg.training import build_trainer
+    from pmg.generator.soft_prompt import preference_inputs
     from pmg.zoo.sdxl_recipe import pipeline_resolution
     from prefgen import ImagePreferenceAdapter, UNetLoraOptions
 
@@ -111,19 +176,17 @@ def train_image_generator(config: GeneratorConfig, data: InteractionData, split:
     L.seed_everything(config.trainer.seed, verbose=False)
     pipe = zoo.load_sdxl()
     lora = UNetLoraOptions(r=image.unet_lora_r, alpha=image.unet_lora_alpha or None) if image.unet_lora_r > 0 else None
-    adapter = ImagePreferenceAdapter(pipe, modality_tokens(tokens.tokenizer, modalities), unet_lora=lora)
-    module = ImageGeneratorModule(adapter, data, user_fragments(data, tokens, modalities), image,
-                                  config.optimizer_for(image.lr), seed=config.trainer.seed)
-    loader = _datamodule(config, data, split, batch_size=image.batch_size, image_size=pipeline_resolution(pipe),
-                         with_images=True).train_dataloader()
-    trainer = build_trainer(config.trainer_for(image.max_steps, image.max_epochs), out, checkpointing=False)
-    trainer.fit(module, train_dataloaders=loader)
-    adapter = module.adapter.cpu().eval()
-    return adapter, {"image/first_loss": _number(module.first_loss), "image/final_loss": _number(module.last_loss)}
-
-
-def _number(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
+    slots = config.baselines.soft_prompt_slots if preferences is not None else 0
+    adapter = ImagePreferenceAdapter(pipe, modality_tokens(tokens.tokenizer, modalities), unet_lora=lora, soft_prompt_slots=slots)
+    inputs = preference_inputs(preferences, modalities) if preferences is not None else None
+    baseline = _soft_prompt_baseline(config, inputs, adapter.embedding_center_and_spread(), modalities)
+    fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
+    module = ImageGeneratorModule(adapter, data, fragments, image, config.optimizer_for(image.lr), seed=config.trainer.seed,
+                                  soft_prompt=baseline, preferences=inputs)
+    datamodule = _datamodule(config, data, split, batch_size=image.batch_size, image_size=pipeline_resolution(pipe),
+                             with_images=True)
+    metrics = _fit(module, config, datamodule, image.max_steps, image.max_epochs, out, callbacks)
+    return module.adapter.cpu().eval(), baseline.cpu().eval() if baseline else None, metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -166,12 +229,17 @@ def generate_for_user(
     subject: str | None = None,
     reference_item: int | None = None,
     strength: float = 0.6,
+    text_soft_prompt: torch.Tensor | None = None,
+    image_soft_prompt: Sequence[torch.Tensor] | None = None,
 ) -> UserGeneration:
     """Texts (one per ``config.text.targets``) and an image for data user ``user`` (None: an
     unknown/cold-start user) from the given fragments (None: the no-token prompt).
 
     ``subject`` defaults to the reference item's subject, else the user's most liked one.
     With ``reference_item`` the image is an img2img edit of that item's image.
+    Soft-prompt baseline: the fragments are the adapters' placeholder tokens and
+    ``text_soft_prompt`` [1, S, d] / ``image_soft_prompt`` (one [1, S, d_e] per text encoder)
+    the user's vectors (:meth:`SoftPromptGenerators.vectors`).
     """
     from pmg.data.modules import load_image_tensor
     from prefgen import build_image_prompt, build_text_prompt
@@ -182,7 +250,8 @@ def generate_for_user(
     text_prompt = build_text_prompt(text_fragment, config.text.context_of(config.text.targets[0]))
     if text_adapter is not None:
         prompts = [build_text_prompt(text_fragment, config.text.context_of(t)) for t in config.text.targets]
-        outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, seed=sample.seed)
+        vectors = text_soft_prompt.expand(len(prompts), -1, -1) if text_soft_prompt is not None else None
+        outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, seed=sample.seed, soft_prompt=vectors)
         texts = {t: o.strip() for t, o in zip(config.text.targets, outputs, strict=True)}
     if subject is None:
         from pmg.generator.modules import item_subject
@@ -194,7 +263,7 @@ def generate_for_user(
     if image_adapter is not None:
         size = int(image_adapter.pipeline.default_sample_size * image_adapter.pipeline.vae_scale_factor)
         options: dict[str, Any] = {"seed": sample.seed, "num_inference_steps": sample.num_inference_steps,
-                                   "guidance_scale": sample.guidance_scale}
+                                   "guidance_scale": sample.guidance_scale, "soft_prompt": image_soft_prompt}
         reference = data.items[reference_item].image if reference_item is not None else None
         if reference is not None:
             pixels = (load_image_tensor(str(reference), size).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
@@ -236,25 +305,92 @@ def _safe(text: str) -> str:
 
 def load_generators(run: RunDirectory, zoo: Zoo) -> tuple[TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
     """The trained adapters of ``run`` reloaded onto the zoo's base models (None where not trained)."""
+    run.require("generator")
+    return _load_adapters(run.stage_dir("generator"), zoo)
+
+
+def _load_adapters(folder: Path, zoo: Zoo) -> tuple[TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
-    run.require("generator")
-    out = run.stage_dir("generator")
     text = image = None
-    if (out / TEXT_ADAPTER).is_dir():
-        text = TextPreferenceAdapter.load(out / TEXT_ADAPTER, zoo.lm.path, local_files_only=zoo.local_files_only,
+    if (folder / TEXT_ADAPTER).is_dir():
+        text = TextPreferenceAdapter.load(folder / TEXT_ADAPTER, zoo.lm.path, local_files_only=zoo.local_files_only,
                                           trust_remote_code=zoo.trust_remote_code).eval()
-    if (out / IMAGE_ADAPTER).is_dir():
-        image = ImagePreferenceAdapter.load(out / IMAGE_ADAPTER, zoo.load_sdxl()).eval()
+    if (folder / IMAGE_ADAPTER).is_dir():
+        image = ImagePreferenceAdapter.load(folder / IMAGE_ADAPTER, zoo.load_sdxl()).eval()
     return text, image
+
+
+@dataclass
+class SoftPromptGenerators:
+    """The soft-prompt baseline of a run: adapters with placeholders and the projectors filling them."""
+
+    text: TextPreferenceAdapter | None
+    text_baseline: SoftPromptBaseline | None
+    image: ImagePreferenceAdapter | None
+    image_baseline: SoftPromptBaseline | None
+
+    def fragment(self, adapter: TextPreferenceAdapter | ImagePreferenceAdapter | None) -> str | None:
+        """The prompt fragment of the baseline: the adapter's placeholder tokens (None without adapter)."""
+        return "".join(adapter.soft_prompt_tokens) if adapter is not None else None
+
+    def vectors(self, preferences: Mapping[str, torch.Tensor], user: int) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """Data user ``user``'s soft prompts from the preference stage's vectors ({modality: [U, d]}):
+        text [1, S, d] and image (one [1, S, d_e] per text encoder); None where not trained."""
+        import torch
+
+        from pmg.generator.soft_prompt import preference_inputs
+
+        def one(baseline: SoftPromptBaseline | None) -> list[torch.Tensor] | None:
+            if baseline is None:
+                return None
+            with torch.no_grad():
+                return baseline(preference_inputs(preferences, baseline.modalities)[user : user + 1])
+
+        text = one(self.text_baseline)
+        return (text[0] if text else None), one(self.image_baseline)
+
+
+def load_soft_prompt_generators(run: RunDirectory, zoo: Zoo) -> SoftPromptGenerators | None:
+    """The soft-prompt baseline of ``run`` reloaded onto the zoo's models (None if not trained)."""
+    from pmg.generator.soft_prompt import SoftPromptBaseline
+
+    run.require("generator")
+    folder = run.stage_dir("generator") / SOFT_PROMPT
+    if not folder.is_dir():
+        return None
+    text, image = _load_adapters(folder, zoo)
+    projector = {kind: SoftPromptBaseline.load(folder / f"{kind}_projector.safetensors").eval() if adapter else None
+                 for kind, adapter in (("text", text), ("image", image))}
+    return SoftPromptGenerators(text, projector["text"], image, projector["image"])
+
+
+def load_heldout_users(run: RunDirectory) -> list[str]:
+    """The user ids the run's generators were not trained on (``heldout_users.json``)."""
+    run.require("generator")
+    return json.loads((run.stage_dir("generator") / "heldout_users.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The stage
 
 
+def _save_generators(folder: Path, text: tuple | None, image: tuple | None) -> None:
+    """Save (adapter, soft-prompt baseline or None) pairs of text and image under ``folder``."""
+    for kind, trained, name in (("text", text, TEXT_ADAPTER), ("image", image, IMAGE_ADAPTER)):
+        if trained is None:
+            continue
+        adapter, baseline = trained
+        with atomic_directory(folder / name) as tmp:
+            adapter.save(tmp)
+        if baseline is not None:
+            with atomic_file(folder / f"{kind}_projector.safetensors") as tmp:
+                baseline.save(tmp)
+
+
 def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
-    """Train text then image adapter on the run's users' tokens; save both, samples and metrics."""
+    """Train text then image adapter on the training users' tokens (then the soft-prompt
+    baseline, when enabled); save them, the held-out users, samples and metrics."""
     stage_fp = fingerprint("generator", config_to_dict(config), upstream)
     if not force and run.is_current("generator", stage_fp):
         return StageResult(stage_fp, run.require("generator")["summary"], reused=True)
@@ -268,28 +404,44 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
     data, split = load_prepared(run)
     zoo = load_zoo(run)
     out = run.stage_dir("generator")
+    import shutil
+
+    for stale in (TEXT_ADAPTER, IMAGE_ADAPTER, SOFT_PROMPT):
+        # A generator this config does not train must not be reloaded from an earlier run of the stage.
+        shutil.rmtree(out / stale, ignore_errors=True)
+    heldout = heldout_users(data, config.heldout_user_fraction, config.trainer.seed)
+    train_split = training_split(data, split, heldout)
+    with atomic_file(out / "heldout_users.json") as tmp:
+        tmp.write_text(json.dumps([data.user_ids[u] for u in heldout]))
+    variants: list[tuple[str, Mapping[str, torch.Tensor] | None]] = [("", None)]
+    if config.baselines.soft_prompt:
+        from pmg.preference.stage import load_preferences
+
+        variants.append((f"{SOFT_PROMPT}/", load_preferences(run).user_preferences))
     metrics: dict[str, float] = {}
     text_adapter = image_adapter = None
-    if config.text.enabled:
-        text_adapter, text_metrics = train_text_generator(config, data, split, zoo, tokens, out)
-        metrics.update(text_metrics)
-        with atomic_directory(out / TEXT_ADAPTER) as tmp:
-            text_adapter.save(tmp)
-    if config.image.enabled:
-        image_adapter, image_metrics = train_image_generator(config, data, split, zoo, tokens, out)
-        metrics.update(image_metrics)
-        with atomic_directory(out / IMAGE_ADAPTER) as tmp:
-            image_adapter.save(tmp)
+    for prefix, preferences in variants:
+        text = image = None
+        if config.text.enabled:
+            *text, text_metrics = train_text_generator(config, data, train_split, zoo, tokens, out, preferences=preferences)
+            metrics.update({f"{prefix}text/{k}": v for k, v in text_metrics.items()})
+        if config.image.enabled:
+            *image, image_metrics = train_image_generator(config, data, train_split, zoo, tokens, out, preferences=preferences)
+            metrics.update({f"{prefix}image/{k}": v for k, v in image_metrics.items()})
+        _save_generators(out / prefix if prefix else out, text, image)
+        if not prefix:
+            text_adapter, image_adapter = (text[0] if text else None), (image[0] if image else None)
     with atomic_directory(out / "samples") as tmp:
         _write_samples(tmp, data, config, tokens, text_adapter, image_adapter)
+    metrics["heldout_users"] = float(len(heldout))
     with atomic_file(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     with atomic_file(out / "config.yaml") as tmp:
         tmp.write_text(config_to_yaml(config))
     summary = "; ".join(
         f"{kind} loss {metrics[f'{kind}/first_loss']:.3f} → {metrics[f'{kind}/final_loss']:.3f}"
-        for kind in ("text", "image") if f"{kind}/final_loss" in metrics
-    ) + f"; samples in {out / 'samples'}"
+        for kind in ("text", "image", f"{SOFT_PROMPT}/text", f"{SOFT_PROMPT}/image") if f"{kind}/final_loss" in metrics
+    ) + f"; {len(heldout)} users held out; samples in {out / 'samples'}"
     run.mark_complete("generator", stage_fp, {"summary": summary, "metrics": metrics})
     return StageResult(stage_fp, summary)
 
