@@ -11,6 +11,7 @@ from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
 from pmg.generator import GENERATOR_STAGE, GeneratorConfig
 from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig
 from pmg.quantize.stage import QUANTIZE_STAGE, QuantizeConfig
+from pmg.reward import REWARD_STAGE, RewardConfig
 from pmg.runs import RunDirectory
 from pmg.stages import Stage
 from pmg.zoo import ZOO_STAGE, ZooConfig
@@ -19,7 +20,7 @@ __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
 # In order; each stage's config is the PipelineConfig field of the same name.
 # `--force NAME` redoes that stage, and the stages after it see a changed upstream.
-STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE, GENERATOR_STAGE)
+STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE, GENERATOR_STAGE, REWARD_STAGE)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PipelineConfig:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self) -> None:
         self.data.validate()
@@ -39,6 +41,7 @@ class PipelineConfig:
         self.preference.validate()
         self.quantize.validate()
         self.generator.validate()
+        self.reward.validate()
 
 
 def quick_profile() -> Path:

@@ -299,8 +299,10 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
-            lora_metadata = self.unet.peft_config["default"].to_dict()
+            # One LoRA on the UNet: "default" when built here, "default_0" when reloaded by diffusers.
+            (adapter_name,) = self.unet.peft_config
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=adapter_name))
+            lora_metadata = self.unet.peft_config[adapter_name].to_dict()
             type(self.pipeline).save_lora_weights(
                 str(folder / UNET_LORA_FOLDER), unet_lora_layers=layers, unet_lora_adapter_metadata=lora_metadata
             )

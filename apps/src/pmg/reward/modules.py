@@ -1,0 +1,346 @@
+"""LightningModules of the reward stage: GRPO on the text adapter, reward backprop on the image adapter.
+
+Both train on batches of data user indices [B] (users with preference tokens, the
+validation users held out), optimise only the adapter's trainable parameters (new token
+rows + LoRA), evaluate the mean validation reward every ``eval_every`` steps (and before
+the first step) and keep the trainable state with the best one in memory; ``restore_best``
+puts it back after ``fit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pmg.reward.config import ImageRewardConfig, TextRewardConfig
+from pmg.training import OptimizerConfig, build_optimizer
+from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
+from prefreward import (
+    ClipEmbedder,
+    CombinedReward,
+    ConsistencyReward,
+    PersonalizationReward,
+    group_relative_advantages,
+    grpo_loss,
+    reward_backprop_loss,
+    truncated_backprop_loop,
+)
+
+__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "image_sampler_steps", "sample_images",
+           "completion_logprobs"]
+
+
+class GenerationRewards(nn.Module):
+    """The stage's frozen rewards, one ``CombinedReward`` per generated modality, all in [0, 1] per component.
+
+    ``text(texts, images, preference)`` and ``image(images, texts, preference)`` → (total [B],
+    {component: [B]}); images [B, 3, S, S] in [-1, 1], ``preference`` [B, d] the user's
+    textual (for texts) or visual (for images) preference. Consistency is the zoo CLIP's
+    image–text cosine; personalization the cosine of ``maps[modality] @ content embedding``
+    with the preference (``maps[modality]`` [d, d_c], fitted on the catalog's items).
+    """
+
+    def __init__(self, embedder: ClipEmbedder, maps: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.embedder = embedder.eval().requires_grad_(False)
+        consistency = ConsistencyReward(self.embedder, unit_interval=True)
+        self.personalization = nn.ModuleDict({
+            modality: PersonalizationReward(weight.shape[1], weight.shape[0], weight=weight, unit_interval=True)
+            for modality, weight in maps.items()
+        }).requires_grad_(False)
+
+        def text_personalization(texts: Sequence[str], preference: torch.Tensor) -> torch.Tensor:
+            return self.personalization["textual"](self.embedder.embed_texts(texts), preference)
+
+        def image_personalization(images: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+            return self.personalization["visual"](self.embedder.embed_images(images), preference)
+
+        self.for_text = CombinedReward(weights, {"consistency": consistency, "personalization": text_personalization})
+        self.for_image = CombinedReward(weights, {"consistency": consistency, "personalization": image_personalization})
+
+    def text(self, texts: Sequence[str], images: torch.Tensor, preference: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.for_text(images=images, texts=list(texts), preference=preference)
+
+    def image(self, images: torch.Tensor, texts: Sequence[str], preference: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.for_image(images=images, texts=list(texts), preference=preference)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text: GRPO
+
+
+def completion_logprobs(model: nn.Module, sequences: torch.Tensor, attention: torch.Tensor, prompt_length: int,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probabilities [N, C] of the completion part of ``sequences`` [N, P + C].
+
+    ``attention`` [N, P + C] is 0 on (left) prompt padding and after a completion ended;
+    positions count real tokens only, as in ``generate`` with left padding. Logits are divided
+    by the sampling ``temperature`` so the log-probabilities are those of the sampler.
+    """
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
+    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [N, C, V]: the prediction of each completion token
+    return F.log_softmax(logits, dim=-1).gather(-1, sequences[:, prompt_length:, None]).squeeze(-1)
+
+
+class _BestState:
+    """The best validation reward so far and a copy of the trainable parameters that gave it."""
+
+    def __init__(self) -> None:
+        self.reward = float("-inf")
+        self.step = -1
+        self.values: list[torch.Tensor] = []
+
+    def offer(self, reward: float, step: int, params: Sequence[nn.Parameter]) -> None:
+        if reward > self.reward:
+            self.reward, self.step = reward, step
+            self.values = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def restore(self, params: Sequence[nn.Parameter]) -> None:
+        for param, value in zip(params, self.values, strict=True):
+            param.copy_(value)
+
+
+class _RewardModule(L.LightningModule):
+    """Shared loop: validation reward at step 0 and every ``eval_every`` steps, best state kept."""
+
+    def __init__(self, val_users: Sequence[int], eval_every: int, eval_batch: int) -> None:
+        super().__init__()
+        self.val_users = list(val_users)
+        self.eval_every, self.eval_batch = eval_every, eval_batch
+        self.best = _BestState()
+        self.history: list[dict[str, float]] = []
+
+    def trainable(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def validation_rewards(self, users: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean total and per-component reward over the validation users."""
+        totals: list[torch.Tensor] = []
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, len(self.val_users), self.eval_batch):
+            total, components = self.validation_rewards(self.val_users[start : start + self.eval_batch])
+            totals.append(total)
+            for name, value in components.items():
+                parts.setdefault(name, []).append(value)
+        result = {"reward": float(torch.cat(totals).mean())}
+        result.update({name: float(torch.cat(values).mean()) for name, values in parts.items()})
+        return result
+
+    def _validate(self) -> None:
+        result = self.evaluate()
+        step = self.global_step
+        self.history.append({"step": step, **result})
+        self.best.offer(result["reward"], step, self.trainable())
+        if self.logger is not None:
+            self.logger.log_metrics({f"val/{k}": v for k, v in result.items()}, step=step)
+
+    def on_train_start(self) -> None:
+        self._validate()  # the SFT adapter is the state to beat
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self.eval_every == 0 or self.global_step >= self.trainer.max_steps:
+            self._validate()
+
+    def restore_best(self) -> None:
+        self.best.restore(self.trainable())
+
+
+class TextRewardModule(_RewardModule):
+    """GRPO on ``policy``: per user, ``group_size`` sampled completions of its prompt, rewarded
+    by ``rewards.text`` against the user's image and textual preference; k3 KL to ``reference``.
+
+    ``prompts[u]`` the text prompt of data user ``u``; ``images`` [U, 3, S, S] the users'
+    images in [-1, 1] (the consistency partner); ``preferences`` [U, d] textual preferences.
+    """
+
+    def __init__(self, policy: TextPreferenceAdapter, reference: TextPreferenceAdapter, rewards: GenerationRewards,
+                 prompts: Sequence[str], images: torch.Tensor, preferences: torch.Tensor, config: TextRewardConfig,
+                 optimizer: OptimizerConfig, val_users: Sequence[int], eval_every: int) -> None:
+        super().__init__(val_users, eval_every, config.users_per_step)
+        self.policy, self.reference = policy, reference.eval().requires_grad_(False)
+        self.rewards, self.prompts = rewards, list(prompts)
+        self.images, self.preferences = images, preferences
+        self.config, self.optimizer_config = config, optimizer
+
+    def trainable(self) -> list[nn.Parameter]:
+        return self.policy.trainable_parameters()
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
+        """``group_size`` completions per prompt → (sequences [B·G, P+C], attention [B·G, P+C],
+        prompt length P, completion texts); a completion ends at its first end-of-text token."""
+        tok = self.policy.tokenizer
+        batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
+        was_training = self.policy.model.training
+        self.policy.model.eval()
+        out = self.policy.model.generate(
+            **batch, do_sample=True, num_return_sequences=self.config.group_size, max_new_tokens=self.config.max_new_tokens,
+            temperature=self.config.temperature, top_p=self.config.top_p, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+        self.policy.model.train(was_training)
+        prompt_length = batch["input_ids"].shape[1]
+        completion = out[:, prompt_length:]
+        is_end = completion == tok.eos_token_id
+        alive = (is_end.long().cumsum(-1) - is_end.long()) == 0  # up to and including the first end token
+        attention = torch.cat([batch["attention_mask"].repeat_interleave(self.config.group_size, 0), alive.long()], dim=1)
+        texts = [text.strip() for text in tok.batch_decode(completion.masked_fill(~alive, tok.pad_token_id), skip_special_tokens=True)]
+        return out, attention, prompt_length, texts
+
+    def training_step(self, users: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        group = self.config.group_size
+        user_list = users.tolist()
+        sequences, attention, prompt_length, texts = self.sample([self.prompts[u] for u in user_list])
+        repeated = users.repeat_interleave(group).cpu()
+        with torch.no_grad():
+            total, parts = self.rewards.text(texts, self.images[repeated].to(self.device), self.preferences[repeated].to(self.device))
+            reference = completion_logprobs(self.reference.model, sequences, attention, prompt_length, self.config.temperature)
+        logprobs = completion_logprobs(self.policy.model, sequences, attention, prompt_length, self.config.temperature)
+        shape = (len(user_list), group, -1)
+        mask = attention[:, prompt_length:].float().view(shape)
+        advantages = group_relative_advantages(total.view(len(user_list), group))
+        # One update per sampled batch (on-policy): the sampler's log-probabilities are the current ones.
+        loss, stats = grpo_loss(logprobs.view(shape), logprobs.detach().view(shape), reference.view(shape), advantages, mask,
+                                clip_eps=self.config.clip_eps, kl_coef=self.config.kl_coef)
+        size = len(texts)
+        self.log("train/text_reward", total.mean(), prog_bar=True, batch_size=size)
+        for name, value in parts.items():
+            self.log(f"train/text_{name}", value.mean(), batch_size=size)
+        self.log("train/text_kl", stats["kl"], prog_bar=True, batch_size=size)
+        self.log("train/text_clip_fraction", stats["clip_fraction"], batch_size=size)
+        return loss
+
+    def validation_rewards(self, users: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        texts = self.policy.generate([self.prompts[u] for u in users], max_new_tokens=self.config.max_new_tokens)
+        index = torch.tensor(users)
+        return self.rewards.text([t.strip() for t in texts], self.images[index].to(self.device), self.preferences[index].to(self.device))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.trainable(), self.optimizer_config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image: reward backprop through the last K sampler steps
+
+
+def image_sampler_steps(adapter: ImagePreferenceAdapter, prompts: Sequence[str], *, num_inference_steps: int,
+                        guidance_scale: float, seed: int) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]:
+    """The pipeline's own sampler as a list of per-step callables, and the initial latents [B, C, h, w].
+
+    Same scheduler class and config, classifier-free guidance as the pipeline does it (zero
+    negative conditioning when ``force_zeros_for_empty_prompt``, else the empty prompt), SDXL's
+    added conditions; the prompt conditioning is computed once, with grad to the token rows.
+    """
+    pipe, unet, device = adapter.pipeline, adapter.unet, adapter.device
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    cond = adapter.encode_prompts(prompts)
+    embeds, pooled = cond.prompt_embeds, cond.pooled
+    guided = guidance_scale > 1.0
+    if guided:
+        if getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            negative_embeds = torch.zeros_like(embeds)
+            negative_pooled = torch.zeros_like(pooled) if pooled is not None else None
+        else:
+            negative = adapter.encode_prompts([""] * len(prompts))
+            negative_embeds, negative_pooled = negative.prompt_embeds, negative.pooled
+        embeds = torch.cat([negative_embeds, embeds])
+        pooled = torch.cat([negative_pooled, pooled]) if pooled is not None else None
+    size = int(pipe.default_sample_size)
+    pixels = size * int(pipe.vae_scale_factor)
+    extra: dict[str, Any] = {}
+    if pooled is not None:
+        time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=embeds.dtype).repeat(len(embeds), 1)
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents = torch.randn((len(prompts), unet.config.in_channels, size, size), generator=generator).to(device)
+    latents = latents * scheduler.init_noise_sigma
+
+    def make_step(t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def step(x: torch.Tensor) -> torch.Tensor:
+            model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            prediction = unet(model_input, t, encoder_hidden_states=embeds, **extra).sample
+            if guided:
+                unconditional, conditional = prediction.chunk(2)
+                prediction = unconditional + guidance_scale * (conditional - unconditional)
+            return scheduler.step(prediction, t, x).prev_sample
+
+        return step
+
+    return [make_step(t) for t in scheduler.timesteps], latents
+
+
+def decode_latents(adapter: ImagePreferenceAdapter, latents: torch.Tensor) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] from sampler latents (the frozen VAE; differentiable)."""
+    vae = adapter.vae
+    latents = latents / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        latents = latents + shift
+    return vae.decode(latents.to(vae.dtype)).sample.float().clamp(-1, 1)
+
+
+def sample_images(adapter: ImagePreferenceAdapter, prompts: Sequence[str], *, num_inference_steps: int,
+                  guidance_scale: float, seed: int, backprop_last_k: int = 0) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] for ``prompts``; with ``backprop_last_k`` > 0 differentiable
+    w.r.t. the adapter through the last K steps (DRaFT-K), otherwise without a graph."""
+    steps, latents = image_sampler_steps(adapter, prompts, num_inference_steps=num_inference_steps,
+                                         guidance_scale=guidance_scale, seed=seed)
+    latents = truncated_backprop_loop(steps, latents, backprop_last_k)
+    with torch.set_grad_enabled(backprop_last_k > 0 and torch.is_grad_enabled()):
+        return decode_latents(adapter, latents)
+
+
+class ImageRewardModule(_RewardModule):
+    """Reward backprop on ``adapter``: images of the users' prompts, sampled with fresh noise
+    each step, rewarded by ``rewards.image`` against the user's text and visual preference.
+
+    ``prompts[u]`` the image prompt of data user ``u``; ``texts[u]`` its generated text (the
+    consistency partner); ``preferences`` [U, d] visual preferences. Validation images use a
+    fixed seed. ``protect_frozen_rows`` keeps every embedding row but the tokens' exact.
+    """
+
+    def __init__(self, adapter: ImagePreferenceAdapter, rewards: GenerationRewards, prompts: Sequence[str],
+                 texts: Sequence[str], preferences: torch.Tensor, config: ImageRewardConfig, optimizer: OptimizerConfig,
+                 val_users: Sequence[int], eval_every: int, seed: int) -> None:
+        super().__init__(val_users, eval_every, config.users_per_step)
+        self.adapter, self.rewards = adapter, rewards
+        self.prompts, self.texts, self.preferences = list(prompts), list(texts), preferences
+        self.config, self.optimizer_config, self.seed = config, optimizer, seed
+        self._row_guard = None  # the optimizer hook of protect_frozen_rows, kept alive with the module
+
+    def trainable(self) -> list[nn.Parameter]:
+        return self.adapter.trainable_parameters()
+
+    def _images(self, users: list[int], seed: int, backprop_last_k: int) -> torch.Tensor:
+        return sample_images(self.adapter, [self.prompts[u] for u in users], num_inference_steps=self.config.num_inference_steps,
+                             guidance_scale=self.config.guidance_scale, seed=seed, backprop_last_k=backprop_last_k)
+
+    def training_step(self, users: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        user_list = users.tolist()
+        images = self._images(user_list, self.seed + 1 + self.global_step, self.config.backprop_last_k)
+        total, parts = self.rewards.image(images, [self.texts[u] for u in user_list], self.preferences[users.cpu()].to(self.device))
+        size = len(user_list)
+        self.log("train/image_reward", total.mean(), prog_bar=True, batch_size=size)
+        for name, value in parts.items():
+            self.log(f"train/image_{name}", value.mean(), batch_size=size)
+        return reward_backprop_loss(total)
+
+    def validation_rewards(self, users: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = self._images(users, self.seed, 0)
+        return self.rewards.image(images, [self.texts[u] for u in users], self.preferences[torch.tensor(users)].to(self.device))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = build_optimizer(self.trainable(), self.optimizer_config)
+        self._row_guard = self.adapter.protect_frozen_rows(optimizer)
+        return optimizer

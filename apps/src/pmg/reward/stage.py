@@ -1,0 +1,298 @@
+"""The reward stage: the generator stage's adapters fine-tuned with consistency + personalization rewards.
+
+Text first (GRPO on the text adapter: the user's image from the SFT image adapter is the
+consistency partner, KL to the SFT text adapter), then image (reward backprop through the
+last K sampler steps: the user's text from the tuned text adapter is the partner). Only the
+new token rows and LoRA weights change. Artifacts in ``<run>/reward/``:
+
+    text_adapter/        prefgen text adapter (same format as the generator's; the best validation state)
+    image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
+    samples/             <n>_<user_id>.png + samples.json, as the generator stage writes them
+    metrics.json         validation reward (total and components) before, best and per evaluation
+    validation_users.json the held-out user ids
+    config.yaml          the stage's config
+    tb/                  TensorBoard logs (train/*: rewards, KL; val/*: validation rewards)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pmg.atomic import atomic_directory, atomic_file
+from pmg.config import config_to_dict, config_to_yaml, load_config
+from pmg.reward.config import RewardConfig
+from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.stages import Stage, StageResult
+
+if TYPE_CHECKING:
+    from pmg.data.format import InteractionData
+    from pmg.generator.config import GeneratorConfig
+    from pmg.zoo.manifest import Zoo
+    from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
+
+__all__ = ["REWARD_STAGE", "run_reward_stage", "load_reward_generators", "fit_content_maps"]
+
+_SAMPLE_BATCH = 16  # users per batch when generating the consistency partners
+
+
+def _generator_folder(run: RunDirectory, name: str) -> Path | None:
+    """The generator stage's adapter folder ``name`` (None if that generator was disabled)."""
+    from pmg.generator.config import GeneratorConfig
+
+    run.require("generator")
+    out = run.stage_dir("generator")
+    try:
+        config = load_config(GeneratorConfig, out / "config.yaml")
+    except ValueError as err:
+        raise RunError(f"{out / 'config.yaml'} is damaged ({err}); rerun with --force generator") from err
+    enabled = config.text.enabled if name == "text_adapter" else config.image.enabled
+    if not enabled:
+        return None
+    if not (out / name).is_dir():
+        raise RunError(f"the generator stage's {name} is missing from {out}; rerun with --force generator")
+    return out / name
+
+
+def load_text_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> TextPreferenceAdapter:
+    """A saved text adapter on the zoo's LM; ``RunError`` naming the stage to redo if damaged."""
+    from prefgen import TextPreferenceAdapter
+
+    try:
+        adapter = TextPreferenceAdapter.load(folder, zoo.lm.path, is_trainable=trainable, local_files_only=zoo.local_files_only,
+                                             trust_remote_code=zoo.trust_remote_code)
+    except (ValueError, OSError) as err:
+        raise RunError(f"the text adapter {folder} is damaged ({err}); rerun its stage with --force {folder.parent.name}") from err
+    return adapter if trainable else adapter.eval()
+
+
+def load_image_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> ImagePreferenceAdapter:
+    """A saved image adapter on the zoo's SDXL pipeline; with ``trainable`` its UNet LoRA trains
+    too (diffusers loads a LoRA frozen). ``RunError`` naming the stage to redo if damaged."""
+    from prefgen import ImagePreferenceAdapter
+
+    try:
+        adapter = ImagePreferenceAdapter.load(folder, zoo.load_sdxl())
+    except (ValueError, OSError) as err:
+        raise RunError(f"the image adapter {folder} is damaged ({err}); rerun its stage with --force {folder.parent.name}") from err
+    if trainable:
+        for name, param in adapter.unet.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
+        return adapter
+    return adapter.eval()
+
+
+def load_reward_generators(run: RunDirectory, zoo: Zoo) -> tuple[TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
+    """The reward stage's adapters of ``run`` on the zoo's models (None where the generator has none)."""
+    run.require("reward")
+    out = run.stage_dir("reward")
+    text = load_text_adapter(out / "text_adapter", zoo, trainable=False) if (out / "text_adapter").is_dir() else None
+    image = load_image_adapter(out / "image_adapter", zoo, trainable=False) if (out / "image_adapter").is_dir() else None
+    return text, image
+
+
+def _item_text(data: InteractionData, item: int, target: str) -> str:
+    record = data.items[item]
+    return (record.description if target == "description" else record.title) or record.text
+
+
+def fit_content_maps(data: InteractionData, item_embeddings: dict[str, torch.Tensor], embedder: Any, *, image_size: int,
+                     text_target: str, ridge: float) -> dict[str, torch.Tensor]:
+    """Ridge maps from the zoo CLIP's content embeddings to the preference stage's item space:
+    ``visual`` [d, d_c] from item images, ``textual`` [d, d_c] from item texts (``text_target``)."""
+    from pmg.data.modules import load_image_tensor
+    from prefreward import fit_linear_map
+
+    maps: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if "visual" in item_embeddings:
+            items = [i for i, record in enumerate(data.items) if record.image is not None]
+            content = torch.cat([
+                embedder.embed_images(torch.stack([load_image_tensor(str(data.items[i].image), image_size) for i in items[s : s + 64]]))
+                for s in range(0, len(items), 64)
+            ])
+            maps["visual"] = fit_linear_map(content, item_embeddings["visual"][items].float(), ridge=ridge)
+        if "textual" in item_embeddings:
+            items = [i for i in range(data.num_items) if _item_text(data, i, text_target)]
+            content = torch.cat([embedder.embed_texts([_item_text(data, i, text_target) for i in items[s : s + 64]])
+                                 for s in range(0, len(items), 64)])
+            maps["textual"] = fit_linear_map(content, item_embeddings["textual"][items].float(), ridge=ridge)
+    return maps
+
+
+def _check_inputs(config: RewardConfig, text_folder: Path | None, image_folder: Path | None, preferences: dict[str, torch.Tensor]) -> None:
+    if config.weights.consistency > 0 and (text_folder is None or image_folder is None):
+        raise RunError("reward.weights.consistency > 0 needs both a text and an image adapter: enable generator.text and "
+                       "generator.image, or set reward.weights.consistency=0")
+    if config.weights.personalization > 0:
+        needed = [m for m, folder in (("textual", text_folder), ("visual", image_folder)) if folder is not None]
+        missing = [m for m in needed if m not in preferences]
+        if missing:
+            raise RunError(f"reward.weights.personalization > 0 needs the preference stage's {missing} preferences "
+                           "(preference stage modalities), or set reward.weights.personalization=0")
+
+
+def _validation_split(users: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training users, validation users): a seeded ``fraction`` of ``users`` held out (at least one each)."""
+    order = np.random.default_rng(seed).permutation(len(users))
+    count = min(max(round(fraction * len(users)), 1), len(users) - 1)
+    held = sorted(users[i] for i in order[:count])
+    return sorted(set(users) - set(held)), held
+
+
+def _fit(module: Any, config: RewardConfig, users: list[int], batch_size: int, steps: int, out: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from pmg.training import build_trainer
+
+    loader = DataLoader(users, batch_size=batch_size, shuffle=True)
+    trainer = build_trainer(config.trainer_for(steps), out, checkpointing=False)
+    trainer.fit(module, train_dataloaders=loader)
+    module.restore_best()
+
+
+def _phase_metrics(kind: str, module: Any) -> dict[str, float]:
+    first, best = module.history[0], module.best
+    best_values = next(h for h in module.history if h["step"] == best.step)
+    metrics = {f"{kind}/val_{k}_before": v for k, v in first.items() if k != "step"}
+    metrics.update({f"{kind}/val_{k}_best": v for k, v in best_values.items() if k != "step"})
+    metrics[f"{kind}/best_step"] = float(best.step)
+    return metrics
+
+
+def _user_images(adapter: ImagePreferenceAdapter, prompts: list[str], users: list[int], num_users: int,
+                 config: RewardConfig, seed: int) -> torch.Tensor:
+    """[U, 3, S, S] in [-1, 1]: the image of each of ``users`` (zeros for the others), seeded per batch."""
+    from pmg.reward.modules import sample_images
+
+    images: torch.Tensor | None = None
+    with torch.no_grad():
+        for start in range(0, len(users), _SAMPLE_BATCH):
+            chunk = users[start : start + _SAMPLE_BATCH]
+            batch = sample_images(adapter, [prompts[u] for u in chunk], num_inference_steps=config.image.num_inference_steps,
+                                  guidance_scale=config.image.guidance_scale, seed=seed)
+            if images is None:
+                images = torch.zeros((num_users, *batch.shape[1:]))
+            images[chunk] = batch.cpu()
+    assert images is not None
+    return images
+
+
+def _user_texts(adapter: TextPreferenceAdapter, prompts: list[str], users: list[int], num_users: int, max_new_tokens: int) -> list[str]:
+    texts = [""] * num_users
+    for start in range(0, len(users), _SAMPLE_BATCH):
+        chunk = users[start : start + _SAMPLE_BATCH]
+        for user, text in zip(chunk, adapter.generate([prompts[u] for u in chunk], max_new_tokens=max_new_tokens), strict=True):
+            texts[user] = text.strip()
+    return texts
+
+
+def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, config: RewardConfig) -> tuple[list[str], list[str], list[int]]:
+    """Text and image prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
+    from pmg.generator.stage import _liked_subject, user_fragments
+    from prefgen import build_image_prompt, build_text_prompt
+
+    text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
+    image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
+    context = generator.text.context_of(config.text.target)
+    text_prompts = [build_text_prompt(f, context) for f in text_fragments]
+    image_prompts = [build_image_prompt(_liked_subject(data, u, generator.image.default_subject), f) for u, f in enumerate(image_fragments)]
+    users = [u for u in range(data.num_users) if text_fragments[u] is not None or image_fragments[u] is not None]
+    return text_prompts, image_prompts, users
+
+
+def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
+    """GRPO on the text adapter, then reward backprop on the image adapter; save the best validation states."""
+    stage_fp = fingerprint("reward", config_to_dict(config), upstream)
+    if not force and run.is_current("reward", stage_fp):
+        return StageResult(stage_fp, run.require("reward")["summary"], reused=True)
+    run.invalidate("reward")
+    config.validate()
+    import lightning as L
+
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.config import GeneratorConfig
+    from pmg.generator.stage import _write_samples
+    from pmg.preference.stage import load_preferences
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.reward.modules import GenerationRewards, ImageRewardModule, TextRewardModule
+    from pmg.zoo.manifest import load_zoo
+    from pmg.zoo.sdxl_recipe import pipeline_resolution
+    from prefreward import ConsistencyReward
+
+    text_folder = _generator_folder(run, "text_adapter")
+    image_folder = _generator_folder(run, "image_adapter")
+    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    preferences = load_preferences(run)
+    _check_inputs(config, text_folder, image_folder, preferences.user_preferences)
+    tokens = load_user_tokens(run)
+    data, _ = load_prepared(run)
+    zoo = load_zoo(run)
+    out = run.stage_dir("reward")
+    seed = config.trainer.seed
+    L.seed_everything(seed, verbose=False)
+
+    text_policy = load_text_adapter(text_folder, zoo, trainable=True) if text_folder is not None else None
+    image_adapter = load_image_adapter(image_folder, zoo, trainable=True) if image_folder is not None else None
+    clip, processor = zoo.load_clip()
+    embedder = ConsistencyReward.from_model(clip, processor).embedder  # the processor's mean/std
+    image_size = pipeline_resolution(image_adapter.pipeline) if image_adapter is not None else 64
+    maps = fit_content_maps(data, preferences.item_embeddings, embedder, image_size=image_size,
+                            text_target=config.text.target, ridge=config.map_ridge)
+    rewards = GenerationRewards(embedder, maps, config.weights.as_dict())
+    text_prompts, image_prompts, users = _prompts(data, generator, tokens, config)
+    if len(users) < 2:
+        raise RunError(f"the reward stage needs at least 2 users with preference tokens, {run.root} has {len(users)}")
+    train_users, val_users = _validation_split(users, config.validation_fraction, seed)
+    with atomic_file(out / "validation_users.json") as tmp:
+        tmp.write_text(json.dumps([data.user_ids[u] for u in val_users]))
+    user_prefs = {m: p.float() for m, p in preferences.user_preferences.items()}
+    zeros = torch.zeros(data.num_users, 1)
+    metrics: dict[str, float] = {}
+
+    if text_policy is not None:
+        if config.text.enabled:
+            images = (_user_images(image_adapter, image_prompts, users, data.num_users, config, seed)
+                      if image_adapter is not None else torch.zeros(data.num_users, 3, 8, 8))
+            reference = load_text_adapter(text_folder, zoo, trainable=False)
+            module = TextRewardModule(text_policy, reference, rewards, text_prompts, images, user_prefs.get("textual", zeros),
+                                      config.text, config.optimizer_for(config.text.lr), val_users, config.eval_every)
+            _fit(module, config, train_users, config.text.users_per_step, config.text.max_steps, out)
+            metrics.update(_phase_metrics("text", module))
+        text_policy = text_policy.cpu().eval()
+        with atomic_directory(out / "text_adapter") as tmp:
+            text_policy.save(tmp)
+    if image_adapter is not None:
+        if config.image.enabled:
+            texts = (_user_texts(text_policy, text_prompts, users, data.num_users, config.text.max_new_tokens)
+                     if text_policy is not None else [""] * data.num_users)
+            module = ImageRewardModule(image_adapter, rewards, image_prompts, texts, user_prefs.get("visual", zeros), config.image,
+                                       config.optimizer_for(config.image.lr), val_users, config.eval_every, seed)
+            _fit(module, config, train_users, config.image.users_per_step, config.image.max_steps, out)
+            metrics.update(_phase_metrics("image", module))
+        image_adapter = image_adapter.cpu().eval()
+        with atomic_directory(out / "image_adapter") as tmp:
+            image_adapter.save(tmp)
+    with atomic_directory(out / "samples") as tmp:
+        _write_samples(tmp, data, generator, tokens, text_policy, image_adapter)
+    metrics["validation_users"] = float(len(val_users))
+    with atomic_file(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    with atomic_file(out / "config.yaml") as tmp:
+        tmp.write_text(config_to_yaml(config))
+    summary = "; ".join(
+        f"{kind} validation reward {metrics[f'{kind}/val_reward_before']:.3f} → {metrics[f'{kind}/val_reward_best']:.3f}"
+        f" (best at step {int(metrics[f'{kind}/best_step'])})"
+        for kind in ("text", "image") if f"{kind}/val_reward_best" in metrics
+    ) + f"; {len(val_users)} validation users; samples in {out / 'samples'}"
+    run.mark_complete("reward", stage_fp, {"summary": summary, "metrics": metrics})
+    return StageResult(stage_fp, summary)
+
+
+REWARD_STAGE = Stage("reward", "reward", RewardConfig, run_reward_stage,
+                     "fine-tune the generators' token rows and LoRA with consistency + personalization rewards")

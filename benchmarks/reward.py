@@ -1,0 +1,140 @@
+"""Benchmark of the reward stage on the catalog: cross-modal consistency and personalization of
+the generated content, before (the generator stage's SFT adapters) and after the reward stage,
+with the reward's ablations in one run.
+
+    uv run --frozen python benchmarks/reward.py [--run runs/default] [--users 100]   # a completed default pipeline run
+    uv run --frozen python benchmarks/reward.py --quick                              # builds a --quick run itself (minutes)
+
+Protocol (same users for every variant: the reward stage's validation users, held out from
+its training, at most ``--users``): each user gets the generator's prompts (its textual
+tokens for the text, its visual tokens + most liked category for the image), the text of
+the reward stage's target (``reward.text.target``, greedy) and one seeded image
+(``pmg.generator.stage.generate_for_user``, the sampler settings of the generator's config).
+
+- consistency: the colour named in the text (the first catalog colour word in it; none →
+  inconsistent) equals the colour the zoo's attribute judge reads off the image;
+- personalization: the mean of "the judge reads the user's true colour in the image" and
+  "the text names the user's true material" (ground truth: the dataset's user tastes);
+  ``*_image_colour`` / ``*_text_material`` are the two parts.
+
+Variants: ``before`` (SFT), ``after`` (both rewards: the run's own reward stage, with the
+weights of its config), ``consistency_only`` and ``personalization_only`` (the reward stage
+rerun on a copy of the run with the other weight at 0, everything else the same).
+
+Progress goes to stdout; the LAST line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def _named(text: str, values: list[str]) -> str | None:
+    """The first of ``values`` named in ``text`` as a whole word (case-insensitive), or None."""
+    found = [(m.start(), v) for v in values for m in [re.search(rf"\b{re.escape(v)}\b", text, re.IGNORECASE)] if m]
+    return min(found)[1] if found else None
+
+
+def evaluate(run, data, generator, target: str, users: list[int], adapters, judge) -> dict[str, float]:
+    """Consistency and personalization of ``adapters`` (text, image) for ``users``."""
+    from pmg.generator.stage import generate_for_user, user_fragments
+    from pmg.quantize.stage import load_user_tokens
+
+    tokens = load_user_tokens(run)
+    text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
+    image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
+    config = dataclasses.replace(generator, text=dataclasses.replace(generator.text, targets=[target]))
+    colours, materials = data.attributes["colour"].values, data.attributes["material"].values
+    consistent = image_colour = text_material = 0
+    for user in users:
+        result = generate_for_user(data, config, user=user, text_fragment=text_fragments[user], image_fragment=image_fragments[user],
+                                   text_adapter=adapters[0], image_adapter=adapters[1])
+        seen = judge.predict_values([result.image])[0]["colour"]
+        text = result.texts[target]
+        consistent += _named(text, list(colours)) == seen
+        image_colour += seen == data.user_tastes["colour"][user]
+        text_material += _named(text, list(materials)) == data.user_tastes["material"][user]
+    n = len(users)
+    return {"consistency": consistent / n, "personalization": (image_colour + text_material) / (2 * n),
+            "image_colour": image_colour / n, "text_material": text_material / n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/default"), help="a run whose pipeline completed (reward stage included)")
+    parser.add_argument("--quick", action="store_true", help="build a --quick pipeline run in a temporary folder and use it")
+    parser.add_argument("--users", type=int, default=100, help="at most this many of the reward stage's validation users")
+    args = parser.parse_args()
+
+    from pmg.cli import main as pmg_main
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.config import GeneratorConfig
+    from pmg.generator.stage import load_generators
+    from pmg.reward import RewardConfig, load_reward_generators, run_reward_stage
+    from pmg.runs import RunDirectory
+    from pmg.zoo.manifest import load_zoo
+
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="pmg-bench-reward-"))
+    try:
+        run_path = args.run
+        if args.quick:
+            run_path = scratch / "quick"
+            print(f"building a --quick run in {run_path}", flush=True)
+            if pmg_main(["pipeline", "--quick", "--run", str(run_path)]) != 0:
+                raise SystemExit("the --quick pipeline failed")
+        run = RunDirectory(run_path)
+        run.require("reward")
+        data, _ = load_prepared(run)
+        if data.user_tastes is None or "colour" not in data.user_tastes or "material" not in data.user_tastes:
+            raise SystemExit(f"{run_path}: the dataset has no ground-truth colour/material tastes (use the catalog)")
+        zoo = load_zoo(run)
+        judge = zoo.load_judge()
+        generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+        reward = load_config(RewardConfig, run.stage_dir("reward") / "config.yaml")
+        index = data.user_index()
+        validation = [index[u] for u in json.loads((run.stage_dir("reward") / "validation_users.json").read_text())]
+        users = validation[: args.users]
+        print(f"{len(users)} validation users; reward weights {reward.weights.as_dict()}", flush=True)
+
+        def measure(name: str, adapters) -> dict[str, float]:
+            t = time.perf_counter()
+            figures = evaluate(run, data, generator, reward.text.target, users, adapters, judge)
+            print(f"{name}: {figures} ({time.perf_counter() - t:.0f}s)", flush=True)
+            return figures
+
+        results = {"before": measure("before (SFT)", load_generators(run, zoo)),
+                   "after": measure("after (both rewards)", load_reward_generators(run, zoo))}
+        for name, weights in (("consistency_only", {"personalization": 0.0}), ("personalization_only", {"consistency": 0.0})):
+            copy = RunDirectory(shutil.copytree(run.root, scratch / name, ignore=shutil.ignore_patterns("tb", "samples")))
+            config = dataclasses.replace(reward, weights=dataclasses.replace(reward.weights, **weights))
+            t = time.perf_counter()
+            result = run_reward_stage(config, copy, run.require("generator")["fingerprint"], True)
+            print(f"[reward {name}] {result.summary} ({time.perf_counter() - t:.0f}s)", flush=True)
+            results[name] = measure(name, load_reward_generators(copy, zoo))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    figures: dict[str, object] = {"users": len(users), "quick": bool(args.quick)}
+    for when in ("before", "after"):
+        for key, value in results[when].items():
+            figures[f"{key}_{when}"] = round(value, 4)
+    for name in ("consistency_only", "personalization_only"):
+        for key, value in results[name].items():
+            figures[f"{key}_after_{name}"] = round(value, 4)
+    for key, value in results["after"].items():
+        figures[f"{key}_after_both"] = round(value, 4)
+    figures["minutes"] = round((time.perf_counter() - started) / 60, 2)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
