@@ -60,8 +60,9 @@ def test_every_shipped_config_loads() -> None:
     from pmg.config import load_config
     from pmg.data import CatalogConfig
     from pmg.pipeline import STAGES, PipelineConfig
+    from pmg.tasks import TasksConfig
 
-    schemas = {stage.name: stage.config_type for stage in STAGES} | {"catalog": CatalogConfig}
+    schemas = {stage.name: stage.config_type for stage in STAGES} | {"catalog": CatalogConfig, "tasks": TasksConfig}
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert {"pipeline.yaml", "movielens.yaml"} <= {p.name for p in configs}
     for path in configs:

@@ -8,7 +8,8 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
     pmg data info DIR
     pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (each stage after "data")
-    pmg generate --run DIR --user ID [--category C] [--reference ITEM] [--no-tokens] [--out FILE]
+    pmg generate --run DIR --user ID [--category C] [--reference ITEM [--tasks-config FILE]] [--no-tokens] [--out FILE]
+    pmg recommend|search|rate|explain --run DIR --user ID [...]   (see pmg.tasks.cli)
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--reference", help="item id whose image is personalized (image-to-image)")
     generate.add_argument("--strength", type=float, default=0.6, help="with --reference: how far from it, in (0, 1]")
     generate.add_argument("--no-tokens", action="store_true", help="the no-token prompt (cold start / baseline)")
+    generate.add_argument("--sft", action="store_true", help="the generator stage's adapters even when the reward stage has run")
     generate.add_argument("--out", type=Path, help="image file (default: <run>/generator/generated/<user>.png); texts beside it as .json")
+    generate.add_argument("--tasks-config", type=Path, help="with --reference: YAML of the history weighting (configs/tasks.yaml)")
+    _add_task_parsers(commands)
 
     from pmg.pipeline import STAGES
 
@@ -82,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(fit)
         fit.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory")
     return parser
+
+
+# The unified tasks on a completed run (handlers in pmg.tasks.cli).
+TASK_COMMANDS = ("recommend", "search", "rate", "explain")
+
+
+def _add_task_parsers(commands) -> None:
+    """``pmg recommend/search/rate/explain``: the unified tasks on a completed run (``pmg.tasks``)."""
+    run_help = "run directory (a completed pipeline run)"
+    user_help = "user id (see <run>/quantize/user_tokens.jsonl)"
+    item_help = "item id (see <run>/data/dataset/items.jsonl)"
+    helps = ("top-k unseen items for a user", "items for a text query, personalised for a user",
+             "a user's predicted rating of an item; --eval: test RMSE", "why a user would like an item, from the text generator")
+    recommend, search, rate, explain = (commands.add_parser(name, help=h) for name, h in zip(TASK_COMMANDS, helps, strict=True))
+    for task in (recommend, search, rate, explain):
+        _add_config_args(task)
+        task.add_argument("--run", type=Path, default=Path("runs/default"), help=run_help)
+    for task in (recommend, search, explain):
+        task.add_argument("--user", required=True, help=user_help)
+    for task in (recommend, search):
+        task.add_argument("-k", type=int, default=10, help="how many items")
+    search.add_argument("--query", required=True, help='e.g. "red silk dress"')
+    rate.add_argument("--user", help=user_help)
+    rate.add_argument("--item", help=item_help)
+    rate.add_argument("--eval", action="store_true", help="print the head's test RMSE against the training-mean baseline")
+    explain.add_argument("--item", required=True, help=item_help)
 
 
 def _stage_fit(args: argparse.Namespace) -> int:
@@ -173,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _data(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command in TASK_COMMANDS:
+            from pmg.tasks.cli import tasks_command
+
+            return tasks_command(args)
         return _stage_fit(args)
     except (ConfigError, DatasetError, RunError, ValueError) as err:
         print(f"pmg: error: {err}", file=sys.stderr)

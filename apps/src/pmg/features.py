@@ -31,7 +31,7 @@ from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
 from pmg.data.records import DatasetError
 
-__all__ = ["ItemFeatures", "FeatureEncoderSpec", "encode_items", "IMAGE_ENCODERS", "TEXT_ENCODERS"]
+__all__ = ["ItemFeatures", "FeatureEncoderSpec", "encode_items", "encode_texts", "IMAGE_ENCODERS", "TEXT_ENCODERS"]
 
 IMAGE_ENCODERS = ("pixels", "clip:<path>")
 TEXT_ENCODERS = ("minilm", "words", "clip:<path>")
@@ -123,6 +123,16 @@ def encode_items(data: InteractionData, spec: FeatureEncoderSpec, cache_dir: str
         with atomic_file(cache_file) as tmp:
             save_file({"values": values, "mask": mask.to(torch.uint8)}, str(tmp))
     return ItemFeatures(values, mask, spec.encoder)
+
+
+def encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec) -> torch.Tensor:
+    """Free texts (e.g. a search query) with the textual encoder of ``spec``: float32 [N, d],
+    in the same space as ``encode_items`` gives items (L2-normalised; ``words`` gives a zero row to a
+    text without a letter or digit)."""
+    spec.validate()
+    if spec.modality != "textual":
+        raise ValueError(f"encode_texts needs a textual encoder spec, got modality {spec.modality!r}")
+    return _encode_texts(list(texts), spec, torch.ones(len(texts), dtype=torch.bool)).float()
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
