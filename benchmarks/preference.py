@@ -2,17 +2,18 @@
 modal specificity of the learned preferences, training speed and memory.
 
 Usage:
-    uv run --frozen python benchmarks/preference.py            # catalog + ml-latest-small (~10 min on 2 CPU cores)
+    uv run --frozen python benchmarks/preference.py            # catalog + ml-latest-small (~15 min on 2 idle CPU cores)
     uv run --frozen python benchmarks/preference.py --quick    # a small catalog only, for a smoke check
 
 Both datasets run side by side with one protocol:
 
 - split: the catalog's default pipeline split (leave-last-out per user); ml-latest-small 5/5-core, then a
   per-user 8:1:1 temporal split (``configs/movielens.yaml``);
-- "ours": the stage's own code path, ``pmg.preference.stage.train_preferences`` with the config of
-  ``configs/preference.yaml`` (ml-latest-small has no posters: id + textual modalities only);
+- "ours": the stage's own code path, ``pmg.preference.stage.train_preferences`` with the config each
+  dataset's pipeline uses: ``configs/preference.yaml`` for the catalog, the ``preference`` section of
+  ``configs/movielens.yaml`` for ml-latest-small (no posters: id + textual modalities only);
 - LightGCN: ``torch_geometric.nn.models.LightGCN`` with the same embedding size and layers, the same
-  batches (the stage's ``BPRDataModule``), optimizer, learning rate, L2 weight, epoch budget and
+  batches (the stage's ``BPRDataModule``), optimizer, learning rate, L2 weight (``l2_weight``), epoch budget and
   early stopping on validation NDCG@20 (best epoch kept);
 - popularity: items ranked by training degree;
 - test metrics for all three: every item outside the user's train + validation history is ranked,
@@ -50,6 +51,7 @@ from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
 from pmg.data.sources import load_movielens
 from pmg.data.split import Split, kcore, temporal_split
+from pmg.pipeline import PipelineConfig
 from pmg.preference.module import PreferenceModule
 from pmg.preference.stage import (
     ZOO_ENCODER,
@@ -66,6 +68,7 @@ from prefgraph import InteractionGraph, evaluate_ranking, lightgcn_scorer, popul
 REPO = Path(__file__).resolve().parents[1]
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
 PREFERENCE_YAML = REPO / "configs" / "preference.yaml"
+MOVIELENS_YAML = REPO / "configs" / "movielens.yaml"
 CACHE = REPO / ".cache" / "pmg" / "bench"
 PROBE_TASTES = ("colour", "pattern", "material", "style")
 
@@ -239,16 +242,19 @@ def probes(preferences: dict[str, torch.Tensor], data: InteractionData, seed: in
 
 
 # ---------------------------------------------------------------------------------------- main
-def run_dataset(config: PreferenceConfig, prep: Prepared, log) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def run_dataset(config: PreferenceConfig, prep: Prepared, log, keep: Path | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Ours, LightGCN and popularity on ``prep``; ``keep``: a folder that receives our stage artifacts."""
     k = max(config.ks)
     log(f"[{prep.name}] {prep.data.num_users} users, {prep.data.num_items} items; train {len(prep.split.train)}, "
         f"val {len(prep.split.val)}, test {len(prep.split.test)}")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        artifacts = train_preferences(config, prep.data, prep.split, Path(out))
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = train_preferences(config, prep.data, prep.split, keep or Path(scratch))
     ours_s = time.perf_counter() - start
     m = artifacts.metrics
-    log(f"  ours: recall@{k} {m[f'test/recall@{k}']:.4f} ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
+    log(f"  ours: best val ndcg@{k} {m['best_val_score']:.4f}; test recall@{k} {m[f'test/recall@{k}']:.4f} ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
         f"({int(m['epochs'])} epochs, {ours_s:.0f}s, modalities {sorted(artifacts.user_preferences)})")
     start = time.perf_counter()
     lightgcn, epochs = lightgcn_fit(config, prep, log)
@@ -264,6 +270,7 @@ def run_dataset(config: PreferenceConfig, prep: Prepared, log) -> tuple[dict[str
         f"{prep.name}_lightgcn_ndcg{k}": lightgcn_m[f"ndcg@{k}"],
         f"{prep.name}_pop_recall{k}": pop[f"recall@{k}"],
         f"{prep.name}_pop_ndcg{k}": pop[f"ndcg@{k}"],
+        f"{prep.name}_val_ndcg{k}": m["best_val_score"],
         f"{prep.name}_epochs": m["epochs"],
         f"{prep.name}_lightgcn_best_epoch": float(epochs),
         f"{prep.name}_train_seconds": ours_s,
@@ -276,11 +283,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true", help="small catalog only (smoke check)")
     parser.add_argument("--config", type=Path, default=PREFERENCE_YAML if PREFERENCE_YAML.is_file() else None,
                         help="the preference stage's YAML (default configs/preference.yaml)")
+    parser.add_argument("--ml-config", type=Path, default=MOVIELENS_YAML,
+                        help="the MovieLens pipeline YAML whose preference section ml-latest-small uses "
+                             "(default configs/movielens.yaml)")
     parser.add_argument("--datasets", default="catalog,ml", help="comma-separated subset of catalog,ml")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every model (the stage's default is 1)")
     parser.add_argument("--zoo-run", type=Path, default=REPO / "runs" / "default",
                         help="a run whose zoo stage has completed on the default catalog: its CLIP serves a 'zoo' feature "
                              "encoder (default runs/default, what `uv run pmg pipeline` writes)")
+    parser.add_argument("--keep", type=Path, help="write the catalog's preference artifacts to KEEP/preference "
+                        "(then `benchmarks/quant.py --run KEEP` measures the quantizer on them)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="preference config overrides")
     args = parser.parse_args(argv)
     # One thread count for ours and the baselines, so speeds compare (the stage sets its own from config).
@@ -290,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    config = load_config(PreferenceConfig, args.config, [
-        *args.overrides, "trainer.enable_progress_bar=false", f"num_threads={args.threads}"])
+    common = [*args.overrides, "trainer.enable_progress_bar=false", f"num_threads={args.threads}"]
+    config = load_config(PreferenceConfig, args.config, common)
     if ZOO_ENCODER in (config.features.visual, config.features.textual):
         if args.quick:
             raise SystemExit("--quick uses a smaller catalog than the zoo was trained on: add features.visual=pixels")
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result: dict[str, float] = {}
     if "catalog" in datasets:
         catalog = catalog_dataset(CatalogConfig(num_users=200, num_items=400, interactions_per_user=20) if args.quick else CatalogConfig())
-        metrics, preferences = run_dataset(config, catalog, log)
+        metrics, preferences = run_dataset(config, catalog, log, args.keep / "preference" if args.keep else None)
         result.update(metrics)
         probe = probes(preferences, catalog.data)
         result.update(probe)
@@ -319,7 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"lightgcn {speed['lightgcn_epoch_s_per_m']:.1f}s; params ours {speed['ours_param_mb']:.2f} MB, "
             f"lightgcn {speed['lightgcn_param_mb']:.2f} MB")
     if "ml" in datasets and not args.quick:
-        metrics, _ = run_dataset(config, movielens_dataset(), log)
+        # Each dataset with the preference settings its pipeline config gives (the same overrides on top).
+        ml_config = load_config(PipelineConfig, args.ml_config, [f"preference.{o}" for o in common]).preference
+        metrics, _ = run_dataset(ml_config, movielens_dataset(), log)
         result.update(metrics)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = time.perf_counter() - started

@@ -133,6 +133,20 @@ def test_loss_terms_backward_reaches_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_id_l2_weight_penalises_only_the_id_modality():
+    graph = make_graph()
+    users, pos, neg = sample_bpr_batch(graph, 16, generator=torch.Generator().manual_seed(2))
+    same = make_model(l2_weight=1e-3)
+    strong = make_model(l2_weight=1e-3, id_l2_weight=0.5)
+    emb = same(graph)
+    id_rows = (emb.user_ego["id"][users], emb.item_ego["id"][pos], emb.item_ego["id"][neg])
+    id_term = l2_regularization(*id_rows, batch_size=16)
+    base, heavy = same.loss_terms(emb, users, pos, neg), strong.loss_terms(emb, users, pos, neg)
+    torch.testing.assert_close(heavy.l2, base.l2)  # the logged term stays unweighted
+    torch.testing.assert_close(heavy.total - base.total, (0.5 - 1e-3) * id_term)
+    assert strong.get_config()["id_l2_weight"] == 0.5 and ModalSpecificGNN(**strong.get_config()).id_l2_weight == 0.5
+
+
 def test_modality_dropout_only_in_training_mode():
     graph = make_graph()
     model = make_model(modality_dropout=0.5)

@@ -10,6 +10,7 @@ Artifacts in ``<run>/preference/``:
     item_embeddings.safetensors            {modality: [I, d]}
     item_features.safetensors              {modality: [I, d_m], "<modality>_mask": [I]}
     user_tastes.json                       ground-truth taste indices per user, when the dataset has them
+    config.yaml                            the stage's config, feature encoders resolved (``zoo`` → ``clip:<folder>``)
     metrics.json                           test Recall/NDCG/HitRate@K (train + validation items masked),
                                            best validation NDCG, epochs, counts of cold-start users and of
                                            items without interactions / image / text
@@ -32,7 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from safetensors.torch import load_file, save_file
 
 from pmg.atomic import atomic_file
-from pmg.config import config_to_dict
+from pmg.config import config_to_dict, config_to_yaml
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
@@ -65,6 +66,8 @@ class PreferenceModelConfig:
     projection_hidden_dim: int = 128  # 0 = a linear projection of item features
     modality_dropout: float = 0.1
     l2_weight: float = 1e-4
+    # Free item ids memorise the catalog's training graph: 100x the feature modalities' L2 (see benchmarks/preference.py).
+    id_l2_weight: float = 1e-2  # < 0: the same as l2_weight
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.2
     contrastive_mode: str = "within_modality"
@@ -178,6 +181,7 @@ def build_model(config: PreferenceModelConfig, num_users: int, num_items: int, f
         projection_hidden_dim=config.projection_hidden_dim or None,
         modality_dropout=config.modality_dropout,
         l2_weight=config.l2_weight,
+        id_l2_weight=None if config.id_l2_weight < 0 else config.id_l2_weight,
         contrastive_weight=config.contrastive_weight,
         contrastive_temperature=config.contrastive_temperature,
         contrastive_mode=config.contrastive_mode,  # type: ignore[arg-type]
@@ -377,7 +381,8 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
         return StageResult(stage_fp, record["summary"], reused=True)
     run.invalidate("preference")
     data, split = load_prepared(run)
-    artifacts = train_preferences(resolve_zoo_encoders(config, run), data, split, run.stage_dir("preference"))
+    resolved = resolve_zoo_encoders(config, run)
+    artifacts = train_preferences(resolved, data, split, run.stage_dir("preference"))
     m = artifacts.metrics
     summary = (
         f"test recall@{k} {m[f'test/recall@{k}']:.4f}, ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
@@ -385,6 +390,9 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
         f"{int(artifacts.cold_start.sum())} cold-start users ({int(m['prior_users'])} from the prior)"
     )
     if rank_zero_only.rank == 0:  # under `strategy: ddp` every rank runs this function
+        # The resolved config names the item feature encoders, which `pmg search` applies to queries.
+        with atomic_file(run.stage_dir("preference") / "config.yaml") as tmp:
+            tmp.write_text(config_to_yaml(resolved))
         run.mark_complete("preference", stage_fp, {"summary": summary, "metrics": m})
     return StageResult(stage_fp, summary)
 

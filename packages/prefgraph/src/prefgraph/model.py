@@ -67,8 +67,9 @@ class UserPreferences:
 class LossTerms:
     """Components of :meth:`ModalSpecificGNN.loss_terms`; ``total`` is what to backpropagate.
 
-    ``total = bpr + l2_weight * l2 + contrastive_weight * contrastive`` (weighted terms, the
-    unweighted values are stored here so they can be logged on a comparable scale).
+    ``total = bpr + sum_m l2_weight_m * l2_m + contrastive_weight * contrastive``, where
+    ``l2_weight_m`` is ``id_l2_weight`` for the id modality and ``l2_weight`` otherwise; ``l2`` is
+    the unweighted ``sum_m l2_m`` (unweighted values are stored so they log on a comparable scale).
     """
 
     total: Tensor
@@ -111,6 +112,9 @@ class ModalSpecificGNN(nn.Module):
             during training (:meth:`loss_terms` in ``train()`` mode only), so the combined score
             cannot lean on a single modality.
         l2_weight: weight of :func:`~prefgraph.l2_regularization` on the batch's ego embeddings.
+        id_l2_weight: the same for the ``"id"`` modality's ego embeddings (``None``: ``l2_weight``).
+            Free item ids can memorise the training graph where feature modalities cannot, so a
+            stronger penalty there keeps the id view to what the features do not explain.
         contrastive_weight: weight of the optional InfoNCE term (0 disables it).
         contrastive_temperature: InfoNCE temperature.
         contrastive_mode: ``"within_modality"`` (default) contrasts each modality's user vector
@@ -140,6 +144,7 @@ class ModalSpecificGNN(nn.Module):
         projection_hidden_dim: int | None = None,
         modality_dropout: float = 0.0,
         l2_weight: float = 1e-4,
+        id_l2_weight: float | None = None,
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.2,
         contrastive_mode: ContrastiveMode = "within_modality",
@@ -181,6 +186,7 @@ class ModalSpecificGNN(nn.Module):
         self.projection_hidden_dim = projection_hidden_dim
         self.modality_dropout = float(modality_dropout)
         self.l2_weight = float(l2_weight)
+        self.id_l2_weight = self.l2_weight if id_l2_weight is None else float(id_l2_weight)
         self.contrastive_weight = float(contrastive_weight)
         self.contrastive_temperature = float(contrastive_temperature)
         self.contrastive_mode: ContrastiveMode = contrastive_mode
@@ -236,6 +242,7 @@ class ModalSpecificGNN(nn.Module):
             "projection_hidden_dim": self.projection_hidden_dim,
             "modality_dropout": self.modality_dropout,
             "l2_weight": self.l2_weight,
+            "id_l2_weight": self.id_l2_weight,
             "contrastive_weight": self.contrastive_weight,
             "contrastive_temperature": self.contrastive_temperature,
             "contrastive_mode": self.contrastive_mode,
@@ -399,15 +406,17 @@ class ModalSpecificGNN(nn.Module):
         neg_scores = self.score(emb, neg_users, neg_items, modality_mask)
         ranking = bpr_loss(pos_scores, neg_scores)
 
-        regularised = []
+        l2 = weighted_l2 = ranking.new_zeros(())
         for m in self.modalities:
-            regularised += [emb.user_ego[m][users], emb.item_ego[m][pos_items], emb.item_ego[m][neg_items]]
-        l2 = l2_regularization(*regularised, batch_size=batch_size)
+            rows = (emb.user_ego[m][users], emb.item_ego[m][pos_items], emb.item_ego[m][neg_items])
+            term = l2_regularization(*rows, batch_size=batch_size)
+            l2 = l2 + term
+            weighted_l2 = weighted_l2 + (self.id_l2_weight if m == ID_MODALITY else self.l2_weight) * term
 
         contrastive = ranking.new_zeros(())
         if self.contrastive_weight > 0:
             contrastive = self._contrastive(emb, users, pos_items)
-        total = ranking + self.l2_weight * l2 + self.contrastive_weight * contrastive
+        total = ranking + weighted_l2 + self.contrastive_weight * contrastive
         return LossTerms(total=total, bpr=ranking.detach(), l2=l2.detach(), contrastive=contrastive.detach())
 
     def loss(self, emb: ModalEmbeddings, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> Tensor:
