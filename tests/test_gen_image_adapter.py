@@ -134,6 +134,26 @@ def test_encode_prompts_matches_the_pipeline(sdxl_folder: Path) -> None:
     assert ours.prompt_embeds.shape == (2, 16, 16 + 24) and ours.pooled.shape == (2, 8)
 
 
+def test_an_adapter_unpickled_in_a_fresh_process_still_encodes_prompts(sdxl_folder: Path, tmp_path: Path) -> None:
+    """What ddp_spawn does: the workers unpickle an adapter built in the parent process."""
+    import pickle
+    import subprocess
+    import sys
+
+    adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS)
+    (tmp_path / "adapter.pkl").write_bytes(pickle.dumps(adapter))  # before any forward, as Lightning does
+    prompt = build_image_prompt("a dress", TOKENS[:2])
+    worker = (
+        "import pickle, sys, torch; from pathlib import Path; folder = Path(sys.argv[1]); "
+        "adapter = pickle.loads((folder / 'adapter.pkl').read_bytes()); "
+        "torch.save(adapter.encode_prompts([sys.argv[2]]).prompt_embeds, folder / 'embeds.pt')"
+    )
+    subprocess.run([sys.executable, "-c", worker, str(tmp_path), prompt], check=True, timeout=300)
+    # Written by the worker above in this test: a trusted file.
+    embeds = torch.load(tmp_path / "embeds.pt", weights_only=True)
+    torch.testing.assert_close(embeds, adapter.encode_prompts([prompt]).prompt_embeds, rtol=0, atol=0)
+
+
 def test_saved_embeddings_load_into_a_fresh_pipeline_with_identical_images(sdxl_folder: Path, tmp_path: Path) -> None:
     adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS, unet_lora=UNetLoraOptions(r=2))
     _train(adapter, [build_image_prompt("a dress", TOKENS[:2]), build_image_prompt("a shoe", TOKENS[2:4])], steps=2)

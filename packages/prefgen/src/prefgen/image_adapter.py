@@ -132,6 +132,23 @@ def _fix_legacy_eos_pooling(text_encoder: nn.Module, tokenizer: Any) -> None:
             module.eos_token_id = eos
 
 
+def _register_output_capture(module: nn.Module) -> None:
+    """Re-register the output-capture specs of every transformers model inside ``module``.
+
+    transformers 5 records ``hidden_states`` through hooks whose specs live in a per-process
+    registry filled when a model is *constructed*. A model unpickled in a fresh process (the
+    workers of ``ddp_spawn``) was never constructed there, so ``output_hidden_states=True``
+    would silently return ``None``. Older transformers have no registry: nothing to do.
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return
+    for sub in module.modules():
+        if hasattr(sub, "_can_record_outputs"):
+            _CAN_RECORD_REGISTRY[sub] = sub._can_record_outputs
+
+
 class ImagePreferenceAdapter(AddedTokensView, nn.Module):
     """An SDXL (or SD 1.x/2.x) pipeline with preference tokens; only their rows (+ UNet LoRA) train.
 
@@ -245,6 +262,10 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             if meta["soft_prompt_ids"]
             else None
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        _register_output_capture(self)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Construction from folders, saving
