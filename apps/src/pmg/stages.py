@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pmg.runs import RunDirectory
 
-__all__ = ["Stage", "StageResult"]
+__all__ = ["Stage", "StageResult", "write_stage_record"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,17 @@ class Stage:
     config_type: type
     run: Callable[[Any, RunDirectory, str, bool], StageResult]
     help: str = ""
+
+
+def write_stage_record(folder: Path, metrics: dict[str, float], config: Any) -> None:
+    """``metrics.json`` and the stage's ``config.yaml`` in ``folder``, each written atomically
+    (``pmg generate`` and the benchmarks read a stage's settings back from that YAML)."""
+    import json
+
+    from pmg.atomic import atomic_file
+    from pmg.config import config_to_yaml
+
+    with atomic_file(folder / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    with atomic_file(folder / "config.yaml") as tmp:
+        tmp.write_text(config_to_yaml(config))

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pmg.atomic import atomic_directory, atomic_file
-from pmg.config import config_to_dict, config_to_yaml
+from pmg.config import config_to_dict
 from pmg.generator.config import GeneratorConfig
 from pmg.runs import RunDirectory, RunError, fingerprint
-from pmg.stages import Stage, StageResult
+from pmg.stages import Stage, StageResult, write_stage_record
 
 if TYPE_CHECKING:
     import torch
@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
     from prefquant import PreferenceTokenizer
 
-__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "heldout_users",
+__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "heldout_users", "liked_subject",
            "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
-           "run_generator_stage", "train_image_generator", "train_text_generator", "training_split", "user_fragments"]
+           "run_generator_stage", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -205,7 +205,7 @@ class UserGeneration:
     image: Any
 
 
-def _liked_subject(data: InteractionData, user: int | None, default: str) -> str:
+def liked_subject(data: InteractionData, user: int | None, default: str) -> str:
     """The subject a user most often liked (``"a <category>"``), or ``default``."""
     from collections import Counter
 
@@ -257,7 +257,7 @@ def generate_for_user(
         from pmg.generator.modules import item_subject
 
         subject = (item_subject(data, reference_item, config.image.default_subject) if reference_item is not None
-                   else _liked_subject(data, user, config.image.default_subject))
+                   else liked_subject(data, user, config.image.default_subject))
     image_prompt = build_image_prompt(subject, image_fragment)
     picture = None
     if image_adapter is not None:
@@ -273,7 +273,7 @@ def generate_for_user(
     return UserGeneration(user_id, text_fragment is None and image_fragment is None, text_prompt, texts, image_prompt, picture)
 
 
-def _write_samples(folder: Path, data: InteractionData, config: GeneratorConfig, tokens: UserTokens,
+def write_samples(folder: Path, data: InteractionData, config: GeneratorConfig, tokens: UserTokens,
                    text_adapter: TextPreferenceAdapter | None, image_adapter: ImagePreferenceAdapter | None) -> list[dict]:
     """A few users' generations (evenly spaced users) and one cold-start generation."""
     count = min(config.sample.num_users, data.num_users)
@@ -432,12 +432,9 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
         if not prefix:
             text_adapter, image_adapter = (text[0] if text else None), (image[0] if image else None)
     with atomic_directory(out / "samples") as tmp:
-        _write_samples(tmp, data, config, tokens, text_adapter, image_adapter)
+        write_samples(tmp, data, config, tokens, text_adapter, image_adapter)
     metrics["heldout_users"] = float(len(heldout))
-    with atomic_file(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
-    with atomic_file(out / "config.yaml") as tmp:
-        tmp.write_text(config_to_yaml(config))
+    write_stage_record(out, metrics, config)
     summary = "; ".join(
         f"{kind} loss {metrics[f'{kind}/first_loss']:.3f} → {metrics[f'{kind}/final_loss']:.3f}"
         for kind in ("text", "image", f"{SOFT_PROMPT}/text", f"{SOFT_PROMPT}/image") if f"{kind}/final_loss" in metrics

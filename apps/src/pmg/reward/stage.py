@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from pmg.atomic import atomic_directory, atomic_file
-from pmg.config import config_to_dict, config_to_yaml, load_config
+from pmg.config import config_to_dict, load_config
 from pmg.reward.config import RewardConfig
 from pmg.runs import RunDirectory, RunError, fingerprint
-from pmg.stages import Stage, StageResult
+from pmg.stages import Stage, StageResult, write_stage_record
 
 if TYPE_CHECKING:
     from pmg.data.format import InteractionData
@@ -194,14 +194,14 @@ def _user_texts(adapter: TextPreferenceAdapter, prompts: list[str], users: list[
 
 def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, config: RewardConfig) -> tuple[list[str], list[str], list[int]]:
     """Text and image prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
-    from pmg.generator.stage import _liked_subject, user_fragments
+    from pmg.generator.stage import liked_subject, user_fragments
     from prefgen import build_image_prompt, build_text_prompt
 
     text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
     image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
     context = generator.text.context_of(config.text.target)
     text_prompts = [build_text_prompt(f, context) for f in text_fragments]
-    image_prompts = [build_image_prompt(_liked_subject(data, u, generator.image.default_subject), f) for u, f in enumerate(image_fragments)]
+    image_prompts = [build_image_prompt(liked_subject(data, u, generator.image.default_subject), f) for u, f in enumerate(image_fragments)]
     users = [u for u in range(data.num_users) if text_fragments[u] is not None or image_fragments[u] is not None]
     return text_prompts, image_prompts, users
 
@@ -217,7 +217,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
 
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator.config import GeneratorConfig
-    from pmg.generator.stage import _write_samples
+    from pmg.generator.stage import write_samples
     from pmg.preference.stage import load_preferences
     from pmg.quantize.stage import load_user_tokens
     from pmg.reward.modules import GenerationRewards, ImageRewardModule, TextRewardModule
@@ -279,12 +279,9 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
         with atomic_directory(out / "image_adapter") as tmp:
             image_adapter.save(tmp)
     with atomic_directory(out / "samples") as tmp:
-        _write_samples(tmp, data, generator, tokens, text_policy, image_adapter)
+        write_samples(tmp, data, generator, tokens, text_policy, image_adapter)
     metrics["validation_users"] = float(len(val_users))
-    with atomic_file(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
-    with atomic_file(out / "config.yaml") as tmp:
-        tmp.write_text(config_to_yaml(config))
+    write_stage_record(out, metrics, config)
     summary = "; ".join(
         f"{kind} validation reward {metrics[f'{kind}/val_reward_before']:.3f} → {metrics[f'{kind}/val_reward_best']:.3f}"
         f" (best at step {int(metrics[f'{kind}/best_step'])})"
