@@ -1,0 +1,81 @@
+"""Benchmark of the main job: wall time and peak memory of `pmg pipeline`, default and --quick.
+
+Usage:
+    uv run --frozen python benchmarks/pipeline.py                # --quick, then the default run (~40 min on 2 CPU cores)
+    uv run --frozen python benchmarks/pipeline.py --quick-only   # the smoke profile alone (a few minutes)
+
+Protocol: each profile runs as its own `pmg pipeline` process on a new run directory, with new
+zoo and feature caches, so nothing computed earlier is reused (a user's first run). Wall time is
+measured around the process; peak memory is the largest resident set of the child processes
+(``getrusage(RUSAGE_CHILDREN)``, which covers the pipeline and any worker it starts). The stage
+lines the pipeline prints are kept, so the time of each stage shows in the log.
+
+Targets (issue 8): the default run at most 15 minutes with peak memory under 6 GB; --quick
+under 3 minutes. ``report_path`` is null until `pmg report` exists.
+
+Progress goes to stdout; the LAST line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_profile(name: str, args: list[str], scratch: Path) -> dict[str, float | dict[str, float]]:
+    """One `pmg pipeline` process on fresh run/caches under ``scratch``: minutes and stage seconds."""
+    run = scratch / name
+    command = [sys.executable, "-m", "pmg.cli", "pipeline", *args, "--run", str(run),
+               f"zoo.cache_dir={scratch / f'{name}-zoo-cache'}",
+               f"preference.features.cache_dir={scratch / f'{name}-feature-cache'}"]
+    print(f"[{name}] {' '.join(command[3:])}", flush=True)
+    start = time.perf_counter()
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    minutes = (time.perf_counter() - start) / 60
+    stage_seconds: dict[str, float] = {}
+    for line in process.stdout.splitlines():
+        match = re.match(r"\[(\w+)\] .*\(([\d.]+)s\)$", line)
+        if match:
+            stage_seconds[match.group(1)] = float(match.group(2))
+            print(f"  {line[:160]}", flush=True)
+    if process.returncode != 0:
+        print(process.stdout[-4000:], process.stderr[-4000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"[{name}] pmg pipeline exited with {process.returncode}")
+    print(f"[{name}] {minutes:.2f} min", flush=True)
+    return {"minutes": minutes, "stage_seconds": stage_seconds}
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick-only", action="store_true", help="measure the --quick profile only")
+    parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = args.keep or Path(tmp)
+        scratch.mkdir(parents=True, exist_ok=True)
+        quick = run_profile("quick", ["--quick"], scratch)
+        result: dict[str, object] = {"quick_minutes": round(float(quick["minutes"]), 3),
+                                     "quick_stage_seconds": quick["stage_seconds"]}
+        if not args.quick_only:
+            default = run_profile("default", [], scratch)
+            result.update({"minutes": round(float(default["minutes"]), 3), "stage_seconds": default["stage_seconds"]})
+        # ru_maxrss of children is in kilobytes on Linux: the largest single child process.
+        result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3)
+        result["profiles"] = "quick" if args.quick_only else "quick+default"
+        result["report_path"] = None  # `pmg report` is not written yet
+    print(json.dumps(result, sort_keys=True), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
