@@ -46,15 +46,14 @@ import torch
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
+from pmg.evaluate.generation import no_token_variant, soft_prompt_variant, token_variant
 from pmg.generator import (
     GeneratorConfig,
-    generate_for_user,
     load_generators,
     load_heldout_users,
     load_soft_prompt_generators,
 )
 from pmg.generator.evaluation import judge_colour_accuracy, taste_attributes, text_attribute_accuracy
-from pmg.generator.stage import user_fragments
 from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
@@ -174,25 +173,20 @@ def main() -> None:
     if soft is None or soft.text is None or soft.image is None:
         raise RunError(f"{run.root}: the soft-prompt baseline lacks a generator")
     preferences = load_preferences(run).user_preferences
-    fragments = (user_fragments(data, tokens, config.text.modalities), user_fragments(data, tokens, config.image.modalities))
     users, heldout = _evaluation_users(run, data, args.users)
     print(f"judging {len(users)} {'held-out' if heldout else 'training'} users of {run.root}", flush=True)
 
     figures: dict[str, object] = {}
-    for variant in ("tokens", "notoken", "softprompt"):
+    # The variants as `pmg evaluate` builds them (its no_tokens, soft_prompt and tokens_sft columns).
+    variants = {"tokens": token_variant(text_adapter, image_adapter, data, tokens, config),
+                "notoken": no_token_variant(text_adapter, image_adapter),
+                "softprompt": soft_prompt_variant(soft, preferences)}
+    fragments = (variants["tokens"].text_fragments, variants["tokens"].image_fragments)
+    for variant, generators in variants.items():
         images, texts = [], []
         variant_started = time.perf_counter()
         for user in users:
-            options: dict = {"text_adapter": text_adapter, "image_adapter": image_adapter,
-                             "text_fragment": fragments[0][user], "image_fragment": fragments[1][user]}
-            if variant == "notoken":
-                options.update(text_fragment=None, image_fragment=None)
-            elif variant == "softprompt":
-                text_vectors, image_vectors = soft.vectors(preferences, user)
-                options = {"text_adapter": soft.text, "image_adapter": soft.image, "text_fragment": soft.fragment(soft.text),
-                           "image_fragment": soft.fragment(soft.image), "text_soft_prompt": text_vectors,
-                           "image_soft_prompt": image_vectors}
-            result = generate_for_user(data, config, user=user, **options)
+            result = generators.generate(data, config, user)
             images.append(result.image)
             texts.append(" ".join(result.texts.values()))
         colour, text, per_attribute = _accuracies(data, users, images, texts, judge)

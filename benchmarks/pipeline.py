@@ -11,7 +11,9 @@ measured around the process; peak memory is the largest resident set of the chil
 lines the pipeline prints are kept, so the time of each stage shows in the log.
 
 Targets (issue 8): the default run at most 15 minutes with peak memory under 6 GB; --quick
-under 3 minutes. ``report_path`` is null until `pmg report` exists.
+under 3 minutes. ``report_path`` is the HTML report of the last profile run (the default's, or the
+quick one's with --quick-only; ``quick_report_path`` the quick one's): the report folder is copied
+out of the temporary run to ``runs/bench-pipeline/<profile>-report/`` (kept in place with --keep).
 
 Progress goes to stdout; the LAST line is one JSON object.
 """
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,10 +33,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+REPORTS = REPO / "runs" / "bench-pipeline"  # where reports of temporary runs are copied
 
 
-def run_profile(name: str, args: list[str], scratch: Path) -> dict[str, float | dict[str, float]]:
-    """One `pmg pipeline` process on fresh run/caches under ``scratch``: minutes and stage seconds."""
+def run_profile(name: str, args: list[str], scratch: Path, keep: bool) -> dict[str, object]:
+    """One `pmg pipeline` process on fresh run/caches under ``scratch``: minutes, stage seconds and
+    the report it printed (copied to ``REPORTS`` unless ``keep``: ``scratch`` is then deleted)."""
     run = scratch / name
     command = [sys.executable, "-m", "pmg.cli", "pipeline", *args, "--run", str(run),
                f"zoo.cache_dir={scratch / f'{name}-zoo-cache'}",
@@ -52,7 +57,14 @@ def run_profile(name: str, args: list[str], scratch: Path) -> dict[str, float | 
         print(process.stdout[-4000:], process.stderr[-4000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"[{name}] pmg pipeline exited with {process.returncode}")
     print(f"[{name}] {minutes:.2f} min", flush=True)
-    return {"minutes": minutes, "stage_seconds": stage_seconds}
+    printed = [line[len("report: "):] for line in process.stdout.splitlines() if line.startswith("report: ")]
+    report = Path(printed[-1]) if printed else None
+    if report is not None and not keep:
+        copy = REPORTS / f"{name}-report"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(report.parent, copy)
+        report = copy / report.name
+    return {"minutes": minutes, "stage_seconds": stage_seconds, "report_path": str(report) if report else None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -63,16 +75,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = args.keep or Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
-        quick = run_profile("quick", ["--quick"], scratch)
+        quick = run_profile("quick", ["--quick"], scratch, keep=args.keep is not None)
         result: dict[str, object] = {"quick_minutes": round(float(quick["minutes"]), 3),
-                                     "quick_stage_seconds": quick["stage_seconds"]}
+                                     "quick_stage_seconds": quick["stage_seconds"], "quick_report_path": quick["report_path"],
+                                     "report_path": quick["report_path"]}
         if not args.quick_only:
-            default = run_profile("default", [], scratch)
-            result.update({"minutes": round(float(default["minutes"]), 3), "stage_seconds": default["stage_seconds"]})
+            default = run_profile("default", [], scratch, keep=args.keep is not None)
+            result.update({"minutes": round(float(default["minutes"]), 3), "stage_seconds": default["stage_seconds"],
+                           "report_path": default["report_path"]})
         # ru_maxrss of children is in kilobytes on Linux: the largest single child process.
         result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3)
         result["profiles"] = "quick" if args.quick_only else "quick+default"
-        result["report_path"] = None  # `pmg report` is not written yet
     print(json.dumps(result, sort_keys=True), flush=True)
     return result
 

@@ -32,7 +32,6 @@ Progress goes to stdout; the LAST line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import sys
@@ -52,6 +51,7 @@ from pmg.data.modules import BPRDataModule
 from pmg.data.sources import load_movielens
 from pmg.data.split import Split, kcore, temporal_split
 from pmg.pipeline import PipelineConfig
+from pmg.preference.baselines import fit_lightgcn, held_out_ranking, lightgcn_bpr_loss
 from pmg.preference.module import PreferenceModule
 from pmg.preference.stage import (
     ZOO_ENCODER,
@@ -63,7 +63,7 @@ from pmg.preference.stage import (
 )
 from pmg.runs import RunDirectory, RunError
 from pmg.training import build_optimizer
-from prefgraph import InteractionGraph, evaluate_ranking, lightgcn_scorer, popularity_scorer
+from prefgraph import InteractionGraph, lightgcn_scorer, popularity_scorer
 
 REPO = Path(__file__).resolve().parents[1]
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
@@ -101,56 +101,15 @@ def movielens_dataset() -> Prepared:
 
 
 # ---------------------------------------------------------------------------------------- baselines
-def _lightgcn_loss(model: LightGCN, edge_index: torch.Tensor, batch: dict[str, torch.Tensor], offset: int,
-                   l2_weight: float) -> torch.Tensor:
-    """BPR + L2 for a stage batch (``negatives`` [B, N] uses every negative), one propagation per
-    step as in PyG's LightGCN example (positives and negatives ranked in one call)."""
-    negatives = batch["negatives"] + offset  # [B, N]
-    users = batch["users"].unsqueeze(1).expand_as(negatives).reshape(-1)
-    positives = (batch["positives"] + offset).unsqueeze(1).expand_as(negatives).reshape(-1)
-    negatives = negatives.reshape(-1)
-    label_index = torch.cat([torch.stack([users, positives]), torch.stack([users, negatives])], dim=1)
-    pos_rank, neg_rank = model(edge_index, label_index).chunk(2)
-    node_id = torch.cat([batch["users"], batch["positives"] + offset, negatives])
-    return model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=l2_weight)
-
-
 def lightgcn_fit(config: PreferenceConfig, prep: Prepared, log) -> tuple[LightGCN, int]:
-    """PyG LightGCN under the stage's budget: same batches, optimizer, L2, epochs, early stopping."""
-    torch.manual_seed(config.trainer.seed)
-    train_graph = prep.graph(prep.split.train)
-    edge_index = train_graph.bipartite_edge_index()
-    model = LightGCN(train_graph.num_nodes, config.model.embedding_dim, config.model.num_layers)
-    optimizer = build_optimizer(model.parameters(), config.optimizer)
-    datamodule = BPRDataModule(prep.data, prep.split, batch_size=config.batch_size, num_negatives=config.num_negatives)
-    val = prep.pairs(prep.split.val)
-    k = max(config.ks)
-    best, best_state, best_epoch, stale = -1.0, copy.deepcopy(model.state_dict()), 0, 0
-    users_offset = train_graph.num_users
-    for epoch in range(config.trainer.max_epochs):
-        model.train()
-        for batch in datamodule.train_dataloader():
-            loss = _lightgcn_loss(model, edge_index, batch, users_offset, config.model.l2_weight)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        ndcg = evaluate_ranking(lightgcn_scorer(model, train_graph), train_graph, val, config.ks)[f"ndcg@{k}"]
-        if ndcg > best:
-            best, best_state, best_epoch, stale = ndcg, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-            if 0 < config.trainer.early_stopping_patience <= stale:
-                break
-    model.load_state_dict(best_state)
-    log(f"  lightgcn: best val ndcg@{k} {best:.4f} at epoch {best_epoch}")
-    return model, best_epoch
+    """PyG LightGCN under the stage's budget (``pmg.preference.baselines``, what `pmg evaluate` trains too)."""
+    fit = fit_lightgcn(config, prep.data, prep.split, log=log)
+    return fit.model, fit.best_epoch
 
 
 def test_metrics(scorer, prep: Prepared, ks: list[int]) -> dict[str, float]:
     """Test Recall/NDCG, the same protocol as the stage: train + validation items masked."""
-    history = prep.graph(np.concatenate([prep.split.train, prep.split.val]))
-    return evaluate_ranking(scorer, history, prep.pairs(prep.split.test), ks)
+    return held_out_ranking(scorer, prep.data, prep.split, ks)
 
 
 # ---------------------------------------------------------------------------------------- speed
@@ -181,7 +140,7 @@ def epoch_seconds(config: PreferenceConfig, prep: Prepared, repeats: int = 2) ->
 
     def lightgcn_epoch() -> None:
         for batch in batches:
-            loss = _lightgcn_loss(lightgcn, edge_index, batch, offset, config.model.l2_weight)
+            loss = lightgcn_bpr_loss(lightgcn, edge_index, batch, offset, config.model.l2_weight)
             lightgcn_opt.zero_grad()
             loss.backward()
             lightgcn_opt.step()

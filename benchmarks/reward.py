@@ -29,21 +29,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 
-def _named(text: str, values: list[str]) -> str | None:
-    """The first of ``values`` named in ``text`` as a whole word (case-insensitive), or None."""
-    found = [(m.start(), v) for v in values for m in [re.search(rf"\b{re.escape(v)}\b", text, re.IGNORECASE)] if m]
-    return min(found)[1] if found else None
-
-
 def evaluate(run, data, generator, target: str, users: list[int], adapters, judge) -> dict[str, float]:
-    """Consistency and personalization of ``adapters`` (text, image) for ``users``."""
+    """Consistency and personalization of ``adapters`` (text, image) for ``users`` (``pmg.generator.evaluation``)."""
+    from pmg.generator.evaluation import consistency_hits, named_value
     from pmg.generator.stage import generate_for_user, user_fragments
     from pmg.quantize.stage import load_user_tokens
 
@@ -52,16 +46,16 @@ def evaluate(run, data, generator, target: str, users: list[int], adapters, judg
     image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
     config = dataclasses.replace(generator, text=dataclasses.replace(generator.text, targets=[target]))
     colours, materials = data.attributes["colour"].values, data.attributes["material"].values
-    consistent = image_colour = text_material = 0
+    texts, seen = [], []
     for user in users:
         result = generate_for_user(data, config, user=user, text_fragment=text_fragments[user], image_fragment=image_fragments[user],
                                    text_adapter=adapters[0], image_adapter=adapters[1])
-        seen = judge.predict_values([result.image])[0]["colour"]
-        text = result.texts[target]
-        consistent += _named(text, list(colours)) == seen
-        image_colour += seen == data.user_tastes["colour"][user]
-        text_material += _named(text, list(materials)) == data.user_tastes["material"][user]
+        seen.append(judge.predict_values([result.image])[0]["colour"])
+        texts.append(result.texts[target])
     n = len(users)
+    consistent = int(consistency_hits(texts, seen, colours).sum())
+    image_colour = sum(colour == data.user_tastes["colour"][u] for colour, u in zip(seen, users, strict=True))
+    text_material = sum(named_value(text, materials) == data.user_tastes["material"][u] for text, u in zip(texts, users, strict=True))
     return {"consistency": consistent / n, "personalization": (image_colour + text_material) / (2 * n),
             "image_colour": image_colour / n, "text_material": text_material / n}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
+TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +27,16 @@ def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("catalog") / "dataset"
     return write_catalog(out, CatalogConfig(seed=7, num_users=150, num_items=240, interactions_per_user=16))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline() -> Callable[..., int]:
+    """``run(path, *overrides)``: `pmg pipeline` with ``tests/tiny.yaml`` (every stage at tiny sizes)
+    on run directory ``path``, the zoo cached beside it, never in the checkout; the exit status."""
+    from pmg.cli import main
+
+    def run(path: Path, *overrides: str) -> int:
+        return main(["pipeline", "--config", str(TINY_CONFIG), "--run", str(path), f"zoo.cache_dir={path.parent / 'zoo-cache'}",
+                     *overrides])
+
+    return run

@@ -1,4 +1,4 @@
-"""The stages chained on a tiny catalog: data → zoo → preference → quantize → generator → reward.
+"""The stages chained on a tiny catalog: data → zoo → preference → quantize → generator → reward → evaluate → report.
 
 One tiny run directory is built once per session; each test checks one stage's artifacts,
 reuse and error handling on it (or on a copy, when it damages something).
@@ -75,7 +75,7 @@ def test_rerun_reuses_and_a_changed_stage_redoes_what_follows(tiny_run: Path, ca
     capsys.readouterr()
     assert _pipeline(tiny_run) == 0
     out = capsys.readouterr().out
-    assert out.count("(reused)") == 6  # every stage, generator and reward included
+    assert out.count("(reused)") == 8  # every stage, generator to report included
     assert (tiny_run / "quantize" / "user_codes.safetensors").stat().st_mtime_ns == before
     assert _pipeline(tiny_run, "quantize.codebook_size=4") == 0
     out = capsys.readouterr().out
@@ -119,7 +119,7 @@ def test_new_data_redoes_every_stage_and_force_reuses_the_zoo_cache(
     assert _pipeline(run, "data.catalog.seed=9") == 0
     lines = stage_lines(capsys.readouterr().out)
     # The zoo learns from the run's data, so new data retrains it too.
-    assert len(lines) == 6 and not any("(reused)" in line for line in lines.values())
+    assert len(lines) == 8 and not any("(reused)" in line for line in lines.values())
     assert "zoo built" in lines["zoo"]
     assert "seed 9" in json.loads((run / "data" / "dataset" / "dataset.json").read_text())["source"]
     assert _pipeline(run, "data.catalog.seed=9", "--force", "data") == 0

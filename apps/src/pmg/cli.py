@@ -7,7 +7,8 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg data catalog --out DIR [--seed N] [--config FILE] [key=value ...]
     pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
     pmg data info DIR
-    pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (each stage after "data")
+    pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (zoo, preference, quantize, generator, reward)
+    pmg evaluate|report [--run DIR] [--config FILE] [key=value ...]  (on a run whose earlier stages completed)
     pmg generate --run DIR --user ID [--category C] [--reference ITEM [--tasks-config FILE]] [--no-tokens] [--out FILE]
     pmg recommend|search|rate|explain --run DIR --user ID [...]   (see pmg.tasks.cli)
 """
@@ -81,12 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage in STAGES[1:]:
         stage_parser = commands.add_parser(stage.name, help=stage.help)
+        if stage.name in RUN_STAGES:
+            # Nothing to fit: `pmg evaluate --run DIR` computes from the run as it is.
+            _add_config_args(stage_parser)
+            stage_parser.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory (a completed pipeline run)")
+            continue
         actions = stage_parser.add_subparsers(dest="action", required=True)
         fit = actions.add_parser("fit", help=f"run the {stage.name} stage on a run directory")
         _add_config_args(fit)
         fit.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory")
     return parser
 
+
+# Stages run as `pmg <stage> --run DIR` (they train nothing, so no `fit` action).
+RUN_STAGES = ("evaluate", "report")
 
 # The unified tasks on a completed run (handlers in pmg.tasks.cli).
 TASK_COMMANDS = ("recommend", "search", "rate", "explain")
@@ -124,7 +133,13 @@ def _stage_fit(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
+    if stage.name in RUN_STAGES and not (args.run / "run.json").is_file():
+        # RunDirectory would create an empty run here; a typo in --run should say so instead.
+        raise RunError(f"{args.run} is not a run directory (no run.json); run `pmg pipeline --run {args.run}` first")
     run = RunDirectory(args.run)
+    if stage.name in RUN_STAGES:
+        for earlier in STAGES[:position]:  # name the first stage missing, not just the last one
+            run.require(earlier.name)
     upstream = run.require(STAGES[position - 1].name)["fingerprint"]
     result = stage.run(config, run, upstream, True)
     print(f"[{stage.name}] {result.summary}; artifacts in {run.stage_dir(stage.name)}")

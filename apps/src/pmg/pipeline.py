@@ -8,9 +8,11 @@ from importlib import resources
 from pathlib import Path
 
 from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
+from pmg.evaluate import EVALUATE_STAGE, EvaluateConfig
 from pmg.generator import GENERATOR_STAGE, GeneratorConfig
 from pmg.preference.stage import PREFERENCE_STAGE, PreferenceConfig
 from pmg.quantize.stage import QUANTIZE_STAGE, QuantizeConfig
+from pmg.report import REPORT_STAGE, ReportConfig, report_path
 from pmg.reward import REWARD_STAGE, RewardConfig
 from pmg.runs import RunDirectory
 from pmg.stages import Stage
@@ -20,7 +22,8 @@ __all__ = ["PipelineConfig", "STAGES", "quick_profile", "run_pipeline"]
 
 # In order; each stage's config is the PipelineConfig field of the same name.
 # `--force NAME` redoes that stage, and the stages after it see a changed upstream.
-STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE, GENERATOR_STAGE, REWARD_STAGE)
+STAGES: tuple[Stage, ...] = (DATA_STAGE, ZOO_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE, GENERATOR_STAGE, REWARD_STAGE,
+                             EVALUATE_STAGE, REPORT_STAGE)
 
 
 @dataclass
@@ -34,6 +37,8 @@ class PipelineConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def validate(self) -> None:
         self.data.validate()
@@ -42,6 +47,8 @@ class PipelineConfig:
         self.quantize.validate()
         self.generator.validate()
         self.reward.validate()
+        self.evaluate.validate()
+        self.report.validate()
 
 
 def quick_profile() -> Path:
@@ -70,4 +77,7 @@ def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=pri
         log(f"[{stage.name}] {result.summary} ({note})")
         upstream = result.fingerprint
     log(f"pipeline finished in {time.perf_counter() - started:.1f}s; run directory: {run.root.resolve()}")
+    report = report_path(run)
+    if report is not None:
+        log(f"report: {report.resolve()}")
     return run

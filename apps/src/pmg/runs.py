@@ -15,6 +15,8 @@ from pmg.atomic import atomic_file
 __all__ = ["RunError", "RunDirectory", "fingerprint"]
 
 _RUN_FORMAT = 1
+# How a stage runs on its own where that is not `pmg <stage> fit --run DIR` ("": only within `pmg pipeline`).
+_STAGE_COMMANDS = {"data": "", "evaluate": "pmg evaluate --run {root}", "report": "pmg report --run {root}"}
 
 
 class RunError(RuntimeError):
@@ -83,8 +85,7 @@ class RunDirectory:
         """The completion record of ``stage``; ``RunError`` that says what to run if it is missing."""
         record = self.record(stage)
         if record is None:
-            raise RunError(
-                f"stage {stage!r} has not completed in {self.root}; run `pmg pipeline --run {self.root}` "
-                f"(or `pmg {stage} fit --run {self.root}`) first"
-            )
+            alone = _STAGE_COMMANDS.get(stage, f"pmg {stage} fit --run {{root}}")
+            alternative = f" (or `{alone.format(root=self.root)}`)" if alone else ""
+            raise RunError(f"stage {stage!r} has not completed in {self.root}; run `pmg pipeline --run {self.root}`{alternative} first")
         return record

@@ -8,6 +8,8 @@ One place for the checks that ``benchmarks/generation.py``, ``benchmarks/reward.
 - **text**: a generated text *names* a value of an attribute when the value occurs as a whole
   word (case-insensitive). A hit is the first value the text names being the user's true one,
   so a text that lists every material does not score, and a text that names none misses.
+- **cross-modal consistency**: the first value of an attribute (colour) that the text names is
+  the one the judge reads off the image generated with it; a text that names none is inconsistent.
 
 Ground truth comes from the dataset (``InteractionData.user_tastes``: attribute → one value per
 user); :func:`taste_attributes` lists the attributes of a modality that have it.
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from pmg.zoo.judge import AttributeJudge
 
 __all__ = [
+    "consistency_hits",
     "judge_attribute_hits",
     "judge_colour_accuracy",
     "named_value",
@@ -123,3 +126,12 @@ def text_attribute_accuracy(texts: Sequence[str], tastes: Mapping[str, Sequence[
               for name, values in attributes.items()}
     scores["mean"] = sum(scores.values()) / len(scores)
     return scores
+
+
+def consistency_hits(texts: Sequence[str], read_values: Sequence[str], values: Sequence[str]) -> torch.Tensor:
+    """Bool [B]: the first of ``values`` that ``texts[b]`` names is ``read_values[b]``, the value the
+    judge read off the image generated beside that text (a text naming none is inconsistent)."""
+    if len(texts) != len(read_values):
+        raise ValueError(f"{len(texts)} texts but {len(read_values)} judged images")
+    return torch.tensor([named_value(text, values) == seen for text, seen in zip(texts, read_values, strict=True)],
+                        dtype=torch.bool)

@@ -1,0 +1,220 @@
+"""The evaluate stage: one table of recommendation, quantizer and generation metrics for a completed run.
+
+    pmg evaluate --run DIR [--config configs/evaluate.yaml] [key=value ...]
+
+Needs every stage before it (data … reward); a missing one is a ``RunError`` naming it and the
+command to run. Artifacts in ``<run>/evaluate/`` (the folder is replaced in one rename when
+everything is computed, so a failing evaluation leaves the previous one as it was):
+
+    evaluation.json      the table (``pmg.evaluate.table``): sections, rows, cells or the reason they are missing
+    evaluation.md        the same table in Markdown
+    generations.json     the generation users (ids, tokens, tastes) and, per variant and user, the prompts,
+                         texts, image file and the judge's reading (what ``pmg report`` shows)
+    generations/<variant>/<n>.png   the image of the n-th generation user in each variant
+    metrics.json, config.yaml       every computed cell as ``section/metric/column``; the stage's config
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pmg.atomic import atomic_directory
+from pmg.config import config_to_dict, load_config
+from pmg.evaluate.config import EvaluateConfig
+from pmg.evaluate.table import EvaluationTable, Section
+from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.stages import Stage, StageResult, write_stage_record
+
+if TYPE_CHECKING:
+    from pmg.data.format import InteractionData
+    from pmg.evaluate.generation import VariantGenerators
+    from pmg.generator.config import GeneratorConfig
+    from pmg.quantize.stage import UserTokens
+    from pmg.zoo.manifest import Zoo
+
+__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES",
+           "load_evaluation", "require_stages", "run_evaluate_stage"]
+
+EVALUATION_JSON = "evaluation.json"
+EVALUATION_MD = "evaluation.md"
+GENERATIONS_JSON = "generations.json"
+# Every stage the evaluation reads, in pipeline order (the first missing one is named).
+UPSTREAM_STAGES = ("data", "zoo", "preference", "quantize", "generator", "reward")
+
+
+def require_stages(run: RunDirectory, stages: tuple[str, ...]) -> None:
+    """``RunError`` naming the first of ``stages`` that has not completed in ``run`` and what to run."""
+    for stage in stages:
+        run.require(stage)
+
+
+def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, pool: str,
+                     limit: int) -> tuple[list[int], int]:
+    """At most ``limit`` data user indices with tokens from ``pool`` (see ``GenerationEvaluationConfig``),
+    and how many of them the generator stage held out of its training."""
+    from pmg.generator.stage import load_heldout_users
+
+    index = data.user_index()
+    heldout = {index[u] for u in load_heldout_users(run)}
+    with_tokens = {index[u] for u in tokens.user_ids if u in index}
+    if pool == "reward_validation":
+        path = run.stage_dir("reward") / "validation_users.json"
+        try:
+            validation = [index[u] for u in json.loads(path.read_text())]
+        except (OSError, ValueError, KeyError) as err:
+            raise RunError(f"{path} is missing or damaged ({err}); rerun with --force reward") from err
+        # Users held out of both the SFT and the reward stage first: unseen by every variant.
+        candidates = sorted(validation, key=lambda u: (u not in heldout, u))
+    elif pool == "generator_heldout":
+        candidates = sorted(heldout)
+    else:
+        candidates = list(range(data.num_users))
+    users = [u for u in candidates if u in with_tokens][:limit]
+    return users, sum(u in heldout for u in users)
+
+
+def _variants(run: RunDirectory, data: InteractionData, zoo: Zoo, tokens: UserTokens,
+              generator: GeneratorConfig) -> dict[str, VariantGenerators | str]:
+    """Each variant's generators, or the reason it is missing."""
+    from pmg.evaluate.generation import no_token_variant, soft_prompt_variant, token_variant
+    from pmg.generator.stage import load_generators, load_soft_prompt_generators
+    from pmg.preference.stage import load_preferences
+    from pmg.reward import load_reward_generators
+
+    sft_text, sft_image = load_generators(run, zoo)
+    reward_text, reward_image = load_reward_generators(run, zoo)
+    soft = load_soft_prompt_generators(run, zoo)
+    return {
+        "no_tokens": no_token_variant(sft_text, sft_image),
+        "soft_prompt": soft_prompt_variant(soft, load_preferences(run).user_preferences) if soft is not None else (
+            "the generator stage did not train the soft-prompt baseline (generator.baselines.soft_prompt=false); "
+            "rerun `pmg pipeline ... generator.baselines.soft_prompt=true` to compare with it"),
+        "tokens_sft": token_variant(sft_text, sft_image, data, tokens, generator),
+        "tokens_reward": token_variant(reward_text, reward_image, data, tokens, generator),
+    }
+
+
+def _generation(run: RunDirectory, data: InteractionData, split: Any, tokens: UserTokens,
+                config: EvaluateConfig) -> tuple[Section, dict[str, Any], dict[str, list[Any]]]:
+    """The generation section, the ``generations.json`` record and the images per variant."""
+    import torch
+
+    from pmg.evaluate.generation import VARIANTS, GenerationJudges, generation_record, generation_section
+    from pmg.generator.config import GeneratorConfig
+    from pmg.zoo.manifest import ZooError, load_zoo
+    from prefreward import ConsistencyReward
+
+    zoo = load_zoo(run)
+    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    settings = config.generation
+    users, heldout = evaluation_users(run, data, tokens, settings.user_pool, settings.num_users)
+    variants = _variants(run, data, zoo, tokens, generator)
+    if len(users) < 2:
+        reason = f"only {len(users)} user(s) with tokens in evaluate.generation.user_pool={settings.user_pool!r}"
+        variants = dict.fromkeys(VARIANTS, reason)
+    generations: dict[str, Any] = {}
+    with torch.no_grad():
+        for name in VARIANTS:
+            variant = variants[name]
+            generations[name] = variant if isinstance(variant, str) else [variant.generate(data, generator, u) for u in users]
+    try:
+        judge, judge_missing = zoo.load_judge(), ""
+    except ZooError as err:
+        judge, judge_missing = None, str(err)
+    clip, processor = zoo.load_clip()
+    judges = GenerationJudges(judge, judge_missing, ConsistencyReward.from_model(clip, processor).embedder)
+    section, readings = generation_section(data, split, users, generations, judges, settings.consistency_attribute)
+    section.notes.append(
+        f"{len(users)} users from {settings.user_pool!r} ({heldout} of them also held out of the generator's training), "
+        f"the same for every column; one seeded image and greedy texts ({', '.join(generator.text.targets)}) per user")
+    position = {u: n for n, u in enumerate(tokens.user_ids)}
+    record: dict[str, Any] = {
+        "users": [{"user_id": data.user_ids[u],
+                   "tokens": {m: tokens.tokenizer.prompt_fragment({m: codes[position[data.user_ids[u]]]})
+                              for m, codes in tokens.codes.items()},
+                   "tastes": {a: values[u] for a, values in data.user_tastes.items()} if data.user_tastes else None}
+                  for u in users],
+        "variants": {}, "missing": {},
+    }
+    images: dict[str, list[Any]] = {}
+    for name in VARIANTS:
+        generated = generations[name]
+        if isinstance(generated, str):
+            record["variants"][name] = None
+            record["missing"][name] = generated
+            continue
+        images[name] = [g.image for g in generated]
+        variant_readings = readings[name]
+        record["variants"][name] = [
+            generation_record(g, variant_readings[n] if variant_readings else None,
+                              f"generations/{name}/{n:03d}.png" if g.image is not None else None)
+            for n, g in enumerate(generated)]
+    return section, record, images
+
+
+def _summary(table: EvaluationTable, out: Path) -> str:
+    def value(section: str, metric: str, column: str) -> str:
+        try:
+            cell = table.section(section).row(metric).cells[column]
+        except KeyError:
+            return "n/a"
+        return f"{cell.value:.3f}" if cell.value is not None else "n/a"
+
+    recommendation = table.section("recommendation")
+    recall = recommendation.rows[0].metric if recommendation.rows else "recall@20"
+    return (f"{recall} ours {value('recommendation', recall, 'ours')} vs LightGCN {value('recommendation', recall, 'lightgcn')}; "
+            f"image personalization tokens (reward) {value('generation', 'image_personalization', 'tokens_reward')} vs "
+            f"no tokens {value('generation', 'image_personalization', 'no_tokens')}; table in {out / EVALUATION_MD}")
+
+
+def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
+    """Compute the evaluation table of ``run`` and write it (JSON + Markdown) with the generations."""
+    stage_fp = fingerprint("evaluate", config_to_dict(config), upstream)
+    if not force and run.is_current("evaluate", stage_fp):
+        return StageResult(stage_fp, run.require("evaluate")["summary"], reused=True)
+    config.validate()
+    require_stages(run, UPSTREAM_STAGES)
+    run.invalidate("evaluate")
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.evaluate.generation import VARIANT_LABELS
+    from pmg.evaluate.recommendation import quantizer_section, recommendation_section
+    from pmg.quantize.stage import load_user_tokens
+
+    data, split = load_prepared(run)
+    tokens = load_user_tokens(run)
+    generation, record, images = _generation(run, data, split, tokens, config)
+    table = EvaluationTable(str(run.root), data.name, [
+        recommendation_section(run, data, split, config), quantizer_section(data, tokens, config.seed), generation])
+    out = run.root / "evaluate"
+    with atomic_directory(out) as tmp:
+        (tmp / EVALUATION_JSON).write_text(json.dumps(table.to_json(), indent=2))
+        (tmp / EVALUATION_MD).write_text(table.to_markdown(VARIANT_LABELS))
+        (tmp / GENERATIONS_JSON).write_text(json.dumps(record, indent=2))
+        for name, pictures in images.items():
+            folder = tmp / "generations" / name
+            folder.mkdir(parents=True)
+            for n, picture in enumerate(pictures):
+                if picture is not None:
+                    picture.save(folder / f"{n:03d}.png")
+        write_stage_record(tmp, table.flat_metrics(), config)
+    summary = _summary(table, out)
+    run.mark_complete("evaluate", stage_fp, {"summary": summary})
+    return StageResult(stage_fp, summary)
+
+
+def load_evaluation(run: RunDirectory) -> tuple[EvaluationTable, dict[str, Any]]:
+    """The evaluate stage's table and generations record (``RunError`` saying what to run if missing or damaged)."""
+    run.require("evaluate")
+    out = run.stage_dir("evaluate")
+    try:
+        table = EvaluationTable.read(out / EVALUATION_JSON)
+        record = json.loads((out / GENERATIONS_JSON).read_text())
+    except (OSError, ValueError, KeyError) as err:
+        raise RunError(f"the evaluation in {out} is damaged ({err}); rerun `pmg evaluate --run {run.root}`") from err
+    return table, record
+
+
+EVALUATE_STAGE = Stage("evaluate", "evaluate", EvaluateConfig, run_evaluate_stage,
+                       "one table of recommendation, quantizer and generation metrics against baselines")

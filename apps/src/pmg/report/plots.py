@@ -1,0 +1,131 @@
+"""The report's PNG plots (matplotlib, Agg backend: no display needed).
+
+- ``evaluation_<section>.png``: one bar chart per section of the evaluation table, a group of
+  bars per metric, one bar per column (a missing cell is marked "n/a");
+- ``training_curves.png``: one panel per (stage, TensorBoard tag) chosen by ``ReportConfig.curves``,
+  one line per TensorBoard run of the stage (the reward stage logs its text and image phases apart).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pmg.evaluate.table import EvaluationTable, Section
+
+__all__ = ["Curve", "evaluation_plots", "read_curves", "training_curves_plot"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot is imported: headless, file output only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class Curve:
+    """One logged scalar: ``steps`` [T] and ``values`` [T] of ``tag`` in one TensorBoard run of ``stage``."""
+
+    stage: str
+    tag: str
+    run: str
+    steps: list[int]
+    values: list[float]
+
+
+def read_curves(run_root: Path, patterns: Mapping[str, list[str]]) -> list[Curve]:
+    """The scalars of each stage's ``tb/`` event files whose tags match that stage's patterns."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: list[Curve] = []
+    for stage, wanted in patterns.items():
+        for events in sorted((run_root / stage / "tb").rglob("events.out.tfevents.*")):
+            accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every point
+            accumulator.Reload()
+            tags = accumulator.Tags().get("scalars", [])
+            for pattern in wanted:
+                for tag in sorted(t for t in tags if fnmatch.fnmatchcase(t, pattern)):
+                    points = accumulator.Scalars(tag)
+                    curves.append(Curve(stage, tag, events.parent.name, [p.step for p in points], [p.value for p in points]))
+    return curves
+
+
+def training_curves_plot(curves: list[Curve], path: Path, dpi: int) -> bool:
+    """Write the training-curve panels to ``path``; False (nothing written) when there are no curves."""
+    if not curves:
+        return False
+    plt = _pyplot()
+    panels: dict[tuple[str, str], list[Curve]] = {}
+    for curve in curves:
+        panels.setdefault((curve.stage, curve.tag), []).append(curve)
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for axis, ((stage, tag), lines) in zip(axes.flat, panels.items(), strict=False):
+        for line in lines:
+            marker = "o" if len(line.steps) < 12 else None  # a few points (validation every N steps) read better as dots
+            axis.plot(line.steps, line.values, marker=marker, label=line.run if len(lines) > 1 else None)
+        axis.set_title(f"{stage}: {tag}", fontsize=10)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=8)
+        axis.grid(alpha=0.3)
+        if len(lines) > 1:
+            axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return True
+
+
+def _section_plot(section: Section, labels: Mapping[str, str], path: Path, dpi: int) -> None:
+    """Horizontal bars (metric labels are long): a group per metric, top to bottom in table order."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    rows, columns = section.rows, section.columns
+    height = 0.8 / len(columns)
+    figure, axis = plt.subplots(figsize=(10.0, 0.9 + 0.13 * len(rows) * len(columns) + 0.2 * len(rows)))
+    handles = []
+    for c, column in enumerate(columns):
+        ys = [r + (c - (len(columns) - 1) / 2) * height for r in range(len(rows))]
+        values = [row.cells[column].value for row in rows]
+        # One fixed colour per column, so a column with no value at all keeps its legend entry and colour.
+        colour = f"C{c}"
+        bars = axis.barh([y for y, v in zip(ys, values, strict=True) if v is not None], [v for v in values if v is not None],
+                         height=height, color=colour)
+        axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=2)
+        for y, value in zip(ys, values, strict=True):
+            if value is None:
+                axis.text(0.0, y, " n/a", ha="left", va="center", fontsize=6, color="grey")
+        missing = all(v is None for v in values)
+        handles.append(Patch(color=colour, label=labels.get(column, column) + (" (n/a)" if missing else "")))
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([row.label for row in rows], fontsize=8)
+    axis.invert_yaxis()  # the first row on top, as in the table
+    axis.set_xlim(min(min(row.range[0] for row in rows), 0.0), max(row.range[1] for row in rows))
+    axis.axvline(0.0, color="black", linewidth=0.6)
+    axis.set_title(section.title)
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+
+
+def evaluation_plots(table: EvaluationTable, folder: Path, labels: Mapping[str, str], dpi: int) -> list[tuple[str, str]]:
+    """One bar chart per section with rows into ``folder``; [(section title, file name)] in table order."""
+    written = []
+    for section in table.sections:
+        if not section.rows:
+            continue
+        name = f"evaluation_{section.name}.png"
+        _section_plot(section, labels, folder / name, dpi)
+        written.append((section.title, name))
+    return written

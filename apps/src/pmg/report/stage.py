@@ -1,0 +1,89 @@
+"""The report stage: a self-contained HTML page of a run, with its plots as PNG files beside it.
+
+    pmg report --run DIR [--config configs/report.yaml] [key=value ...]
+
+Reads the evaluate stage's table and generations (no model is loaded) and the stages' TensorBoard
+logs. Artifacts in ``<run>/report/`` (the folder is replaced in one rename when complete):
+
+    report.html                 the page: evaluation tables, plots, and per user the history thumbnails,
+                                tokens, every variant's image and texts and the judge's verdict
+    evaluation_<section>.png    a bar chart per section of the evaluation table
+    training_curves.png         the stages' training curves (``report.curves``)
+    config.yaml, metrics.json   the stage's config; counts of users, plots and embedded images
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pmg.atomic import atomic_directory
+from pmg.config import config_to_dict
+from pmg.data.format import InteractionData
+from pmg.data.split import Split
+from pmg.report.config import ReportConfig
+from pmg.report.page import HistoryItem
+from pmg.runs import RunDirectory, fingerprint
+from pmg.stages import Stage, StageResult, write_stage_record
+
+__all__ = ["REPORT_HTML", "REPORT_STAGE", "report_path", "run_report_stage"]
+
+REPORT_HTML = "report.html"
+
+
+def report_path(run: RunDirectory) -> Path | None:
+    """The run's report page, or None if the report stage has not completed."""
+    return run.root / "report" / REPORT_HTML if run.record("report") is not None else None
+
+
+def _history(data: InteractionData, split: Split, user: int, count: int) -> list[HistoryItem]:
+    """The ``count`` most recent training items of data user ``user``, newest first."""
+    rows = split.train[data.user[split.train] == user]
+    rows = rows[np.argsort(data.timestamp[rows], kind="stable")[::-1][:count]]
+    return [HistoryItem(data.items[i].item_id, data.items[i].title, data.items[i].image) for i in data.item[rows]]
+
+
+def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
+    """Write ``<run>/report/report.html`` and its PNG plots from the evaluation and the training logs."""
+    stage_fp = fingerprint("report", config_to_dict(config), upstream)
+    if not force and run.is_current("report", stage_fp):
+        return StageResult(stage_fp, run.require("report")["summary"], reused=True)
+    config.validate()
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.evaluate.generation import VARIANT_LABELS, VARIANTS
+    from pmg.evaluate.stage import UPSTREAM_STAGES, load_evaluation, require_stages
+    from pmg.report.page import UserCard, render_page
+    from pmg.report.plots import evaluation_plots, read_curves, training_curves_plot
+
+    require_stages(run, (*UPSTREAM_STAGES, "evaluate"))
+    run.invalidate("report")
+    table, record = load_evaluation(run)
+    data, split = load_prepared(run)
+    index = data.user_index()
+    cards = []
+    for n, user in enumerate(record["users"][: config.num_users]):
+        generations = {v: (record["variants"][v][n] if record["variants"].get(v) else None) for v in VARIANTS}
+        cards.append(UserCard(user, _history(data, split, index[user["user_id"]], config.history_thumbnails), generations))
+    curves = read_curves(run.root, config.curves)
+    out = run.root / "report"
+    with atomic_directory(out) as tmp:
+        plots = [(f"Evaluation: {title}", tmp / name) for title, name in evaluation_plots(table, tmp, VARIANT_LABELS, config.dpi)]
+        if training_curves_plot(curves, tmp / "training_curves.png", config.dpi):
+            plots.append(("Training curves (TensorBoard logs of the stages)", tmp / "training_curves.png"))
+        summary = [f"run directory: {run.root.resolve()}",
+                   f"dataset {data.name}: {data.num_users} users, {data.num_items} items, {data.num_interactions} interactions",
+                   f"stages: {', '.join((*UPSTREAM_STAGES, 'evaluate'))}"]
+        page = render_page(f"pmg report: {run.root.name}", summary, table, VARIANT_LABELS, plots, cards,
+                           run.stage_dir("evaluate"), config.thumbnail_px)
+        (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
+        metrics = {"users": float(len(cards)), "plots": float(len(plots)), "embedded_images": float(page.count("src=\"data:image/"))}
+        write_stage_record(tmp, metrics, config)
+    path = out / REPORT_HTML
+    summary_line = f"{len(cards)} users, {len(plots)} plots; report: {path.resolve()}"
+    run.mark_complete("report", stage_fp, {"summary": summary_line, "report": str(path.resolve())})
+    return StageResult(stage_fp, summary_line)
+
+
+REPORT_STAGE = Stage("report", "report", ReportConfig, run_report_stage,
+                     "a self-contained HTML report of the run: evaluation table, plots, users' generations")

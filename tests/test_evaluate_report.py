@@ -1,0 +1,323 @@
+"""The evaluate and report stages on the tiny run: the table's variants, metrics and ranges, that its
+figures come from the same users as the records beside it, the self-contained report, missing
+metrics and stages reported with their reason, and failing runs that leave earlier outputs intact."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pmg.cli import main
+from pmg.runs import RunDirectory
+
+VARIANTS = ("no_tokens", "soft_prompt", "tokens_sft", "tokens_reward")
+GENERATION_METRICS = ("image_colour_accuracy", "image_pattern_accuracy", "image_personalization", "text_material_accuracy",
+                      "text_style_accuracy", "text_personalization", "consistency", "clip_score", "user_preference_image",
+                      "user_preference_text")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline: Callable[..., int]) -> Path:
+    run = tmp_path_factory.mktemp("evaluate") / "run"
+    assert tiny_pipeline(run) == 0
+    return run
+
+
+def _table(run: Path) -> dict:
+    return json.loads((run / "evaluate" / "evaluation.json").read_text())
+
+
+def _section(table: dict, name: str) -> dict:
+    return next(s for s in table["sections"] if s["name"] == name)
+
+
+def _cell(table: dict, section: str, metric: str, column: str) -> float | None:
+    row = next(r for r in _section(table, section)["rows"] if r["metric"] == metric)
+    return row["cells"][column]["value"]
+
+
+def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_run: Path) -> None:
+    table = _table(tiny_run)
+    assert [s["name"] for s in table["sections"]] == ["recommendation", "quantizer", "generation"]
+    assert _section(table, "recommendation")["columns"] == ["popularity", "lightgcn", "ours"]
+    assert _section(table, "quantizer")["columns"] == ["visual", "textual", "id", "random"]
+    generation = _section(table, "generation")
+    assert generation["columns"] == list(VARIANTS)
+    assert [r["metric"] for r in generation["rows"]] == list(GENERATION_METRICS)
+    assert {r["metric"] for r in _section(table, "recommendation")["rows"]} == {"recall@20", "ndcg@20"}
+    quantizer = {r["metric"] for r in _section(table, "quantizer")["rows"]}
+    assert {"usage_level0", "usage_level1", "nmi_colour", "nmi_pattern", "nmi_material", "nmi_style"} == quantizer
+    for section in table["sections"]:
+        for row in section["rows"]:
+            low, high = row["range"]
+            assert set(row["cells"]) == set(section["columns"])
+            for column, cell in row["cells"].items():
+                if cell["value"] is None:
+                    assert cell["missing"], f"{row['metric']}/{column} is missing without a reason"
+                else:
+                    assert low <= cell["value"] <= high, (row["metric"], column, cell)
+    # The tiny run has both generators, the judge, ground truth and the soft-prompt baseline:
+    # every generation figure is computed; only the random column's usage rows are not applicable.
+    for row in generation["rows"]:
+        assert all(cell["value"] is not None for cell in row["cells"].values()), row
+    for row in _section(table, "quantizer")["rows"]:
+        missing = [c for c, cell in row["cells"].items() if cell["value"] is None]
+        assert missing == (["random"] if row["metric"].startswith("usage") else [])
+    markdown = (tiny_run / "evaluate" / "evaluation.md").read_text()
+    for label in ("no tokens", "soft prompt", "tokens (SFT)", "tokens (reward)", "Recall@20", "NMI with true colour",
+                  "CLIP image–text score", "user preference: image vs future items"):
+        assert label in markdown
+    metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
+    assert metrics["recommendation/recall@20/ours"] == _cell(table, "recommendation", "recall@20", "ours")
+
+
+def test_recommenders_are_ranked_on_the_same_test_users_as_the_preference_stage(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.preference.baselines import held_out_ranking, split_graph
+    from prefgraph import popularity_scorer
+
+    table = _table(tiny_run)
+    preference = json.loads((tiny_run / "preference" / "metrics.json").read_text())
+    # "ours" is the stage's own model under the stage's own protocol, on every test user.
+    assert _cell(table, "recommendation", "recall@20", "ours") == pytest.approx(preference["test/recall@20"])
+    assert _cell(table, "recommendation", "ndcg@20", "ours") == pytest.approx(preference["test/ndcg@20"])
+    data, split = load_prepared(RunDirectory(tiny_run))
+    popularity = held_out_ranking(popularity_scorer(split_graph(data, split.train)), data, split, [20])
+    assert _cell(table, "recommendation", "recall@20", "popularity") == pytest.approx(popularity["recall@20"])
+    users = len(set(data.user[split.test].tolist()))
+    assert f"{users} test users, the same for every column" in _section(table, "recommendation")["notes"][0]
+    assert "a budget of 2 epochs" in _section(table, "recommendation")["notes"][1]  # tiny.yaml: lightgcn_epochs 2
+
+
+def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_run: Path) -> None:
+    from PIL import Image
+
+    table = _table(tiny_run)
+    record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
+    users = record["users"]
+    validation = json.loads((tiny_run / "reward" / "validation_users.json").read_text())
+    assert len(users) == 4 and {u["user_id"] for u in users} <= set(validation)  # tiny.yaml: 4 reward-validation users
+    assert record["missing"] == {}
+    for variant in VARIANTS:
+        generations = record["variants"][variant]
+        assert len(generations) == len(users)
+        for generation in generations:
+            with Image.open(tiny_run / "evaluate" / generation["image"]) as image:
+                assert image.size[0] >= 16
+            assert set(generation["judge"]) >= {"colour", "pattern"}
+        # The table's accuracy is the share of these users whose image the judge reads as their colour.
+        hits = [g["judge"]["colour"] == u["tastes"]["colour"] for g, u in zip(generations, users, strict=True)]
+        assert _cell(table, "generation", "image_colour_accuracy", variant) == pytest.approx(sum(hits) / len(hits))
+    # Tokens are in the SFT and reward prompts, never in the no-token one.
+    assert all("<pv_" in g["image_prompt"] for g in record["variants"]["tokens_reward"])
+    assert not any("<pv_" in g["image_prompt"] for g in record["variants"]["no_tokens"])
+    assert users[0]["tokens"]["visual"].startswith("<pv_0_")
+
+
+def test_preference_score_is_chance_for_identical_content_and_one_for_matching_content() -> None:
+    import torch
+
+    from pmg.evaluate.generation import _preference_score
+
+    future = [torch.nn.functional.normalize(torch.eye(4)[i : i + 1], dim=1) for i in range(4)]
+    assert _preference_score(torch.eye(4), future) == 1.0  # each user's content points at its own future item
+    assert _preference_score(torch.ones(4, 4) / 2, future) == 0.5  # the same content for everyone: chance
+
+
+def test_consistency_counts_the_first_named_value_against_the_judges_reading() -> None:
+    from pmg.generator.evaluation import consistency_hits
+
+    colours = ("red", "blue", "green")
+    hits = consistency_hits(["a red dress, not blue", "Blue wool", "plain cotton", "green"], ["red", "red", "red", "blue"], colours)
+    assert hits.tolist() == [True, False, False, False]
+
+
+def test_table_round_trips_and_footnotes_missing_cells() -> None:
+    from pmg.evaluate.table import Cell, EvaluationTable, Section
+
+    section = Section("s", "Section", ["a", "b"], notes=["on 3 users"])
+    section.add("m", "metric m", (0.0, 1.0), {"a": Cell.of(0.25), "b": Cell.absent("no images")})
+    section.add("n", "metric n", (0.0, 1.0), {"a": Cell.of(float("nan"))})  # b: not given
+    table = EvaluationTable("runs/x", "catalog", [section])
+    again = EvaluationTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again == table
+    markdown = table.to_markdown({"a": "A"})
+    assert "| metric | A | b |" in markdown and "| metric m | 0.250 | — (1) |" in markdown
+    assert "| metric n | — (2) | — (3) |" in markdown
+    assert "- (1) no images" in markdown and "- (2) no users to average over" in markdown
+    assert table.flat_metrics() == {"s/m/a": 0.25}
+
+
+def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run: Path) -> None:
+    from PIL import Image
+
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.evaluate.generation import GenerationJudges, generation_section
+    from pmg.evaluate.recommendation import quantizer_section
+    from pmg.generator.stage import UserGeneration
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.zoo.manifest import load_zoo
+    from prefreward import ConsistencyReward
+
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    no_truth = dataclasses.replace(data, user_tastes=None)  # as on MovieLens
+    quantizer = quantizer_section(no_truth, load_user_tokens(run), seed=0)
+    nmi = quantizer.row("nmi")
+    assert all("no ground-truth user tastes" in (cell.missing or "") for cell in nmi.cells.values())
+
+    record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
+    index = data.user_index()
+    users = [index[u["user_id"]] for u in record["users"]]
+    saved = record["variants"]["tokens_sft"]
+    with_images = [UserGeneration(u, False, g["text_prompt"], g["texts"], g["image_prompt"],
+                                  Image.open(tiny_run / "evaluate" / g["image"]).convert("RGB")) for u, g in zip(users, saved, strict=True)]
+    text_only = [dataclasses.replace(g, image=None) for g in with_images]
+    zoo = load_zoo(run)
+    clip, processor = zoo.load_clip()
+    judges = GenerationJudges(zoo.load_judge(), "", ConsistencyReward.from_model(clip, processor).embedder)
+    generations = {"no_tokens": "not trained here", "soft_prompt": "not trained here", "tokens_sft": with_images,
+                   "tokens_reward": text_only}
+    section, _ = generation_section(no_truth, split, users, generations, judges, "colour")
+    assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "clip_score",
+                                                "user_preference_image", "user_preference_text"]
+    assert section.row("image_personalization").cells["tokens_sft"].missing.startswith("the dataset has no ground-truth")
+    assert section.row("clip_score").cells["tokens_sft"].value is not None  # no ground truth needed
+    assert section.row("consistency").cells["no_tokens"].missing == "not trained here"
+    assert "image generator" in section.row("user_preference_image").cells["tokens_reward"].missing
+    assert section.row("user_preference_text").cells["tokens_reward"].value is not None
+    assert "both an image and a text" in section.row("clip_score").cells["tokens_reward"].missing
+
+
+def test_report_is_one_self_contained_page_with_the_table_images_and_plots(tiny_run: Path) -> None:
+    from PIL import Image
+
+    out = tiny_run / "report"
+    page = (out / "report.html").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["evaluation_generation.png", "evaluation_quantizer.png", "evaluation_recommendation.png",
+                    "training_curves.png"]
+    for name in pngs:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 200
+    # Every src is an inline data URI: no file, no network reference.
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+    # 4 plots + 2 users × (3 history thumbnails + 4 variants' images).
+    assert len(sources) == 4 + 2 * (3 + 4)
+    plot = base64.b64decode(sources[0].split(",", 1)[1])
+    with Image.open(io.BytesIO(plot)) as image:
+        assert image.format == "PNG"
+    # The evaluation table, the users' tokens and the judge's verdicts are on the page.
+    table = _table(tiny_run)
+    assert f"{_cell(table, 'recommendation', 'recall@20', 'ours'):.3f}" in page
+    record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
+    for user in record["users"][:2]:
+        assert user["user_id"] in page and user["tokens"]["visual"].replace("<", "&lt;").replace(">", "&gt;") in page
+    assert "tokens (reward)" in page and "judge" in page and ("✓" in page or "✗" in page)
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["report"] == str((out / "report.html").resolve())
+
+
+def test_pipeline_prints_the_report_path(tiny_run: Path, tiny_pipeline: Callable[..., int],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert tiny_pipeline(tiny_run) == 0
+    out = capsys.readouterr().out
+    assert f"report: {(tiny_run / 'report' / 'report.html').resolve()}" in out.splitlines()[-1]
+    assert "[evaluate]" in out and "[report]" in out
+
+
+def test_missing_stages_and_unknown_runs_say_what_to_run(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unknown = tmp_path / "nowhere"
+    assert main(["evaluate", "--run", str(unknown)]) == 2
+    assert f"{unknown} is not a run directory" in capsys.readouterr().err and not unknown.exists()
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "partial"))
+    before = (run / "evaluate" / "evaluation.json").read_bytes()
+    (run / "reward" / "stage.json").unlink()
+    assert main(["evaluate", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'reward' has not completed" in err and f"pmg reward fit --run {run}" in err
+    (run / "generator" / "stage.json").unlink()
+    assert main(["report", "--run", str(run)]) == 2
+    assert "stage 'generator' has not completed" in capsys.readouterr().err  # the first missing stage is named
+    assert (run / "evaluate" / "evaluation.json").read_bytes() == before
+
+    no_evaluation = Path(shutil.copytree(tiny_run, tmp_path / "no-evaluation"))
+    (no_evaluation / "evaluate" / "stage.json").unlink()
+    assert main(["report", "--run", str(no_evaluation)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'evaluate' has not completed" in err and f"pmg evaluate --run {no_evaluation}" in err
+
+
+def test_a_failing_evaluation_or_report_leaves_the_previous_outputs(tiny_run: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import pmg.evaluate.generation
+    import pmg.report.page
+    from pmg.config import load_config
+    from pmg.evaluate import EvaluateConfig, run_evaluate_stage
+    from pmg.report import ReportConfig, run_report_stage
+
+    run_path = Path(shutil.copytree(tiny_run, tmp_path / "failing"))
+    run = RunDirectory(run_path)
+    evaluation = {p.relative_to(run_path): p.read_bytes() for p in (run_path / "evaluate").rglob("*") if p.is_file()
+                  and p.name != "stage.json"}
+    report = (run_path / "report" / "report.html").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("judge crashed")
+
+    monkeypatch.setattr(pmg.evaluate.generation, "_variant_cells", broken)
+    config = load_config(EvaluateConfig, overrides=["generation.num_users=2", "recommendation.lightgcn_epochs=1"])
+    with pytest.raises(RuntimeError, match="judge crashed"):
+        run_evaluate_stage(config, run, run.require("reward")["fingerprint"], True)
+    after = {p.relative_to(run_path): p.read_bytes() for p in (run_path / "evaluate").rglob("*") if p.is_file()
+             and p.name != "stage.json"}
+    assert after == evaluation
+
+    monkeypatch.setattr(pmg.report.page, "_card", broken)
+    (run_path / "evaluate" / "stage.json").write_text(json.dumps({"fingerprint": "x", "summary": "restored"}))
+    with pytest.raises(RuntimeError, match="judge crashed"):
+        run_report_stage(load_config(ReportConfig), run, "x", True)
+    assert (run_path / "report" / "report.html").read_bytes() == report
+    assert not [p for p in run_path.iterdir() if p.name.startswith(".report.")]  # no temporary folder left behind
+
+
+def test_config_errors_name_the_key() -> None:
+    from pmg.config import ConfigError, load_config
+    from pmg.evaluate import EvaluateConfig
+    from pmg.report import ReportConfig
+
+    with pytest.raises(ConfigError, match="user_pool 'everyone' must be one of"):
+        load_config(EvaluateConfig, overrides=["generation.user_pool=everyone"])
+    with pytest.raises(ConfigError, match="lightgcn_epochs"):
+        load_config(EvaluateConfig, overrides=["recommendation.lightgcn_epochs=0"])
+    with pytest.raises(ConfigError, match="num_user"):
+        load_config(ReportConfig, overrides=["num_user=3"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_renders_with_its_images_in_headless_chromium(tiny_run: Path, tmp_path: Path) -> None:
+    """A real browser shows the inlined plots: matplotlib's first bar colour (#1f77b4) is on the screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,4000", (tiny_run / "report" / "report.html").resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    blue = (np.abs(pixels - np.array([31, 119, 180])).sum(axis=-1) < 30).sum()
+    assert blue > 500, f"only {blue} pixels of the plots' bar colour: the images did not render"
