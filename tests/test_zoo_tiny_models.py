@@ -107,6 +107,10 @@ def test_tiny_sdxl_pipeline_trains_a_step_and_generates_from_its_folder(clip_par
                                 generator=generator, output_type="pt").images)
     assert images[0].shape == (1, 3, 16, 16)
     torch.testing.assert_close(images[0], images[1], rtol=0, atol=1e-6)
+    # Sampling starts from pure noise, at the last training timestep, in both copies.
+    for candidate in (pipe, reloaded):
+        candidate.scheduler.set_timesteps(4)
+        assert int(candidate.scheduler.timesteps[0]) == SDXL_SIZE.num_train_timesteps - 1
 
 
 def test_tiny_causal_lm_trains_a_step_reloads_and_generates(tmp_path: Path) -> None:
@@ -136,5 +140,7 @@ def test_tiny_configs_reject_bad_sizes() -> None:
         TinyClipConfig(text_layers=1).validate()
     with pytest.raises(ValueError, match="one entry per"):
         TinySDXLConfig(unet_block_out_channels=[8, 16, 32]).validate()
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        TinySDXLConfig(timestep_spacing="trailng").validate()
     with pytest.raises(ValueError, match="kv_heads"):
         TinyCausalLMConfig(heads=4, kv_heads=3).validate()

@@ -103,10 +103,11 @@ class UNetDiffusionModule(_OptimizedModule):
         time_ids: torch.Tensor,
         prompt_dropout: float,
         snr_gamma: float,
+        noise_offset: float = 0.0,
     ) -> None:
         super().__init__(optimizer)
         self.unet, self.noise_scheduler = unet, noise_scheduler
-        self.prompt_dropout, self.snr_gamma = prompt_dropout, snr_gamma
+        self.prompt_dropout, self.snr_gamma, self.noise_offset = prompt_dropout, snr_gamma, noise_offset
         self.register_buffer("time_ids", time_ids.float(), persistent=False)
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.float().clone(), persistent=False)
 
@@ -114,6 +115,8 @@ class UNetDiffusionModule(_OptimizedModule):
         latents, prompt_embeds, pooled = batch["latents"], batch["prompt_embeds"], batch["pooled"]
         b = len(latents)
         noise = torch.randn_like(latents)
+        if self.noise_offset > 0:
+            noise = noise + self.noise_offset * torch.randn(b, latents.shape[1], 1, 1, device=latents.device)
         steps = torch.randint(0, len(self.alphas_cumprod), (b,), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, steps)
         # Zeros are the pipeline's unconditional input (force_zeros_for_empty_prompt).

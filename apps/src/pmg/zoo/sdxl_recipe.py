@@ -121,7 +121,8 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution])
     module = UNetDiffusionModule(pipe.unet, noise_scheduler, config.unet.optimizer, time_ids=time_ids,
-                                 prompt_dropout=config.unet.prompt_dropout, snr_gamma=config.unet.snr_gamma)
+                                 prompt_dropout=config.unet.prompt_dropout, snr_gamma=config.unet.snr_gamma,
+                                 noise_offset=config.unet.noise_offset)
     collate = _LatentCollate(mean, std, scaling, torch.from_numpy(prompt_index), prompt_embeds, pooled)
     fit_steps(module, RowIndices(len(items)), trainer_config=config.unet.trainer, batch_size=min(config.unet.batch_size, len(items)),
               log_dir=log_dir / "unet", collate=collate)

@@ -146,7 +146,9 @@ class TinySDXLConfig:
     image_size: int = 64
     vae_block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 32])
     vae_layers_per_block: int = 1
-    vae_norm_num_groups: int = 8
+    # Few channels per group: with one channel per group (8 groups of 8 channels) GroupNorm
+    # is instance norm, which erases each image's per-channel means, i.e. its colours.
+    vae_norm_num_groups: int = 2
     vae_mid_block_attention: bool = False
     latent_channels: int = 4
     unet_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
@@ -167,8 +169,13 @@ class TinySDXLConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
+    # "trailing" starts sampling at the last training timestep (pure noise); SD's "leading"
+    # starts at 951 of 1000, where a 16×16 latent still carries its mean colour.
+    timestep_spacing: str = "trailing"
 
     def validate(self) -> None:
+        _require(self.timestep_spacing in ("leading", "trailing", "linspace"),
+                 f"sdxl.timestep_spacing must be leading, trailing or linspace, not {self.timestep_spacing!r}")
         _require(len(self.vae_block_out_channels) >= 1, "sdxl.vae_block_out_channels must not be empty")
         factor = 2 ** (len(self.vae_block_out_channels) - 1)
         _require(self.image_size % factor == 0, f"sdxl.image_size must be a multiple of the VAE factor {factor}")
@@ -274,8 +281,8 @@ def build_tiny_sdxl_pipeline(
         beta_start=config.beta_start,
         beta_end=config.beta_end,
         beta_schedule=config.beta_schedule,
-        timestep_spacing="leading",
-        steps_offset=1,
+        timestep_spacing=config.timestep_spacing,
+        steps_offset=1 if config.timestep_spacing == "leading" else 0,
     )
     return StableDiffusionXLPipeline(
         vae=vae,
