@@ -98,6 +98,59 @@ def test_only_lora_and_new_token_rows_change(base_folders: dict[str, Path], head
         assert not torch.equal(head_after[new], head_before[new]), "untied head rows of the new tokens did not train"
 
 
+def test_sft_batch_ends_targets_with_eos_and_masks_only_prompt_and_padding(base_folders: dict[str, Path]) -> None:
+    adapter = _adapter(base_folders["tied"])
+    tok = adapter.tokenizer
+    # The tiny tokenizer has no pad token of its own: padding is end of text, the id every target ends with.
+    assert tok.pad_token_id == tok.eos_token_id
+    prompts = [build_text_prompt("<pt_0_1><pt_1_2>"), build_text_prompt(None, "review:")]
+    targets = [" a red striped dress", " shoe"]
+    batch = adapter.tokenize_for_sft(prompts, targets)
+    for row, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        p = tok.encode(prompt)
+        t = tok.encode(target, add_special_tokens=False) + [tok.eos_token_id]
+        n = len(p) + len(t)
+        assert batch["input_ids"][row, :n].tolist() == p + t  # the prompt exactly as generate() sees it
+        assert batch["labels"][row, : len(p)].eq(-100).all()
+        # Every target token is learnt, end of text included, although padding uses the same id.
+        assert batch["labels"][row, len(p) : n].tolist() == t
+        assert batch["attention_mask"][row, :n].eq(1).all() and batch["attention_mask"][row, n:].eq(0).all()
+        assert batch["labels"][row, n:].eq(-100).all()
+    # The target's first word in its mid-text form: one token, no lone space before it.
+    assert len(tok.encode(" a", add_special_tokens=False)) == 1
+
+
+def test_token_rows_and_lora_are_separate_parameter_groups(base_folders: dict[str, Path]) -> None:
+    adapter = _adapter(base_folders["untied"])
+    groups = adapter.trainable_parameter_groups()
+    names = {id(p): n for n, p in adapter.model.named_parameters()}
+    assert groups["tokens"] and all("trainable_tokens_delta" in names[id(p)] for p in groups["tokens"])
+    assert groups["lora"] and all("lora_" in names[id(p)] for p in groups["lora"])
+    assert len(groups["tokens"]) == 2  # input rows and the untied head's rows
+    assert {id(p) for p in groups["tokens"] + groups["lora"]} == {id(p) for p in adapter.trainable_parameters()}
+
+
+def test_min_new_tokens_keeps_end_of_text_out_of_the_first_token(base_folders: dict[str, Path]) -> None:
+    adapter = _adapter(base_folders["tied"])
+    prompt = build_text_prompt("<pt_0_3>")
+    eos = adapter.tokenizer.eos_token_id
+
+    def favour_end_of_text(module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        # What a briefly tuned LM does after a short prompt: end of text is the single most likely token.
+        logits = logits.clone()
+        logits[..., eos] += 100.0
+        return logits
+
+    handle = adapter.model.get_output_embeddings().register_forward_hook(favour_end_of_text)
+    try:
+        assert adapter.generate([prompt], max_new_tokens=4) == [""]
+        [text] = adapter.generate([prompt], max_new_tokens=4, min_new_tokens=1)
+    finally:
+        handle.remove()
+    # The best other first token, then end of text: exactly one token of text.
+    assert text and len(adapter.tokenizer.encode(text, add_special_tokens=False)) == 1
+
+
 @pytest.mark.parametrize("head", ["tied", "untied"])
 def test_save_load_round_trip_gives_identical_logits(base_folders: dict[str, Path], head: str, tmp_path: Path) -> None:
     adapter = _adapter(base_folders[head], soft_prompt_slots=1)

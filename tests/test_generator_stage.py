@@ -39,6 +39,34 @@ def test_stage_writes_both_adapters_samples_and_metrics(tiny_run: Path) -> None:
     assert len(samples) == 3 and samples[-1]["cold_start"] and "<pv_" not in samples[-1]["image_prompt"]
     assert "<pv_" in samples[0]["image_prompt"] and "<pt_" in samples[0]["text_prompt"]
     assert all((out / "samples" / s["image"]).is_file() and set(s["texts"]) == {"title", "review"} for s in samples)
+    # Even after 3 SFT steps greedy decoding writes something (sample.min_new_tokens), never an empty title.
+    assert all(text for s in samples for text in s["texts"].values()), samples
+
+
+def test_sft_targets_continue_the_prompt_and_token_rows_get_their_own_lr(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.config import GeneratorConfig
+    from pmg.generator.modules import TextGeneratorModule, text_target
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.zoo.manifest import load_zoo
+    from prefgen import LoraOptions
+
+    run = RunDirectory(tiny_run)
+    data, _ = load_prepared(run)
+    item = next(i for i, it in enumerate(data.items) if it.title)
+    # A continuation in its mid-text form: the first word gets the space the LM writes before it.
+    assert text_target(data, item, "Nice fabric. ", "review") == " Nice fabric."
+    assert text_target(data, item, "", "title") == " " + data.items[item].title.strip()
+    assert text_target(data, item, "  ", "review") == ""
+    lm, tokenizer = load_zoo(run).load_lm()
+    tokens = load_user_tokens(run)
+    adapter = TextPreferenceAdapter(lm, tokenizer, tokens.tokenizer.all_tokens(), lora=LoraOptions(r=2, alpha=4))
+    config = GeneratorConfig().text
+    assert config.token_lr > config.lr
+    module = TextGeneratorModule(adapter, data, [None] * data.num_users, config, GeneratorConfig().optimizer_for(config.lr))
+    groups = {group["lr"]: {id(p) for p in group["params"]} for group in module.configure_optimizers().param_groups}
+    rows = adapter.trainable_parameter_groups()
+    assert groups == {config.lr: {id(p) for p in rows["lora"]}, config.token_lr: {id(p) for p in rows["tokens"]}}
 
 
 @pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])

@@ -33,6 +33,11 @@ class TextGeneratorConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     lr: float = 5e-3
+    # The new token rows' learning rate (and the soft-prompt projector's, in the baseline).
+    token_lr: float = 5e-2
+    # New rows start at the mean embedding + this many per-dimension standard deviations of
+    # Gaussian noise (prefgen.TokenInit): distinct rows let attention tell the users apart early.
+    token_init_noise: float = 0.1
     max_steps: int = 200
     max_epochs: int = -1
     batch_size: int = 16
@@ -50,6 +55,8 @@ class TextGeneratorConfig:
         if len(self.contexts) != len(TEXT_TARGETS):
             raise ValueError(f"generator.text.contexts needs one entry per {list(TEXT_TARGETS)}")
         _check_common("text", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
+        if self.token_lr <= 0 or self.token_init_noise < 0:
+            raise ValueError(f"generator.text.token_lr must be > 0 and token_init_noise >= 0, got {self.token_lr}, {self.token_init_noise}")
         if self.lora_r < 0 or self.max_length < 4:
             raise ValueError("generator.text.lora_r must be >= 0 (0: no LoRA) and max_length >= 4")
 
@@ -86,6 +93,9 @@ class SampleConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     max_new_tokens: int = 24
+    # Texts of at least this many tokens: greedy decoding of a briefly tuned LM may otherwise
+    # pick end of text first (an empty title); see TextPreferenceAdapter.generate.
+    min_new_tokens: int = 1
     seed: int = 0
 
 
@@ -147,6 +157,8 @@ class GeneratorConfig:
         self.trainer.validate()
         if self.sample.num_users < 0 or self.sample.num_inference_steps < 1 or self.sample.max_new_tokens < 1:
             raise ValueError("generator.sample: num_users >= 0, num_inference_steps >= 1, max_new_tokens >= 1")
+        if not 0 <= self.sample.min_new_tokens <= self.sample.max_new_tokens:
+            raise ValueError("generator.sample.min_new_tokens must be in [0, max_new_tokens]")
 
     def trainer_for(self, steps: int, epochs: int) -> TrainerConfig:
         """The shared trainer options with one generator's step/epoch budget."""

@@ -32,8 +32,14 @@ def item_subject(data: InteractionData, item: int, default: str) -> str:
 
 
 def text_target(data: InteractionData, item: int, review: str, target: str) -> str:
-    """The SFT continuation for ``target`` (title/description/review), with a leading space
-    (byte-level BPE attaches spaces to the following word); "" when the item lacks it."""
+    """The SFT continuation for ``target`` (title/description/review), with a leading space; ""
+    when the item lacks it.
+
+    The space makes the first word take its mid-text form (" I" → ``ĠI``), a token the LM has
+    learnt to emit. Written as a text start ("I"), the first word would be a token the LM only
+    ever saw as the first token of a text, i.e. never as a prediction (its output row is untrained:
+    the zoo LM has no BOS token), and greedy decoding skips it or ends at once.
+    """
     record = data.items[item]
     text = {"title": record.title, "description": record.description, "review": review}[target].strip()
     return f" {text}" if text else ""
@@ -137,6 +143,14 @@ class TextGeneratorModule(GeneratorModule):
                     targets.append(continuation)
                     users.append(user)
         return prompts, targets, users
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """LoRA at ``lr``; the token rows, and the soft-prompt projector that stands in for them in
+        the baseline, at ``token_lr``."""
+        groups = self.adapter.trainable_parameter_groups()
+        rows = groups["tokens"] + (list(self.soft_prompt.parameters()) if self.soft_prompt is not None else [])
+        params = [{"params": ps, "lr": lr} for ps, lr in ((groups["lora"], self.config.lr), (rows, self.config.token_lr)) if ps]
+        return build_optimizer(params, self.optimizer_config)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         prompts, targets, users = self.pairs(batch)

@@ -136,7 +136,7 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
 
     from pmg.generator.modules import TextGeneratorModule
     from pmg.generator.soft_prompt import preference_inputs
-    from prefgen import LoraOptions, TextPreferenceAdapter
+    from prefgen import LoraOptions, TextPreferenceAdapter, TokenInit
 
     text = config.text
     modalities = _available(text.modalities, tokens, "text")
@@ -145,7 +145,8 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
     lora = (LoraOptions(r=text.lora_r, alpha=text.lora_alpha, dropout=text.lora_dropout, target_modules=list(text.lora_target_modules))
             if text.lora_r > 0 else None)
     slots = config.baselines.soft_prompt_slots if preferences is not None else 0
-    adapter = TextPreferenceAdapter(lm, lm_tokenizer, modality_tokens(tokens.tokenizer, modalities), lora=lora, soft_prompt_slots=slots)
+    adapter = TextPreferenceAdapter(lm, lm_tokenizer, modality_tokens(tokens.tokenizer, modalities), lora=lora, soft_prompt_slots=slots,
+                                    init=TokenInit(noise=text.token_init_noise, seed=config.trainer.seed))
     inputs = preference_inputs(preferences, modalities) if preferences is not None else None
     baseline = _soft_prompt_baseline(config, inputs, [adapter.embedding_center_and_spread()], modalities)
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
@@ -251,7 +252,8 @@ def generate_for_user(
     if text_adapter is not None:
         prompts = [build_text_prompt(text_fragment, config.text.context_of(t)) for t in config.text.targets]
         vectors = text_soft_prompt.expand(len(prompts), -1, -1) if text_soft_prompt is not None else None
-        outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, seed=sample.seed, soft_prompt=vectors)
+        outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
+                                        seed=sample.seed, soft_prompt=vectors)
         texts = {t: o.strip() for t, o in zip(config.text.targets, outputs, strict=True)}
     if subject is None:
         from pmg.generator.modules import item_subject

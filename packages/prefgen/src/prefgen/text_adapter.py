@@ -281,6 +281,17 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         """LoRA weights and the new token rows: what the optimizer should get."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """:meth:`trainable_parameters` split into ``"tokens"`` (the new rows: peft's trainable-token
+        deltas, [N, d] per embedding layer) and ``"lora"`` (every other trainable weight), so that
+        the rows can have a learning rate of their own: each row gets a gradient only from the
+        examples whose prompt holds its token, while LoRA learns from every example."""
+        groups: dict[str, list[nn.Parameter]] = {"tokens": [], "lora": []}
+        for name, parameter in self.model.named_parameters():  # each shared (tied) parameter once
+            if parameter.requires_grad:
+                groups["tokens" if "trainable_tokens_delta" in name else "lora"].append(parameter)
+        return groups
+
     def token_embeddings(self) -> torch.Tensor:
         """The current input-embedding rows of the preference tokens [N, d] (detached)."""
         with torch.no_grad():
@@ -368,6 +379,7 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         prompts: Sequence[str],
         *,
         max_new_tokens: int = 32,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         seed: int | None = None,
         temperature: float = 1.0,
@@ -380,12 +392,16 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
 
         Greedy by default (deterministic); with ``do_sample=True`` a ``seed`` makes it
         reproducible (the global RNG is forked, not disturbed). Prompts are left-padded.
+        ``min_new_tokens`` keeps end of text out of the first tokens: after a short SFT the
+        first-token distribution is flat over many words while end of text, which the base LM
+        predicts after every short text, stands alone, so greedy decoding would end at once.
         """
         was_training = self.model.training
         self.model.eval()
         tok = self.tokenizer
         batch = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(self.device)
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
+                                   "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
         options.update(generate_kwargs)
