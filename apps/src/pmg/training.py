@@ -7,6 +7,7 @@ to the next are safetensors + JSON written with ``pmg.atomic``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-__all__ = ["TrainerConfig", "OptimizerConfig", "OPTIMIZERS", "build_optimizer", "build_trainer"]
+__all__ = ["TrainerConfig", "OptimizerConfig", "OPTIMIZERS", "LrScheduleConfig", "LR_SCHEDULES", "build_optimizer",
+           "build_lr_scheduler", "build_trainer"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "bnb.AdamW8bit", "bnb.Adam8bit", "bnb.PagedAdamW8bit")
 
@@ -91,6 +93,42 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], confi
         # Paged optimizers fall back to non-paged on CPU with a warning; the fallback is fine.
         warnings.filterwarnings("ignore", message=".*paged.*", category=UserWarning)
         return cls(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class LrScheduleConfig:
+    """Learning rate over a fit of known length: a linear warm-up over ``warmup_steps``, then
+    ``constant`` or ``cosine`` decay to zero at the last step."""
+
+    name: str = "constant"
+    warmup_steps: int = 0
+
+    def validate(self) -> None:
+        if self.name not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule.name {self.name!r} is not one of {LR_SCHEDULES}")
+        if self.warmup_steps < 0:
+            raise ValueError("lr_schedule.warmup_steps must be >= 0")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: LrScheduleConfig,
+                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler for ``optimizer``: factor (s + 1) / warmup during warm-up, then 1
+    (constant) or ½(1 + cos(π · progress)) (cosine) of the configured learning rate."""
+    config.validate()
+    warmup, total = config.warmup_steps, max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def build_trainer(

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import CLIPModel, PreTrainedModel
 
-from pmg.training import OptimizerConfig, build_optimizer
+from pmg.training import LrScheduleConfig, OptimizerConfig, build_lr_scheduler, build_optimizer
 from pmg.zoo.clip_features import image_embeddings, text_embeddings
 from pmg.zoo.judge import AttributeJudge
 
@@ -26,12 +26,15 @@ __all__ = [
 
 
 class _OptimizedModule(L.LightningModule):
-    def __init__(self, optimizer: OptimizerConfig) -> None:
+    def __init__(self, optimizer: OptimizerConfig, lr_schedule: LrScheduleConfig | None = None) -> None:
         super().__init__()
         self.optimizer_config = optimizer
+        self.lr_schedule = lr_schedule or LrScheduleConfig()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer([p for p in self.parameters() if p.requires_grad], self.optimizer_config)
+    def configure_optimizers(self):  # noqa: ANN201 (Lightning's optimizer / scheduler dict)
+        optimizer = build_optimizer([p for p in self.parameters() if p.requires_grad], self.optimizer_config)
+        scheduler = build_lr_scheduler(optimizer, self.lr_schedule, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def grouped_contrastive_loss(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -62,8 +65,9 @@ class ClipContrastiveModule(_OptimizedModule):
 class VaeModule(_OptimizedModule):
     """Batches: ``image`` [B, 3, S, S] in [-1, 1]; trains on random ``crop_size`` crops."""
 
-    def __init__(self, vae: AutoencoderKL, optimizer: OptimizerConfig, *, crop_size: int, kl_weight: float) -> None:
-        super().__init__(optimizer)
+    def __init__(self, vae: AutoencoderKL, optimizer: OptimizerConfig, *, crop_size: int, kl_weight: float,
+                 lr_schedule: LrScheduleConfig | None = None) -> None:
+        super().__init__(optimizer, lr_schedule)
         self.vae, self.crop_size, self.kl_weight = vae, crop_size, kl_weight
 
     def _crop(self, images: torch.Tensor) -> torch.Tensor:
@@ -104,8 +108,9 @@ class UNetDiffusionModule(_OptimizedModule):
         prompt_dropout: float,
         snr_gamma: float,
         noise_offset: float = 0.0,
+        lr_schedule: LrScheduleConfig | None = None,
     ) -> None:
-        super().__init__(optimizer)
+        super().__init__(optimizer, lr_schedule)
         self.unet, self.noise_scheduler = unet, noise_scheduler
         self.prompt_dropout, self.snr_gamma, self.noise_offset = prompt_dropout, snr_gamma, noise_offset
         self.register_buffer("time_ids", time_ids.float(), persistent=False)

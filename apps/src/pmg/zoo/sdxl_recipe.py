@@ -99,7 +99,8 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
         trainable(part, False).eval()
     if train_vae:
         trainable(pipe.vae, True).train()
-        module = VaeModule(pipe.vae, config.vae.optimizer, crop_size=config.vae.crop_size, kl_weight=config.vae.kl_weight)
+        module = VaeModule(pipe.vae, config.vae.optimizer, crop_size=config.vae.crop_size, kl_weight=config.vae.kl_weight,
+                           lr_schedule=config.vae.lr_schedule)
         fit_steps(module, RowIndices(len(items)), trainer_config=config.vae.trainer, batch_size=min(config.vae.batch_size, len(items)),
                   log_dir=log_dir / "vae", collate=_ImageCollate(images))
     trainable(pipe.vae, False).eval()
@@ -122,7 +123,7 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution])
     module = UNetDiffusionModule(pipe.unet, noise_scheduler, config.unet.optimizer, time_ids=time_ids,
                                  prompt_dropout=config.unet.prompt_dropout, snr_gamma=config.unet.snr_gamma,
-                                 noise_offset=config.unet.noise_offset)
+                                 noise_offset=config.unet.noise_offset, lr_schedule=config.unet.lr_schedule)
     collate = _LatentCollate(mean, std, scaling, torch.from_numpy(prompt_index), prompt_embeds, pooled)
     fit_steps(module, RowIndices(len(items)), trainer_config=config.unet.trainer, batch_size=min(config.unet.batch_size, len(items)),
               log_dir=log_dir / "unet", collate=collate)
