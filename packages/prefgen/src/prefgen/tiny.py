@@ -146,8 +146,8 @@ class TinySDXLConfig:
     image_size: int = 64
     vae_block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 32])
     vae_layers_per_block: int = 1
-    # Few channels per group: with one channel per group (8 groups of 8 channels) GroupNorm
-    # is instance norm, which erases each image's per-channel means, i.e. its colours.
+    # Few groups: with as many groups as channels (8 groups over the first block's 8 channels)
+    # GroupNorm is instance norm, which erases each image's per-channel means, i.e. its colours.
     vae_norm_num_groups: int = 2
     vae_mid_block_attention: bool = False
     latent_channels: int = 4
