@@ -31,7 +31,7 @@ class _OptimizedModule(L.LightningModule):
         self.optimizer_config = optimizer
         self.lr_schedule = lr_schedule or LrScheduleConfig()
 
-    def configure_optimizers(self):  # noqa: ANN201 (Lightning's optimizer / scheduler dict)
+    def configure_optimizers(self) -> dict[str, object]:
         optimizer = build_optimizer([p for p in self.parameters() if p.requires_grad], self.optimizer_config)
         scheduler = build_lr_scheduler(optimizer, self.lr_schedule, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
