@@ -183,12 +183,10 @@ def main() -> None:
                 "softprompt": soft_prompt_variant(soft, preferences)}
     fragments = (variants["tokens"].text_fragments, variants["tokens"].image_fragments)
     for variant, generators in variants.items():
-        images, texts = [], []
         variant_started = time.perf_counter()
-        for user in users:
-            result = generators.generate(data, config, user)
-            images.append(result.image)
-            texts.append(" ".join(result.texts.values()))
+        results = generators.generate_many(data, config, users)
+        images = [result.image for result in results]
+        texts = [" ".join(result.texts.values()) for result in results]
         colour, text, per_attribute = _accuracies(data, users, images, texts, judge)
         suffix = "" if variant == "tokens" else f"_{variant}"
         figures[f"img_colour_acc{suffix}"] = round(colour, 4)

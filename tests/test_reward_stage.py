@@ -43,6 +43,7 @@ def test_reward_stage_writes_adapters_metrics_samples_and_logs(tiny_run: Path) -
     metrics = json.loads((out / "metrics.json").read_text())
     validation = json.loads((out / "validation_users.json").read_text())
     assert metrics["validation_users"] == len(validation) == 12  # 20% of the 60 tiny users
+    assert metrics["validation_users_scored"] == 8  # tiny.yaml: validation_users 8 of them score the best state
     for kind in ("text", "image"):
         # Both components are in [0, 1] with weight 1: the total is in [0, 2].
         for when in ("before", "best"):
@@ -174,3 +175,19 @@ def test_config_checks_name_the_key() -> None:
         load_config(RewardConfig, overrides=["weights.consistency=0", "weights.personalization=0"])
     with pytest.raises(ConfigError, match="backprop_last_k"):
         load_config(RewardConfig, overrides=["image.backprop_last_k=20"])
+    with pytest.raises(ConfigError, match="validation_users must be >= 0"):
+        load_config(RewardConfig, overrides=["validation_users=-1"])
+
+
+def test_training_order_draws_each_user_once_per_pass_and_is_seeded() -> None:
+    from pmg.reward.stage import _seeded_sample, _training_order
+
+    users = [3, 5, 8, 13, 21]
+    order = _training_order(users, 12, seed=0)
+    assert len(order) == 12
+    assert sorted(order[:5]) == users and sorted(order[5:10]) == users  # whole passes, each shuffled
+    assert set(order[10:]) <= set(users)
+    assert order == _training_order(users, 12, seed=0) and order != _training_order(users, 12, seed=1)
+    sample = _seeded_sample(users, 3, seed=0)
+    assert len(sample) == 3 and set(sample) <= set(users) and sample == sorted(sample)
+    assert _seeded_sample(users, 0, seed=0) == users and _seeded_sample(users, 9, seed=0) == users

@@ -78,18 +78,22 @@ class VariantGenerators:
 
     def generate(self, data: InteractionData, config: GeneratorConfig, user: int) -> UserGeneration:
         """Texts (one per ``config.text.targets``) and an image for data user ``user``."""
-        from pmg.generator.stage import generate_for_user
+        return self.generate_many(data, config, [user])[0]
+
+    def generate_many(self, data: InteractionData, config: GeneratorConfig, users: Sequence[int]) -> list[UserGeneration]:
+        """:meth:`generate` for each of ``users``, batched (each user's image and texts as alone)."""
+        from pmg.generator.stage import generate_for_users
 
         if self.soft is not None:
             assert self.preferences is not None
-            text_vectors, image_vectors = self.soft.vectors(self.preferences, user)
-            return generate_for_user(data, config, user=user, text_fragment=self.soft.fragment(self.text),
-                                     image_fragment=self.soft.fragment(self.image), text_adapter=self.text,
-                                     image_adapter=self.image, text_soft_prompt=text_vectors, image_soft_prompt=image_vectors)
-        return generate_for_user(
-            data, config, user=user,
-            text_fragment=self.text_fragments[user] if self.text_fragments is not None else None,
-            image_fragment=self.image_fragments[user] if self.image_fragments is not None else None,
+            text_vectors, image_vectors = self.soft.vectors(self.preferences, users)
+            return generate_for_users(data, config, users=list(users), text_fragments=[self.soft.fragment(self.text)] * len(users),
+                                      image_fragments=[self.soft.fragment(self.image)] * len(users), text_adapter=self.text,
+                                      image_adapter=self.image, text_soft_prompt=text_vectors, image_soft_prompt=image_vectors)
+        return generate_for_users(
+            data, config, users=list(users),
+            text_fragments=[self.text_fragments[u] if self.text_fragments is not None else None for u in users],
+            image_fragments=[self.image_fragments[u] if self.image_fragments is not None else None for u in users],
             text_adapter=self.text, image_adapter=self.image,
         )
 

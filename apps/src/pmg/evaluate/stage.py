@@ -118,7 +118,7 @@ def _generation(run: RunDirectory, data: InteractionData, split: Any, tokens: Us
     with torch.no_grad():
         for name in VARIANTS:
             variant = variants[name]
-            generations[name] = variant if isinstance(variant, str) else [variant.generate(data, generator, u) for u in users]
+            generations[name] = variant if isinstance(variant, str) else variant.generate_many(data, generator, users)
     try:
         judge, judge_missing = zoo.load_judge(), ""
     except ZooError as err:

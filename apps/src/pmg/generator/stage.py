@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
     from prefquant import PreferenceTokenizer
 
-__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "heldout_users", "liked_subject",
+__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "liked_subject",
            "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
            "run_generator_stage", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
 
@@ -218,6 +218,62 @@ def liked_subject(data: InteractionData, user: int | None, default: str) -> str:
     return counts.most_common(1)[0][0] if counts else default
 
 
+def generate_for_users(
+    data: InteractionData,
+    config: GeneratorConfig,
+    *,
+    users: Sequence[int | None],
+    text_fragments: Sequence[str | None],
+    image_fragments: Sequence[str | None],
+    text_adapter: TextPreferenceAdapter | None,
+    image_adapter: ImagePreferenceAdapter | None,
+    subjects: Sequence[str | None] | None = None,
+    text_soft_prompt: torch.Tensor | None = None,
+    image_soft_prompt: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 16,
+) -> list[UserGeneration]:
+    """:func:`generate_for_user` for several users at once (no reference item), ``batch_size`` users
+    per generator call. Every user's image starts from its own noise seeded with ``config.sample.seed``,
+    so it is the image that user gets alone; greedy texts are batched with left padding.
+
+    ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]`` and ``subjects[b]`` (None: the
+    user's most liked subject) describe user ``b``; soft-prompt vectors are stacked per user:
+    ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
+    """
+    from prefgen import build_image_prompt, build_text_prompt
+
+    if not len(users) == len(text_fragments) == len(image_fragments) or (subjects is not None and len(subjects) != len(users)):
+        raise ValueError(f"{len(users)} users need as many fragments and subjects")
+    sample, targets = config.sample, config.text.targets
+    results: list[UserGeneration] = []
+    for start in range(0, len(users), batch_size):
+        chunk = range(start, min(start + batch_size, len(users)))
+        texts: list[dict[str, str]] = [{} for _ in chunk]
+        if text_adapter is not None:
+            prompts = [build_text_prompt(text_fragments[b], config.text.context_of(t)) for b in chunk for t in targets]
+            vectors = (text_soft_prompt[chunk.start : chunk.stop].repeat_interleave(len(targets), dim=0)
+                       if text_soft_prompt is not None else None)
+            outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
+                                            seed=sample.seed, soft_prompt=vectors)
+            texts = [{t: outputs[n * len(targets) + k].strip() for k, t in enumerate(targets)} for n in range(len(chunk))]
+        image_prompts = [build_image_prompt((subjects[b] if subjects is not None else None)
+                                            or liked_subject(data, users[b], config.image.default_subject), image_fragments[b])
+                         for b in chunk]
+        pictures: list[Any] = [None] * len(chunk)
+        if image_adapter is not None:
+            size = int(image_adapter.pipeline.default_sample_size * image_adapter.pipeline.vae_scale_factor)
+            soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
+            pictures = image_adapter.generate(image_prompts, seed=[sample.seed] * len(chunk), num_inference_steps=sample.num_inference_steps,
+                                              guidance_scale=sample.guidance_scale, soft_prompt=soft, height=size, width=size)
+        for n, b in enumerate(chunk):
+            user = users[b]
+            results.append(UserGeneration(data.user_ids[user] if user is not None else "(cold start)",
+                                          text_fragments[b] is None and image_fragments[b] is None,
+                                          build_text_prompt(text_fragments[b], config.text.context_of(targets[0])),
+                                          texts[n], image_prompts[n], pictures[n]))
+    return results
+
+
 def generate_for_user(
     data: InteractionData,
     config: GeneratorConfig,
@@ -243,36 +299,22 @@ def generate_for_user(
     the user's vectors (:meth:`SoftPromptGenerators.vectors`).
     """
     from pmg.data.modules import load_image_tensor
-    from prefgen import build_image_prompt, build_text_prompt
+    from pmg.generator.modules import item_subject
 
-    sample = config.sample
-    user_id = data.user_ids[user] if user is not None else "(cold start)"
-    texts: dict[str, str] = {}
-    text_prompt = build_text_prompt(text_fragment, config.text.context_of(config.text.targets[0]))
-    if text_adapter is not None:
-        prompts = [build_text_prompt(text_fragment, config.text.context_of(t)) for t in config.text.targets]
-        vectors = text_soft_prompt.expand(len(prompts), -1, -1) if text_soft_prompt is not None else None
-        outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
-                                        seed=sample.seed, soft_prompt=vectors)
-        texts = {t: o.strip() for t, o in zip(config.text.targets, outputs, strict=True)}
-    if subject is None:
-        from pmg.generator.modules import item_subject
-
-        subject = (item_subject(data, reference_item, config.image.default_subject) if reference_item is not None
-                   else liked_subject(data, user, config.image.default_subject))
-    image_prompt = build_image_prompt(subject, image_fragment)
-    picture = None
-    if image_adapter is not None:
+    reference = data.items[reference_item].image if reference_item is not None else None
+    if subject is None and reference_item is not None:
+        subject = item_subject(data, reference_item, config.image.default_subject)
+    result = generate_for_users(data, config, users=[user], text_fragments=[text_fragment], image_fragments=[image_fragment],
+                                text_adapter=text_adapter, image_adapter=image_adapter if reference is None else None,
+                                subjects=[subject], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
+    if image_adapter is not None and reference is not None:
+        sample = config.sample
         size = int(image_adapter.pipeline.default_sample_size * image_adapter.pipeline.vae_scale_factor)
-        options: dict[str, Any] = {"seed": sample.seed, "num_inference_steps": sample.num_inference_steps,
-                                   "guidance_scale": sample.guidance_scale, "soft_prompt": image_soft_prompt}
-        reference = data.items[reference_item].image if reference_item is not None else None
-        if reference is not None:
-            pixels = (load_image_tensor(str(reference), size).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
-            picture = image_adapter.generate([image_prompt], reference_images=pixels, strength=strength, **options)[0]
-        else:
-            picture = image_adapter.generate([image_prompt], height=size, width=size, **options)[0]
-    return UserGeneration(user_id, text_fragment is None and image_fragment is None, text_prompt, texts, image_prompt, picture)
+        pixels = (load_image_tensor(str(reference), size).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
+        result.image = image_adapter.generate([result.image_prompt], reference_images=pixels, strength=strength, seed=sample.seed,
+                                              num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
+                                              soft_prompt=image_soft_prompt)[0]
+    return result
 
 
 def write_samples(folder: Path, data: InteractionData, config: GeneratorConfig, tokens: UserTokens,
@@ -282,14 +324,12 @@ def write_samples(folder: Path, data: InteractionData, config: GeneratorConfig, 
     users: list[int | None] = [round(k * (data.num_users - 1) / max(count - 1, 1)) for k in range(count)] + [None]
     text_fragments = user_fragments(data, tokens, [m for m in config.text.modalities if m in tokens.codes])
     image_fragments = user_fragments(data, tokens, [m for m in config.image.modalities if m in tokens.codes])
+    results = generate_for_users(data, config, users=users,
+                                 text_fragments=[text_fragments[u] if u is not None else None for u in users],
+                                 image_fragments=[image_fragments[u] if u is not None else None for u in users],
+                                 text_adapter=text_adapter, image_adapter=image_adapter)
     records = []
-    for n, user in enumerate(users):
-        result = generate_for_user(
-            data, config, user=user,
-            text_fragment=text_fragments[user] if user is not None else None,
-            image_fragment=image_fragments[user] if user is not None else None,
-            text_adapter=text_adapter, image_adapter=image_adapter,
-        )
+    for n, (user, result) in enumerate(zip(users, results, strict=True)):
         name = f"{n:02d}_{'cold_start' if user is None else _safe(result.user_id)}"
         record = {"user_id": None if user is None else result.user_id, "cold_start": user is None,
                   "text_prompt": result.text_prompt, "texts": result.texts, "image_prompt": result.image_prompt}
@@ -336,18 +376,21 @@ class SoftPromptGenerators:
         """The prompt fragment of the baseline: the adapter's placeholder tokens (None without adapter)."""
         return "".join(adapter.soft_prompt_tokens) if adapter is not None else None
 
-    def vectors(self, preferences: Mapping[str, torch.Tensor], user: int) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
-        """Data user ``user``'s soft prompts from the preference stage's vectors ({modality: [U, d]}):
-        text [1, S, d] and image (one [1, S, d_e] per text encoder); None where not trained."""
+    def vectors(self, preferences: Mapping[str, torch.Tensor], users: int | Sequence[int]) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """The soft prompts of data user(s) ``users`` (B of them; one int: B = 1) from the preference
+        stage's vectors ({modality: [U, d]}): text [B, S, d] and image (one [B, S, d_e] per text
+        encoder); None where not trained."""
         import torch
 
         from pmg.generator.soft_prompt import preference_inputs
+
+        index = [users] if isinstance(users, int) else list(users)
 
         def one(baseline: SoftPromptBaseline | None) -> list[torch.Tensor] | None:
             if baseline is None:
                 return None
             with torch.no_grad():
-                return baseline(preference_inputs(preferences, baseline.modalities)[user : user + 1])
+                return baseline(preference_inputs(preferences, baseline.modalities)[index])
 
         text = one(self.text_baseline)
         return (text[0] if text else None), one(self.image_baseline)

@@ -95,8 +95,9 @@ class RewardConfig:
     """Stage "reward": fine-tune the generator stage's adapters (token rows + LoRA only) with
     ``weights`` · (consistency, personalization); text by GRPO, then image by reward backprop.
 
-    ``validation_fraction`` of the users with tokens (seeded) are held out: every
-    ``eval_every`` steps the mean validation reward (greedy text, seeded image) is measured
+    ``validation_fraction`` of the users with tokens (seeded) are held out of training (the
+    evaluate stage judges them); every ``eval_every`` steps the mean validation reward (greedy
+    text, seeded image) of ``validation_users`` of them (a seeded sample; 0: all) is measured
     and the adapter state with the best one is kept (the SFT state counts as step 0).
     ``map_ridge``: the ridge of the content → preference map of the personalization reward.
     """
@@ -105,6 +106,7 @@ class RewardConfig:
     text: TextRewardConfig = field(default_factory=TextRewardConfig)
     image: ImageRewardConfig = field(default_factory=ImageRewardConfig)
     validation_fraction: float = 0.2
+    validation_users: int = 64
     eval_every: int = 10
     map_ridge: float = 1e-2
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -118,6 +120,8 @@ class RewardConfig:
         self.image.validate()
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError("reward.validation_fraction must be in (0, 1)")
+        if self.validation_users < 0:
+            raise ValueError("reward.validation_users must be >= 0 (0: every held-out user)")
         if self.eval_every < 1 or self.map_ridge <= 0:
             raise ValueError("reward.eval_every must be >= 1 and map_ridge > 0")
         self.optimizer.validate()

@@ -145,12 +145,29 @@ def _validation_split(users: list[int], fraction: float, seed: int) -> tuple[lis
     return sorted(set(users) - set(held)), held
 
 
-def _fit(module: Any, config: RewardConfig, users: list[int], batch_size: int, steps: int, out: Path) -> None:
+def _seeded_sample(users: list[int], count: int, seed: int) -> list[int]:
+    """``count`` of ``users`` (a seeded sample, sorted; all of them for ``count`` 0 or more than there are)."""
+    if count <= 0 or count >= len(users):
+        return list(users)
+    return sorted(users[i] for i in np.random.default_rng(seed).permutation(len(users))[:count])
+
+
+def _training_order(users: list[int], draws: int, seed: int) -> list[int]:
+    """The ``draws`` users one phase trains on, in order: seeded passes over ``users``, each
+    shuffled. Known up front, so that only these users' consistency partners are generated."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while len(order) < draws:
+        order += [users[i] for i in rng.permutation(len(users))]
+    return order[:draws]
+
+
+def _fit(module: Any, config: RewardConfig, order: list[int], batch_size: int, steps: int, out: Path) -> None:
     from torch.utils.data import DataLoader
 
     from pmg.training import build_trainer
 
-    loader = DataLoader(users, batch_size=batch_size, shuffle=True)
+    loader = DataLoader(order, batch_size=batch_size, shuffle=False)
     trainer = build_trainer(config.trainer_for(steps), out, checkpointing=False)
     trainer.fit(module, train_dataloaders=loader)
     module.restore_best()
@@ -251,29 +268,34 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     train_users, val_users = _validation_split(users, config.validation_fraction, seed)
     with atomic_file(out / "validation_users.json") as tmp:
         tmp.write_text(json.dumps([data.user_ids[u] for u in val_users]))
+    scored = _seeded_sample(val_users, config.validation_users, seed)
+    text_order = _training_order(train_users, config.text.max_steps * config.text.users_per_step, seed)
+    image_order = _training_order(train_users, config.image.max_steps * config.image.users_per_step, seed + 1)
     user_prefs = {m: p.float() for m, p in preferences.user_preferences.items()}
     zeros = torch.zeros(data.num_users, 1)
     metrics: dict[str, float] = {}
 
     if text_policy is not None:
         if config.text.enabled:
-            images = (_user_images(image_adapter, image_prompts, users, data.num_users, config, seed)
+            partners = sorted(set(text_order) | set(scored))
+            images = (_user_images(image_adapter, image_prompts, partners, data.num_users, config, seed)
                       if image_adapter is not None else torch.zeros(data.num_users, 3, 8, 8))
             reference = load_text_adapter(text_folder, zoo, trainable=False)
             module = TextRewardModule(text_policy, reference, rewards, text_prompts, images, user_prefs.get("textual", zeros),
-                                      config.text, config.optimizer_for(config.text.lr), val_users, config.eval_every)
-            _fit(module, config, train_users, config.text.users_per_step, config.text.max_steps, out)
+                                      config.text, config.optimizer_for(config.text.lr), scored, config.eval_every)
+            _fit(module, config, text_order, config.text.users_per_step, config.text.max_steps, out)
             metrics.update(_phase_metrics("text", module))
         text_policy = text_policy.cpu().eval()
         with atomic_directory(out / "text_adapter") as tmp:
             text_policy.save(tmp)
     if image_adapter is not None:
         if config.image.enabled:
-            texts = (_user_texts(text_policy, text_prompts, users, data.num_users, config.text.max_new_tokens)
+            partners = sorted(set(image_order) | set(scored))
+            texts = (_user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
                      if text_policy is not None else [""] * data.num_users)
             module = ImageRewardModule(image_adapter, rewards, image_prompts, texts, user_prefs.get("visual", zeros), config.image,
-                                       config.optimizer_for(config.image.lr), val_users, config.eval_every, seed)
-            _fit(module, config, train_users, config.image.users_per_step, config.image.max_steps, out)
+                                       config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
+            _fit(module, config, image_order, config.image.users_per_step, config.image.max_steps, out)
             metrics.update(_phase_metrics("image", module))
         image_adapter = image_adapter.cpu().eval()
         with atomic_directory(out / "image_adapter") as tmp:
@@ -281,12 +303,13 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     with atomic_directory(out / "samples") as tmp:
         write_samples(tmp, data, generator, tokens, text_policy, image_adapter)
     metrics["validation_users"] = float(len(val_users))
+    metrics["validation_users_scored"] = float(len(scored))
     write_stage_record(out, metrics, config)
     summary = "; ".join(
         f"{kind} validation reward {metrics[f'{kind}/val_reward_before']:.3f} → {metrics[f'{kind}/val_reward_best']:.3f}"
         f" (best at step {int(metrics[f'{kind}/best_step'])})"
         for kind in ("text", "image") if f"{kind}/val_reward_best" in metrics
-    ) + f"; {len(val_users)} validation users; samples in {out / 'samples'}"
+    ) + f"; {len(scored)} of {len(val_users)} held-out users scored; samples in {out / 'samples'}"
     run.mark_complete("reward", stage_fp, {"summary": summary, "metrics": metrics})
     return StageResult(stage_fp, summary)
 

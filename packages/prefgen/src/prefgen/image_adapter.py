@@ -488,7 +488,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         self,
         prompts: Sequence[str],
         *,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         num_inference_steps: int = 20,
         guidance_scale: float = 5.0,
         height: int | None = None,
@@ -500,17 +500,23 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
     ) -> list[Image]:
         """PIL images for ``prompts``, reproducible by ``seed`` (a CPU generator, as diffusers recommends).
 
+        A list of seeds, one per prompt, gives each image its own generator: image ``b`` is then
+        the one ``prompts[b]`` gets alone with ``seed[b]``, whatever else is in the batch.
+
         With ``reference_images`` (PIL images or [B, 3, H, W] in [0, 1]) it runs the matching
         image-to-image pipeline on the same components, ``strength`` in (0, 1] saying how
         far from the reference it may go (the reference-conditioned mode).
         """
+        if not isinstance(seed, int) and len(seed) != len(prompts):
+            raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
         with self.soft_prompt(soft_prompt):
             cond = self.encode_prompts(prompts)
         kwargs: dict[str, Any] = {
             "prompt_embeds": cond.prompt_embeds,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
-            "generator": torch.Generator("cpu").manual_seed(seed),
+            "generator": (torch.Generator("cpu").manual_seed(seed) if isinstance(seed, int)
+                          else [torch.Generator("cpu").manual_seed(int(s)) for s in seed]),
         }
         if cond.pooled is not None:
             kwargs["pooled_prompt_embeds"] = cond.pooled
