@@ -100,7 +100,8 @@ class PreferenceConfig:
     eval_batch_size: int = 512
     num_negatives: int = 1
     ks: list[int] = field(default_factory=lambda: [10, 20])
-    # torch intra-op CPU threads while this stage runs (0 keeps torch's setting). The stage's
+    # torch intra-op CPU threads while the model fits (0 keeps torch's setting; the feature
+    # encoders before it use torch's own). The stage's
     # sparse propagation and small matmuls gain little from threads, and on a CPU shared with
     # other jobs several threads oversubscribe it: one thread was ~20x faster per step here.
     num_threads: int = 1
@@ -240,20 +241,22 @@ def train_preferences(
     """
     config.validate()
     _check_split(config, data, split)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    # The feature encoders (MiniLM, CLIP: dense matmuls) run with torch's threads; only the fit is limited.
+    features, masks = item_features(config, data)
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _fit_and_write(config, data, split, out, callbacks)
+        return _fit_and_write(config, data, split, out, callbacks, features, masks)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit_and_write(
-    config: PreferenceConfig, data: InteractionData, split: Split, out: Path, callbacks: Sequence[Callback]
+    config: PreferenceConfig, data: InteractionData, split: Split, out: Path, callbacks: Sequence[Callback],
+    features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
 ) -> PreferenceArtifacts:
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    features, masks = item_features(config, data)
     notes = _data_notes(data, split, masks)
     for modality, mask in masks.items():
         if not mask.all():
