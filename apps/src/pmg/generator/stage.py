@@ -240,6 +240,7 @@ def generate_for_users(
     user's most liked subject) describe user ``b``; soft-prompt vectors are stacked per user:
     ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
     """
+    from pmg.zoo.sdxl_recipe import pipeline_resolution
     from prefgen import build_image_prompt, build_text_prompt
 
     if not len(users) == len(text_fragments) == len(image_fragments) or (subjects is not None and len(subjects) != len(users)):
@@ -261,7 +262,7 @@ def generate_for_users(
                          for b in chunk]
         pictures: list[Any] = [None] * len(chunk)
         if image_adapter is not None:
-            size = int(image_adapter.pipeline.default_sample_size * image_adapter.pipeline.vae_scale_factor)
+            size = pipeline_resolution(image_adapter.pipeline)
             soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
             pictures = image_adapter.generate(image_prompts, seed=[sample.seed] * len(chunk), num_inference_steps=sample.num_inference_steps,
                                               guidance_scale=sample.guidance_scale, soft_prompt=soft, height=size, width=size)
@@ -300,6 +301,7 @@ def generate_for_user(
     """
     from pmg.data.modules import load_image_tensor
     from pmg.generator.modules import item_subject
+    from pmg.zoo.sdxl_recipe import pipeline_resolution
 
     reference = data.items[reference_item].image if reference_item is not None else None
     if subject is None and reference_item is not None:
@@ -309,7 +311,7 @@ def generate_for_user(
                                 subjects=[subject], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
     if image_adapter is not None and reference is not None:
         sample = config.sample
-        size = int(image_adapter.pipeline.default_sample_size * image_adapter.pipeline.vae_scale_factor)
+        size = pipeline_resolution(image_adapter.pipeline)
         pixels = (load_image_tensor(str(reference), size).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
         result.image = image_adapter.generate([result.image_prompt], reference_images=pixels, strength=strength, seed=sample.seed,
                                               num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
