@@ -177,6 +177,31 @@ def test_save_load_round_trip_gives_identical_logits(base_folders: dict[str, Pat
     torch.testing.assert_close(again.logits(prompts), adapter.logits(prompts), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_merged_for_inference_generates_as_the_adapter_does_and_is_frozen(base_folders: dict[str, Path], head: str, tmp_path: Path) -> None:
+    adapter = _adapter(base_folders[head], soft_prompt_slots=1)
+    _train(adapter, ["User <pt_0_2><pt_1_3> would love:", "User <pt_0_1> would love:"], [" blue shoe", " red dress"], steps=5)
+    adapter.save(tmp_path / "adapter")
+    prompts = ["User <pt_0_2><pt_1_3> would love:", "User <pt_0_1> would love:", "A shopper would love:"]
+    vectors = torch.randn(3, 1, adapter.embedding_width)
+    soft_prompts = [build_text_prompt(adapter.soft_prompt_tokens)] * 3
+    unmerged = adapter.logits(prompts), adapter.generate(prompts, max_new_tokens=6), adapter.generate(soft_prompts, max_new_tokens=6, soft_prompt=vectors)
+
+    merged = TextPreferenceAdapter.load(tmp_path / "adapter", base_folders[head]).merge_for_inference()
+    assert merged.merged and not merged.trainable_parameters()
+    # The LoRA deltas now live in the base projections: the peft layers run their base weights alone.
+    lora_layers = [m for m in merged.model.modules() if hasattr(m, "merged_adapters") and hasattr(m, "lora_A")]
+    assert lora_layers and all(m.merged for m in lora_layers)
+    torch.testing.assert_close(merged.logits(prompts), unmerged[0], rtol=0, atol=1e-4)
+    assert merged.generate(prompts, max_new_tokens=6) == unmerged[1]
+    assert merged.generate(soft_prompts, max_new_tokens=6, soft_prompt=vectors) == unmerged[2]
+    with pytest.raises(RuntimeError, match="merged for inference"):
+        merged.sft_loss(prompts[:1], [" blue"])
+    with pytest.raises(RuntimeError, match="merged for inference"):
+        merged.save(tmp_path / "again")
+    assert merged.merge_for_inference() is merged  # idempotent
+
+
 def test_a_few_dozen_steps_teach_each_user_token_its_continuation(base_folders: dict[str, Path]) -> None:
     adapter = _adapter(base_folders["tied"], lora=LoraOptions(r=4, alpha=8))
     prompts = [build_text_prompt("<pt_0_0>"), build_text_prompt("<pt_0_1>")]

@@ -71,17 +71,24 @@ def test_sft_targets_continue_the_prompt_and_token_rows_get_their_own_lr(tiny_ru
 
 @pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])
 def test_only_token_rows_and_lora_differ_from_the_zoo_base(tiny_run: Path, variant: str) -> None:
+    from prefgen import TextPreferenceAdapter
+
     from pmg.generator import load_generators, load_soft_prompt_generators
+    from pmg.generator.stage import SOFT_PROMPT, TEXT_ADAPTER
     from pmg.zoo.manifest import load_zoo
 
     zoo = load_zoo(RunDirectory(tiny_run))
     if variant == "tokens":
-        text, image = load_generators(RunDirectory(tiny_run), zoo)
+        _, image = load_generators(RunDirectory(tiny_run), zoo)
+        folder = tiny_run / "generator" / TEXT_ADAPTER
     else:
         soft = load_soft_prompt_generators(RunDirectory(tiny_run), zoo)
         assert soft is not None and soft.text.soft_prompt_tokens and soft.image.soft_prompt_tokens
-        text, image = soft.text, soft.image
-    assert text is not None and image is not None
+        image = soft.image
+        folder = tiny_run / "generator" / SOFT_PROMPT / TEXT_ADAPTER
+    # Unmerged (the loaders merge the text adapter into its LM for inference): base weights as saved.
+    text = TextPreferenceAdapter.load(folder, zoo.lm.path)
+    assert image is not None
     base_lm, base_tokenizer = zoo.load_lm()
     base = dict(base_lm.named_parameters())
     for name, param in text.model.named_parameters():

@@ -354,12 +354,13 @@ def load_generators(run: RunDirectory, zoo: Zoo) -> tuple[TextPreferenceAdapter 
 
 
 def _load_adapters(folder: Path, zoo: Zoo) -> tuple[TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
+    """Both adapters for inference: the text adapter is merged into its LM (no LoRA cost per decoding step)."""
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
     text = image = None
     if (folder / TEXT_ADAPTER).is_dir():
         text = TextPreferenceAdapter.load(folder / TEXT_ADAPTER, zoo.lm.path, local_files_only=zoo.local_files_only,
-                                          trust_remote_code=zoo.trust_remote_code).eval()
+                                          trust_remote_code=zoo.trust_remote_code).merge_for_inference().eval()
     if (folder / IMAGE_ADAPTER).is_dir():
         image = ImagePreferenceAdapter.load(folder / IMAGE_ADAPTER, zoo.load_sdxl()).eval()
     return text, image

@@ -59,7 +59,8 @@ def _generator_folder(run: RunDirectory, name: str) -> Path | None:
 
 
 def load_text_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> TextPreferenceAdapter:
-    """A saved text adapter on the zoo's LM; ``RunError`` naming the stage to redo if damaged."""
+    """A saved text adapter on the zoo's LM (merged into it unless ``trainable``: frozen uses only
+    generate and score); ``RunError`` naming the stage to redo if damaged."""
     from prefgen import TextPreferenceAdapter
 
     try:
@@ -67,7 +68,7 @@ def load_text_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> TextPrefere
                                              trust_remote_code=zoo.trust_remote_code)
     except (ValueError, OSError) as err:
         raise RunError(f"the text adapter {folder} is damaged ({err}); rerun its stage with --force {folder.parent.name}") from err
-    return adapter if trainable else adapter.eval()
+    return adapter if trainable else adapter.merge_for_inference().eval()
 
 
 def load_image_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> ImagePreferenceAdapter:
