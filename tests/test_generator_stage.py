@@ -71,11 +71,10 @@ def test_sft_targets_continue_the_prompt_and_token_rows_get_their_own_lr(tiny_ru
 
 @pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])
 def test_only_token_rows_and_lora_differ_from_the_zoo_base(tiny_run: Path, variant: str) -> None:
-    from prefgen import TextPreferenceAdapter
-
     from pmg.generator import load_generators, load_soft_prompt_generators
     from pmg.generator.stage import SOFT_PROMPT, TEXT_ADAPTER
     from pmg.zoo.manifest import load_zoo
+    from prefgen import TextPreferenceAdapter
 
     zoo = load_zoo(RunDirectory(tiny_run))
     if variant == "tokens":
