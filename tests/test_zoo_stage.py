@@ -33,6 +33,7 @@ TOY = [
     "sdxl.vae.crop_size=16", "sdxl.vae.batch_size=4", "sdxl.unet.batch_size=8",
     "lm.model.hidden_size=16", "lm.model.layers=1", "lm.model.heads=2", "lm.model.kv_heads=1",
     "lm.model.intermediate_size=32", "lm.model.max_position_embeddings=64", "lm.max_length=32", "lm.batch_size=4",
+    "lm.copy_warmup_steps=2", "lm.keyword_fraction=0.5",
     "eval.t2i_images_per_combo=1", "eval.t2i_steps=2", "eval.clip_candidates=10",
     *[f"{m}.trainer.{k}" for m in ("clip", "judge", "sdxl.vae", "sdxl.unet", "lm")
       for k in ("max_steps=2", "enable_progress_bar=false")],
@@ -174,3 +175,35 @@ def test_damaged_zoo_and_judge_are_reported(built, tmp_path: Path) -> None:
         load_judge(judge_dir)
     with pytest.raises(JudgeError, match="is missing"):
         load_judge(tmp_path / "nowhere")
+
+
+def test_lm_documents_prompt_the_words_their_texts_name(tmp_path: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.zoo.config import HoldoutConfig
+    from pmg.zoo.corpus import build_corpus, copy_warmup_documents, keyword_prompted_texts
+
+    run, _ = _data_stage(tmp_path / "run")
+    data, split = load_prepared(run)
+    corpus = build_corpus(data, split, HoldoutConfig(combos=0, item_fraction=0.0), image_size=8)
+    assert len(corpus.lm_sources) == len(corpus.lm_texts)
+    contexts = ["", "description:", "review:"]
+    assert keyword_prompted_texts(corpus, 0.0, contexts, seed=0) == corpus.lm_texts
+    prompted = keyword_prompted_texts(corpus, 1.0, contexts, seed=0)
+    changed = 0
+    for text, original, (item, kind) in zip(prompted, corpus.lm_texts, corpus.lm_sources, strict=True):
+        if text == original:
+            continue
+        changed += 1
+        prompt, _, rest = text.partition(" would love:")
+        assert prompt.startswith("User ") and rest.strip() == f"{contexts[kind]} {original}".strip()
+        words = prompt.removeprefix("User ").split()
+        # Every prompted word is one of the item's attribute values, named by the text itself.
+        assert words and set(words) <= set(data.items[item].attributes.values())
+        assert all(w.lower() in original.lower() or w in {"stripes", "dots", "checks", "plain"} for w in words)
+    assert changed > len(prompted) // 2
+    warmup = copy_warmup_documents(corpus, 50, seed=0)
+    assert len(warmup) == 50 and warmup == copy_warmup_documents(corpus, 50, seed=0)
+    vocabulary = {v for spec in data.attributes.values() for v in spec.values}
+    for doc in warmup:
+        word = doc.removeprefix("User ").split(" would love:")[0]
+        assert word in vocabulary and doc.endswith(f" {word}")

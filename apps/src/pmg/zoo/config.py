@@ -191,21 +191,41 @@ class SDXLTrainingConfig:
 
 @dataclass
 class CausalLMTrainingConfig:
-    """Next-token training on catalog titles, descriptions and training-split reviews."""
+    """Next-token training on catalog titles, descriptions and training-split reviews.
+
+    A pretrained LLM copies words from its prompt; a tiny one trained on catalog texts alone
+    never learns to (its continuation ignores the prompt), and then no preference token can
+    steer it. So training starts with ``copy_warmup_steps`` of synthetic documents
+    ``"User <word> would love: <a catalog title> <word>"`` (word: an attribute value), and a
+    ``keyword_fraction`` of the catalog texts are prefixed by the generator's prompt holding
+    their own attribute words (``"User silk vintage would love: review: I like the silk
+    fabric."``); ``keyword_contexts`` are the prompt contexts of titles, descriptions and
+    reviews (``generator.text.contexts``). Both need a dataset with item attributes.
+    """
 
     base_model: str | None = None
     finetune: bool = False
-    model: TinyCausalLMConfig = field(default_factory=TinyCausalLMConfig)
+    # 128 wide: at 64 the copy warm-up does not teach copying within 1,000 steps.
+    model: TinyCausalLMConfig = field(default_factory=lambda: TinyCausalLMConfig(hidden_size=128, intermediate_size=352))
     batch_size: int = 32
     max_length: int = 64
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(200))
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
+    copy_warmup_steps: int = 1000
+    keyword_fraction: float = 0.7
+    keyword_contexts: list[str] = field(default_factory=lambda: ["", "description:", "review:"])
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(500))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3, weight_decay=0.01))
 
     def validate(self) -> None:
         _check_base("lm.base_model", self.base_model)
         self.model.validate()
         _check_steps("lm", self.trainer, self.batch_size)
         self.optimizer.validate()
+        if self.copy_warmup_steps < 0:
+            raise ValueError(f"zoo.lm.copy_warmup_steps must be >= 0, got {self.copy_warmup_steps}")
+        if not 0.0 <= self.keyword_fraction <= 1.0:
+            raise ValueError(f"zoo.lm.keyword_fraction must be in [0, 1], got {self.keyword_fraction}")
+        if len(self.keyword_contexts) != 3:
+            raise ValueError("zoo.lm.keyword_contexts needs three entries: the prompt contexts of titles, descriptions, reviews")
         if not 8 <= self.max_length <= self.model.max_position_embeddings:
             raise ValueError("zoo.lm.max_length must be in [8, lm.model.max_position_embeddings]")
 

@@ -21,7 +21,7 @@ from pmg.data.modules import load_image_tensor
 from pmg.data.split import Split
 from pmg.zoo.config import HoldoutConfig
 
-__all__ = ["CAPTION_TEMPLATES", "attribute_caption", "ZooCorpus", "build_corpus"]
+__all__ = ["CAPTION_TEMPLATES", "attribute_caption", "ZooCorpus", "build_corpus", "copy_warmup_documents", "keyword_prompted_texts"]
 
 # Template 0 is the canonical prompt used for evaluation and by later stages.
 CAPTION_TEMPLATES = (
@@ -60,6 +60,8 @@ class ZooCorpus:
     heldout_combos: list[dict[str, str]]
     combo: np.ndarray
     lm_texts: list[str]
+    # Per LM text: (item index, kind) with kind 0 title, 1 description, 2 review.
+    lm_sources: list[tuple[int, int]]
 
     def caption(self, item: int, template: int = 0) -> str:
         """Item ``item``'s attribute caption, or its title when attributes are unknown."""
@@ -112,10 +114,17 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
         raise ValueError("zoo.holdout leaves no training items; lower holdout.combos or holdout.item_fraction")
     train_set = set(train_items.tolist())
     texts: list[str] = []
+    sources: list[tuple[int, int]] = []
     for i in train_items:
-        texts.extend(t for t in (data.items[i].title, data.items[i].description) if t)
-    texts.extend(r for row, r in zip(split.train, (data.review[j] for j in split.train), strict=True)
-                 if r and int(data.item[row]) in train_set)
+        for kind, text in enumerate((data.items[i].title, data.items[i].description)):
+            if text:
+                texts.append(text)
+                sources.append((int(i), kind))
+    for row in split.train:
+        item, review = int(data.item[row]), data.review[row]
+        if review and item in train_set:
+            texts.append(review)
+            sources.append((item, 2))
     return ZooCorpus(
         data=data,
         images=images,
@@ -125,4 +134,60 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
         heldout_combos=combos,
         combo=combo,
         lm_texts=texts,
+        lm_sources=sources,
     )
+
+
+def _attribute_words(data: InteractionData) -> list[str]:
+    return sorted({value for spec in data.attributes.values() for value in spec.values})
+
+
+def _named_attributes(attributes: dict[str, str], text: str) -> list[str]:
+    """The attribute values of an item that its text names (a pattern also by its adjective)."""
+    low = text.lower()
+    found = []
+    for value in attributes.values():
+        forms = {value.lower(), PATTERN_WORDS.get(value, value).lower()}
+        if value and any(re.search(rf"\b{re.escape(form)}\b", low) for form in forms):
+            found.append(value)
+    return found
+
+
+def keyword_prompted_texts(corpus: ZooCorpus, fraction: float, contexts: list[str], seed: int) -> list[str]:
+    """``corpus.lm_texts`` with about ``fraction`` of them behind a prompt holding their own attribute words.
+
+    ``"I like the silk fabric."`` (a review of a silk item) becomes ``"User silk would love:
+    review: I like the silk fabric."`` (the generator's prompt; ``contexts`` per title,
+    description, review). A random non-empty subset of the named values is used, shuffled;
+    texts that name none stay plain.
+    """
+    from prefgen import build_text_prompt
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for text, (item, kind) in zip(corpus.lm_texts, corpus.lm_sources, strict=True):
+        words = _named_attributes(corpus.data.items[item].attributes, text) if rng.random() < fraction else []
+        if words:
+            words = [words[int(k)] for k in rng.permutation(len(words))[: int(rng.integers(1, len(words) + 1))]]
+            text = f"{build_text_prompt(' '.join(words), contexts[kind])} {text}"
+        out.append(text)
+    return out
+
+
+def copy_warmup_documents(corpus: ZooCorpus, count: int, seed: int) -> list[str]:
+    """``count`` synthetic documents ``"User <word> would love: <a catalog title> <word>"``.
+
+    The word is an attribute value; predicting it at the end needs a look back at the prompt,
+    the in-context copying a pretrained LLM brings and a tiny LM otherwise never learns.
+    Empty when the dataset has no attributes or no titles.
+    """
+    from prefgen import build_text_prompt
+
+    words = _attribute_words(corpus.data)
+    titles = [corpus.data.items[int(i)].title for i in corpus.train_items if corpus.data.items[int(i)].title]
+    if not words or not titles or count <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(words), size=count)
+    title_picks = rng.integers(0, len(titles), size=count)
+    return [f"{build_text_prompt(words[int(w)])} {titles[int(t)]} {words[int(w)]}" for w, t in zip(picks, title_picks, strict=True)]

@@ -1,7 +1,8 @@
-"""The causal LM: build (or load) and train on catalog titles, descriptions and reviews."""
+"""The causal LM: build (or load), a copy warm-up, then training on catalog titles, descriptions and reviews."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pmg.zoo.config import CausalLMTrainingConfig
+from pmg.zoo.corpus import ZooCorpus, copy_warmup_documents, keyword_prompted_texts
 from pmg.zoo.fitting import fit_steps
 from pmg.zoo.lightning_modules import CausalLMModule
 from prefgen.tiny import build_tiny_causal_lm
@@ -47,13 +49,21 @@ class _LMCollate:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "labels": labels}
 
 
-def train_lm(config: CausalLMTrainingConfig, texts: list[str], model: PreTrainedModel,
+def train_lm(config: CausalLMTrainingConfig, corpus: ZooCorpus, model: PreTrainedModel,
              tokenizer: PreTrainedTokenizerBase, log_dir: Path) -> PreTrainedModel:
-    """Next-token training of ``model`` on ``texts`` for ``config.trainer.max_steps`` batches."""
-    if not texts:
+    """Next-token training of ``model``: ``config.copy_warmup_steps`` batches of copy documents,
+    then ``config.trainer.max_steps`` batches of the corpus texts (``keyword_fraction`` of them prompted)."""
+    if not corpus.lm_texts:
         raise ValueError("causal-LM training needs texts (titles, descriptions or reviews)")
     model.train()
+    collate = _LMCollate(tokenizer, config.max_length)
+    seed = config.trainer.seed
+    warmup = copy_warmup_documents(corpus, config.copy_warmup_steps * config.batch_size, seed)
+    if warmup:
+        fit_steps(CausalLMModule(model, config.optimizer), _Texts(warmup),
+                  trainer_config=dataclasses.replace(config.trainer, max_steps=config.copy_warmup_steps),
+                  batch_size=config.batch_size, log_dir=log_dir / "copy_warmup", collate=collate)
+    texts = keyword_prompted_texts(corpus, config.keyword_fraction, config.keyword_contexts, seed)
     fit_steps(CausalLMModule(model, config.optimizer), _Texts(texts), trainer_config=config.trainer,
-              batch_size=min(config.batch_size, len(texts)), log_dir=log_dir,
-              collate=_LMCollate(tokenizer, config.max_length))
+              batch_size=min(config.batch_size, len(texts)), log_dir=log_dir, collate=collate)
     return model.eval()

@@ -123,7 +123,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     else:
         lm, lm_tokenizer = load_lm(config.lm.base_model, **hub)
     if lm_source != "base":
-        lm = train_lm(config.lm, corpus.lm_texts, lm, lm_tokenizer, log_dir / "lm")
+        lm = train_lm(config.lm, corpus, lm, lm_tokenizer, log_dir / "lm")
         lm.save_pretrained(out / "lm")
         lm_tokenizer.save_pretrained(out / "lm")
         models["lm"] = _entry("lm", lm_source)
