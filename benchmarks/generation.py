@@ -59,6 +59,7 @@ from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
 from pmg.zoo.manifest import load_zoo
+from pmg.zoo.sdxl_recipe import pipeline_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_RUN = REPO / "runs" / "bench-generation-quick"
@@ -112,7 +113,7 @@ def _time_generation(config: GeneratorConfig, data: InteractionData, users: list
     text_adapter, image_adapter = adapters
     lm, lm_tokenizer, pipe = plain
     sample, targets = config.sample, config.text.targets
-    size = int(pipe.default_sample_size * pipe.vae_scale_factor)
+    size = pipeline_resolution(pipe)
     lengths = {"max_new_tokens": sample.max_new_tokens, "min_new_tokens": sample.max_new_tokens}
     image_options = {"num_inference_steps": sample.num_inference_steps, "guidance_scale": sample.guidance_scale,
                      "height": size, "width": size}

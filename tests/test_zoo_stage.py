@@ -178,6 +178,7 @@ def test_damaged_zoo_and_judge_are_reported(built, tmp_path: Path) -> None:
 
 
 def test_lm_documents_prompt_the_words_their_texts_name(tmp_path: Path) -> None:
+    from pmg.data.catalog import PATTERN_WORDS
     from pmg.data.dataset_stage import load_prepared
     from pmg.zoo.config import HoldoutConfig
     from pmg.zoo.corpus import build_corpus, copy_warmup_documents, keyword_prompted_texts
@@ -199,7 +200,7 @@ def test_lm_documents_prompt_the_words_their_texts_name(tmp_path: Path) -> None:
         words = prompt.removeprefix("User ").split()
         # Every prompted word is one of the item's attribute values, named by the text itself.
         assert words and set(words) <= set(data.items[item].attributes.values())
-        assert all(w.lower() in original.lower() or w in {"stripes", "dots", "checks", "plain"} for w in words)
+        assert all(w.lower() in original.lower() or PATTERN_WORDS.get(w, w) in original.lower() for w in words)
     assert changed > len(prompted) // 2
     warmup = copy_warmup_documents(corpus, 50, seed=0)
     assert len(warmup) == 50 and warmup == copy_warmup_documents(corpus, 50, seed=0)
