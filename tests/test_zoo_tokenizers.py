@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer, CLIPTokenizer, Qwen2Tokenizer
+from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
 
 from prefgen.offline_tokenizers import (
     CLIP_EOS,
@@ -38,6 +39,19 @@ def test_clip_tokenizer_is_a_clip_tokenizer_with_clip_conventions(clip_tokenizer
     assert clip_tokenizer.decode(ids, skip_special_tokens=True) == "a red striped dress"
     padded = clip_tokenizer("red", padding="max_length", max_length=24)["input_ids"]
     assert len(padded) == 24 and padded[-1] == clip_tokenizer.pad_token_id == clip_tokenizer.eos_token_id
+
+
+def test_tokenizers_trained_twice_on_the_same_texts_are_identical() -> None:
+    # Ties between equally frequent pairs must not be broken by hash order (the zoo's cache
+    # promises that the same inputs give the same models).
+    def bpe(tokenizer: PreTrainedTokenizerBase) -> dict:
+        return json.loads(tokenizer.backend_tokenizer.to_str())["model"]  # vocabulary and merges
+
+    clip = [train_clip_tokenizer(TEXTS, vocab_size=700, model_max_length=24) for _ in range(3)]
+    assert bpe(clip[0]) == bpe(clip[1]) == bpe(clip[2])
+    assert len(clip[0]) <= 700  # merges stop early once every word is one token
+    lm = [train_causal_lm_tokenizer(TEXTS, vocab_size=400) for _ in range(2)]
+    assert bpe(lm[0]) == bpe(lm[1])
 
 
 def test_clip_tokenizer_covers_characters_never_seen_in_training(clip_tokenizer: CLIPTokenizer) -> None:

@@ -20,6 +20,7 @@ files; build with ``CLIPTokenizer(vocab=dict, merges=list)`` or ``from_pretraine
 from __future__ import annotations
 
 import json
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -77,6 +78,47 @@ def _texts(texts: Iterable[str]) -> list[str]:
     return kept
 
 
+def _deterministic_bpe_merges(words: Counter[str], max_merges: int) -> list[tuple[str, str]]:
+    """BPE merges over ``words`` (pre-tokenised, with counts); each word ends in ``</w>``.
+
+    ``tokenizers``' own trainer breaks ties between equally frequent pairs by symbol ids it
+    assigns in hash order when end-of-word suffixes are on, so the same texts gave a different
+    CLIP tokenizer (and so a different zoo) on every run. Here ties go to the
+    lexicographically smallest pair.
+    """
+    pieces = [[*word[:-1], word[-1] + _CLIP_SUFFIX] for word in words]
+    counts = list(words.values())
+    pairs: Counter[tuple[str, str]] = Counter()
+    where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+    for index, piece in enumerate(pieces):
+        for pair in zip(piece, piece[1:], strict=False):
+            pairs[pair] += counts[index]
+            where[pair].add(index)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < max_merges and pairs:
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for index in sorted(where.pop(best)):
+            piece = pieces[index]
+            for pair in zip(piece, piece[1:], strict=False):
+                pairs[pair] -= counts[index]
+                if pairs[pair] <= 0:
+                    del pairs[pair]
+            merged, i = [], 0
+            while i < len(piece):
+                if i + 1 < len(piece) and (piece[i], piece[i + 1]) == best:
+                    merged.append(piece[i] + piece[i + 1])
+                    i += 2
+                else:
+                    merged.append(piece[i])
+                    i += 1
+            pieces[index] = merged
+            for pair in zip(merged, merged[1:], strict=False):
+                pairs[pair] += counts[index]
+                where[pair].add(index)
+    return merges
+
+
 def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 77) -> CLIPTokenizer:
     """Train a CLIP byte-level BPE tokenizer on ``texts``.
 
@@ -94,26 +136,22 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max
     if vocab_size <= floor:
         raise TokenizerError(f"CLIP tokenizer vocab_size {vocab_size} must exceed {floor} (byte symbols + specials)")
     kept = _texts(texts)
-    backend = Tokenizer(BPE(unk_token=CLIP_EOS, end_of_word_suffix=_CLIP_SUFFIX, continuing_subword_prefix=""))
-    backend.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
+    # CLIPTokenizer's own normaliser and pre-tokeniser; the merges are learnt below.
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    trainer = BpeTrainer(
-        vocab_size=vocab_size - len(alphabet),  # room for the "</w>" byte symbols added below
-        special_tokens=[CLIP_BOS, CLIP_EOS],
-        initial_alphabet=alphabet,
-        end_of_word_suffix=_CLIP_SUFFIX,
-        show_progress=False,
-    )
-    backend.train_from_iterator(kept, trainer=trainer)
-    vocab, merges = _vocab_and_merges(backend)
-    vocab = _complete_alphabet(vocab, sorted(alphabet) + [a + _CLIP_SUFFIX for a in sorted(alphabet)])
+    words: Counter[str] = Counter()
+    for text in kept:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    symbols = sorted(alphabet) + [a + _CLIP_SUFFIX for a in sorted(alphabet)]
+    merges = _deterministic_bpe_merges(words, vocab_size - len(symbols) - 2)
+    vocab: dict[str, int] = {}
+    for token in [CLIP_BOS, CLIP_EOS, *symbols, *(a + b for a, b in merges)]:
+        vocab.setdefault(token, len(vocab))  # two merges can spell the same token
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
