@@ -12,7 +12,13 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pmg.training import TrainerConfig, build_trainer
 
-__all__ = ["step_loader", "fit_steps"]
+__all__ = ["seed_init", "step_loader", "fit_steps"]
+
+
+def seed_init(seed: int) -> None:
+    """Seed every RNG before a model is built: its initial weights come from the global RNG,
+    and the zoo's cache promises that the same inputs give the same models."""
+    L.seed_everything(seed, workers=True, verbose=False)
 
 
 def step_loader(dataset: Dataset, batch_size: int, steps: int, collate: Callable | None = None) -> DataLoader:
@@ -36,7 +42,7 @@ def fit_steps(
     The zoo's artifacts are ``save_pretrained`` folders written by the caller; Lightning's
     own checkpoint (a pickle, only useful to resume) is deleted once the fit completes.
     """
-    L.seed_everything(trainer_config.seed, workers=True, verbose=False)
+    seed_init(trainer_config.seed)
     loader = step_loader(dataset, batch_size, trainer_config.max_steps, collate)
     trainer = build_trainer(trainer_config, log_dir, max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)

@@ -18,6 +18,7 @@ from pmg.zoo.clip_recipe import build_clip, train_clip
 from pmg.zoo.config import ZooConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus, build_corpus
 from pmg.zoo.evaluation import clip_retrieval_top1, judge_accuracy, text_to_image_accuracy
+from pmg.zoo.fitting import seed_init
 from pmg.zoo.judge import AttributeJudge, load_judge, save_judge
 from pmg.zoo.judge_recipe import train_judge
 from pmg.zoo.lm_recipe import build_lm, train_lm
@@ -76,6 +77,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     if config.clip.base_model is None:
         tokenizer = _clip_tokenizer(config, corpus)
         tokenizer.save_pretrained(out / "tokenizers" / "clip")
+        seed_init(config.clip.trainer.seed)
         clip, processor = build_clip(config.clip, tokenizer)
     else:
         clip, processor = load_clip(config.clip.base_model, **hub)
@@ -104,6 +106,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
 
     sdxl_source = "trained" if config.sdxl.base_model is None else ("finetuned" if config.sdxl.finetune else "base")
     if config.sdxl.base_model is None:
+        seed_init(config.sdxl.unet.trainer.seed)
         pipe = build_sdxl(config.sdxl, processor.tokenizer, clip)
     else:
         pipe = load_sdxl(config.sdxl.base_model, **hub)
@@ -119,6 +122,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     if config.lm.base_model is None:
         lm_tokenizer = _lm_tokenizer(config, corpus)
         lm_tokenizer.save_pretrained(out / "tokenizers" / "lm")
+        seed_init(config.lm.trainer.seed)
         lm = build_lm(config.lm, lm_tokenizer)
     else:
         lm, lm_tokenizer = load_lm(config.lm.base_model, **hub)
