@@ -109,6 +109,43 @@ def test_same_inputs_reuse_the_cache_from_another_run_directory(built, tmp_path:
     assert zoo_cache_key(config, "data") == zoo_cache_key(load_config(ZooConfig, None, [*TOY, "num_threads=1"]), "data")
 
 
+def test_the_same_inputs_build_the_same_models(built, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    run, data_fp, _ = built
+    other, other_fp = _data_stage(tmp_path / "again")
+    run_zoo_stage(load_config(ZooConfig, None, [*TOY, f"cache_dir={tmp_path / 'cache'}"]), other, other_fp, False,
+                  log=lambda _: None)
+    first, second = load_zoo(run).root, load_zoo(other).root
+    assert first != second
+    for weights in ("clip/model.safetensors", "judge/model.safetensors", "lm/model.safetensors",
+                    "sdxl/unet/diffusion_pytorch_model.safetensors", "sdxl/vae/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(str(first / weights)), load_file(str(second / weights))
+        assert a.keys() == b.keys(), weights
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=f"{weights}: {name}")
+
+
+def test_judge_augmentation_is_the_identity_when_off_and_perturbs_when_on() -> None:
+    from pmg.training import OptimizerConfig
+    from pmg.zoo.config import JudgeAugmentConfig
+    from pmg.zoo.lightning_modules import JudgeModule
+
+    judge = AttributeJudge({"colour": ["red", "blue"]}, [4], 16)
+    images = torch.rand(6, 3, 16, 16) * 1.8 - 0.9
+    off = JudgeAugmentConfig(noise_std=0, max_shift=0, scale_jitter=0, contrast_jitter=0, gamma_jitter=1, tint_std=0,
+                             max_blur=1, whiten=0)
+    off.validate()
+    torch.testing.assert_close(JudgeModule(judge, OptimizerConfig(), augment=off)._augment(images), images,
+                               rtol=0, atol=1e-5)
+    torch.manual_seed(0)
+    on = JudgeModule(judge, OptimizerConfig(), augment=JudgeAugmentConfig())._augment(images)
+    assert on.shape == images.shape
+    assert (on - images).abs().mean() > 0.02
+    with pytest.raises(ValueError, match="max_blur"):
+        JudgeAugmentConfig(max_blur=4).validate()
+
+
 def test_data_hash_follows_file_content(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "items.jsonl").write_text("{}")
@@ -150,6 +187,8 @@ def test_bad_config_names_the_problem(tmp_path: Path) -> None:
         load_config(ZooConfig, None, ["lm.trainer.max_steps=-1"])
     with pytest.raises(ConfigError, match="crop_size"):
         load_config(ZooConfig, None, ["sdxl.vae.crop_size=30"])
+    with pytest.raises(ConfigError, match="whiten"):
+        load_config(ZooConfig, None, ["judge.augment.whiten=2"])
 
 
 def test_damaged_zoo_and_judge_are_reported(built, tmp_path: Path) -> None:

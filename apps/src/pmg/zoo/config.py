@@ -24,6 +24,7 @@ __all__ = [
     "SDXLTrainingConfig",
     "CausalLMTrainingConfig",
     "JudgeModelConfig",
+    "JudgeAugmentConfig",
     "JudgeTrainingConfig",
     "ZooEvalConfig",
     "ZooConfig",
@@ -246,17 +247,48 @@ class JudgeModelConfig:
 
 
 @dataclass
+class JudgeAugmentConfig:
+    """Random perturbations of the judge's training images. The judge only ever sees clean
+    catalog drawings, yet it scores generated images, which are shifted, rescaled, blurred,
+    tinted, and often draw a pattern's light parts whiter than the catalog does; without
+    these a judge that is perfect on catalog images misreads clearly striped generations.
+    Each draws uniformly per image up to its bound (0 or 1 switches it off)."""
+
+    noise_std: float = 0.1       # Gaussian pixel noise, std in [-1, 1] units
+    max_shift: float = 0.08      # translation, as a fraction of the image side
+    scale_jitter: float = 0.12   # zoom factor in [1 - s, 1 + s]
+    contrast_jitter: float = 0.25
+    gamma_jitter: float = 1.25   # gamma in [1 / g, g] on [0, 1] pixels
+    tint_std: float = 0.04       # per-channel offset (a tinted background)
+    max_blur: int = 5            # box blur of odd size up to this (1: none)
+    whiten: float = 0.8          # pushes light pixels up to this share of the way to white
+
+    def validate(self) -> None:
+        for name in ("noise_std", "max_shift", "scale_jitter", "contrast_jitter", "tint_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"zoo.judge.augment.{name} must be >= 0")
+        if self.scale_jitter >= 1 or self.contrast_jitter >= 1:
+            raise ValueError("zoo.judge.augment.scale_jitter and contrast_jitter must be < 1")
+        if self.gamma_jitter < 1:
+            raise ValueError("zoo.judge.augment.gamma_jitter must be >= 1 (1: off)")
+        if self.max_blur < 1 or self.max_blur % 2 == 0:
+            raise ValueError("zoo.judge.augment.max_blur must be an odd int >= 1")
+        if not 0 <= self.whiten <= 1:
+            raise ValueError("zoo.judge.augment.whiten must be in [0, 1]")
+
+
+@dataclass
 class JudgeTrainingConfig:
-    """The judge of personalization metrics: classifies ``attributes`` from an image.
-    ``noise_std`` adds Gaussian pixel noise in training so generated (imperfect) images are
-    judged robustly. ``base_model`` is a judge folder saved by an earlier zoo."""
+    """The judge of personalization metrics: classifies ``attributes`` from an image,
+    trained on ``augment``-perturbed catalog images. ``base_model`` is a judge folder saved
+    by an earlier zoo."""
 
     base_model: str | None = None
     model: JudgeModelConfig = field(default_factory=JudgeModelConfig)
     attributes: list[str] = field(default_factory=lambda: ["category", "colour", "pattern"])
     batch_size: int = 64
-    noise_std: float = 0.1
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(150))
+    augment: JudgeAugmentConfig = field(default_factory=JudgeAugmentConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(300))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=1e-4))
 
     def validate(self) -> None:
@@ -267,8 +299,7 @@ class JudgeTrainingConfig:
         self.optimizer.validate()
         if not self.attributes:
             raise ValueError("zoo.judge.attributes must name at least one attribute")
-        if self.noise_std < 0:
-            raise ValueError("zoo.judge.noise_std must be >= 0")
+        self.augment.validate()
 
 
 @dataclass
@@ -281,7 +312,7 @@ class ZooEvalConfig:
     clip_candidates: int = 100
     t2i_images_per_combo: int = 4
     t2i_steps: int = 20
-    guidance_scale: float = 5.0
+    guidance_scale: float = 3.0
     seed: int = 0
 
     def validate(self) -> None:

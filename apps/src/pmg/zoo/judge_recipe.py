@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from pmg.zoo.config import JudgeTrainingConfig
 from pmg.zoo.corpus import ZooCorpus
-from pmg.zoo.fitting import fit_steps
+from pmg.zoo.fitting import fit_steps, seed_init
 from pmg.zoo.judge import AttributeJudge
 from pmg.zoo.lightning_modules import JudgeModule
 
@@ -50,8 +50,9 @@ def train_judge(config: JudgeTrainingConfig, corpus: ZooCorpus, log_dir: Path) -
     items = items[np.all([labels[n][items] >= 0 for n in attributes], axis=0)]
     if len(items) < 2:
         raise ValueError("judge training needs at least two training items with an image and known attributes")
+    seed_init(config.trainer.seed)
     judge = AttributeJudge(attributes, config.model.channels, config.model.image_size)
     dataset = _Labelled(corpus.images[torch.from_numpy(items)], {n: torch.from_numpy(labels[n][items]) for n in attributes})
-    fit_steps(JudgeModule(judge, config.optimizer, noise_std=config.noise_std), dataset, trainer_config=config.trainer,
+    fit_steps(JudgeModule(judge, config.optimizer, augment=config.augment), dataset, trainer_config=config.trainer,
               batch_size=min(config.batch_size, len(items)), log_dir=log_dir)
     return judge.eval()

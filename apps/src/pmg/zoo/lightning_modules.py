@@ -4,6 +4,8 @@ logs its loss to TensorBoard; data preparation lives with the stage."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -13,6 +15,7 @@ from transformers import CLIPModel, PreTrainedModel
 
 from pmg.training import LrScheduleConfig, OptimizerConfig, build_lr_scheduler, build_optimizer
 from pmg.zoo.clip_features import image_embeddings, text_embeddings
+from pmg.zoo.config import JudgeAugmentConfig
 from pmg.zoo.judge import AttributeJudge
 
 __all__ = [
@@ -158,20 +161,42 @@ class CausalLMModule(_OptimizedModule):
 class JudgeModule(_OptimizedModule):
     """Batches: ``image`` [B, 3, S, S] in [-1, 1] and one int64 [B] label tensor per attribute.
 
-    Pixel noise (std up to ``noise_std``) and, for half the batch, a 3×3 blur stand in for
-    the artefacts of generated images, which the judge must read as reliably as catalog ones.
+    Each image is perturbed per ``augment`` (shift and zoom, gamma, contrast, tint, whitened
+    light parts, box blur, pixel noise): generated images differ from catalog drawings in
+    exactly these ways, and the judge must read them as reliably as catalog ones.
     """
 
-    def __init__(self, judge: AttributeJudge, optimizer: OptimizerConfig, *, noise_std: float) -> None:
+    def __init__(self, judge: AttributeJudge, optimizer: OptimizerConfig, *, augment: JudgeAugmentConfig) -> None:
         super().__init__(optimizer)
-        self.judge, self.noise_std = judge, noise_std
+        self.judge, self.augment = judge, augment
+
+    def _uniform(self, b: int, bound: float, *shape: int) -> torch.Tensor:
+        """[b, *shape] draws from U(-bound, bound)."""
+        return (torch.rand(b, *shape, device=self.device) * 2 - 1) * bound
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        pick = (torch.rand(len(images), 1, 1, 1, device=images.device) < 0.5).float()
-        images = pick * blurred + (1 - pick) * images
-        sigma = torch.rand(len(images), 1, 1, 1, device=images.device) * self.noise_std
-        return images + sigma * torch.randn_like(images)
+        config, b = self.augment, len(images)
+        theta = torch.zeros(b, 2, 3, device=images.device)
+        scale = 1 + self._uniform(b, config.scale_jitter)
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        theta[:, :, 2] = self._uniform(b, 2 * config.max_shift, 2)  # affine_grid spans [-1, 1]: 2 units per side
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+        pixels = ((images + 1) / 2).clamp(1e-4, 1)
+        pixels = pixels ** torch.exp(self._uniform(b, math.log(config.gamma_jitter), 1, 1, 1))
+        contrast = 1 + self._uniform(b, config.contrast_jitter, 1, 1, 1)
+        pixels = (pixels - 0.5) * contrast + 0.5 + config.tint_std * torch.randn(b, 3, 1, 1, device=images.device)
+        light = (pixels.mean(dim=1, keepdim=True) > 0.6).float()
+        pixels = pixels + light * torch.rand(b, 1, 1, 1, device=images.device) * config.whiten * (1 - pixels)
+        images = pixels * 2 - 1
+        sizes = torch.randint(0, config.max_blur // 2 + 1, (b,), device=images.device) * 2 + 1
+        blurred = images.clone()
+        for size in sizes.unique().tolist():
+            if size > 1:
+                pick = sizes == size
+                blurred[pick] = F.avg_pool2d(F.pad(images[pick], (size // 2,) * 4, mode="replicate"), size, stride=1)
+        sigma = torch.rand(b, 1, 1, 1, device=images.device) * config.noise_std
+        return blurred + sigma * torch.randn_like(blurred)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.judge(self._augment(batch["image"]))
