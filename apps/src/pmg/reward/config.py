@@ -50,7 +50,7 @@ class TextRewardConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     clip_eps: float = 0.2
-    kl_coef: float = 0.04
+    kl_coef: float = 0.2
 
     def validate(self) -> None:
         if self.target not in TEXT_TARGETS:
@@ -106,7 +106,7 @@ class RewardConfig:
     text: TextRewardConfig = field(default_factory=TextRewardConfig)
     image: ImageRewardConfig = field(default_factory=ImageRewardConfig)
     validation_fraction: float = 0.2
-    validation_users: int = 64
+    validation_users: int = 48
     eval_every: int = 10
     map_ridge: float = 1e-2
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -141,7 +141,7 @@ class UNetTrainingConfig:
     ``snr_gamma`` > 0 applies min-SNR loss weighting; ``noise_offset`` adds a per-image,
     per-channel constant of that scale to the noise ("offset noise")."""
 
-    batch_size: int = 32
+    batch_size: int = 24
     prompt_dropout: float = 0.1
     snr_gamma: float = 5.0
     # Without it a small latent keeps its mean (the item's colour) visible even at the last
@@ -288,7 +288,7 @@ class JudgeTrainingConfig:
     attributes: list[str] = field(default_factory=lambda: ["category", "colour", "pattern"])
     batch_size: int = 64
     augment: JudgeAugmentConfig = field(default_factory=JudgeAugmentConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: _trainer(300))
+    trainer: TrainerConfig = field(default_factory=lambda: _trainer(250))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=1e-4))
 
     def validate(self) -> None:
