@@ -67,7 +67,8 @@ def main() -> None:
     judged = judge_accuracy(judge, corpus, corpus.heldout_items)
     t2i_started = time.perf_counter()
     t2i = text_to_image_accuracy(pipe, judge, corpus.heldout_combos, images_per_combo=args.images_per_combo,
-                                 steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale, seed=1)
+                                 steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale, seed=1,
+                                 sheet=run.stage_dir("zoo") / "t2i_samples_benchmark.png")
     figures = {
         "t2i_colour_acc": t2i.get("colour"),
         "t2i_pattern_acc": t2i.get("pattern"),
@@ -75,6 +76,7 @@ def main() -> None:
         "t2i_images": int(t2i.get("images", 0)),
         "t2i_heldout_combos": len(corpus.heldout_combos),
         "t2i_seconds": round(time.perf_counter() - t2i_started, 1),
+        "t2i_samples": str(run.stage_dir("zoo") / "t2i_samples_benchmark.png"),
         "clip_top1": top1,
         "clip_candidates": candidates,
         "judge_acc": float(np.mean(list(judged.values()))),

@@ -4,10 +4,12 @@ text-to-image attribute accuracy on attribute combinations no model trained on."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
+from PIL import Image, ImageDraw
 from transformers import CLIPModel, CLIPProcessor
 
 from pmg.zoo.clip_features import image_embeddings, text_embeddings
@@ -15,7 +17,7 @@ from pmg.zoo.clip_recipe import clip_pixel_values
 from pmg.zoo.corpus import ZooCorpus, attribute_caption
 from pmg.zoo.judge import AttributeJudge
 
-__all__ = ["judge_accuracy", "clip_retrieval_top1", "text_to_image_accuracy", "generate_images"]
+__all__ = ["judge_accuracy", "clip_retrieval_top1", "text_to_image_accuracy", "generate_images", "write_contact_sheet"]
 
 
 @torch.no_grad()
@@ -79,9 +81,11 @@ def generate_images(pipe: StableDiffusionXLPipeline, prompts: Sequence[str], *, 
 
 
 def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudge, combos: Sequence[dict[str, str]], *,
-                           images_per_combo: int, steps: int, guidance_scale: float, seed: int = 0) -> dict[str, float]:
+                           images_per_combo: int, steps: int, guidance_scale: float, seed: int = 0,
+                           sheet: Path | None = None) -> dict[str, float]:
     """How often the judge finds each prompted attribute in images generated for ``combos``
-    (prompt "a {colour} {pattern} {category}"). Keys: judged attributes, plus ``images``."""
+    (prompt "a {colour} {pattern} {category}"). Keys: judged attributes, plus ``images``.
+    ``sheet``: also write the images, one row per prompt, with the judge's readings as a PNG."""
     prompts, wanted = [], []
     for combo in combos:
         caption = attribute_caption(combo)
@@ -93,8 +97,36 @@ def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudg
         return {"images": 0.0}
     images = generate_images(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
     found = judge.predict_values(images.clamp(-1, 1))
+    if sheet is not None:
+        write_contact_sheet(images, prompts, found, wanted, images_per_combo, sheet)
     result = {"images": float(len(prompts))}
     for name in judge.attributes:
         hits = [f[name] == w[name] for f, w in zip(found, wanted, strict=True) if name in w]
         result[name] = float(np.mean(hits)) if hits else float("nan")
     return result
+
+
+def write_contact_sheet(images: torch.Tensor, prompts: Sequence[str], found: Sequence[dict[str, str]],
+                        wanted: Sequence[dict[str, str]], per_row: int, path: Path, scale: int = 2) -> Path:
+    """A PNG of ``images`` [N, 3, R, R] in [-1, 1], ``per_row`` to a row headed by its prompt;
+    under each image the judge's readings, upper-cased where they miss the prompted value."""
+    side = images.shape[-1] * scale
+    label_height, header = 12 * len([k for k in found[0] if k in wanted[0]]) + 4, 14
+    rows = (len(images) + per_row - 1) // per_row
+    sheet = Image.new("RGB", (max(per_row * side, 240), rows * (header + side + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    for index, array in enumerate(pixels):
+        row, column = divmod(index, per_row)
+        top = row * (header + side + label_height)
+        if column == 0:
+            draw.text((2, top + 1), prompts[index], fill="black")
+        tile = Image.fromarray(array).resize((side, side), Image.Resampling.NEAREST)
+        sheet.paste(tile, (column * side, top + header))
+        readings = [(value, value == wanted[index][name]) for name, value in found[index].items() if name in wanted[index]]
+        for line, (value, hit) in enumerate(readings):
+            draw.text((column * side + 2, top + header + side + 1 + 12 * line), value if hit else value.upper(),
+                      fill="black" if hit else "red")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

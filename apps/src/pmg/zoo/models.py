@@ -145,7 +145,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
         if config.eval.t2i_images_per_combo > 0 and corpus.heldout_combos:
             t2i = text_to_image_accuracy(pipe, judge, corpus.heldout_combos, images_per_combo=config.eval.t2i_images_per_combo,
                                          steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale,
-                                         seed=config.eval.seed)
+                                         seed=config.eval.seed, sheet=out / "t2i_samples.png")
             metrics.update({f"t2i_{k}_acc" if k != "images" else "t2i_images": v for k, v in t2i.items()})
     lap("evaluation")
     return {

@@ -4,7 +4,8 @@ LM, trained on the run's dataset (or loaded from ``base_model``), cached by cont
 Cache: ``<cache_dir>/<key>/`` where ``key`` hashes the dataset's files, the split and the
 config (less ``cache_dir``, ``retrain``, ``num_threads``), so every run directory with the
 same inputs shares one entry. Each entry holds ``save_pretrained`` folders (``clip``,
-``sdxl``, ``lm``), the judge folder, the trained tokenizers and ``zoo.json``. The run's
+``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
+``t2i_samples.png`` (held-out text-to-image samples with the judge's readings). The run's
 ``zoo/stage.json`` records the entry; TensorBoard logs land in ``<run>/zoo/<model>/tb``.
 """
 
@@ -93,7 +94,9 @@ def run_zoo_stage(config: ZooConfig, run: RunDirectory, upstream: str, force: bo
                                                    for n in ("clip", "sdxl", "lm", "judge")}})
     figures = ", ".join(f"{k} {v:.3g}" for k, v in zoo.metrics.items() if isinstance(v, float))
     origin = "cached" if reused_cache else "built"
-    return StageResult(stage_fp, f"zoo {origin} in {cache}" + (f"; {figures}" if figures else ""), reused=reused_cache)
+    samples = cache / "t2i_samples.png"
+    seen = f"; text-to-image samples with the judge's readings: {samples}" if samples.is_file() else ""
+    return StageResult(stage_fp, f"zoo {origin} in {cache}" + (f"; {figures}" if figures else "") + seen, reused=reused_cache)
 
 
 ZOO_STAGE = Stage(
