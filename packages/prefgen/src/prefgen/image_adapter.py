@@ -573,6 +573,9 @@ def load_preference_embeddings(pipeline: DiffusionPipeline, folder: str | Path) 
         present = [t for t in names if t in tokenizer.get_vocab()]
         if present:
             raise PreferenceTokenError(f"{len(present)} token(s) already in {tok_attr}: {present[:3]}; load into a fresh pipeline")
+        # load_textual_inversion grows the table with transformers' mean resizing (a costly
+        # covariance fit and a warning) only to overwrite the new rows; growing it first skips that.
+        encoder.resize_token_embeddings(len(tokenizer) + len(names), mean_resizing=False)
         pipeline.load_textual_inversion(rows.to(encoder.dtype), token=names, tokenizer=tokenizer, text_encoder=encoder)
         _fix_legacy_eos_pooling(encoder, tokenizer)
         ids.append([int(i) for i in tokenizer.convert_tokens_to_ids(meta["tokens"])])
