@@ -152,6 +152,29 @@ def test_min_new_tokens_keeps_end_of_text_out_of_the_first_token(base_folders: d
 
 
 @pytest.mark.parametrize("head", ["tied", "untied"])
+def test_preference_tokens_are_read_but_never_generated(base_folders: dict[str, Path], head: str) -> None:
+    adapter = _adapter(base_folders[head], soft_prompt_slots=2)
+    unwritable = adapter.prompt_only_token_ids
+    assert sorted(unwritable) == sorted(adapter.tokenizer.convert_tokens_to_ids(TOKENS + adapter.soft_prompt_tokens))
+
+    def favour_preference_tokens(module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        # What trained (or tied) head rows of the new tokens can do: outscore every word.
+        logits = logits.clone()
+        logits[..., unwritable] += 100.0
+        return logits
+
+    prompts = [build_text_prompt(TOKENS[:2]), build_text_prompt(None)]
+    handle = adapter.model.get_output_embeddings().register_forward_hook(favour_preference_tokens)
+    try:
+        texts = adapter.generate(prompts, max_new_tokens=6) + adapter.generate(prompts, max_new_tokens=6, do_sample=True, seed=0)
+        allowed = adapter.generate(prompts, max_new_tokens=6, suppress_tokens=None)
+    finally:
+        handle.remove()
+    assert all(text.strip() and "<p" not in text for text in texts), texts
+    assert all(any(t in text for t in TOKENS + adapter.soft_prompt_tokens) for text in allowed), allowed  # unsuppressed, they win
+
+
+@pytest.mark.parametrize("head", ["tied", "untied"])
 def test_save_load_round_trip_gives_identical_logits(base_folders: dict[str, Path], head: str, tmp_path: Path) -> None:
     adapter = _adapter(base_folders[head], soft_prompt_slots=1)
     _train(adapter, ["User <pt_0_2><pt_1_3> would love:"], [" blue shoe"], steps=2)

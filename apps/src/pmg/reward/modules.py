@@ -75,16 +75,19 @@ class GenerationRewards(nn.Module):
 
 
 def completion_logprobs(model: nn.Module, sequences: torch.Tensor, attention: torch.Tensor, prompt_length: int,
-                        temperature: float = 1.0) -> torch.Tensor:
+                        temperature: float = 1.0, suppressed: Sequence[int] = ()) -> torch.Tensor:
     """Per-token log-probabilities [N, C] of the completion part of ``sequences`` [N, P + C].
 
     ``attention`` [N, P + C] is 0 on (left) prompt padding and after a completion ended;
     positions count real tokens only, as in ``generate`` with left padding. Logits are divided
-    by the sampling ``temperature`` so the log-probabilities are those of the sampler.
+    by the sampling ``temperature`` and the ``suppressed`` ids (which the sampler never draws)
+    masked out, so the log-probabilities are those of the sampler.
     """
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
     logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [N, C, V]: the prediction of each completion token
+    if len(suppressed):
+        logits[..., list(suppressed)] = float("-inf")
     return F.log_softmax(logits, dim=-1).gather(-1, sequences[:, prompt_length:, None]).squeeze(-1)
 
 
@@ -187,6 +190,7 @@ class TextRewardModule(_RewardModule):
         out = self.policy.model.generate(
             **batch, do_sample=True, num_return_sequences=self.config.group_size, max_new_tokens=self.config.max_new_tokens,
             temperature=self.config.temperature, top_p=self.config.top_p, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            suppress_tokens=self.policy.prompt_only_token_ids,
         )
         self.policy.model.train(was_training)
         prompt_length = batch["input_ids"].shape[1]
@@ -204,8 +208,10 @@ class TextRewardModule(_RewardModule):
         repeated = users.repeat_interleave(group).cpu()
         with torch.no_grad():
             total, parts = self.rewards.text(texts, self.images[repeated].to(self.device), self.preferences[repeated].to(self.device))
-            reference = completion_logprobs(self.reference.model, sequences, attention, prompt_length, self.config.temperature)
-        logprobs = completion_logprobs(self.policy.model, sequences, attention, prompt_length, self.config.temperature)
+            reference = completion_logprobs(self.reference.model, sequences, attention, prompt_length, self.config.temperature,
+                                            self.reference.prompt_only_token_ids)
+        logprobs = completion_logprobs(self.policy.model, sequences, attention, prompt_length, self.config.temperature,
+                                       self.policy.prompt_only_token_ids)
         shape = (len(user_list), group, -1)
         mask = attention[:, prompt_length:].float().view(shape)
         advantages = group_relative_advantages(total.view(len(user_list), group))

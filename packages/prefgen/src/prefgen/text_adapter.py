@@ -304,6 +304,13 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def prompt_only_token_ids(self) -> list[int]:
+        """Ids the LM reads in prompts but must never write: the preference tokens and the
+        soft-prompt placeholders. Their head rows are trained (or tied to trained input rows),
+        so unrestricted decoding can emit them, e.g. a title ending in ``<pt_0_29>`` repeated."""
+        return [int(i) for i in self.meta["token_ids"]] + [int(i) for i in self.meta["soft_prompt_ids"]]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """LoRA weights and the new token rows: what the optimizer should get."""
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -423,13 +430,15 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         ``min_new_tokens`` keeps end of text out of the first tokens: after a short SFT the
         first-token distribution is flat over many words while end of text, which the base LM
         predicts after every short text, stands alone, so greedy decoding would end at once.
+        The :attr:`prompt_only_token_ids` are never generated (``suppress_tokens``).
         """
         was_training = self.model.training
         self.model.eval()
         tok = self.tokenizer
         batch = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(self.device)
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
-                                   "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+                                   "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                                   "suppress_tokens": self.prompt_only_token_ids}
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
         options.update(generate_kwargs)
