@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefgen.prompts import PromptTemplates, build_image_prompt, build_text_prompt, token_fragment
+from prefgen.prompts import PromptTemplates, build_image_prompt, build_text_prompt, describe_subject, token_fragment
 from prefgen.soft_prompt import SoftPromptProjector, soft_prompt_tokens
 from prefgen.token_rows import PreferenceTokenError, TokenInit, fit_linear_map, initial_token_rows
 
@@ -21,6 +21,15 @@ def test_prompts_place_fragments_and_fall_back_without_tokens() -> None:
     assert build_image_prompt("a shoe", "<pv_0_1>", custom) == "a shoe, in the style <pv_0_1> likes"
     assert build_image_prompt("a shoe", None, custom) == "a shoe"
     assert token_fragment(soft_prompt_tokens(2)) == "<pmg_soft_0><pmg_soft_1>"
+
+
+def test_describe_subject_puts_words_before_the_noun_and_fits_the_article() -> None:
+    assert describe_subject("a jacket", ["orange"]) == "an orange jacket"
+    assert describe_subject("an umbrella", ["red", "striped"]) == "a red striped umbrella"
+    assert describe_subject("A hat", ["olive"]) == "An olive hat"
+    assert describe_subject("poster art", ["blue"]) == "blue poster art"  # no article: words in front
+    assert describe_subject(" a dress ", ["", "  "]) == "a dress"  # nothing named: unchanged
+    assert build_image_prompt(describe_subject("a bag", ["green"]), "<pv_0_1>") == "a product for <pv_0_1>: a green bag"
 
 
 def test_templates_are_checked() -> None:

@@ -271,7 +271,7 @@ def test_soft_prompt_baseline_generates_from_each_users_preference_vectors(tiny_
     run = RunDirectory(tiny_run)
     soft = load_soft_prompt_generators(run, load_zoo(run))
     preferences = load_preferences(run).user_preferences
-    assert soft is not None and soft.text_baseline.modalities == ["textual"] and soft.image_baseline.modalities == ["visual"]
+    assert soft is not None and soft.text_baseline.modalities == ["textual", "visual"] and soft.image_baseline.modalities == ["visual"]
     text0, image0 = soft.vectors(preferences, 0)
     text1, _ = soft.vectors(preferences, 1)
     assert text0.shape == (1, 2, soft.text.embedding_width)
@@ -317,3 +317,34 @@ def test_batched_generation_gives_each_user_what_they_get_alone(tiny_run: Path) 
             # Each image starts from its own seeded noise: the batch does not change it (up to float error).
             difference = np.abs(np.asarray(together.image, dtype=np.int16) - np.asarray(single.image, dtype=np.int16))
             assert difference.max() <= 2, difference.max()
+
+
+def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> None:
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator import GeneratorConfig, load_generators
+    from pmg.generator.stage import generate_for_users, subject_attributes
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.runs import RunError
+    from pmg.zoo.manifest import load_zoo
+
+    run = RunDirectory(tiny_run)
+    data, _ = load_prepared(run)
+    config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
+    assert config.image.subject_from_text == ["colour"]
+    text, image = load_generators(run, zoo=load_zoo(run))
+    colours = list(data.attributes["colour"].values)
+    said = {0: f"Soft wool coat in {colours[1]}", 1: "Soft wool coat", 2: f"A {colours[2]} and {colours[3]} scarf"}
+    text.generate = lambda prompts, **_: [said[n // len(config.text.targets) % 3] for n in range(len(prompts))]  # type: ignore[method-assign]
+    fragments = [None, None, None]
+    out = generate_for_users(data, config, users=[0, 1, 2], text_fragments=fragments, image_fragments=fragments,
+                             text_adapter=text, image_adapter=image, subjects=["a hat"] * 3)
+    assert [g.image_prompt.split(": ", 1)[1] for g in out] == [describe for describe in (
+        f"{'an' if colours[1][0] in 'aeiou' else 'a'} {colours[1]} hat", "a hat",
+        f"{'an' if colours[2][0] in 'aeiou' else 'a'} {colours[2]} hat")]  # the first colour named
+    independent = generate_for_users(data, _stage_config("generator.image.subject_from_text=[]"), users=[0], text_fragments=[None],
+                                     image_fragments=[None], text_adapter=text, image_adapter=image, subjects=["a hat"])
+    assert independent[0].image_prompt.endswith(": a hat")
+    assert np.abs(np.asarray(independent[0].image, dtype=np.int16) - np.asarray(out[0].image, dtype=np.int16)).max() > 0
+    with pytest.raises(RunError, match=r"subject_from_text names \['color'\].*set generator.image.subject_from_text=\[\]"):
+        subject_attributes(data, _stage_config("generator.image.subject_from_text=[color]"))

@@ -19,13 +19,15 @@ class TextGeneratorConfig:
     """SFT of the causal LM: prompt with the user's tokens → a text of an item the user liked.
 
     ``modalities``: whose preference tokens go into the LM (their rows are added and trained).
+    The visual ones too by default: the LM can only name the user's colour, which the image then
+    shows (``ImageGeneratorConfig.subject_from_text``), if its prompt carries the visual taste.
     ``targets``: which texts of a liked item become SFT targets (one pair per non-empty text).
     ``contexts``: the prompt context per target, in the order of ``TEXT_TARGETS``, so that the
     LM knows which kind of text to write ("" for a title).
     """
 
     enabled: bool = True
-    modalities: list[str] = field(default_factory=lambda: ["textual"])
+    modalities: list[str] = field(default_factory=lambda: ["textual", "visual"])
     targets: list[str] = field(default_factory=lambda: ["title", "review"])
     contexts: list[str] = field(default_factory=lambda: ["", "description:", "review:"])
     lora_r: int = 8
@@ -66,6 +68,10 @@ class ImageGeneratorConfig:
     """Textual inversion of the users' visual tokens in the SDXL pipeline (+ optional UNet LoRA).
 
     ``default_subject`` is the image subject for items without a ``category`` attribute.
+    ``subject_from_text``: dataset attributes (e.g. ``colour``) whose value the user's generated
+    text names is put into the image subject at generation time ("a jacket" → "an orange
+    jacket"), so that the image shows what the text says (the text is written first). Empty:
+    image and text are generated independently, and agree only as far as their tokens do.
     """
 
     enabled: bool = True
@@ -78,11 +84,14 @@ class ImageGeneratorConfig:
     unet_lora_alpha: int = 0  # 0: alpha = r
     default_subject: str = "a product"
     no_token_fraction: float = 0.1
+    subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
 
     def validate(self) -> None:
         _check_common("image", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
         if self.unet_lora_r < 0 or self.unet_lora_alpha < 0:
             raise ValueError("generator.image.unet_lora_r and unet_lora_alpha must be >= 0")
+        if any(not isinstance(a, str) or not a.strip() for a in self.subject_from_text) or len(set(self.subject_from_text)) != len(self.subject_from_text):
+            raise ValueError(f"generator.image.subject_from_text must list distinct attribute names, got {self.subject_from_text!r}")
 
 
 @dataclass

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "liked_subject",
            "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
-           "run_generator_stage", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
+           "run_generator_stage", "subject_attributes", "text_described_subject", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -218,6 +218,24 @@ def liked_subject(data: InteractionData, user: int | None, default: str) -> str:
     return counts.most_common(1)[0][0] if counts else default
 
 
+def subject_attributes(data: InteractionData, config: GeneratorConfig) -> dict[str, Sequence[str]]:
+    """{attribute: its values} for ``config.image.subject_from_text``; a clear error for one the dataset lacks."""
+    unknown = [a for a in config.image.subject_from_text if a not in data.attributes]
+    if unknown:
+        raise RunError(f"generator.image.subject_from_text names {unknown}, which the dataset does not have (its attributes: "
+                       f"{sorted(data.attributes)}); name some of those or set generator.image.subject_from_text=[]")
+    return {a: tuple(data.attributes[a].values) for a in config.image.subject_from_text}
+
+
+def text_described_subject(subject: str, text: str, attributes: Mapping[str, Sequence[str]]) -> str:
+    """``subject`` with the value of each of ``attributes`` that ``text`` names first ("a jacket",
+    "... in orange" → "an orange jacket"); unchanged when the text names none."""
+    from pmg.generator.evaluation import named_value
+    from prefgen import describe_subject
+
+    return describe_subject(subject, [named_value(text, values) or "" for values in attributes.values()])
+
+
 def generate_for_users(
     data: InteractionData,
     config: GeneratorConfig,
@@ -239,6 +257,8 @@ def generate_for_users(
     ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]`` and ``subjects[b]`` (None: the
     user's most liked subject) describe user ``b``; soft-prompt vectors are stacked per user:
     ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
+    Texts come first: the values of ``config.image.subject_from_text`` they name go into the
+    image subject (:func:`text_described_subject`).
     """
     from pmg.zoo.sdxl_recipe import pipeline_resolution
     from prefgen import build_image_prompt, build_text_prompt
@@ -246,6 +266,7 @@ def generate_for_users(
     if not len(users) == len(text_fragments) == len(image_fragments) or (subjects is not None and len(subjects) != len(users)):
         raise ValueError(f"{len(users)} users need as many fragments and subjects")
     sample, targets = config.sample, config.text.targets
+    described = subject_attributes(data, config) if text_adapter is not None and image_adapter is not None else {}
     results: list[UserGeneration] = []
     for start in range(0, len(users), batch_size):
         chunk = range(start, min(start + batch_size, len(users)))
@@ -257,9 +278,10 @@ def generate_for_users(
             outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
                                             seed=sample.seed, soft_prompt=vectors)
             texts = [{t: outputs[n * len(targets) + k].strip() for k, t in enumerate(targets)} for n in range(len(chunk))]
-        image_prompts = [build_image_prompt((subjects[b] if subjects is not None else None)
-                                            or liked_subject(data, users[b], config.image.default_subject), image_fragments[b])
-                         for b in chunk]
+        image_prompts = [build_image_prompt(text_described_subject((subjects[b] if subjects is not None else None)
+                                                                   or liked_subject(data, users[b], config.image.default_subject),
+                                                                   " ".join(texts[n].values()), described), image_fragments[b])
+                         for n, b in enumerate(chunk)]
         pictures: list[Any] = [None] * len(chunk)
         if image_adapter is not None:
             size = pipeline_resolution(image_adapter.pipeline)
@@ -450,6 +472,8 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
 
     tokens = load_user_tokens(run)
     data, split = load_prepared(run)
+    if config.text.enabled and config.image.enabled:
+        subject_attributes(data, config)  # before any training: a wrong name fails at once
     zoo = load_zoo(run)
     out = run.stage_dir("generator")
     import shutil

@@ -50,7 +50,7 @@ class TextRewardConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     clip_eps: float = 0.2
-    kl_coef: float = 0.2
+    kl_coef: float = 0.5
 
     def validate(self) -> None:
         if self.target not in TEXT_TARGETS:

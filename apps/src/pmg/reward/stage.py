@@ -210,18 +210,28 @@ def _user_texts(adapter: TextPreferenceAdapter, prompts: list[str], users: list[
     return texts
 
 
-def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, config: RewardConfig) -> tuple[list[str], list[str], list[int]]:
-    """Text and image prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
-    from pmg.generator.stage import liked_subject, user_fragments
-    from prefgen import build_image_prompt, build_text_prompt
+def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, config: RewardConfig) -> tuple[list[str], list[int]]:
+    """Text prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
+    from pmg.generator.stage import user_fragments
+    from prefgen import build_text_prompt
 
     text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
     image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
     context = generator.text.context_of(config.text.target)
     text_prompts = [build_text_prompt(f, context) for f in text_fragments]
-    image_prompts = [build_image_prompt(liked_subject(data, u, generator.image.default_subject), f) for u, f in enumerate(image_fragments)]
     users = [u for u in range(data.num_users) if text_fragments[u] is not None or image_fragments[u] is not None]
-    return text_prompts, image_prompts, users
+    return text_prompts, users
+
+
+def _image_prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
+    """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``)."""
+    from pmg.generator.stage import liked_subject, subject_attributes, text_described_subject, user_fragments
+    from prefgen import build_image_prompt
+
+    fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
+    described = subject_attributes(data, generator) if any(texts) else {}
+    return [build_image_prompt(text_described_subject(liked_subject(data, u, generator.image.default_subject), texts[u], described), f)
+            for u, f in enumerate(fragments)]
 
 
 def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
@@ -263,7 +273,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     maps = fit_content_maps(data, preferences.item_embeddings, embedder, image_size=image_size,
                             text_target=config.text.target, ridge=config.map_ridge)
     rewards = GenerationRewards(embedder, maps, config.weights.as_dict())
-    text_prompts, image_prompts, users = _prompts(data, generator, tokens, config)
+    text_prompts, users = _prompts(data, generator, tokens, config)
     if len(users) < 2:
         raise RunError(f"the reward stage needs at least 2 users with preference tokens, {run.root} has {len(users)}")
     train_users, val_users = _validation_split(users, config.validation_fraction, seed)
@@ -279,8 +289,13 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     if text_policy is not None:
         if config.text.enabled:
             partners = sorted(set(text_order) | set(scored))
-            images = (_user_images(image_adapter, image_prompts, partners, data.num_users, config, seed)
-                      if image_adapter is not None else torch.zeros(data.num_users, 3, 8, 8))
+            if image_adapter is not None:
+                # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
+                sft_texts = _user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
+                images = _user_images(image_adapter, _image_prompts(data, generator, tokens, sft_texts), partners, data.num_users,
+                                      config, seed)
+            else:
+                images = torch.zeros(data.num_users, 3, 8, 8)
             reference = load_text_adapter(text_folder, zoo, trainable=False)
             module = TextRewardModule(text_policy, reference, rewards, text_prompts, images, user_prefs.get("textual", zeros),
                                       config.text, config.optimizer_for(config.text.lr), scored, config.eval_every)
@@ -294,7 +309,8 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
             partners = sorted(set(image_order) | set(scored))
             texts = (_user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
                      if text_policy is not None else [""] * data.num_users)
-            module = ImageRewardModule(image_adapter, rewards, image_prompts, texts, user_prefs.get("visual", zeros), config.image,
+            module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, generator, tokens, texts), texts,
+                                       user_prefs.get("visual", zeros), config.image,
                                        config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
             _fit(module, config, image_order, config.image.users_per_step, config.image.max_steps, out)
             metrics.update(_phase_metrics("image", module))

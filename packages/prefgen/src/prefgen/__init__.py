@@ -37,6 +37,7 @@ _LAZY = {
     "PromptTemplates": "prefgen.prompts",
     "build_image_prompt": "prefgen.prompts",
     "build_text_prompt": "prefgen.prompts",
+    "describe_subject": "prefgen.prompts",
     "token_fragment": "prefgen.prompts",
 }
 

@@ -17,7 +17,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PromptTemplates", "build_image_prompt", "build_text_prompt", "token_fragment"]
+__all__ = ["PromptTemplates", "build_image_prompt", "build_text_prompt", "describe_subject", "token_fragment"]
 
 
 def token_fragment(tokens: str | Sequence[str] | None) -> str:
@@ -68,6 +68,26 @@ def _tidy(text: str) -> str:
     # kept: byte-level BPE LMs attach the space to the next word (" a"), so a prompt ending
     # in a space makes an unnatural split; continuations should start with a space instead.
     return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def describe_subject(subject: str, words: Sequence[str]) -> str:
+    """``subject`` with ``words`` put before its noun: ``("a jacket", ["orange"])`` → ``"an orange jacket"``.
+
+    Carries what a generated text says about a product (e.g. the colour it names) into the image
+    prompt, so that image and text agree. The article ``a``/``an`` is kept and made to fit the
+    first word; a subject without one gets the words in front. Empty words are skipped.
+    """
+    words = [w.strip() for w in words if w and w.strip()]
+    subject = subject.strip()
+    if not words:
+        return subject
+    article, _, noun = subject.partition(" ")
+    if article.lower() not in ("a", "an") or not noun:
+        return " ".join([*words, subject])
+    fitted = "an" if words[0][0].lower() in "aeiou" else "a"
+    if article[0].isupper():
+        fitted = fitted.capitalize()
+    return " ".join([fitted, *words, noun])
 
 
 def build_image_prompt(subject: str, tokens: str | Sequence[str] | None = None, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
