@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefgen.prompts import PromptTemplates, build_image_prompt, build_text_prompt, describe_subject, token_fragment
+from prefgen.prompts import (
+    PromptTemplates,
+    build_image_prompt,
+    build_text_prompt,
+    describe_subject,
+    token_fragment,
+)
 from prefgen.soft_prompt import SoftPromptProjector, soft_prompt_tokens
 from prefgen.token_rows import PreferenceTokenError, TokenInit, fit_linear_map, initial_token_rows
 

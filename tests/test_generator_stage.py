@@ -324,7 +324,6 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator import GeneratorConfig, load_generators
     from pmg.generator.stage import generate_for_users, subject_attributes
-    from pmg.quantize.stage import load_user_tokens
     from pmg.runs import RunError
     from pmg.zoo.manifest import load_zoo
 
