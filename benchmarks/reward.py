@@ -6,8 +6,9 @@ with the reward's ablations in one run.
     uv run --frozen python benchmarks/reward.py --quick                              # builds a --quick run itself (minutes)
 
 Protocol (same users for every variant: the reward stage's validation users, held out from
-its training, at most ``--users``): each user gets the generator's prompts (its textual
-tokens for the text, its visual tokens + most liked category for the image), the text of
+its training, at most ``--users``): each user gets the generator's prompts (the tokens of
+``generator.text.modalities`` for the text; the visual tokens, the most liked category and the
+colour the text names, ``generator.image.subject_from_text``, for the image), the text of
 the reward stage's target (``reward.text.target``, greedy) and one seeded image
 (``pmg.generator.stage.generate_for_user``, the sampler settings of the generator's config).
 
