@@ -338,9 +338,9 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     fragments = [None, None, None]
     out = generate_for_users(data, config, users=[0, 1, 2], text_fragments=fragments, image_fragments=fragments,
                              text_adapter=text, image_adapter=image, subjects=["a hat"] * 3)
-    assert [g.image_prompt.split(": ", 1)[1] for g in out] == [describe for describe in (
-        f"{'an' if colours[1][0] in 'aeiou' else 'a'} {colours[1]} hat", "a hat",
-        f"{'an' if colours[2][0] in 'aeiou' else 'a'} {colours[2]} hat")]  # the first colour named
+    article = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
+    assert [g.image_prompt.split(": ", 1)[1] for g in out] == [  # the first colour named, if any
+        f"{article[colours[1]]} {colours[1]} hat", "a hat", f"{article[colours[2]]} {colours[2]} hat"]
     independent = generate_for_users(data, _stage_config("generator.image.subject_from_text=[]"), users=[0], text_fragments=[None],
                                      image_fragments=[None], text_adapter=text, image_adapter=image, subjects=["a hat"])
     assert independent[0].image_prompt.endswith(": a hat")

@@ -291,7 +291,8 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
             partners = sorted(set(text_order) | set(scored))
             if image_adapter is not None:
                 # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
-                sft_texts = _user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
+                sft_texts = (_user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
+                             if generator.image.subject_from_text else [""] * data.num_users)
                 images = _user_images(image_adapter, _image_prompts(data, generator, tokens, sft_texts), partners, data.num_users,
                                       config, seed)
             else:
