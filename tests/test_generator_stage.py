@@ -347,3 +347,32 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     assert np.abs(np.asarray(independent[0].image, dtype=np.int16) - np.asarray(out[0].image, dtype=np.int16)).max() > 0
     with pytest.raises(RunError, match=r"subject_from_text names \['color'\].*set generator.image.subject_from_text=\[\]"):
         subject_attributes(data, _stage_config("generator.image.subject_from_text=[color]"))
+
+
+def test_image_training_prompts_name_what_the_items_text_names(tiny_run: Path) -> None:
+    """Training captions match generation: the subject carries the colour the liked item's text or review names."""
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.modules import ImageGeneratorModule
+    from pmg.generator.stage import subject_attributes
+    from pmg.training import OptimizerConfig
+
+    run = RunDirectory(tiny_run)
+    data, _ = load_prepared(run)
+    config = _stage_config()
+    colours = list(data.attributes["colour"].values)
+    item = next(i for i, it in enumerate(data.items) if it.attributes.get("category"))
+    category = data.items[item].attributes["category"]
+    batch = {"user": torch.tensor([0, 0, 0]), "item": torch.tensor([item] * 3),
+             "text": [f"Soft wool {category} in {colours[1]}", "Soft wool", "Soft wool"],
+             "review": ["", f"Great {colours[2]} tone.", "Nice."]}
+    config.image.no_token_fraction = 0.0
+
+    def prompts(described):
+        module = ImageGeneratorModule(None, data, ["<pv_0_1>"] * data.num_users, config.image, OptimizerConfig(),  # type: ignore[arg-type]
+                                      described=described)
+        return [p.split(": ", 1)[1] for p in module.prompts(batch)]
+
+    article = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
+    assert prompts(subject_attributes(data, config)) == [f"{article[colours[1]]} {colours[1]} {category}",
+                                                         f"{article[colours[2]]} {colours[2]} {category}", f"a {category}"]
+    assert prompts({}) == [f"a {category}"] * 3

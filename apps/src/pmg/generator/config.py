@@ -70,8 +70,10 @@ class ImageGeneratorConfig:
     ``default_subject`` is the image subject for items without a ``category`` attribute.
     ``subject_from_text``: dataset attributes (e.g. ``colour``) whose value the user's generated
     text names is put into the image subject at generation time ("a jacket" → "an orange
-    jacket"), so that the image shows what the text says (the text is written first). Empty:
-    image and text are generated independently, and agree only as far as their tokens do.
+    jacket"), so that the image shows what the text says (the text is written first); the
+    training prompts name what each liked item's own text names, so that the adapter learns to
+    follow those words. Empty: image and text are generated independently, and agree only as
+    far as their tokens do.
     """
 
     enabled: bool = True

@@ -11,7 +11,7 @@ to the vectors that fill them.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
@@ -22,13 +22,22 @@ from pmg.generator.soft_prompt import SoftPromptBaseline
 from pmg.training import OptimizerConfig, build_optimizer
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
 
-__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "item_subject", "text_target"]
+__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "item_subject", "text_described_subject", "text_target"]
 
 
 def item_subject(data: InteractionData, item: int, default: str) -> str:
     """The image subject of an item: ``"a <category>"`` when the item has one, else ``default``."""
     category = data.items[item].attributes.get("category", "")
     return f"a {category}" if category else default
+
+
+def text_described_subject(subject: str, text: str, attributes: Mapping[str, Sequence[str]]) -> str:
+    """``subject`` with the value of each of ``attributes`` that ``text`` names first ("a jacket",
+    "... in orange" → "an orange jacket"); unchanged when the text names none."""
+    from pmg.generator.evaluation import named_value
+    from prefgen import describe_subject
+
+    return describe_subject(subject, [named_value(text, values) or "" for values in attributes.values()])
 
 
 def text_target(data: InteractionData, item: int, review: str, target: str) -> str:
@@ -166,6 +175,10 @@ class TextGeneratorModule(GeneratorModule):
 class ImageGeneratorModule(GeneratorModule):
     """Diffusion loss on liked items' images with ``build_image_prompt(subject, user's tokens)``.
 
+    The subject is the item's, with the values of ``described`` attributes ({name: values},
+    ``ImageGeneratorConfig.subject_from_text``) that the item's own text and review name: at
+    generation time the image prompt carries what the generated text names, so the adapter
+    must learn to follow those words next to the tokens, not to let the tokens override them.
     The optimizer sees the text encoders' embedding matrices + UNet LoRA (+ the soft-prompt
     projectors); ``protect_frozen_rows`` puts every row but the new tokens' back after each step.
     """
@@ -174,10 +187,18 @@ class ImageGeneratorModule(GeneratorModule):
     adapter: ImagePreferenceAdapter
     config: ImageGeneratorConfig
 
+    def __init__(self, adapter: ImagePreferenceAdapter, data: InteractionData, fragments: Sequence[str | None],
+                 config: ImageGeneratorConfig, optimizer: OptimizerConfig, seed: int = 0,
+                 soft_prompt: SoftPromptBaseline | None = None, preferences: torch.Tensor | None = None,
+                 described: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(adapter, data, fragments, config, optimizer, seed, soft_prompt, preferences)
+        self.described = dict(described or {})
+
     def prompts(self, batch: dict) -> list[str]:
         return [
-            build_image_prompt(item_subject(self.data, item, self.config.default_subject), self.fragment(user))
-            for user, item in zip(batch["user"].tolist(), batch["item"].tolist(), strict=True)
+            build_image_prompt(text_described_subject(item_subject(self.data, item, self.config.default_subject), f"{text} {review}",
+                                                      self.described), self.fragment(user))
+            for user, item, text, review in zip(batch["user"].tolist(), batch["item"].tolist(), batch["text"], batch["review"], strict=True)
         ]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "liked_subject",
            "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
-           "run_generator_stage", "subject_attributes", "text_described_subject", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
+           "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -160,7 +160,8 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
 def train_image_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
                           out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None,
                           callbacks: Sequence[Callback] = ()) -> tuple[ImagePreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
-    """Fit the image adapter on liked items' images with prompts carrying the user's visual tokens.
+    """Fit the image adapter on liked items' images with prompts carrying the user's visual tokens
+    and the values of ``config.image.subject_from_text`` the item's text names.
 
     ``preferences`` as in :func:`train_text_generator`: the soft-prompt baseline, with one
     projector per CLIP text encoder.
@@ -183,7 +184,7 @@ def train_image_generator(config: GeneratorConfig, data: InteractionData, split:
     baseline = _soft_prompt_baseline(config, inputs, adapter.embedding_center_and_spread(), modalities)
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
     module = ImageGeneratorModule(adapter, data, fragments, image, config.optimizer_for(image.lr), seed=config.trainer.seed,
-                                  soft_prompt=baseline, preferences=inputs)
+                                  soft_prompt=baseline, preferences=inputs, described=subject_attributes(data, config))
     datamodule = _datamodule(config, data, split, batch_size=image.batch_size, image_size=pipeline_resolution(pipe),
                              with_images=True)
     metrics = _fit(module, config, datamodule, image.max_steps, image.max_epochs, out, callbacks)
@@ -227,15 +228,6 @@ def subject_attributes(data: InteractionData, config: GeneratorConfig) -> dict[s
     return {a: tuple(data.attributes[a].values) for a in config.image.subject_from_text}
 
 
-def text_described_subject(subject: str, text: str, attributes: Mapping[str, Sequence[str]]) -> str:
-    """``subject`` with the value of each of ``attributes`` that ``text`` names first ("a jacket",
-    "... in orange" → "an orange jacket"); unchanged when the text names none."""
-    from pmg.generator.evaluation import named_value
-    from prefgen import describe_subject
-
-    return describe_subject(subject, [named_value(text, values) or "" for values in attributes.values()])
-
-
 def generate_for_users(
     data: InteractionData,
     config: GeneratorConfig,
@@ -260,6 +252,7 @@ def generate_for_users(
     Texts come first: the values of ``config.image.subject_from_text`` they name go into the
     image subject (:func:`text_described_subject`).
     """
+    from pmg.generator.modules import text_described_subject
     from pmg.zoo.sdxl_recipe import pipeline_resolution
     from prefgen import build_image_prompt, build_text_prompt
 

@@ -225,7 +225,8 @@ def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, con
 
 def _image_prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
     """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``)."""
-    from pmg.generator.stage import liked_subject, subject_attributes, text_described_subject, user_fragments
+    from pmg.generator.modules import text_described_subject
+    from pmg.generator.stage import liked_subject, subject_attributes, user_fragments
     from prefgen import build_image_prompt
 
     fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
