@@ -191,6 +191,8 @@ def test_bad_config_names_the_problem(tmp_path: Path) -> None:
         load_config(ZooConfig, None, ["sdxl.vae.crop_size=30"])
     with pytest.raises(ConfigError, match="whiten"):
         load_config(ZooConfig, None, ["judge.augment.whiten=2"])
+    with pytest.raises(ConfigError, match="colour_pool"):
+        load_config(ZooConfig, None, ["sdxl.vae.colour_pool=5"])
 
 
 def test_damaged_zoo_and_judge_are_reported(built, tmp_path: Path) -> None:

@@ -117,17 +117,23 @@ class ClipTrainingConfig:
 
 @dataclass
 class VaeTrainingConfig:
-    """The AutoencoderKL: reconstruction (MSE) + ``kl_weight`` × KL, on random
-    ``crop_size`` crops (the VAE is convolutional; crops cut the cost by (S/crop)²)."""
+    """The AutoencoderKL: reconstruction (MSE) + ``colour_weight`` × MSE of the
+    ``colour_pool``-average-pooled images + ``kl_weight`` × KL, on random ``crop_size`` crops
+    (the VAE is convolutional; crops cut the cost by (S/crop)²)."""
 
     batch_size: int = 16
     crop_size: int = 32
     kl_weight: float = 1e-6
+    # Without the pooled colour term the judge finds the true colour in 87% of held-out
+    # reconstructions (blue decoded towards purple, yellow towards orange); with weight 4 over
+    # 8x8 regions in 96%, at the same cost (1 at 90%, 10 at 96%; one VAE each, 1000 steps).
+    colour_weight: float = 4.0
+    colour_pool: int = 8
     # Fewer steps leave a colour cast that the judge reads as the wrong colour, and the UNet
-    # cannot draw better than the VAE decodes: the judge finds the true colour in 97% of
-    # held-out reconstructions after 1000 cosine-decayed steps from lr 5e-3 (2 norm groups),
-    # 73% after 700, 38% after 400 at 2e-3 (8 groups). At a constant 5e-3 the result depends
-    # on where training stops (67% and 97% in two runs of 1000 steps); the decay settles it.
+    # cannot draw better than the VAE decodes: with the pixel MSE alone the judge found the true
+    # colour in 73% of held-out reconstructions after 700 steps, 38% after 400 at 2e-3 (8 norm
+    # groups), and 87-97% after 1000 cosine-decayed steps from 5e-3 (2 groups), depending on the
+    # build; at a constant 5e-3 on where training stops. The decay and the colour term settle it.
     trainer: TrainerConfig = field(default_factory=lambda: _trainer(1000))
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-3))
     lr_schedule: LrScheduleConfig = field(default_factory=lambda: LrScheduleConfig(name="cosine", warmup_steps=50))
@@ -186,6 +192,8 @@ class SDXLTrainingConfig:
             raise ValueError(f"zoo.sdxl.vae.crop_size must be a multiple of the VAE factor {factor}")
         if not 0.0 <= self.unet.prompt_dropout < 1.0:
             raise ValueError("zoo.sdxl.unet.prompt_dropout must be in [0, 1)")
+        if self.vae.colour_weight < 0 or self.vae.colour_pool < 1 or self.vae.crop_size % self.vae.colour_pool:
+            raise ValueError("zoo.sdxl.vae.colour_weight must be >= 0 and zoo.sdxl.vae.colour_pool >= 1, dividing crop_size")
         if self.unet.snr_gamma < 0 or self.vae.kl_weight < 0 or self.unet.noise_offset < 0:
             raise ValueError("zoo.sdxl.unet.snr_gamma, zoo.sdxl.unet.noise_offset and zoo.sdxl.vae.kl_weight must be >= 0")
 

@@ -100,7 +100,7 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     if train_vae:
         trainable(pipe.vae, True).train()
         module = VaeModule(pipe.vae, config.vae.optimizer, crop_size=config.vae.crop_size, kl_weight=config.vae.kl_weight,
-                           lr_schedule=config.vae.lr_schedule)
+                           colour_weight=config.vae.colour_weight, colour_pool=config.vae.colour_pool, lr_schedule=config.vae.lr_schedule)
         fit_steps(module, RowIndices(len(items)), trainer_config=config.vae.trainer, batch_size=min(config.vae.batch_size, len(items)),
                   log_dir=log_dir / "vae", collate=_ImageCollate(images))
     trainable(pipe.vae, False).eval()
