@@ -78,6 +78,42 @@ def test_rewards_bounded_in_both_scales(clip_and_tokenizer) -> None:
     torch.testing.assert_close(unit, (cosine + 1) / 2)
 
 
+def test_contrastive_mode_pays_for_naming_what_sets_the_image_apart(clip_and_tokenizer) -> None:
+    """Texts score the probability of picking their own image among the batch's: the right name
+    beats an unspecific text, which beats a wrong name; shared images via image_index."""
+    clip, tokenizer = clip_and_tokenizer
+    contrastive = ConsistencyReward.from_model(clip, tokenizer, image_mean=[0.5] * 3, image_std=[0.5] * 3, image_range="0,1",
+                                               mode="contrastive")
+    assert contrastive.logit_scale == pytest.approx(float(clip.logit_scale.exp()))
+    images = _solid(PALETTE, 16)
+    shared = torch.tensor([0, 0, 0, 1, 1, 1])  # two images, three texts each (a GRPO group per image)
+    texts = ["red", "", "green", "green", "", "red"]
+    with torch.no_grad():
+        scores = contrastive(images[:2], texts, image_index=shared)
+        each = contrastive(images, COLOURS)
+    assert bool(((scores >= 0) & (scores <= 1)).all())
+    for right, none, wrong in ((0, 1, 2), (3, 4, 5)):
+        assert scores[right] > scores[none] > scores[wrong], scores
+    assert bool((each > 1 / 3).all()), each
+    # Rows of one text sum to 1 over the images: the scores of every image for one text.
+    with torch.no_grad():
+        per_image = torch.stack([contrastive(images, ["red"] * 3, image_index=torch.full((3,), k))[0] for k in range(3)])
+    torch.testing.assert_close(per_image.sum(), torch.tensor(1.0))
+    # The cosine form scores the same pairs with image_index, and gradients reach the images.
+    cosine = ConsistencyReward.from_model(clip, tokenizer, image_mean=[0.5] * 3, image_std=[0.5] * 3, image_range="0,1")
+    with torch.no_grad():
+        torch.testing.assert_close(cosine(images[:2], texts, image_index=shared), cosine(images[shared], texts))
+    pixels = images.clone().requires_grad_(True)
+    contrastive(pixels, COLOURS).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="image_index"):
+        contrastive(images, ["red", "green"], image_index=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="probability already"):
+        ConsistencyReward(contrastive.embedder, unit_interval=True, mode="contrastive")
+    with pytest.raises(ValueError, match="mode"):
+        ConsistencyReward(contrastive.embedder, mode="softmax")
+
+
 def test_gradients_reach_the_images_not_clip(reward: ConsistencyReward) -> None:
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     reward(images, ["red", "blue"]).sum().backward()

@@ -36,21 +36,46 @@ def _to_unit_interval(cosine: torch.Tensor) -> torch.Tensor:
 class ConsistencyReward(nn.Module):
     """CLIP agreement between a generated image and a generated text.
 
-    ``forward(images [B, 3, H, W], texts: B strings) -> [B]``: the cosine of the two CLIP
-    embeddings, in [-1, 1], or ``(cosine + 1) / 2`` in [0, 1] with ``unit_interval=True``.
+    ``forward(images [N, 3, H, W], texts: B strings, image_index [B] | None) -> [B]``: text
+    ``b`` is scored against ``images[image_index[b]]`` (default: ``image_index = arange(B)``,
+    one image per text; several texts may share an image, e.g. a GRPO group), as
+
+    - ``"cosine"``: the cosine of the two CLIP embeddings, in [-1, 1], or ``(cosine + 1) / 2``
+      in [0, 1] with ``unit_interval=True``;
+    - ``"contrastive"``: the probability, in [0, 1], that the text picks its own image among
+      the N images: ``softmax_k(logit_scale · cos(text_b, image_k))[image_index[b]]``. A text
+      that says nothing distinctive ("a jacket by Iris") scores ~1/N however well it fits;
+      one that names what sets its image apart (its colour) scores high. The cosine hardly
+      separates the two (a tiny CLIP: 0.69 vs 0.62, against 0.24 for the wrong colour), so a
+      policy maximising it learns to name nothing it could get wrong. Needs N >= 2 distinct
+      images to carry a signal (with one image every text scores 1).
+
     Differentiable w.r.t. ``images`` (the CLIP weights are frozen), so a diffusion model can
     be fine-tuned by backpropagating through it.
 
     Args:
         embedder: a ``ClipEmbedder`` (model, tokenizer, normalisation, image range); build
             one from a folder with ``ConsistencyReward.from_pretrained``.
-        unit_interval: map the cosine to [0, 1].
+        unit_interval: map the cosine to [0, 1] (``"cosine"`` only).
+        mode: ``"cosine"`` or ``"contrastive"``.
+        logit_scale: the contrastive softmax's inverse temperature; None: the CLIP model's
+            own learned ``logit_scale.exp()`` (100 for OpenAI's CLIP).
     """
 
-    def __init__(self, embedder: ClipEmbedder, unit_interval: bool = False) -> None:
+    def __init__(self, embedder: ClipEmbedder, unit_interval: bool = False, mode: str = "cosine",
+                 logit_scale: float | None = None) -> None:
         super().__init__()
+        if mode not in ("cosine", "contrastive"):
+            raise ValueError(f"mode must be 'cosine' or 'contrastive', got {mode!r}")
+        if mode == "contrastive" and unit_interval:
+            raise ValueError("the contrastive reward is a probability already: unit_interval applies to 'cosine' only")
+        if logit_scale is None:
+            scale = getattr(embedder.model, "logit_scale", None)
+            logit_scale = float(scale.exp()) if scale is not None else 100.0
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.embedder = embedder
-        self.unit_interval = unit_interval
+        self.unit_interval, self.mode, self.logit_scale = unit_interval, mode, float(logit_scale)
 
     @classmethod
     def from_model(
@@ -61,6 +86,8 @@ class ConsistencyReward(nn.Module):
         image_std: Sequence[float] | None = None,
         image_range: ImageRange = "-1,1",
         unit_interval: bool = False,
+        mode: str = "cosine",
+        logit_scale: float | None = None,
     ) -> ConsistencyReward:
         """From an in-memory ``CLIPModel`` and tokenizer (or ``CLIPProcessor``, whose mean/std are used)."""
         image_processor = getattr(tokenizer, "image_processor", None)
@@ -69,20 +96,32 @@ class ConsistencyReward(nn.Module):
         if image_std is None:
             image_std = getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD
         embedder = ClipEmbedder(model, tokenizer, image_mean=image_mean, image_std=image_std, image_range=image_range)
-        return cls(embedder, unit_interval=unit_interval)
+        return cls(embedder, unit_interval=unit_interval, mode=mode, logit_scale=logit_scale)
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, image_range: ImageRange = "-1,1", unit_interval: bool = False, **model_kwargs: Any
+        cls, folder: str | Path, image_range: ImageRange = "-1,1", unit_interval: bool = False, mode: str = "cosine",
+        logit_scale: float | None = None, **model_kwargs: Any
     ) -> ConsistencyReward:
         """From any ``save_pretrained`` CLIP folder: the pmg zoo's tiny CLIP or a real checkpoint."""
-        return cls(ClipEmbedder.from_pretrained(folder, image_range=image_range, **model_kwargs), unit_interval=unit_interval)
+        return cls(ClipEmbedder.from_pretrained(folder, image_range=image_range, **model_kwargs), unit_interval=unit_interval,
+                   mode=mode, logit_scale=logit_scale)
 
-    def forward(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """images [B, 3, H, W] in the embedder's range, texts B strings → rewards [B]."""
-        if len(texts) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(texts)} texts")
-        cosine = (self.embedder.embed_images(images) * self.embedder.embed_texts(texts)).sum(dim=-1)
+    def forward(self, images: torch.Tensor, texts: Sequence[str], image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """images [N, 3, H, W] in the embedder's range, texts B strings, image_index [B] (each text's
+        image; default one image per text, N = B) → rewards [B]."""
+        if image_index is None:
+            if len(texts) != images.shape[0]:
+                raise ValueError(f"{images.shape[0]} images but {len(texts)} texts (pass image_index to share images)")
+            image_index = torch.arange(len(texts))
+        image_index = torch.as_tensor(image_index, dtype=torch.long, device=images.device)
+        if image_index.shape != (len(texts),) or (len(texts) and not 0 <= int(image_index.min()) <= int(image_index.max()) < images.shape[0]):
+            raise ValueError(f"image_index must hold one index in [0, {images.shape[0]}) per text ({len(texts)})")
+        image_vectors, text_vectors = self.embedder.embed_images(images), self.embedder.embed_texts(texts)  # [N, d], [B, d]
+        if self.mode == "contrastive":
+            logits = self.logit_scale * text_vectors @ image_vectors.T  # [B, N]
+            return logits.float().softmax(dim=-1).gather(1, image_index[:, None]).squeeze(1)
+        cosine = (image_vectors[image_index] * text_vectors).sum(dim=-1)
         return _to_unit_interval(cosine) if self.unit_interval else cosine
 
 
