@@ -177,6 +177,8 @@ def test_config_checks_name_the_key() -> None:
         load_config(RewardConfig, overrides=["image.backprop_last_k=20"])
     with pytest.raises(ConfigError, match="validation_users must be >= 0"):
         load_config(RewardConfig, overrides=["validation_users=-1"])
+    with pytest.raises(ConfigError, match="consistency_mode must be 'contrastive' or 'cosine'"):
+        load_config(RewardConfig, overrides=["consistency_mode=softmax"])
 
 
 def test_training_order_draws_each_user_once_per_pass_and_is_seeded() -> None:

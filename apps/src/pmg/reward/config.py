@@ -38,10 +38,14 @@ class TextRewardConfig:
     advantages, clipped ratio, k3 KL penalty (``kl_coef``) towards the SFT adapter.
 
     ``target``: which text the LM writes in the reward loop (one of the generator's targets).
+    The review by default: it is where a buyer names the colour ("Great orange tone"), so the
+    consistency reward can teach it to name the image's; GRPO on the title (which names the
+    colour in half the catalog) taught it to name none (colour consistency 0.62 -> 0.60, vs
+    0.74 with the review; one run each on the same SFT adapters).
     """
 
     enabled: bool = True
-    target: str = "title"
+    target: str = "review"
     lr: float = 2e-3
     max_steps: int = 30
     users_per_step: int = 8
@@ -100,6 +104,10 @@ class RewardConfig:
     text, seeded image) of ``validation_users`` of them (a seeded sample; 0: all) is measured
     and the adapter state with the best one is kept (the SFT state counts as step 0).
     ``map_ridge``: the ridge of the content → preference map of the personalization reward.
+    ``consistency_mode``: ``"contrastive"`` (the probability that the text picks its own image
+    among the step's images: it pays to name what sets the image apart) or ``"cosine"`` (the
+    CLIP cosine in [0, 1], which barely tells a text naming the image's colour from one naming
+    none).
     """
 
     weights: RewardWeights = field(default_factory=RewardWeights)
@@ -109,6 +117,7 @@ class RewardConfig:
     validation_users: int = 48
     eval_every: int = 10
     map_ridge: float = 1e-2
+    consistency_mode: str = "contrastive"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=60, log_every_n_steps=5))
 
@@ -122,6 +131,8 @@ class RewardConfig:
             raise ValueError("reward.validation_fraction must be in (0, 1)")
         if self.validation_users < 0:
             raise ValueError("reward.validation_users must be >= 0 (0: every held-out user)")
+        if self.consistency_mode not in ("contrastive", "cosine"):
+            raise ValueError(f"reward.consistency_mode must be 'contrastive' or 'cosine', got {self.consistency_mode!r}")
         if self.eval_every < 1 or self.map_ridge <= 0:
             raise ValueError("reward.eval_every must be >= 1 and map_ridge > 0")
         self.optimizer.validate()

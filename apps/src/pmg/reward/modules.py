@@ -38,17 +38,21 @@ __all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "image_
 class GenerationRewards(nn.Module):
     """The stage's frozen rewards, one ``CombinedReward`` per generated modality, all in [0, 1] per component.
 
-    ``text(texts, images, preference)`` and ``image(images, texts, preference)`` → (total [B],
-    {component: [B]}); images [B, 3, S, S] in [-1, 1], ``preference`` [B, d] the user's
-    textual (for texts) or visual (for images) preference. Consistency is the zoo CLIP's
-    image–text cosine; personalization the cosine of ``maps[modality] @ content embedding``
-    with the preference (``maps[modality]`` [d, d_c], fitted on the catalog's items).
+    ``text(texts, images, preference, image_index)`` and ``image(images, texts, preference)`` →
+    (total [B], {component: [B]}); images [N, 3, S, S] in [-1, 1] (text ``b``'s is
+    ``images[image_index[b]]``; for ``image`` N = B, one text each), ``preference`` [B, d] the
+    user's textual (for texts) or visual (for images) preference. Consistency is the zoo
+    CLIP's ``ConsistencyReward`` in ``consistency_mode`` (``"contrastive"``: the probability
+    that the text picks its image among the batch's; ``"cosine"``: their cosine in [0, 1]);
+    personalization the cosine of ``maps[modality] @ content embedding`` with the preference
+    (``maps[modality]`` [d, d_c], fitted on the catalog's items).
     """
 
-    def __init__(self, embedder: ClipEmbedder, maps: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
+    def __init__(self, embedder: ClipEmbedder, maps: dict[str, torch.Tensor], weights: dict[str, float],
+                 consistency_mode: str = "contrastive") -> None:
         super().__init__()
         self.embedder = embedder.eval().requires_grad_(False)
-        consistency = ConsistencyReward(self.embedder, unit_interval=True)
+        consistency = ConsistencyReward(self.embedder, unit_interval=consistency_mode == "cosine", mode=consistency_mode)
         self.personalization = nn.ModuleDict({
             modality: PersonalizationReward(weight.shape[1], weight.shape[0], weight=weight, unit_interval=True)
             for modality, weight in maps.items()
@@ -63,8 +67,9 @@ class GenerationRewards(nn.Module):
         self.for_text = CombinedReward(weights, {"consistency": consistency, "personalization": text_personalization})
         self.for_image = CombinedReward(weights, {"consistency": consistency, "personalization": image_personalization})
 
-    def text(self, texts: Sequence[str], images: torch.Tensor, preference: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.for_text(images=images, texts=list(texts), preference=preference)
+    def text(self, texts: Sequence[str], images: torch.Tensor, preference: torch.Tensor,
+             image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.for_text(images=images, texts=list(texts), preference=preference, image_index=image_index)
 
     def image(self, images: torch.Tensor, texts: Sequence[str], preference: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.for_image(images=images, texts=list(texts), preference=preference)
@@ -207,7 +212,9 @@ class TextRewardModule(_RewardModule):
         sequences, attention, prompt_length, texts = self.sample([self.prompts[u] for u in user_list])
         repeated = users.repeat_interleave(group).cpu()
         with torch.no_grad():
-            total, parts = self.rewards.text(texts, self.images[repeated].to(self.device), self.preferences[repeated].to(self.device))
+            # Each group's texts share their user's image, and every text is judged against the step's images.
+            total, parts = self.rewards.text(texts, self.images[users.cpu()].to(self.device), self.preferences[repeated].to(self.device),
+                                             image_index=torch.arange(len(user_list), device=self.device).repeat_interleave(group))
             reference = completion_logprobs(self.reference.model, sequences, attention, prompt_length, self.config.temperature,
                                             self.reference.prompt_only_token_ids)
         logprobs = completion_logprobs(self.policy.model, sequences, attention, prompt_length, self.config.temperature,

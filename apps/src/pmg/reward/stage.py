@@ -273,7 +273,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     image_size = pipeline_resolution(image_adapter.pipeline) if image_adapter is not None else 64
     maps = fit_content_maps(data, preferences.item_embeddings, embedder, image_size=image_size,
                             text_target=config.text.target, ridge=config.map_ridge)
-    rewards = GenerationRewards(embedder, maps, config.weights.as_dict())
+    rewards = GenerationRewards(embedder, maps, config.weights.as_dict(), config.consistency_mode)
     text_prompts, users = _prompts(data, generator, tokens, config)
     if len(users) < 2:
         raise RunError(f"the reward stage needs at least 2 users with preference tokens, {run.root} has {len(users)}")
