@@ -6,13 +6,13 @@ with the reward's ablations in one run.
     uv run --frozen python benchmarks/reward.py --quick                              # builds a --quick run itself (minutes)
 
 Protocol (same users for every variant: the reward stage's validation users, held out from
-its training, at most ``--users``): each user gets the generator's prompts (the tokens of
-``generator.text.modalities`` for the text; the visual tokens, the most liked category and the
-colour the text names, ``generator.image.subject_from_text``, for the image), the text of
-the reward stage's target (``reward.text.target``, greedy) and one seeded image
-(``pmg.generator.stage.generate_for_user``, the sampler settings of the generator's config).
+its training, at most ``--users``): each user gets what the pipeline generates
+(``pmg.generator.stage.generate_for_users``, the generator's config): greedy texts of every
+``generator.text.targets`` (the tokens of ``generator.text.modalities`` in the prompt), then one
+seeded image (the visual tokens, the most liked category and the colour the texts name,
+``generator.image.subject_from_text``). The texts are read joined, as ``pmg evaluate`` reads them.
 
-- consistency: the colour named in the text (the first catalog colour word in it; none →
+- consistency: the colour named in the texts (the first catalog colour word; none →
   inconsistent) equals the colour the zoo's attribute judge reads off the image;
 - personalization: the mean of "the judge reads the user's true colour in the image" and
   "the text names the user's true material" (ground truth: the dataset's user tastes);
@@ -36,23 +36,20 @@ import time
 from pathlib import Path
 
 
-def evaluate(run, data, generator, target: str, users: list[int], adapters, judge) -> dict[str, float]:
+def evaluate(run, data, generator, users: list[int], adapters, judge) -> dict[str, float]:
     """Consistency and personalization of ``adapters`` (text, image) for ``users`` (``pmg.generator.evaluation``)."""
     from pmg.generator.evaluation import consistency_hits, named_value
-    from pmg.generator.stage import generate_for_user, user_fragments
+    from pmg.generator.stage import generate_for_users, user_fragments
     from pmg.quantize.stage import load_user_tokens
 
     tokens = load_user_tokens(run)
     text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
     image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
-    config = dataclasses.replace(generator, text=dataclasses.replace(generator.text, targets=[target]))
     colours, materials = data.attributes["colour"].values, data.attributes["material"].values
-    texts, seen = [], []
-    for user in users:
-        result = generate_for_user(data, config, user=user, text_fragment=text_fragments[user], image_fragment=image_fragments[user],
-                                   text_adapter=adapters[0], image_adapter=adapters[1])
-        seen.append(judge.predict_values([result.image])[0]["colour"])
-        texts.append(result.texts[target])
+    results = generate_for_users(data, generator, users=users, text_fragments=[text_fragments[u] for u in users],
+                                 image_fragments=[image_fragments[u] for u in users], text_adapter=adapters[0], image_adapter=adapters[1])
+    seen = [reading["colour"] for reading in judge.predict_values([r.image for r in results])]
+    texts = [" ".join(r.texts.values()) for r in results]  # every text the generator writes, as `pmg evaluate` reads them
     n = len(users)
     consistent = int(consistency_hits(texts, seen, colours).sum())
     image_colour = sum(colour == data.user_tastes["colour"][u] for colour, u in zip(seen, users, strict=True))
@@ -102,7 +99,7 @@ def main() -> None:
 
         def measure(name: str, adapters) -> dict[str, float]:
             t = time.perf_counter()
-            figures = evaluate(run, data, generator, reward.text.target, users, adapters, judge)
+            figures = evaluate(run, data, generator, users, adapters, judge)
             print(f"{name}: {figures} ({time.perf_counter() - t:.0f}s)", flush=True)
             return figures
 
