@@ -187,7 +187,7 @@ def main() -> None:
         variant_started = time.perf_counter()
         results = generators.generate_many(data, config, users)
         images = [result.image for result in results]
-        texts = [" ".join(result.texts.values()) for result in results]
+        texts = [result.text for result in results]
         colour, text, per_attribute = _accuracies(data, users, images, texts, judge)
         suffix = "" if variant == "tokens" else f"_{variant}"
         figures[f"img_colour_acc{suffix}"] = round(colour, 4)

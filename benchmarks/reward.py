@@ -49,7 +49,7 @@ def evaluate(run, data, generator, users: list[int], adapters, judge) -> dict[st
     results = generate_for_users(data, generator, users=users, text_fragments=[text_fragments[u] for u in users],
                                  image_fragments=[image_fragments[u] for u in users], text_adapter=adapters[0], image_adapter=adapters[1])
     seen = [reading["colour"] for reading in judge.predict_values([r.image for r in results])]
-    texts = [" ".join(r.texts.values()) for r in results]  # every text the generator writes, as `pmg evaluate` reads them
+    texts = [r.text for r in results]  # every text the generator writes, as `pmg evaluate` reads them
     n = len(users)
     consistent = int(consistency_hits(texts, seen, colours).sum())
     image_colour = sum(colour == data.user_tastes["colour"][u] for colour, u in zip(seen, users, strict=True))

@@ -239,7 +239,7 @@ def _variant_cells(data: InteractionData, users: list[int], generated: list[User
     """Every metric of one variant ({metric: cell}) and the judge's values per user (or None)."""
     cells: dict[str, Cell] = {}
     images = [g.image for g in generated]
-    texts = [" ".join(g.texts.values()) for g in generated]
+    texts = [g.text for g in generated]
     has_images = bool(generated) and all(image is not None for image in images)
     has_texts = bool(generated) and all(g.texts for g in generated)
     no_image = "the run has no image generator (generator.image.enabled=false)"

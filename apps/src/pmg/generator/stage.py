@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
     from prefquant import PreferenceTokenizer
 
-__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "liked_subject",
+__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "joined_text", "liked_subject",
            "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
            "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
 
@@ -206,6 +206,17 @@ class UserGeneration:
     image_prompt: str
     image: Any
 
+    @property
+    def text(self) -> str:
+        """Every generated text as one (:func:`joined_text`)."""
+        return joined_text(self.texts)
+
+
+def joined_text(texts: Mapping[str, str]) -> str:
+    """A generation's texts (target → text) read as one, in target order: what the image subject
+    takes its words from and what the consistency and personalization checks read."""
+    return " ".join(texts.values())
+
 
 def liked_subject(data: InteractionData, user: int | None, default: str) -> str:
     """The subject a user most often liked (``"a <category>"``), or ``default``."""
@@ -273,7 +284,7 @@ def generate_for_users(
             texts = [{t: outputs[n * len(targets) + k].strip() for k, t in enumerate(targets)} for n in range(len(chunk))]
         image_prompts = [build_image_prompt(text_described_subject((subjects[b] if subjects is not None else None)
                                                                    or liked_subject(data, users[b], config.image.default_subject),
-                                                                   " ".join(texts[n].values()), described), image_fragments[b])
+                                                                   joined_text(texts[n]), described), image_fragments[b])
                          for n, b in enumerate(chunk)]
         pictures: list[Any] = [None] * len(chunk)
         if image_adapter is not None:
