@@ -126,6 +126,34 @@ def test_saved_reward_adapters_differ_from_sft_only_in_token_rows_and_lora(tiny_
             assert set(rows.tolist()) <= set(sft.token_ids.tolist()), f"{kind}: {name} rows {rows.tolist()[:5]} changed"
 
 
+def test_reward_stage_reads_the_texts_and_image_prompts_the_pipeline_writes(tiny_run: Path) -> None:
+    """The image phase scores consistency against, and takes its image subject from, every text
+    target read as one, exactly as the pipeline's samples were written (title and review both)."""
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.config import GeneratorConfig
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.reward.stage import _image_prompts, _user_texts, load_text_adapter
+    from pmg.zoo.manifest import load_zoo
+
+    run = RunDirectory(tiny_run)
+    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    assert len(generator.text.targets) >= 2
+    data, _ = load_prepared(run)
+    tokens = load_user_tokens(run)
+    policy = load_text_adapter(tiny_run / "reward" / "text_adapter", load_zoo(run), trainable=True).eval()
+    samples = [s for s in json.loads((tiny_run / "reward" / "samples" / "samples.json").read_text()) if not s["cold_start"]]
+    users = [data.user_ids.index(s["user_id"]) for s in samples]
+    texts = _user_texts(policy, data, generator, tokens, users)
+    prompts = _image_prompts(data, generator, tokens, texts)
+    others = set(range(data.num_users)) - set(users)
+    assert all(texts[u] == "" for u in others)
+    for user, sample in zip(users, samples, strict=True):
+        assert list(sample["texts"]) == list(generator.text.targets)
+        assert texts[user] == " ".join(sample["texts"].values())
+        assert prompts[user] == sample["image_prompt"]
+
+
 def test_rerun_reuses_the_reward_stage(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     saved = tiny_run / "reward" / "image_adapter" / "learned_embeds.safetensors"
     before = saved.stat().st_mtime_ns

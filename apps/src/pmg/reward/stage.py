@@ -201,12 +201,20 @@ def _user_images(adapter: ImagePreferenceAdapter, prompts: list[str], users: lis
     return images
 
 
-def _user_texts(adapter: TextPreferenceAdapter, prompts: list[str], users: list[int], num_users: int, max_new_tokens: int) -> list[str]:
-    texts = [""] * num_users
-    for start in range(0, len(users), _SAMPLE_BATCH):
-        chunk = users[start : start + _SAMPLE_BATCH]
-        for user, text in zip(chunk, adapter.generate([prompts[u] for u in chunk], max_new_tokens=max_new_tokens), strict=True):
-            texts[user] = text.strip()
+def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, generator: GeneratorConfig, tokens: Any,
+                users: list[int]) -> list[str]:
+    """Each data user's text as the pipeline writes it (every ``generator.text.targets``, read as
+    one by ``joined_text``): what the image subject takes its words from and what an image's
+    consistency is scored against; "" for users not in ``users``."""
+    from pmg.generator.stage import generate_for_users, user_fragments
+
+    fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
+    made = generate_for_users(data, generator, users=users, text_fragments=[fragments[u] for u in users],
+                              image_fragments=[None] * len(users), text_adapter=adapter, image_adapter=None,
+                              batch_size=_SAMPLE_BATCH)
+    texts = [""] * data.num_users
+    for user, generation in zip(users, made, strict=True):
+        texts[user] = generation.text
     return texts
 
 
@@ -292,7 +300,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
             partners = sorted(set(text_order) | set(scored))
             if image_adapter is not None:
                 # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
-                sft_texts = (_user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
+                sft_texts = (_user_texts(text_policy, data, generator, tokens, partners)
                              if generator.image.subject_from_text else [""] * data.num_users)
                 images = _user_images(image_adapter, _image_prompts(data, generator, tokens, sft_texts), partners, data.num_users,
                                       config, seed)
@@ -309,7 +317,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     if image_adapter is not None:
         if config.image.enabled:
             partners = sorted(set(image_order) | set(scored))
-            texts = (_user_texts(text_policy, text_prompts, partners, data.num_users, config.text.max_new_tokens)
+            texts = (_user_texts(text_policy, data, generator, tokens, partners)
                      if text_policy is not None else [""] * data.num_users)
             module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, generator, tokens, texts), texts,
                                        user_prefs.get("visual", zeros), config.image,
