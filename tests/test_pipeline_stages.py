@@ -77,6 +77,10 @@ def test_rerun_reuses_and_a_changed_stage_redoes_what_follows(tiny_run: Path, ca
     out = capsys.readouterr().out
     assert out.count("(reused)") == 8  # every stage, generator to report included
     assert (tiny_run / "quantize" / "user_codes.safetensors").stat().st_mtime_ns == before
+    # Where caches live and how progress and logs show are not inputs: nothing is redone.
+    assert _pipeline(tiny_run, f"preference.features.cache_dir={tiny_run.parent / 'moved-features'}",
+                     "generator.trainer.enable_progress_bar=true", "reward.trainer.log_every_n_steps=7") == 0
+    assert capsys.readouterr().out.count("(reused)") == 8
     assert _pipeline(tiny_run, "quantize.codebook_size=4") == 0
     out = capsys.readouterr().out
     assert "[preference]" in out and out.count("(reused)") == 3

@@ -109,6 +109,8 @@ def test_same_inputs_reuse_the_cache_from_another_run_directory(built, tmp_path:
     assert zoo_cache_key(config, "data") != zoo_cache_key(config, "other data")
     # ... while where the cache lives and how many threads train it do not.
     assert zoo_cache_key(config, "data") == zoo_cache_key(load_config(ZooConfig, None, [*TOY, "num_threads=1"]), "data")
+    quiet = load_config(ZooConfig, None, [*TOY, "sdxl.unet.trainer.enable_progress_bar=true", "lm.trainer.log_every_n_steps=3"])
+    assert zoo_cache_key(config, "data") == zoo_cache_key(quiet, "data")
 
 
 def test_the_same_inputs_build_the_same_models(built, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from pmg import __version__
 from pmg.atomic import atomic_file
 
-__all__ = ["RunError", "RunDirectory", "fingerprint"]
+__all__ = ["RunError", "RunDirectory", "fingerprint", "stage_fingerprint", "config_inputs", "NON_INPUT_KEYS"]
 
 _RUN_FORMAT = 1
 # How a stage runs on its own where that is not `pmg <stage> fit --run DIR` ("": only within `pmg pipeline`).
@@ -27,6 +27,29 @@ def fingerprint(*parts: Any) -> str:
     """A short, stable hash of JSON-serialisable parts (configs, upstream fingerprints)."""
     text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# Config keys that say where a cache lives, how progress and logs show, how many threads run or
+# whether to rebuild anyway: not what a stage computes, so changing them redoes nothing.
+NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain"})
+
+
+def config_inputs(config: Any) -> Any:
+    """A config dict (``pmg.config.config_to_dict``) less ``NON_INPUT_KEYS`` at any depth: what a
+    stage's fingerprint and the zoo's cache key hash."""
+    if isinstance(config, dict):
+        return {k: config_inputs(v) for k, v in config.items() if k not in NON_INPUT_KEYS}
+    if isinstance(config, list):
+        return [config_inputs(v) for v in config]
+    return config
+
+
+def stage_fingerprint(stage: str, config: Any, upstream: str) -> str:
+    """What a stage's completion is recorded with: its name, its config dataclass (less
+    ``NON_INPUT_KEYS``) and the fingerprint of the stages before it."""
+    from pmg.config import config_to_dict
+
+    return fingerprint(stage, config_inputs(config_to_dict(config)), upstream)
 
 
 class RunDirectory:

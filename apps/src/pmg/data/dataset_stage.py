@@ -9,12 +9,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pmg.config import config_to_dict
 from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.format import InteractionData, read_dataset, write_dataset
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
-from pmg.runs import RunDirectory, fingerprint
+from pmg.runs import RunDirectory, stage_fingerprint
 from pmg.stages import Stage, StageResult
 
 __all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "DATA_STAGE"]
@@ -90,7 +89,7 @@ def prepare_dataset(
     Returns the data, the split and the stage fingerprint (later stages hash it in).
     """
     config.validate()
-    stage_fp = fingerprint("data", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("data", config, upstream)
     out = run.stage_dir("data")
     if force or not run.is_current("data", stage_fp):
         run.invalidate("data")
@@ -130,7 +129,7 @@ def load_prepared(run: RunDirectory) -> tuple[InteractionData, Split]:
 
 
 def _run_data_stage(config: DatasetConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
-    reused = not force and run.is_current("data", fingerprint("data", config_to_dict(config), upstream))
+    reused = not force and run.is_current("data", stage_fingerprint("data", config, upstream))
     data, split, stage_fp = prepare_dataset(config, run, upstream=upstream, force=force)
     return StageResult(
         stage_fp,

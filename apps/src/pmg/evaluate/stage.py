@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pmg.atomic import atomic_directory
-from pmg.config import config_to_dict, load_config
+from pmg.config import load_config
 from pmg.evaluate.config import EvaluateConfig
 from pmg.evaluate.table import EvaluationTable, Section
-from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def _summary(table: EvaluationTable, out: Path) -> str:
 
 def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """Compute the evaluation table of ``run`` and write it (JSON + Markdown) with the generations."""
-    stage_fp = fingerprint("evaluate", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("evaluate", config, upstream)
     if not force and run.is_current("evaluate", stage_fp):
         return StageResult(stage_fp, run.require("evaluate")["summary"], reused=True)
     config.validate()

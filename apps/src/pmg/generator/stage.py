@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pmg.atomic import atomic_directory, atomic_file
-from pmg.config import config_to_dict
 from pmg.generator.config import GeneratorConfig
-from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
 if TYPE_CHECKING:
@@ -465,7 +464,7 @@ def _save_generators(folder: Path, text: tuple | None, image: tuple | None) -> N
 def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """Train text then image adapter on the training users' tokens (then the soft-prompt
     baseline, when enabled); save them, the held-out users, samples and metrics."""
-    stage_fp = fingerprint("generator", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("generator", config, upstream)
     if not force and run.is_current("generator", stage_fp):
         return StageResult(stage_fp, run.require("generator")["summary"], reused=True)
     run.invalidate("generator")

@@ -33,14 +33,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from safetensors.torch import load_file, save_file
 
 from pmg.atomic import atomic_file
-from pmg.config import config_to_dict, config_to_yaml
+from pmg.config import config_to_yaml
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
 from pmg.data.split import Split
 from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.preference.module import PreferenceModule
-from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_trainer
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
@@ -377,7 +377,7 @@ def load_preferences(run: RunDirectory) -> PreferenceArtifacts:
 
 
 def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
-    stage_fp = fingerprint("preference", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("preference", config, upstream)
     k = max(config.ks)
     if not force and run.is_current("preference", stage_fp):
         record = run.require("preference")

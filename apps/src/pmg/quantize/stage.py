@@ -21,10 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from pmg.atomic import atomic_directory, atomic_file
-from pmg.config import config_to_dict
 from pmg.data.dataset_stage import load_prepared
 from pmg.preference.stage import load_preferences
-from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_optimizer, build_trainer
 from prefquant import (
@@ -173,7 +172,7 @@ def train_quantizers(config: QuantizeConfig, embeddings: dict[str, torch.Tensor]
 
 
 def _run_quantize_stage(config: QuantizeConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
-    stage_fp = fingerprint("quantize", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("quantize", config, upstream)
     if not force and run.is_current("quantize", stage_fp):
         return StageResult(stage_fp, run.require("quantize")["summary"], reused=True)
     run.invalidate("quantize")

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from pmg.atomic import atomic_directory
-from pmg.config import config_to_dict
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
 from pmg.report.config import ReportConfig
 from pmg.report.page import HistoryItem
-from pmg.runs import RunDirectory, fingerprint
+from pmg.runs import RunDirectory, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
 __all__ = ["REPORT_HTML", "REPORT_STAGE", "report_path", "run_report_stage"]
@@ -46,7 +45,7 @@ def _history(data: InteractionData, split: Split, user: int, count: int) -> list
 
 def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """Write ``<run>/report/report.html`` and its PNG plots from the evaluation and the training logs."""
-    stage_fp = fingerprint("report", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("report", config, upstream)
     if not force and run.is_current("report", stage_fp):
         return StageResult(stage_fp, run.require("report")["summary"], reused=True)
     config.validate()

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from pmg.atomic import atomic_directory, atomic_file
-from pmg.config import config_to_dict, load_config
+from pmg.config import load_config
 from pmg.reward.config import RewardConfig
-from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def _image_prompts(data: InteractionData, generator: GeneratorConfig, tokens: An
 
 def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """GRPO on the text adapter, then reward backprop on the image adapter; save the best validation states."""
-    stage_fp = fingerprint("reward", config_to_dict(config), upstream)
+    stage_fp = stage_fingerprint("reward", config, upstream)
     if not force and run.is_current("reward", stage_fp):
         return StageResult(stage_fp, run.require("reward")["summary"], reused=True)
     run.invalidate("reward")

@@ -24,11 +24,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pmg.atomic import atomic_file
-from pmg.config import config_to_dict
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
 from pmg.preference.stage import PreferenceArtifacts, load_preferences
-from pmg.runs import RunDirectory, RunError, fingerprint
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.tasks.config import RatingConfig
 from pmg.tasks.state import lookup_item, lookup_user
 
@@ -161,7 +160,7 @@ def rating_model(run: RunDirectory, config: RatingConfig, *, log: Callable[[str]
     from pmg.data.dataset_stage import load_prepared
 
     config.validate()
-    stage_fp = fingerprint(RATING_DIR, config_to_dict(config), run.require("preference")["fingerprint"])
+    stage_fp = stage_fingerprint(RATING_DIR, config, run.require("preference")["fingerprint"])
     prefs = load_preferences(run)
     out = run.stage_dir(RATING_DIR)
     if run.is_current(RATING_DIR, stage_fp):

@@ -2,7 +2,7 @@
 LM, trained on the run's dataset (or loaded from ``base_model``), cached by content hash.
 
 Cache: ``<cache_dir>/<key>/`` where ``key`` hashes the dataset's files, the split and the
-config (less ``cache_dir``, ``retrain``, ``num_threads``), so every run directory with the
+config (less ``pmg.runs.NON_INPUT_KEYS``: cache folders, progress bars, threads), so every run directory with the
 same inputs shares one entry. Each entry holds ``save_pretrained`` folders (``clip``,
 ``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
 ``t2i_samples.png`` (held-out text-to-image samples with the judge's readings). The run's
@@ -24,16 +24,12 @@ from pmg.config import config_to_dict
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
-from pmg.runs import RunDirectory, fingerprint
+from pmg.runs import RunDirectory, config_inputs, fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.zoo.config import ZooConfig
 from pmg.zoo.manifest import ZOO_FORMAT, ZOO_VERSION, read_zoo_folder
 
 __all__ = ["ZOO_STAGE", "zoo_cache_key", "dataset_content_hash", "build_zoo", "run_zoo_stage"]
-
-# Config keys that change where or how fast the zoo is built, not what it contains.
-_UNHASHED_KEYS = ("cache_dir", "retrain", "num_threads")
-
 
 def dataset_content_hash(folder: Path, extra: tuple[Path, ...] = ()) -> str:
     """SHA-256 over every file under ``folder`` (relative names and bytes) and ``extra`` files."""
@@ -48,8 +44,7 @@ def dataset_content_hash(folder: Path, extra: tuple[Path, ...] = ()) -> str:
 
 def zoo_cache_key(config: ZooConfig, data_hash: str) -> str:
     """The cache entry name: a hash of the dataset content and the zoo config."""
-    settings = {k: v for k, v in config_to_dict(config).items() if k not in _UNHASHED_KEYS}
-    return fingerprint("zoo", ZOO_VERSION, settings, data_hash)
+    return fingerprint("zoo", ZOO_VERSION, config_inputs(config_to_dict(config)), data_hash)
 
 
 def build_zoo(config: ZooConfig, data: InteractionData, split: Split, folder: Path, log_dir: Path,
