@@ -2,9 +2,9 @@
 LM, trained on the run's dataset (or loaded from ``base_model``), cached by content hash.
 
 Cache: ``<cache_dir>/<key>/`` where ``key`` hashes the dataset's files, the split and the
-config (less ``pmg.runs.NON_INPUT_KEYS``: cache folders, progress bars, threads), so every run directory with the
-same inputs shares one entry. Each entry holds ``save_pretrained`` folders (``clip``,
-``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
+config (less ``pmg.runs.NON_INPUT_KEYS``: cache folders, progress bars, threads), so every run
+directory with the same inputs shares one entry. Each entry holds ``save_pretrained`` folders
+(``clip``, ``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
 ``t2i_samples.png`` (held-out text-to-image samples with the judge's readings). The run's
 ``zoo/stage.json`` records the entry; TensorBoard logs land in ``<run>/zoo/<model>/tb``.
 """
@@ -30,6 +30,7 @@ from pmg.zoo.config import ZooConfig
 from pmg.zoo.manifest import ZOO_FORMAT, ZOO_VERSION, read_zoo_folder
 
 __all__ = ["ZOO_STAGE", "zoo_cache_key", "dataset_content_hash", "build_zoo", "run_zoo_stage"]
+
 
 def dataset_content_hash(folder: Path, extra: tuple[Path, ...] = ()) -> str:
     """SHA-256 over every file under ``folder`` (relative names and bytes) and ``extra`` files."""
