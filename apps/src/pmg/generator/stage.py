@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "joined_text", "liked_subject",
            "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
-           "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "write_samples"]
+           "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "user_image_prompt", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -238,6 +238,17 @@ def subject_attributes(data: InteractionData, config: GeneratorConfig) -> dict[s
     return {a: tuple(data.attributes[a].values) for a in config.image.subject_from_text}
 
 
+def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int | None, text: str, fragment: str | None,
+                      described: Mapping[str, Sequence[str]], subject: str | None = None) -> str:
+    """The image prompt for ``user``: ``subject`` (None: the user's most liked one) with the values
+    of ``described`` attributes that ``text`` names, then the user's tokens ``fragment``."""
+    from pmg.generator.modules import text_described_subject
+    from prefgen import build_image_prompt
+
+    subject = subject or liked_subject(data, user, config.image.default_subject)
+    return build_image_prompt(text_described_subject(subject, text, described), fragment)
+
+
 def generate_for_users(
     data: InteractionData,
     config: GeneratorConfig,
@@ -260,11 +271,10 @@ def generate_for_users(
     user's most liked subject) describe user ``b``; soft-prompt vectors are stacked per user:
     ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
     Texts come first: the values of ``config.image.subject_from_text`` they name go into the
-    image subject (:func:`text_described_subject`).
+    image subject (:func:`user_image_prompt`).
     """
-    from pmg.generator.modules import text_described_subject
     from pmg.zoo.sdxl_recipe import pipeline_resolution
-    from prefgen import build_image_prompt, build_text_prompt
+    from prefgen import build_text_prompt
 
     if not len(users) == len(text_fragments) == len(image_fragments) or (subjects is not None and len(subjects) != len(users)):
         raise ValueError(f"{len(users)} users need as many fragments and subjects")
@@ -281,9 +291,8 @@ def generate_for_users(
             outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
                                             seed=sample.seed, soft_prompt=vectors)
             texts = [{t: outputs[n * len(targets) + k].strip() for k, t in enumerate(targets)} for n in range(len(chunk))]
-        image_prompts = [build_image_prompt(text_described_subject((subjects[b] if subjects is not None else None)
-                                                                   or liked_subject(data, users[b], config.image.default_subject),
-                                                                   joined_text(texts[n]), described), image_fragments[b])
+        image_prompts = [user_image_prompt(data, config, users[b], joined_text(texts[n]), image_fragments[b], described,
+                                           subjects[b] if subjects is not None else None)
                          for n, b in enumerate(chunk)]
         pictures: list[Any] = [None] * len(chunk)
         if image_adapter is not None:

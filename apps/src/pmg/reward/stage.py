@@ -233,14 +233,11 @@ def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, con
 
 def _image_prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
     """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``)."""
-    from pmg.generator.modules import text_described_subject
-    from pmg.generator.stage import liked_subject, subject_attributes, user_fragments
-    from prefgen import build_image_prompt
+    from pmg.generator.stage import subject_attributes, user_fragments, user_image_prompt
 
     fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
     described = subject_attributes(data, generator) if any(texts) else {}
-    return [build_image_prompt(text_described_subject(liked_subject(data, u, generator.image.default_subject), texts[u], described), f)
-            for u, f in enumerate(fragments)]
+    return [user_image_prompt(data, generator, u, texts[u], f, described) for u, f in enumerate(fragments)]
 
 
 def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
