@@ -1,7 +1,7 @@
 """Benchmark of the main job: wall time and peak memory of `pmg pipeline`, default and --quick.
 
 Usage:
-    uv run --frozen python benchmarks/pipeline.py                # --quick, then the default run (~16 min on 2 CPU cores)
+    uv run --frozen python benchmarks/pipeline.py                # --quick, then the default run (11-22 min on 2 CPU cores)
     uv run --frozen python benchmarks/pipeline.py --quick-only   # the smoke profile alone (a few minutes)
 
 Protocol: each profile runs as its own `pmg pipeline` process on a new run directory, with new
