@@ -28,6 +28,7 @@ __all__ = [
     "CATEGORIES",
     "COLOURS",
     "PATTERNS",
+    "PATTERN_ALIASES",
     "MATERIALS",
     "STYLES",
     "BRANDS",
@@ -49,6 +50,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 PATTERNS = ("plain", "stripes", "dots", "checks")
 PATTERN_WORDS = {"plain": "solid", "stripes": "striped", "dots": "polka-dot", "checks": "checked"}
+# Every word the catalog's texts use for a pattern, the prompt word (PATTERN_WORDS) first.
+PATTERN_ALIASES = {"plain": ("solid", "plain"), "stripes": ("striped",), "dots": ("polka-dot", "dotted"), "checks": ("checked",)}
 MATERIALS = ("cotton", "silk", "wool", "denim", "leather", "linen")
 STYLES = ("casual", "formal", "sporty", "vintage", "bohemian", "minimalist")
 BRANDS = ("Alder", "Birchwood", "Cobalt", "Dune", "Ember", "Fjord", "Grove", "Harbor", "Iris", "Juniper", "Kestrel", "Loom")
@@ -330,7 +333,7 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
     attributes = {
         "category": AttributeSpec("visual", CATEGORIES),
         "colour": AttributeSpec("visual", colours),
-        "pattern": AttributeSpec("visual", PATTERNS),
+        "pattern": AttributeSpec("visual", PATTERNS, aliases=PATTERN_ALIASES),
         "material": AttributeSpec("textual", MATERIALS),
         "style": AttributeSpec("textual", STYLES),
         "brand": AttributeSpec("textual", BRANDS),

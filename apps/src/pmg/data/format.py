@@ -3,7 +3,9 @@
 A dataset is a directory::
 
     dataset.json        {"format": "pmg-dataset", "version": 1, "name": ..., "source": ...,
-                         "attributes": {"colour": {"modality": "visual", "values": [...]}, ...}}
+                         "attributes": {"colour": {"modality": "visual", "values": [...],
+                                                   "aliases": {value: [word, ...]} (optional),
+                                                   "hidden": true (optional: ground truth only)}, ...}}
     items.jsonl         one item per line:
                         {"item_id": str, "title": str, "description": str,
                          "image": "images/<file>" | null, "attributes": {name: value}}
@@ -59,10 +61,43 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "review")
 
 @dataclass(frozen=True)
 class AttributeSpec:
-    """A ground-truth attribute: which modality shows it and its possible values."""
+    """A ground-truth attribute: which modality shows it and its possible values.
+
+    ``aliases``: per value, the words texts use for it (the first is the word a prompt uses;
+    the catalog's pattern ``stripes`` is written "striped"); a value without aliases is its own
+    word. ``hidden``: ground truth only, never in any item text or metadata a model may read
+    (the sparse catalog's shade): the judge and the evaluation read it, keyword extraction
+    and prompts do not.
+    """
 
     modality: str
     values: tuple[str, ...]
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hidden: bool = False
+
+    def words(self, value: str) -> tuple[str, ...]:
+        """Every word that names ``value`` in a text: its aliases first, then the value itself."""
+        forms = (*self.aliases.get(value, ()), value)
+        return tuple(dict.fromkeys(forms))
+
+    def prompt_word(self, value: str) -> str:
+        """The word a prompt uses for ``value``."""
+        return self.words(value)[0]
+
+    def to_json(self) -> dict:
+        """The ``dataset.json`` form (``aliases`` and ``hidden`` only when set)."""
+        out: dict = {"modality": self.modality, "values": list(self.values)}
+        if self.aliases:
+            out["aliases"] = {value: list(words) for value, words in self.aliases.items()}
+        if self.hidden:
+            out["hidden"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, spec: dict) -> AttributeSpec:
+        """Inverse of :meth:`to_json`."""
+        aliases = {str(value): tuple(str(w) for w in words) for value, words in (spec.get("aliases") or {}).items()}
+        return cls(modality=spec["modality"], values=tuple(spec["values"]), aliases=aliases, hidden=bool(spec.get("hidden", False)))
 
 
 @dataclass
@@ -266,9 +301,7 @@ def write_dataset(
             "version": FORMAT_VERSION,
             "name": data.name,
             "source": data.source,
-            "attributes": {
-                k: {"modality": spec.modality, "values": list(spec.values)} for k, spec in data.attributes.items()
-            },
+            "attributes": {k: spec.to_json() for k, spec in data.attributes.items()},
             "counts": {"users": data.num_users, "items": data.num_items, "interactions": data.num_interactions},
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -327,10 +360,7 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str
         raise DatasetError(meta_path, f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     if meta.get("version") != FORMAT_VERSION:
         raise DatasetError(meta_path, f"format version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-    attributes = {
-        name: AttributeSpec(modality=spec["modality"], values=tuple(spec["values"]))
-        for name, spec in meta.get("attributes", {}).items()
-    }
+    attributes = {name: AttributeSpec.from_json(spec) for name, spec in meta.get("attributes", {}).items()}
     report = LoadReport()
 
     items_path = root / "items.jsonl"
