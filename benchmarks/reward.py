@@ -5,8 +5,8 @@ with the reward's ablations in one run.
     uv run --frozen python benchmarks/reward.py [--run runs/default] [--users 100]   # a completed default pipeline run
     uv run --frozen python benchmarks/reward.py --quick                              # builds a --quick run itself (minutes)
 
-Protocol (same users for every variant: the reward stage's validation users, held out from
-its training, at most ``--users``): each user gets what the pipeline generates
+Protocol (same users for every variant: the data stage's evaluation users, never trained on nor
+selected on by any stage, at most ``--users``): each user gets what the pipeline generates
 (``pmg.generator.stage.generate_for_users``, the generator's config): greedy texts of every
 ``generator.text.targets`` (the tokens of ``generator.text.modalities`` in the prompt), then one
 seeded image (the visual tokens, the most liked category and the colour the texts name,
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 
-def evaluate(run, data, generator, users: list[int], adapters, judge) -> dict[str, float]:
+def evaluate(run, data, split, generator, users: list[int], adapters, judge) -> dict[str, float]:
     """Consistency and personalization of ``adapters`` (text, image) for ``users`` (``pmg.generator.evaluation``)."""
     from pmg.generator.evaluation import consistency_hits, named_value
     from pmg.generator.stage import generate_for_users, user_fragments
@@ -47,7 +47,8 @@ def evaluate(run, data, generator, users: list[int], adapters, judge) -> dict[st
     image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
     colours, materials = data.attributes["colour"].values, data.attributes["material"].values
     results = generate_for_users(data, generator, users=users, text_fragments=[text_fragments[u] for u in users],
-                                 image_fragments=[image_fragments[u] for u in users], text_adapter=adapters[0], image_adapter=adapters[1])
+                                 image_fragments=[image_fragments[u] for u in users], text_adapter=adapters[0], image_adapter=adapters[1],
+                                 history=split.train)
     seen = [reading["colour"] for reading in judge.predict_values([r.image for r in results])]
     texts = [r.text for r in results]  # every text the generator writes, as `pmg evaluate` reads them
     n = len(users)
@@ -62,12 +63,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/default"), help="a run whose pipeline completed (reward stage included)")
     parser.add_argument("--quick", action="store_true", help="build a --quick pipeline run in a temporary folder and use it")
-    parser.add_argument("--users", type=int, default=100, help="at most this many of the reward stage's validation users")
+    parser.add_argument("--users", type=int, default=200, help="at most this many of the data stage's evaluation users")
     args = parser.parse_args()
 
     from pmg.cli import main as pmg_main
     from pmg.config import load_config
-    from pmg.data.dataset_stage import load_prepared
+    from pmg.data.dataset_stage import load_prepared, load_user_roles
     from pmg.generator.config import GeneratorConfig
     from pmg.generator.stage import load_generators
     from pmg.reward import RewardConfig, load_reward_generators, run_reward_stage
@@ -85,21 +86,19 @@ def main() -> None:
                 raise SystemExit("the --quick pipeline failed")
         run = RunDirectory(run_path)
         run.require("reward")
-        data, _ = load_prepared(run)
+        data, split = load_prepared(run)
         if data.user_tastes is None or "colour" not in data.user_tastes or "material" not in data.user_tastes:
             raise SystemExit(f"{run_path}: the dataset has no ground-truth colour/material tastes (use the catalog)")
         zoo = load_zoo(run)
         judge = zoo.load_judge()
         generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
         reward = load_config(RewardConfig, run.stage_dir("reward") / "config.yaml")
-        index = data.user_index()
-        validation = [index[u] for u in json.loads((run.stage_dir("reward") / "validation_users.json").read_text())]
-        users = validation[: args.users]
-        print(f"{len(users)} validation users; reward weights {reward.weights.as_dict()}", flush=True)
+        users = load_user_roles(run, data).evaluation.tolist()[: args.users]
+        print(f"{len(users)} evaluation users; reward weights {reward.weights.as_dict()}", flush=True)
 
         def measure(name: str, adapters) -> dict[str, float]:
             t = time.perf_counter()
-            figures = evaluate(run, data, generator, users, adapters, judge)
+            figures = evaluate(run, data, split, generator, users, adapters, judge)
             print(f"{name}: {figures} ({time.perf_counter() - t:.0f}s)", flush=True)
             return figures
 

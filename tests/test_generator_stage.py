@@ -153,33 +153,33 @@ def _stage_config(*overrides: str):
     return load_config(PipelineConfig, TINY_CONFIG, list(overrides)).generator
 
 
-def test_heldout_users_are_left_out_of_training(tiny_run: Path) -> None:
-    from pmg.data.dataset_stage import load_prepared
+def test_only_the_training_users_are_trained_on(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared, load_user_roles
     from pmg.data.modules import GenerationDataModule
-    from pmg.generator import load_heldout_users
     from pmg.generator.stage import training_split
 
     run = RunDirectory(tiny_run)
     data, split = load_prepared(run)
-    heldout_ids = load_heldout_users(run)
-    assert len(heldout_ids) == round(0.1 * data.num_users)
-    heldout = np.array(sorted(data.user_index()[u] for u in heldout_ids))
-    rows = GenerationDataModule(data, training_split(data, split, heldout), target="history").train_rows()
-    assert not np.isin(data.user[rows], heldout).any() and np.isin(data.user[split.train], heldout).any()
+    roles = load_user_roles(run, data)
+    held = np.concatenate([roles.selection, roles.evaluation])
+    assert len(roles.evaluation) == round(0.2 * data.num_users)
+    rows = GenerationDataModule(data, training_split(data, split, roles.training), target="history").train_rows()
+    assert not np.isin(data.user[rows], held).any() and np.isin(data.user[split.train], held).any()
     metrics = json.loads((tiny_run / "generator" / "metrics.json").read_text())
     assert metrics["text/examples"] == metrics["image/examples"] == len(rows)
+    assert metrics["training_users"] == len(roles.training)
 
 
 def test_next_item_target_trains_on_each_users_held_out_next_item(tiny_run: Path, tmp_path: Path) -> None:
-    from pmg.data.dataset_stage import load_prepared
-    from pmg.generator import load_generators, load_heldout_users, run_generator_stage
+    from pmg.data.dataset_stage import load_prepared, load_user_roles
+    from pmg.generator import load_generators, run_generator_stage
     from pmg.zoo.manifest import load_zoo
 
     run = _copy_run(tiny_run, tmp_path)
     result = run_generator_stage(_stage_config("generator.target=next_item", "generator.baselines.soft_prompt=false"),
                                  run, "upstream", True)
     data, split = load_prepared(run)
-    training_users = set(range(data.num_users)) - {data.user_index()[u] for u in load_heldout_users(run)}
+    training_users = set(load_user_roles(run, data).training.tolist())
     # Leave-last-out: the validation row of each training user is the interaction right after its history.
     next_rows = [r for r in split.val if data.user[r] in training_users]
     for row in next_rows:
@@ -282,18 +282,18 @@ def test_soft_prompt_baseline_generates_from_each_users_preference_vectors(tiny_
     with soft.text.soft_prompt(torch.cat([text0, text1])):
         logits = soft.text.logits([prompt, prompt])
     assert not torch.allclose(logits[0], logits[1])
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
     result = generate_for_user(data, config, user=0, text_fragment=soft.fragment(soft.text),
                                image_fragment=soft.fragment(soft.image), text_adapter=soft.text, image_adapter=soft.image,
-                               text_soft_prompt=text0, image_soft_prompt=image0)
+                               history=split.train, text_soft_prompt=text0, image_soft_prompt=image0)
     assert result.image is not None and set(result.texts) == {"title", "review"} and "<pmg_soft_0>" in result.image_prompt
 
 
 def test_batched_generation_gives_each_user_what_they_get_alone(tiny_run: Path) -> None:
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared
-    from pmg.evaluate.generation import soft_prompt_variant, token_variant
+    from pmg.evaluate.generation import hybrid_variant, soft_prompt_variant, token_variant, user_keywords
     from pmg.generator import GeneratorConfig, load_generators, load_soft_prompt_generators
     from pmg.preference.stage import load_preferences
     from pmg.quantize.stage import load_user_tokens
@@ -301,14 +301,16 @@ def test_batched_generation_gives_each_user_what_they_get_alone(tiny_run: Path) 
 
     run = RunDirectory(tiny_run)
     zoo = load_zoo(run)
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
     text, image = load_generators(run, zoo)
     soft = load_soft_prompt_generators(run, zoo)
     assert soft is not None
     users = [0, 3, 7]
-    for variant in (token_variant(text, image, data, load_user_tokens(run), config),
-                    soft_prompt_variant(soft, load_preferences(run).user_preferences)):
+    keywords = user_keywords(data, split.train, users)
+    for variant in (token_variant(text, image, data, split.train, load_user_tokens(run), config),
+                    soft_prompt_variant(soft, load_preferences(run).user_preferences, split.train),
+                    hybrid_variant(text, image, data, split.train, keywords, load_user_tokens(run), config)):
         batched = variant.generate_many(data, config, users)
         alone = [variant.generate(data, config, u) for u in users]
         for together, single in zip(batched, alone, strict=True):
@@ -328,7 +330,7 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     from pmg.zoo.manifest import load_zoo
 
     run = RunDirectory(tiny_run)
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
     assert config.image.subject_from_text == ["colour"]
     text, image = load_generators(run, zoo=load_zoo(run))
@@ -337,12 +339,13 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     text.generate = lambda prompts, **_: [said[n // len(config.text.targets) % 3] for n in range(len(prompts))]  # type: ignore[method-assign]
     fragments = [None, None, None]
     out = generate_for_users(data, config, users=[0, 1, 2], text_fragments=fragments, image_fragments=fragments,
-                             text_adapter=text, image_adapter=image, subjects=["a hat"] * 3)
+                             text_adapter=text, image_adapter=image, history=split.train, subjects=["a hat"] * 3)
     article = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
     assert [g.image_prompt.split(": ", 1)[1] for g in out] == [  # the first colour named, if any
         f"{article[colours[1]]} {colours[1]} hat", "a hat", f"{article[colours[2]]} {colours[2]} hat"]
     independent = generate_for_users(data, _stage_config("generator.image.subject_from_text=[]"), users=[0], text_fragments=[None],
-                                     image_fragments=[None], text_adapter=text, image_adapter=image, subjects=["a hat"])
+                                     image_fragments=[None], text_adapter=text, image_adapter=image, history=split.train,
+                                     subjects=["a hat"])
     assert independent[0].image_prompt.endswith(": a hat")
     assert np.abs(np.asarray(independent[0].image, dtype=np.int16) - np.asarray(out[0].image, dtype=np.int16)).max() > 0
     with pytest.raises(RunError, match=r"subject_from_text names \['color'\].*set generator.image.subject_from_text=\[\]"):

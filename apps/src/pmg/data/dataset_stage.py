@@ -1,6 +1,7 @@
 """The "data" stage: build or convert the configured dataset into the run directory and split it.
 
-Every later stage reads ``<run>/data/dataset`` (the one format) and ``<run>/data/split.json``.
+Every later stage reads ``<run>/data/dataset`` (the one format), ``<run>/data/split.json`` and
+``<run>/data/user_roles.json`` (which users are trained on, selected on, judged: ``pmg.data.user_roles``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.format import InteractionData, read_dataset, write_dataset
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
-from pmg.runs import RunDirectory, stage_fingerprint
+from pmg.data.user_roles import UserRoles, UserRolesConfig, assign_user_roles
+from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
 
-__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "DATA_STAGE"]
+__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE", "DATA_STAGE"]
 
 DATASET_KINDS = ("catalog", "pmg", "movielens", "amazon2023", "table")
+USER_ROLES_FILE = "user_roles.json"
 
 
 @dataclass
@@ -44,7 +47,8 @@ class DatasetConfig:
     dataset format at ``path``), ``movielens`` (a MovieLens folder at ``path``, optional
     ``images`` folder of posters), ``amazon2023`` (reviews JSONL at ``path``, ``meta`` JSONL,
     optional ``images``), ``table`` (interactions CSV/JSONL at ``path``, optional ``items``
-    file, ``mapping`` of columns).
+    file, ``mapping`` of columns). ``users``: the shares of users held out for evaluation and
+    for model selection (``pmg.data.user_roles``).
     """
 
     kind: str = "catalog"
@@ -56,6 +60,7 @@ class DatasetConfig:
     duplicates: str = "error"
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    users: UserRolesConfig = field(default_factory=UserRolesConfig)
 
     def validate(self) -> None:
         if self.kind not in DATASET_KINDS:
@@ -68,6 +73,7 @@ class DatasetConfig:
             raise ValueError("data.duplicates must be 'error' or 'drop'")
         self.catalog.validate()
         self.split.validate()
+        self.users.validate()
 
 
 def _load_source(config: DatasetConfig) -> InteractionData:
@@ -111,10 +117,13 @@ def prepare_dataset(
             data, config.split.scheme, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction
         )
         split.save(out / "split.json")
+        roles = assign_user_roles(data.num_users, config.users)
+        roles.save(out / USER_ROLES_FILE, data)
         (out / "load_report.txt").write_text(data.report.summary() + "\n")
         run.mark_complete("data", stage_fp, {
             "users": data.num_users, "items": data.num_items, "interactions": data.num_interactions,
             "train": len(split.train), "val": len(split.val), "test": len(split.test),
+            **{f"{role}_users": len(roles.of(role)) for role in ("training", "selection", "evaluation")},
         })
         return data, split, stage_fp
     data, split = load_prepared(run)
@@ -128,13 +137,23 @@ def load_prepared(run: RunDirectory) -> tuple[InteractionData, Split]:
     return read_dataset(out / "dataset"), Split.load(out / "split.json")
 
 
+def load_user_roles(run: RunDirectory, data: InteractionData) -> UserRoles:
+    """The data stage's user roles of ``run`` (``RunError`` saying what to rerun if missing or damaged)."""
+    run.require("data")
+    try:
+        return UserRoles.load(run.stage_dir("data") / USER_ROLES_FILE, data)
+    except ValueError as err:
+        raise RunError(f"{err}; rerun `pmg pipeline --run {run.root} --force data` (every later stage follows)") from err
+
+
 def _run_data_stage(config: DatasetConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     reused = not force and run.is_current("data", stage_fingerprint("data", config, upstream))
     data, split, stage_fp = prepare_dataset(config, run, upstream=upstream, force=force)
     return StageResult(
         stage_fp,
         f"{data.num_users} users, {data.num_items} items, {data.num_interactions} interactions; "
-        f"split {split.scheme}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}",
+        f"split {split.scheme}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}; users: "
+        f"{config.users.evaluation_fraction:.0%} evaluation, {config.users.selection_fraction:.0%} selection, the rest training",
         reused,
     )
 

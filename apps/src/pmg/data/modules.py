@@ -90,7 +90,8 @@ class BPRDataModule(L.LightningDataModule):
     Validation and test batches are ``users`` [B] whose held-out items are in
     ``val_targets`` / ``test_targets``; ``train_graph`` (prefgraph's ``InteractionGraph`` of the
     training edges, without item features) is what negatives are sampled against and what
-    masks training items in full ranking.
+    masks training items in full ranking. ``validation_users`` (data user indices): only their
+    validation items are ranked for model selection (None: every user's).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class BPRDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_negatives: int = 1,
         num_workers: int = 0,
+        validation_users: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if num_negatives < 1:
@@ -120,7 +122,9 @@ class BPRDataModule(L.LightningDataModule):
         self.train_graph = InteractionGraph(
             torch.from_numpy(u[split.train]), torch.from_numpy(i[split.train]), data.num_users, data.num_items
         )
-        self.val_targets = UserItemSets.from_pairs(u[split.val], i[split.val], data.num_users, data.num_items)
+        # Model selection may rank only some users' validation items (never the evaluation users').
+        val = split.val if validation_users is None else split.val[np.isin(u[split.val], validation_users)]
+        self.val_targets = UserItemSets.from_pairs(u[val], i[val], data.num_users, data.num_items)
         self.test_targets = UserItemSets.from_pairs(u[split.test], i[split.test], data.num_users, data.num_items)
 
     def train_dataloader(self) -> DataLoader:

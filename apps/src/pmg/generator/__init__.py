@@ -13,11 +13,10 @@ from pmg.generator.stage import (
            UserGeneration,
            generate_for_user,
            load_generators,
-           load_heldout_users,
            load_soft_prompt_generators,
            run_generator_stage,
 )
 
 __all__ = ["GENERATOR_STAGE", "BaselinesConfig", "GeneratorConfig", "ImageGeneratorConfig", "SampleConfig",
            "SoftPromptGenerators", "TextGeneratorConfig", "UserGeneration", "generate_for_user", "load_generators",
-           "load_heldout_users", "load_soft_prompt_generators", "run_generator_stage"]
+           "load_soft_prompt_generators", "run_generator_stage"]

@@ -34,7 +34,7 @@ def generate_command(args: argparse.Namespace) -> int:
     config = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
     if args.user is None and not args.no_tokens:
         raise RunError("give --user ID (ids are listed in <run>/quantize/user_tokens.jsonl), or --no-tokens for a cold start")
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     user = lookup_user(run, data, args.user) if args.user is not None else None
     reference = resolve_reference(run, data, args.reference) if args.reference is not None else None
     if not 0.0 < args.strength <= 1.0:
@@ -59,7 +59,7 @@ def generate_command(args: argparse.Namespace) -> int:
         text_adapter, image_adapter = load_generators(run, load_zoo(run))
     result = generate_for_user(
         data, config, user=user, text_fragment=text_fragment, image_fragment=image_fragment,
-        text_adapter=text_adapter, image_adapter=image_adapter,
+        text_adapter=text_adapter, image_adapter=image_adapter, history=split.train,
         subject=f"a {args.category}" if args.category else None, reference_item=reference, strength=args.strength,
     )
     name = args.user if args.user is not None else "cold_start"

@@ -134,9 +134,9 @@ class GeneratorConfig:
     """Stage "generator": train the text adapter, then the image adapter, on the users' tokens.
 
     ``target``: "history" (liked training items, rating >= ``min_rating`` when known) or
-    "next_item" (each user's held-out next item). ``heldout_user_fraction`` of the users
-    (seeded) are left out of training, so that evaluation sees users, and token combinations,
-    the generators never saw; they are listed in ``<run>/generator/heldout_users.json``.
+    "next_item" (each user's held-out next item). Only the data stage's training users
+    (``data.users``, ``<run>/data/user_roles.json``) are trained on, so that selection and
+    evaluation see users, and token combinations, the generators never saw.
     ``optimizer`` gives the optimizer name
     (including ``bnb.AdamW8bit``), betas and weight decay; each generator sets its own lr.
     ``trainer`` gives strategy (``ddp``…), devices, precision and seed; each generator sets
@@ -145,7 +145,6 @@ class GeneratorConfig:
 
     target: str = "history"
     min_rating: float = 4.0
-    heldout_user_fraction: float = 0.1
     text: TextGeneratorConfig = field(default_factory=TextGeneratorConfig)
     image: ImageGeneratorConfig = field(default_factory=ImageGeneratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -157,8 +156,6 @@ class GeneratorConfig:
     def validate(self) -> None:
         if self.target not in ("history", "next_item"):
             raise ValueError(f"generator.target must be 'history' or 'next_item', not {self.target!r}")
-        if not 0.0 <= self.heldout_user_fraction < 1.0:
-            raise ValueError(f"generator.heldout_user_fraction must be in [0, 1), got {self.heldout_user_fraction}")
         if not (self.text.enabled or self.image.enabled):
             raise ValueError("generator: enable at least one of text and image")
         self.text.validate()

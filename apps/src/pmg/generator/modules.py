@@ -22,12 +22,16 @@ from pmg.generator.soft_prompt import SoftPromptBaseline
 from pmg.training import OptimizerConfig, build_optimizer
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
 
-__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "item_subject", "text_described_subject", "text_target"]
+__all__ = ["SUBJECT_ATTRIBUTE", "GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "item_subject",
+           "text_described_subject", "text_target"]
+
+# The item attribute that names an image's subject ("a dress"); words describing it are other attributes'.
+SUBJECT_ATTRIBUTE = "category"
 
 
 def item_subject(data: InteractionData, item: int, default: str) -> str:
     """The image subject of an item: ``"a <category>"`` when the item has one, else ``default``."""
-    category = data.items[item].attributes.get("category", "")
+    category = data.items[item].attributes.get(SUBJECT_ATTRIBUTE, "")
     return f"a {category}" if category else default
 
 

@@ -9,7 +9,6 @@ encoders, optional UNet LoRA). Artifacts in ``<run>/generator/``:
     soft_prompt/         the continuous baseline (``generator.baselines.soft_prompt``): text_adapter/ and
                          image_adapter/ with placeholder tokens, text_projector.safetensors and
                          image_projector.safetensors (``pmg.generator.soft_prompt.SoftPromptBaseline``)
-    heldout_users.json   ids of the users left out of training (``generator.heldout_user_fraction``)
     samples/             <n>_<user_id>.png + samples.json (prompts and generated texts), one cold start
     metrics.json         first and final training losses and training examples of each generator
     config.yaml          the stage's config (``pmg generate`` reads prompts and sampling settings from it)
@@ -44,8 +43,8 @@ if TYPE_CHECKING:
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
     from prefquant import PreferenceTokenizer
 
-__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "heldout_users", "joined_text", "liked_subject",
-           "load_generators", "load_heldout_users", "load_soft_prompt_generators", "modality_tokens",
+__all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "joined_text", "liked_subject",
+           "load_generators", "load_soft_prompt_generators", "modality_tokens",
            "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "user_image_prompt", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
@@ -77,19 +76,11 @@ def _available(modalities: list[str], tokens: UserTokens, what: str) -> list[str
     return present
 
 
-def heldout_users(data: InteractionData, fraction: float, seed: int) -> np.ndarray:
-    """Sorted data user indices [H] left out of the generators' training (a seeded random share)."""
-    count = min(round(fraction * data.num_users), data.num_users - 1)
-    if count <= 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).permutation(data.num_users)[:count]).astype(np.int64)
-
-
-def training_split(data: InteractionData, split: Split, heldout: np.ndarray) -> Split:
-    """``split`` without the interactions of the ``heldout`` users."""
+def training_split(data: InteractionData, split: Split, users: np.ndarray) -> Split:
+    """``split`` restricted to the interactions of ``users`` (data user indices [T])."""
     from dataclasses import replace
 
-    keep = ~np.isin(data.user, heldout)
+    keep = np.isin(data.user, users)
     return replace(split, train=split.train[keep[split.train]], val=split.val[keep[split.val]], test=split.test[keep[split.test]])
 
 
@@ -217,14 +208,16 @@ def joined_text(texts: Mapping[str, str]) -> str:
     return " ".join(texts.values())
 
 
-def liked_subject(data: InteractionData, user: int | None, default: str) -> str:
-    """The subject a user most often liked (``"a <category>"``), or ``default``."""
+def liked_subject(data: InteractionData, history: np.ndarray, user: int | None, default: str) -> str:
+    """The subject a user most often liked in ``history`` (interaction rows: the split's training
+    rows, so that no later item leaks into a prompt), ``"a <category>"``, or ``default``."""
     from collections import Counter
 
     from pmg.generator.modules import item_subject
 
+    owners = data.user[history]
     # A cold-start user (None) gets the catalog's most liked subject.
-    items = (data.item if user is None else data.item[data.user == user]).tolist()
+    items = (data.item[history] if user is None else data.item[history[owners == user]]).tolist()
     counts = Counter(item_subject(data, int(i), default) for i in items)
     return counts.most_common(1)[0][0] if counts else default
 
@@ -239,14 +232,23 @@ def subject_attributes(data: InteractionData, config: GeneratorConfig) -> dict[s
 
 
 def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int | None, text: str, fragment: str | None,
-                      described: Mapping[str, Sequence[str]], subject: str | None = None) -> str:
-    """The image prompt for ``user``: ``subject`` (None: the user's most liked one) with the values
-    of ``described`` attributes that ``text`` names, then the user's tokens ``fragment``."""
-    from pmg.generator.modules import text_described_subject
-    from prefgen import build_image_prompt
+                      described: Mapping[str, Sequence[str]], history: np.ndarray, subject: str | None = None,
+                      keywords: Mapping[str, str] | None = None) -> str:
+    """The image prompt for ``user``: ``subject`` (None: the user's most liked one in ``history``)
+    described by the values of ``described`` attributes that ``text`` names and by ``keywords``
+    ({attribute: value} from the user's history; where both give a value of one attribute the
+    keyword's wins: it is the user's evidence, the text a generated guess prompted with the same
+    words), then the user's tokens ``fragment``."""
+    from pmg.generator.evaluation import named_value
+    from prefgen import build_image_prompt, describe_subject
 
-    subject = subject or liked_subject(data, user, config.image.default_subject)
-    return build_image_prompt(text_described_subject(subject, text, described), fragment)
+    subject = subject or liked_subject(data, history, user, config.image.default_subject)
+    chosen = {a: value for a, values in described.items() if (value := named_value(text, values))}
+    chosen.update(keywords or {})
+    # Schema order, as the zoo's captions put them ("a red striped dress").
+    words = [data.attributes[a].prompt_word(chosen[a]) if a in data.attributes else chosen[a]
+             for a in sorted(chosen, key=lambda a: list(data.attributes).index(a) if a in data.attributes else len(data.attributes))]
+    return build_image_prompt(describe_subject(subject, words), fragment)
 
 
 def generate_for_users(
@@ -258,7 +260,9 @@ def generate_for_users(
     image_fragments: Sequence[str | None],
     text_adapter: TextPreferenceAdapter | None,
     image_adapter: ImagePreferenceAdapter | None,
+    history: np.ndarray,
     subjects: Sequence[str | None] | None = None,
+    keywords: Sequence[Mapping[str, str] | None] | None = None,
     text_soft_prompt: torch.Tensor | None = None,
     image_soft_prompt: Sequence[torch.Tensor] | None = None,
     batch_size: int = 16,
@@ -267,8 +271,9 @@ def generate_for_users(
     per generator call. Every user's image starts from its own noise seeded with ``config.sample.seed``,
     so it is the image that user gets alone; greedy texts are batched with left padding.
 
-    ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]`` and ``subjects[b]`` (None: the
-    user's most liked subject) describe user ``b``; soft-prompt vectors are stacked per user:
+    ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]``, ``subjects[b]`` (None: the
+    user's most liked subject in ``history``, the split's training rows) and ``keywords[b]``
+    (words for the image subject, {attribute: value}) describe user ``b``; soft-prompt vectors are stacked per user:
     ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
     Texts come first: the values of ``config.image.subject_from_text`` they name go into the
     image subject (:func:`user_image_prompt`).
@@ -276,8 +281,9 @@ def generate_for_users(
     from pmg.zoo.sdxl_recipe import pipeline_resolution
     from prefgen import build_text_prompt
 
-    if not len(users) == len(text_fragments) == len(image_fragments) or (subjects is not None and len(subjects) != len(users)):
-        raise ValueError(f"{len(users)} users need as many fragments and subjects")
+    if not len(users) == len(text_fragments) == len(image_fragments) or any(
+            extra is not None and len(extra) != len(users) for extra in (subjects, keywords)):
+        raise ValueError(f"{len(users)} users need as many fragments, subjects and keywords")
     sample, targets = config.sample, config.text.targets
     described = subject_attributes(data, config) if text_adapter is not None and image_adapter is not None else {}
     results: list[UserGeneration] = []
@@ -291,8 +297,9 @@ def generate_for_users(
             outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
                                             seed=sample.seed, soft_prompt=vectors)
             texts = [{t: outputs[n * len(targets) + k].strip() for k, t in enumerate(targets)} for n in range(len(chunk))]
-        image_prompts = [user_image_prompt(data, config, users[b], joined_text(texts[n]), image_fragments[b], described,
-                                           subjects[b] if subjects is not None else None)
+        image_prompts = [user_image_prompt(data, config, users[b], joined_text(texts[n]), image_fragments[b], described, history,
+                                           subjects[b] if subjects is not None else None,
+                                           keywords[b] if keywords is not None else None)
                          for n, b in enumerate(chunk)]
         pictures: list[Any] = [None] * len(chunk)
         if image_adapter is not None:
@@ -318,6 +325,7 @@ def generate_for_user(
     image_fragment: str | None,
     text_adapter: TextPreferenceAdapter | None,
     image_adapter: ImagePreferenceAdapter | None,
+    history: np.ndarray,
     subject: str | None = None,
     reference_item: int | None = None,
     strength: float = 0.6,
@@ -327,7 +335,8 @@ def generate_for_user(
     """Texts (one per ``config.text.targets``) and an image for data user ``user`` (None: an
     unknown/cold-start user) from the given fragments (None: the no-token prompt).
 
-    ``subject`` defaults to the reference item's subject, else the user's most liked one.
+    ``subject`` defaults to the reference item's subject, else the user's most liked one in
+    ``history`` (interaction rows: the split's training rows).
     With ``reference_item`` the image is an img2img edit of that item's image.
     Soft-prompt baseline: the fragments are the adapters' placeholder tokens and
     ``text_soft_prompt`` [1, S, d] / ``image_soft_prompt`` (one [1, S, d_e] per text encoder)
@@ -342,7 +351,7 @@ def generate_for_user(
         subject = item_subject(data, reference_item, config.image.default_subject)
     result = generate_for_users(data, config, users=[user], text_fragments=[text_fragment], image_fragments=[image_fragment],
                                 text_adapter=text_adapter, image_adapter=image_adapter if reference is None else None,
-                                subjects=[subject], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
+                                history=history, subjects=[subject], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
     if image_adapter is not None and reference is not None:
         sample = config.sample
         size = pipeline_resolution(image_adapter.pipeline)
@@ -353,7 +362,7 @@ def generate_for_user(
     return result
 
 
-def write_samples(folder: Path, data: InteractionData, config: GeneratorConfig, tokens: UserTokens,
+def write_samples(folder: Path, data: InteractionData, split: Split, config: GeneratorConfig, tokens: UserTokens,
                    text_adapter: TextPreferenceAdapter | None, image_adapter: ImagePreferenceAdapter | None) -> list[dict]:
     """A few users' generations (evenly spaced users) and one cold-start generation."""
     count = min(config.sample.num_users, data.num_users)
@@ -363,7 +372,7 @@ def write_samples(folder: Path, data: InteractionData, config: GeneratorConfig, 
     results = generate_for_users(data, config, users=users,
                                  text_fragments=[text_fragments[u] if u is not None else None for u in users],
                                  image_fragments=[image_fragments[u] if u is not None else None for u in users],
-                                 text_adapter=text_adapter, image_adapter=image_adapter)
+                                 text_adapter=text_adapter, image_adapter=image_adapter, history=split.train)
     records = []
     for n, (user, result) in enumerate(zip(users, results, strict=True)):
         name = f"{n:02d}_{'cold_start' if user is None else _safe(result.user_id)}"
@@ -447,12 +456,6 @@ def load_soft_prompt_generators(run: RunDirectory, zoo: Zoo) -> SoftPromptGenera
     return SoftPromptGenerators(text, projector["text"], image, projector["image"])
 
 
-def load_heldout_users(run: RunDirectory) -> list[str]:
-    """The user ids the run's generators were not trained on (``heldout_users.json``)."""
-    run.require("generator")
-    return json.loads((run.stage_dir("generator") / "heldout_users.json").read_text())
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The stage
 
@@ -478,7 +481,7 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
         return StageResult(stage_fp, run.require("generator")["summary"], reused=True)
     run.invalidate("generator")
     config.validate()
-    from pmg.data.dataset_stage import load_prepared
+    from pmg.data.dataset_stage import load_prepared, load_user_roles
     from pmg.quantize.stage import load_user_tokens
     from pmg.zoo.manifest import load_zoo
 
@@ -493,10 +496,8 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
     for stale in (TEXT_ADAPTER, IMAGE_ADAPTER, SOFT_PROMPT):
         # A generator this config does not train must not be reloaded from an earlier run of the stage.
         shutil.rmtree(out / stale, ignore_errors=True)
-    heldout = heldout_users(data, config.heldout_user_fraction, config.trainer.seed)
-    train_split = training_split(data, split, heldout)
-    with atomic_file(out / "heldout_users.json") as tmp:
-        tmp.write_text(json.dumps([data.user_ids[u] for u in heldout]))
+    roles = load_user_roles(run, data)
+    train_split = training_split(data, split, roles.training)
     variants: list[tuple[str, Mapping[str, torch.Tensor] | None]] = [("", None)]
     if config.baselines.soft_prompt:
         from pmg.preference.stage import load_preferences
@@ -516,13 +517,13 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
         if not prefix:
             text_adapter, image_adapter = (text[0] if text else None), (image[0] if image else None)
     with atomic_directory(out / "samples") as tmp:
-        write_samples(tmp, data, config, tokens, text_adapter, image_adapter)
-    metrics["heldout_users"] = float(len(heldout))
+        write_samples(tmp, data, split, config, tokens, text_adapter, image_adapter)
+    metrics["training_users"] = float(len(roles.training))
     write_stage_record(out, metrics, config)
     summary = "; ".join(
         f"{kind} loss {metrics[f'{kind}/first_loss']:.3f} → {metrics[f'{kind}/final_loss']:.3f}"
         for kind in ("text", "image", f"{SOFT_PROMPT}/text", f"{SOFT_PROMPT}/image") if f"{kind}/final_loss" in metrics
-    ) + f"; {len(heldout)} users held out; samples in {out / 'samples'}"
+    ) + f"; trained on {len(roles.training)} users; samples in {out / 'samples'}"
     run.mark_complete("generator", stage_fp, {"summary": summary, "metrics": metrics})
     return StageResult(stage_fp, summary)
 

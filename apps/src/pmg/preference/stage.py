@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from pmg.atomic import atomic_file
 from pmg.config import config_to_yaml
-from pmg.data.dataset_stage import load_prepared
+from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
 from pmg.data.split import Split
@@ -226,9 +226,13 @@ def _data_notes(data: InteractionData, split: Split, masks: dict[str, torch.Tens
 
 
 def train_preferences(
-    config: PreferenceConfig, data: InteractionData, split: Split, out: Path, *, callbacks: Sequence[Callback] = ()
+    config: PreferenceConfig, data: InteractionData, split: Split, out: Path, *, callbacks: Sequence[Callback] = (),
+    validation_users: np.ndarray | None = None,
 ) -> PreferenceArtifacts:
     """Fit the model on ``split.train``, keep the best validation-NDCG checkpoint, write artifacts to ``out``.
+
+    ``validation_users`` (data user indices; None: all): the users whose validation items choose
+    the checkpoint and stop the fit; the pipeline leaves out the evaluation users (``data.users``).
 
     Cold start: users without training interactions are flagged; those with validation
     interactions get the mean embedding of those items (a fold-in from their few items), the
@@ -248,14 +252,14 @@ def train_preferences(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _fit_and_write(config, data, split, out, callbacks, features, masks)
+        return _fit_and_write(config, data, split, out, callbacks, features, masks, validation_users)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit_and_write(
     config: PreferenceConfig, data: InteractionData, split: Split, out: Path, callbacks: Sequence[Callback],
-    features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+    features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], validation_users: np.ndarray | None,
 ) -> PreferenceArtifacts:
     notes = _data_notes(data, split, masks)
     for modality, mask in masks.items():
@@ -273,7 +277,8 @@ def _fit_and_write(
     graph = InteractionGraph(*_pairs(data, split.train), data.num_users, data.num_items, features, masks)
     model = build_model(config.model, data.num_users, data.num_items, {m: v.shape[1] for m, v in features.items()})
     datamodule = BPRDataModule(
-        data, split, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_negatives=config.num_negatives
+        data, split, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_negatives=config.num_negatives,
+        validation_users=validation_users,
     )
     module = PreferenceModule(graph, model, config.optimizer, datamodule.val_targets, config.ks)
     monitor = f"val/ndcg@{max(config.ks)}"
@@ -384,8 +389,10 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
         return StageResult(stage_fp, record["summary"], reused=True)
     run.invalidate("preference")
     data, split = load_prepared(run)
+    roles = load_user_roles(run, data)
     resolved = resolve_zoo_encoders(config, run)
-    artifacts = train_preferences(resolved, data, split, run.stage_dir("preference"))
+    artifacts = train_preferences(resolved, data, split, run.stage_dir("preference"),
+                                  validation_users=np.concatenate([roles.training, roles.selection]))
     m = artifacts.metrics
     summary = (
         f"test recall@{k} {m[f'test/recall@{k}']:.4f}, ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "

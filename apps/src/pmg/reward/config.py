@@ -99,10 +99,10 @@ class RewardConfig:
     """Stage "reward": fine-tune the generator stage's adapters (token rows + LoRA only) with
     ``weights`` · (consistency, personalization); text by GRPO, then image by reward backprop.
 
-    ``validation_fraction`` of the users with tokens (seeded) are held out of training (the
-    evaluate stage judges them); every ``eval_every`` steps the mean validation reward (greedy
-    text, seeded image) of ``validation_users`` of them (a seeded sample; 0: all) is measured
-    and the adapter state with the best one is kept (the SFT state counts as step 0).
+    It trains on the data stage's training users (``data.users``) and, every ``eval_every``
+    steps, measures the mean validation reward (greedy text, seeded image) of ``validation_users``
+    of the selection users (a seeded sample; 0: all), keeping the adapter state with the best
+    one (the SFT state counts as step 0); the evaluation users are never seen.
     ``map_ridge``: the ridge of the content → preference map of the personalization reward.
     ``consistency_mode``: ``"contrastive"`` (the probability that the text picks its own image
     among the step's images: it pays to name what sets the image apart) or ``"cosine"`` (the
@@ -113,7 +113,6 @@ class RewardConfig:
     weights: RewardWeights = field(default_factory=RewardWeights)
     text: TextRewardConfig = field(default_factory=TextRewardConfig)
     image: ImageRewardConfig = field(default_factory=ImageRewardConfig)
-    validation_fraction: float = 0.2
     validation_users: int = 48
     eval_every: int = 10
     map_ridge: float = 1e-2
@@ -127,10 +126,8 @@ class RewardConfig:
             raise ValueError("reward: enable at least one of text and image")
         self.text.validate()
         self.image.validate()
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError("reward.validation_fraction must be in (0, 1)")
         if self.validation_users < 0:
-            raise ValueError("reward.validation_users must be >= 0 (0: every held-out user)")
+            raise ValueError("reward.validation_users must be >= 0 (0: every selection user)")
         if self.consistency_mode not in ("contrastive", "cosine"):
             raise ValueError(f"reward.consistency_mode must be 'contrastive' or 'cosine', got {self.consistency_mode!r}")
         if self.eval_every < 1 or self.map_ridge <= 0:

@@ -9,21 +9,19 @@ new token rows and LoRA weights change. Artifacts in ``<run>/reward/``:
     image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
     samples/             <n>_<user_id>.png + samples.json, as the generator stage writes them
     metrics.json         validation reward (total and components) before, best and per evaluation
-    validation_users.json the held-out user ids
     config.yaml          the stage's config
     tb/                  TensorBoard logs (train/*: rewards, KL; val/*: validation rewards)
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pmg.atomic import atomic_directory, atomic_file
+from pmg.atomic import atomic_directory
 from pmg.config import load_config
 from pmg.reward.config import RewardConfig
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
@@ -138,14 +136,6 @@ def _check_inputs(config: RewardConfig, text_folder: Path | None, image_folder: 
                            "(preference stage modalities), or set reward.weights.personalization=0")
 
 
-def _validation_split(users: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(training users, validation users): a seeded ``fraction`` of ``users`` held out (at least one each)."""
-    order = np.random.default_rng(seed).permutation(len(users))
-    count = min(max(round(fraction * len(users)), 1), len(users) - 1)
-    held = sorted(users[i] for i in order[:count])
-    return sorted(set(users) - set(held)), held
-
-
 def _seeded_sample(users: list[int], count: int, seed: int) -> list[int]:
     """``count`` of ``users`` (a seeded sample, sorted; all of them for ``count`` 0 or more than there are)."""
     if count <= 0 or count >= len(users):
@@ -201,8 +191,8 @@ def _user_images(adapter: ImagePreferenceAdapter, prompts: list[str], users: lis
     return images
 
 
-def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, generator: GeneratorConfig, tokens: Any,
-                users: list[int]) -> list[str]:
+def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: np.ndarray, generator: GeneratorConfig,
+                tokens: Any, users: list[int]) -> list[str]:
     """Each data user's text as the pipeline writes it (every ``generator.text.targets``, read as
     one by ``joined_text``): what the image subject takes its words from and what an image's
     consistency is scored against; "" for users not in ``users``."""
@@ -211,7 +201,7 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, generator
     fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
     made = generate_for_users(data, generator, users=users, text_fragments=[fragments[u] for u in users],
                               image_fragments=[None] * len(users), text_adapter=adapter, image_adapter=None,
-                              batch_size=_SAMPLE_BATCH)
+                              history=history, batch_size=_SAMPLE_BATCH)
     texts = [""] * data.num_users
     for user, generation in zip(users, made, strict=True):
         texts[user] = generation.text
@@ -231,13 +221,14 @@ def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, con
     return text_prompts, users
 
 
-def _image_prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
-    """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``)."""
+def _image_prompts(data: InteractionData, history: np.ndarray, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
+    """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``);
+    the subject from the user's ``history`` (the split's training rows)."""
     from pmg.generator.stage import subject_attributes, user_fragments, user_image_prompt
 
     fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
     described = subject_attributes(data, generator) if any(texts) else {}
-    return [user_image_prompt(data, generator, u, texts[u], f, described) for u, f in enumerate(fragments)]
+    return [user_image_prompt(data, generator, u, texts[u], f, described, history) for u, f in enumerate(fragments)]
 
 
 def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
@@ -249,7 +240,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     config.validate()
     import lightning as L
 
-    from pmg.data.dataset_stage import load_prepared
+    from pmg.data.dataset_stage import load_prepared, load_user_roles
     from pmg.generator.config import GeneratorConfig
     from pmg.generator.stage import write_samples
     from pmg.preference.stage import load_preferences
@@ -265,7 +256,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     preferences = load_preferences(run)
     _check_inputs(config, text_folder, image_folder, preferences.user_preferences)
     tokens = load_user_tokens(run)
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     zoo = load_zoo(run)
     out = run.stage_dir("reward")
     seed = config.trainer.seed
@@ -282,9 +273,14 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     text_prompts, users = _prompts(data, generator, tokens, config)
     if len(users) < 2:
         raise RunError(f"the reward stage needs at least 2 users with preference tokens, {run.root} has {len(users)}")
-    train_users, val_users = _validation_split(users, config.validation_fraction, seed)
-    with atomic_file(out / "validation_users.json") as tmp:
-        tmp.write_text(json.dumps([data.user_ids[u] for u in val_users]))
+    roles = load_user_roles(run, data)
+    # Trained on the training users only, the best state chosen on the selection users only: the
+    # evaluation users are never seen (pmg.data.user_roles).
+    train_users = sorted(set(users) & set(roles.training.tolist()))
+    val_users = sorted(set(users) & set(roles.selection.tolist()))
+    if not train_users or not val_users:
+        raise RunError(f"the reward stage needs training and selection users with tokens; {run.root} has {len(train_users)} "
+                       f"and {len(val_users)} (data.users.selection_fraction)")
     scored = _seeded_sample(val_users, config.validation_users, seed)
     text_order = _training_order(train_users, config.text.max_steps * config.text.users_per_step, seed)
     image_order = _training_order(train_users, config.image.max_steps * config.image.users_per_step, seed + 1)
@@ -297,9 +293,9 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
             partners = sorted(set(text_order) | set(scored))
             if image_adapter is not None:
                 # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
-                sft_texts = (_user_texts(text_policy, data, generator, tokens, partners)
+                sft_texts = (_user_texts(text_policy, data, split.train, generator, tokens, partners)
                              if generator.image.subject_from_text else [""] * data.num_users)
-                images = _user_images(image_adapter, _image_prompts(data, generator, tokens, sft_texts), partners, data.num_users,
+                images = _user_images(image_adapter, _image_prompts(data, split.train, generator, tokens, sft_texts), partners, data.num_users,
                                       config, seed)
             else:
                 images = torch.zeros(data.num_users, 3, 8, 8)
@@ -314,9 +310,9 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     if image_adapter is not None:
         if config.image.enabled:
             partners = sorted(set(image_order) | set(scored))
-            texts = (_user_texts(text_policy, data, generator, tokens, partners)
+            texts = (_user_texts(text_policy, data, split.train, generator, tokens, partners)
                      if text_policy is not None else [""] * data.num_users)
-            module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, generator, tokens, texts), texts,
+            module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, split.train, generator, tokens, texts), texts,
                                        user_prefs.get("visual", zeros), config.image,
                                        config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
             _fit(module, config, image_order, config.image.users_per_step, config.image.max_steps, out)
@@ -325,7 +321,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
         with atomic_directory(out / "image_adapter") as tmp:
             image_adapter.save(tmp)
     with atomic_directory(out / "samples") as tmp:
-        write_samples(tmp, data, generator, tokens, text_policy, image_adapter)
+        write_samples(tmp, data, split, generator, tokens, text_policy, image_adapter)
     metrics["validation_users"] = float(len(val_users))
     metrics["validation_users_scored"] = float(len(scored))
     write_stage_record(out, metrics, config)
@@ -333,7 +329,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
         f"{kind} validation reward {metrics[f'{kind}/val_reward_before']:.3f} → {metrics[f'{kind}/val_reward_best']:.3f}"
         f" (best at step {int(metrics[f'{kind}/best_step'])})"
         for kind in ("text", "image") if f"{kind}/val_reward_best" in metrics
-    ) + f"; {len(scored)} of {len(val_users)} held-out users scored; samples in {out / 'samples'}"
+    ) + f"; {len(scored)} of {len(val_users)} selection users scored; samples in {out / 'samples'}"
     run.mark_complete("reward", stage_fp, {"summary": summary, "metrics": metrics})
     return StageResult(stage_fp, summary)
 
