@@ -1,108 +1,185 @@
-"""Benchmark of the generator stage on the catalog: personalization of generated images and texts
-with discrete preference tokens, without them, and with the continuous soft-prompt baseline;
-generation time with tokens against the plain pipelines.
+"""Benchmark of generation on both catalog profiles: every variant of `pmg evaluate` on at least 200
+evaluation users, with 95% intervals, and the generation time with tokens against the plain pipelines.
 
 Usage:
-    uv run --frozen python benchmarks/generation.py                  # on runs/default (a completed `pmg pipeline`)
-    uv run --frozen python benchmarks/generation.py --run DIR
-    uv run --frozen python benchmarks/generation.py --quick          # builds a small run itself (quick profile)
+    uv run --frozen python benchmarks/generation.py              # runs/default and runs/sparse (built or reused)
+    uv run --frozen python benchmarks/generation.py --quick      # both profiles at the quick profile's size
+    uv run --frozen python benchmarks/generation.py --profiles default --users 200
 
 Protocol:
 
-- users: the generator stage's held-out users (``generator.heldout_user_fraction``; never seen in
-  SFT, so their token combinations are judged as for a new user), all users when none were held
-  out; at most ``--users``.
-- three variants, same trained models and sampling settings (``generator.sample``: greedy text,
-  seeded diffusion), one image and one text per target (title, review) per user, the image
-  subject being the user's most liked category:
-  ``tokens``: the token adapters with the user's preference tokens in both prompts;
-  ``notoken``: the same adapters with the no-token prompt (what the tokens add);
-  ``softprompt``: the soft-prompt baseline (``<run>/generator/soft_prompt``), the user's
-  preference vectors mapped into the LM / CLIP text-encoder embedding spaces. A run without it
-  (``generator.baselines.soft_prompt`` is off by default) is copied to ``runs/bench-generation``
-  and its generator stage redone there with it (same seed and budget).
-- ``img_colour_acc*``: share of images in which the zoo's attribute judge reads the user's
-  ground-truth colour; ``text_attr_acc*``: mean over the textual tastes (material, style) of the
-  share of users whose generated texts (title and review joined) name their true value first
-  (``pmg.generator.evaluation``). Chance is about 1/8 and 1/6.
-- time: per user, text (every target, exactly ``max_new_tokens`` new tokens) + image, with tokens
-  through the adapters vs the zoo's plain LM and SDXL pipeline with the no-token prompts, same
-  settings, interleaved over ``--timing-users`` users after a warm-up, ``--repeats`` times;
+- runs: ``pmg pipeline`` on the default catalog (``runs/default``) and on the sparse profile
+  (``data.catalog.profile=sparse``, ``runs/sparse``); completed stages are reused. A run without
+  the soft-prompt baseline is copied to ``runs/bench-generation-<profile>`` and its generator
+  stage redone there with it (same seed and budget), so every variant is on the same models.
+- users: the data stage's evaluation users (``data.users``: no stage trained or selected on
+  them), at most ``--users``; the same users for every variant.
+- variants: those of ``pmg evaluate`` (``pmg.evaluate.generation``): no tokens, soft prompt,
+  keywords (the history's words where the tokens would go), hybrid (keywords + tokens),
+  retrieve (the top-1 recommended item's own image and text), tokens after SFT, tokens after
+  reward. Per variant: image and text personalization, the joint rate, each attribute's rate,
+  each with a 95% bootstrap interval over users; the default variant's paired difference with
+  the keywords baseline, with its interval.
+- ``history_keyword_hit_rate``: per taste, the share of users whose extracted keyword (what the
+  keywords variant prompts with) is their true value; ``history_majority_hit_rate``: the share
+  whose training items' most frequent value is (the keyword upper bound; for a hidden taste, what
+  only the images hold).
+- time (default profile): per user, text (every target, exactly ``max_new_tokens`` new tokens) +
+  image, with tokens through the adapters vs the zoo's plain LM and SDXL pipeline with the no-token
+  prompts, interleaved over ``--timing-users`` users after a warm-up, ``--repeats`` times;
   ``token_overhead = time_with_tokens / time_plain - 1`` (medians over users).
 
-Progress goes to stdout; the LAST line is one JSON object.
+Progress goes to stdout; the LAST line is one JSON object:
+``{"default_variant", "profiles": {profile: P}, "token_overhead", ...}`` with
+``P = {"n_users", "history_keyword_hit_rate", "history_majority_hit_rate", "variants": {variant: {...}},
+"default_vs_keywords": {...}}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
-from pmg.evaluate.generation import no_token_variant, soft_prompt_variant, token_variant
-from pmg.generator import (
-    GeneratorConfig,
-    load_generators,
-    load_heldout_users,
-    load_soft_prompt_generators,
-)
-from pmg.generator.evaluation import judge_colour_accuracy, taste_attributes, text_attribute_accuracy
+from pmg.data.keyword_bound import history_majority_hit_rate
+from pmg.evaluate.generation import VARIANTS, generation_section, token_variant, user_keywords
+from pmg.evaluate.intervals import bootstrap_interval
+from pmg.evaluate.stage import evaluation_users, generate_variants, generation_judges, generation_variants
+from pmg.evaluate.table import Cell, Section
+from pmg.generator import GeneratorConfig, load_generators, run_generator_stage
+from pmg.generator.evaluation import taste_attributes
 from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
-from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
 from pmg.zoo.manifest import load_zoo
 from pmg.zoo.sdxl_recipe import pipeline_resolution
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK_RUN = REPO / "runs" / "bench-generation-quick"
-# The quick profile holds out a larger share of its 200 users so that enough are judged.
-QUICK_OVERRIDES = ("generator.heldout_user_fraction=0.25", "generator.baselines.soft_prompt=true",
-                   "generator.trainer.enable_progress_bar=false")
-# A run without the soft-prompt baseline is copied here and its generator stage redone with it.
-BASELINE_RUN = REPO / "runs" / "bench-generation"
+PROFILES = {"default": (), "sparse": ("data.catalog.profile=sparse",)}
+# What `pmg pipeline` gives a user by default: `pmg generate` prompts the reward-tuned adapters with the tokens.
+DEFAULT_VARIANT = "tokens_reward"
+QUICK_OVERRIDES = ("generator.baselines.soft_prompt=true", "generator.trainer.enable_progress_bar=false")
 
 
-def _with_soft_prompt_baseline(run: RunDirectory) -> RunDirectory:
+def _run(profile: str, quick: bool) -> RunDirectory:
+    """The profile's completed pipeline run (built, or reused stage by stage)."""
+    name = f"{profile}-quick" if quick else profile
+    overrides = [f"run_dir={REPO / 'runs' / name}", *PROFILES[profile], *(QUICK_OVERRIDES if quick else ())]
+    config = load_config(PipelineConfig, quick_profile() if quick else None, overrides)
+    print(f"[{profile}] pipeline in {config.run_dir}", flush=True)
+    return run_pipeline(config)
+
+
+def _with_soft_prompt_baseline(run: RunDirectory, profile: str) -> RunDirectory:
     """``run`` if it has the soft-prompt baseline, else a copy whose generator stage trained it too
     (same config otherwise; the original run is left as it is)."""
-    import dataclasses
-    import shutil
-
-    from pmg.generator import run_generator_stage
-
     if (run.stage_dir("generator") / "soft_prompt").is_dir():
         return run
-    print(f"{run.root} has no soft-prompt baseline: redoing its generator stage with it in a copy, {BASELINE_RUN}", flush=True)
-    shutil.rmtree(BASELINE_RUN, ignore_errors=True)
-    shutil.copytree(run.root, BASELINE_RUN)
-    copy = RunDirectory(BASELINE_RUN)
+    target = REPO / "runs" / f"bench-generation-{profile}"
+    fingerprint = run.require("generator")["fingerprint"]
+    copy = RunDirectory(target)
+    if target.is_dir() and (copy.record("generator") or {}).get("source_fingerprint") == fingerprint:
+        return copy  # the copy of this very run, already with the baseline
+    print(f"{run.root} has no soft-prompt baseline: redoing its generator stage with it in a copy, {target}", flush=True)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(run.root, target)
+    copy = RunDirectory(target)
     config = load_config(GeneratorConfig, copy.stage_dir("generator") / "config.yaml")
     config.baselines = dataclasses.replace(config.baselines, soft_prompt=True)
     print(f"[generator] {run_generator_stage(config, copy, run.require('quantize')['fingerprint'], True).summary}", flush=True)
+    record = copy.require("generator")
+    copy.mark_complete("generator", record["fingerprint"], {**{k: v for k, v in record.items() if k != "fingerprint"},
+                                                           "source_fingerprint": fingerprint})
     return copy
 
 
-def _evaluation_users(run: RunDirectory, data: InteractionData, limit: int) -> tuple[list[int], bool]:
-    index = data.user_index()
-    heldout = [index[u] for u in load_heldout_users(run)]
-    users = heldout or list(range(data.num_users))
-    return users[:limit], bool(heldout)
+def _cell(cell: Cell) -> tuple[float | None, list[float] | None]:
+    return cell.value, list(cell.interval) if cell.interval is not None else None
 
 
-def _accuracies(data: InteractionData, users: list[int], images: list, texts: list[str], judge) -> tuple[float, float, dict]:
-    colour = judge_colour_accuracy(images, [data.user_tastes["colour"][u] for u in users], judge) if images else float("nan")
-    attributes = taste_attributes(data, "textual")
-    tastes = {name: [data.user_tastes[name][u] for u in users] for name in attributes}
-    text = text_attribute_accuracy(texts, tastes, attributes) if texts else {"mean": float("nan")}
-    return colour, text["mean"], text
+def _variant_figures(section: Section, variant: str) -> dict[str, object]:
+    """One variant's figures from the generation section (rates of every attribute, headline rows with intervals)."""
+    out: dict[str, object] = {}
+    for metric in ("image_personalization", "text_personalization", "joint", "consistency", "user_preference_image",
+                   "user_preference_text"):
+        try:
+            value, interval = _cell(section.row(metric).cells[variant])
+        except KeyError:
+            continue
+        out[metric], out[f"{metric}_ci"] = value, interval
+    for row in section.rows:
+        for kind in ("image", "text"):
+            if row.metric.startswith(f"{kind}_") and row.metric.endswith("_accuracy"):
+                out[row.metric.removesuffix("_accuracy")] = row.cells[variant].value
+    return out
+
+
+def _paired(section: Section, variant: str, baseline: str) -> dict[str, object]:
+    """``variant`` − ``baseline`` on the same users, per headline row, with the interval of the mean difference."""
+    out: dict[str, object] = {}
+    for metric in ("image_personalization", "text_personalization", "joint"):
+        try:
+            a, b = section.row(metric).cells[variant].per_user, section.row(metric).cells[baseline].per_user
+        except KeyError:
+            continue
+        if a is None or b is None or len(a) != len(b):
+            continue
+        out[metric] = round(float(np.mean(a - b)), 4)
+        out[f"{metric}_ci"] = [round(v, 4) for v in bootstrap_interval(a - b)]
+    return out
+
+
+def _keyword_hit_rate(data: InteractionData, history: np.ndarray, users: list[int]) -> dict[str, float]:
+    """Per taste, the share of ``users`` whose history keyword is their true value (no keyword: a miss)."""
+    keywords = [k for k in user_keywords(data, history, users) if k is not None]
+    assert data.user_tastes is not None
+    return {a: round(float(np.mean([k.values.get(a) == data.user_tastes[a][u] for k, u in zip(keywords, users, strict=True)])), 4)
+            for a in data.user_tastes}
+
+
+def _profile(profile: str, quick: bool, limit: int) -> tuple[dict[str, object], RunDirectory, list[int]]:
+    run = _with_soft_prompt_baseline(_run(profile, quick), profile)
+    data, split = load_prepared(run)
+    if data.user_tastes is None:
+        raise RunError(f"{run.root}: the dataset has no ground-truth tastes; this benchmark needs the catalog")
+    zoo = load_zoo(run)
+    tokens = load_user_tokens(run)
+    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    users = evaluation_users(run, data, tokens, limit)
+    print(f"[{profile}] judging {len(users)} evaluation users of {run.root}", flush=True)
+    variants = generation_variants(run, data, split, zoo, tokens, generator, users)
+    missing = {name: reason for name, reason in variants.items() if isinstance(reason, str)}
+    if missing:
+        raise RunError(f"{run.root}: variants missing: {missing}")
+    generations = generate_variants(variants, data, generator, users, progress=True)
+    section, _ = generation_section(data, split, users, generations, generation_judges(zoo), "colour", "material")
+    figures = {
+        "n_users": len(users),
+        "run": str(run.root),
+        "history_keyword_hit_rate": _keyword_hit_rate(data, split.train, users),
+        "history_majority_hit_rate": {a: round(v, 4) for a, v in history_majority_hit_rate(data, split.train, users).items()},
+        "visual_tastes": list(taste_attributes(data, "visual")),
+        "variants": {name: _variant_figures(section, name) for name in VARIANTS},
+        "default_vs_keywords": _paired(section, DEFAULT_VARIANT, "keywords"),
+    }
+    for name in VARIANTS:
+        shown = figures["variants"][name]
+        print(f"[{profile}] {name}: image {shown.get('image_personalization')} {shown.get('image_personalization_ci')}, "
+              f"text {shown.get('text_personalization')} {shown.get('text_personalization_ci')}, "
+              f"joint {shown.get('joint')}", flush=True)
+    print(f"[{profile}] e.g. keywords: {generations['keywords'][0].text_prompt!r} / {generations['keywords'][0].image_prompt!r}",
+          flush=True)
+    return figures, run, users
 
 
 def _time_generation(config: GeneratorConfig, data: InteractionData, users: list[int], fragments: tuple[list, list],
@@ -145,75 +222,46 @@ def _time_generation(config: GeneratorConfig, data: InteractionData, users: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/default"), help="a run whose generator stage completed")
-    parser.add_argument("--quick", action="store_true", help="build a small run (quick profile) in runs/bench-generation-quick")
-    parser.add_argument("--users", type=int, default=200, help="at most this many users are judged")
+    parser.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=["default", "sparse"])
+    parser.add_argument("--quick", action="store_true", help="both profiles at the quick profile's size (runs/<profile>-quick)")
+    parser.add_argument("--users", type=int, default=200, help="at most this many evaluation users are judged (0: all)")
     parser.add_argument("--timing-users", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     started = time.perf_counter()
-    if args.quick:
-        config = load_config(PipelineConfig, quick_profile(), [f"run_dir={QUICK_RUN}", *QUICK_OVERRIDES])
-        run = run_pipeline(config)
-    else:
-        run = RunDirectory(args.run)
-    run.require("generator")
-    run = _with_soft_prompt_baseline(run)
-    config = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
-    data, _ = load_prepared(run)
-    if data.user_tastes is None or "colour" not in data.user_tastes:
-        raise RunError(f"{run.root}: the dataset has no ground-truth tastes; this benchmark needs the catalog")
+    profiles: dict[str, object] = {}
+    timing_run: tuple[RunDirectory, list[int]] | None = None
+    for profile in args.profiles:
+        profiles[profile], run, users = _profile(profile, args.quick, args.users)
+        if timing_run is None or profile == "default":
+            timing_run = (run, users)
+    assert timing_run is not None
+    run, users = timing_run
+    data, split = load_prepared(run)
     zoo = load_zoo(run)
-    judge = zoo.load_judge()
     tokens = load_user_tokens(run)
+    config = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
     text_adapter, image_adapter = load_generators(run, zoo)
-    soft = load_soft_prompt_generators(run, zoo)
     if text_adapter is None or image_adapter is None:
         raise RunError(f"{run.root}: this benchmark needs both the text and the image generator")
-    if soft is None or soft.text is None or soft.image is None:
-        raise RunError(f"{run.root}: the soft-prompt baseline lacks a generator")
-    preferences = load_preferences(run).user_preferences
-    users, heldout = _evaluation_users(run, data, args.users)
-    print(f"judging {len(users)} {'held-out' if heldout else 'training'} users of {run.root}", flush=True)
-
-    figures: dict[str, object] = {}
-    # The variants as `pmg evaluate` builds them (its no_tokens, soft_prompt and tokens_sft columns).
-    variants = {"tokens": token_variant(text_adapter, image_adapter, data, tokens, config),
-                "notoken": no_token_variant(text_adapter, image_adapter),
-                "softprompt": soft_prompt_variant(soft, preferences)}
-    fragments = (variants["tokens"].text_fragments, variants["tokens"].image_fragments)
-    for variant, generators in variants.items():
-        variant_started = time.perf_counter()
-        results = generators.generate_many(data, config, users)
-        images = [result.image for result in results]
-        texts = [result.text for result in results]
-        colour, text, per_attribute = _accuracies(data, users, images, texts, judge)
-        suffix = "" if variant == "tokens" else f"_{variant}"
-        figures[f"img_colour_acc{suffix}"] = round(colour, 4)
-        figures[f"text_attr_acc{suffix}"] = round(text, 4)
-        figures.update({f"text_{name}_acc{suffix}": round(v, 4) for name, v in per_attribute.items() if name != "mean"})
-        print(f"[{variant}] image colour {colour:.3f}, text attributes {text:.3f} {per_attribute} "
-              f"({time.perf_counter() - variant_started:.1f}s); e.g. {texts[0]!r}", flush=True)
-
+    variant = token_variant(text_adapter, image_adapter, data, split.train, tokens, config)
     lm, lm_tokenizer = zoo.load_lm()
     if lm_tokenizer.pad_token is None:
         lm_tokenizer.pad_token = lm_tokenizer.eos_token
-    with_tokens, plain = _time_generation(config, data, users[: args.timing_users], fragments, (text_adapter, image_adapter),
-                                          (lm.eval(), lm_tokenizer, zoo.load_sdxl()), args.repeats)
-    figures.update({
+    with_tokens, plain = _time_generation(config, data, users[: args.timing_users], (variant.text_fragments, variant.image_fragments),
+                                          (text_adapter, image_adapter), (lm.eval(), lm_tokenizer, zoo.load_sdxl()), args.repeats)
+    print(f"time per user: {with_tokens:.3f}s with tokens, {plain:.3f}s plain", flush=True)
+    print(json.dumps({
+        "default_variant": DEFAULT_VARIANT,
+        "profiles": profiles,
         "token_overhead": round(with_tokens / plain - 1, 4),
         "seconds_per_user_tokens": round(with_tokens, 4),
         "seconds_per_user_plain": round(plain, 4),
-        "users": len(users),
-        "heldout_users": heldout,
-        "run": str(run.root),
         "quick": bool(args.quick),
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "torch_threads": torch.get_num_threads(),
-    })
-    print(f"time per user: {with_tokens:.3f}s with tokens, {plain:.3f}s plain", flush=True)
-    print(json.dumps(figures))
+    }))
 
 
 if __name__ == "__main__":

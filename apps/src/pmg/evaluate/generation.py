@@ -1,4 +1,4 @@
-"""Generation section of the evaluation table: four variants of the generators on the same users.
+"""Generation section of the evaluation table: every variant judged on the same evaluation users.
 
 Variants (the same sampling settings, ``generator.sample``: greedy text, seeded diffusion; every
 user's image with the same seed, so variants differ only by their conditioning):
@@ -6,16 +6,31 @@ user's image with the same seed, so variants differ only by their conditioning):
 - ``no_tokens``: the generator stage's adapters with the no-token prompt (what the tokens add);
 - ``soft_prompt``: the continuous baseline (``<run>/generator/soft_prompt``), each user's preference
   vectors projected into the placeholders (no quantization);
+- ``keywords`` (PMG-style): the user's history keywords (``pmg.data.keywords``: read from their
+  training interactions only) where the tokens would go: in the text prompt, and describing the
+  image subject ("a red striped dress"), through the zoo's models as they are (a pretrained
+  generator prompted with words, as PMG does; the generator stage's LoRA-tuned LM has learnt to
+  follow tokens and no longer copies words from its prompt, which would handicap the baseline);
+- ``hybrid``: those keywords and the user's tokens together, through the pipeline's final
+  (reward-stage) adapters;
+- ``retrieve`` ("recommend, not generate"): the image and text (title and description) of the
+  item the preference stage ranks first for the user outside their training history;
 - ``tokens_sft``: the generator stage's adapters with the user's discrete tokens;
 - ``tokens_reward``: the reward stage's adapters with the user's discrete tokens.
 
-Metrics per variant (``pmg.generator.evaluation`` for the ground-truth checks):
+Metrics per variant (``pmg.generator.evaluation`` for the ground-truth checks), each with a 95%
+bootstrap interval over the users (``pmg.evaluate.intervals``) and the number of users it rests on:
 
 - personalization accuracy: the judge reads the user's true value of each visual taste in the
-  image; the text names the user's true value of each textual taste first; and their means;
+  image; the text names the user's true value of each textual taste first; and their per-user means;
 - cross-modal consistency: the text names first the ``consistency_attribute`` value (colour)
   the judge reads in the image;
-- CLIP score: cosine of the zoo CLIP's embeddings of the image and of the text, in [-1, 1];
+- joint: per user, the image shows the user's ``consistency_attribute`` value, the text names
+  the user's ``joint_text_attribute`` value, and the two agree (consistency): a generic prompt
+  whose every text names red beside a red image is consistent, not joint;
+- CLIP score: cosine of the zoo CLIP's embeddings of the image and of the text, in [-1, 1]. The
+  reward stage optimises this CLIP, so the CLIP rows are not independent of the reward-tuned
+  variants: prefer the judge-based rows;
 - user-preference score: the generated content against the user's held-out future items (the
   split's validation + test items): for each user, the share of the other evaluated users whose
   future items are less similar to the content than the user's own (mean CLIP cosine; ties
@@ -30,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
+from pmg.data.keywords import HistoryKeywords, history_keywords
 from pmg.evaluate.table import Cell, Section
 from pmg.generator.evaluation import (
     consistency_hits,
@@ -38,6 +55,8 @@ from pmg.generator.evaluation import (
     taste_attributes,
     text_attribute_hits,
 )
+from pmg.generator.modules import SUBJECT_ATTRIBUTE
+from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -48,31 +67,34 @@ if TYPE_CHECKING:
     from pmg.generator.stage import SoftPromptGenerators, UserGeneration
     from pmg.quantize.stage import UserTokens
     from pmg.zoo.judge import AttributeJudge
-    from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
+    from pmg.zoo.manifest import Zoo
+    from prefgraph import Scorer
     from prefreward._clip import ClipEmbedder
 
-__all__ = ["VARIANTS", "VARIANT_LABELS", "GenerationJudges", "VariantGenerators", "future_items", "generation_record",
-           "generation_section", "image_tensor",
-           "no_token_variant", "soft_prompt_variant", "token_variant"]
+__all__ = ["VARIANTS", "VARIANT_LABELS", "GenerationJudges", "RetrievalVariant", "VariantGenerators", "future_items",
+           "zoo_generators",
+           "generation_record", "generation_section", "hybrid_variant", "image_tensor", "keyword_variant",
+           "no_token_variant", "soft_prompt_variant", "token_variant", "user_keywords"]
 
-VARIANTS = ("no_tokens", "soft_prompt", "tokens_sft", "tokens_reward")
-VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "tokens_sft": "tokens (SFT)",
-                  "tokens_reward": "tokens (reward)"}
-
-
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
+VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "keywords": "keywords", "hybrid": "keywords + tokens",
+                  "retrieve": "retrieve (top-1 item)", "tokens_sft": "tokens (SFT)", "tokens_reward": "tokens (reward)"}
 @dataclass
 class VariantGenerators:
-    """One variant: its text/image adapters and how a user is put in the prompt.
+    """One generated variant: its text/image adapters and how a user is put in the prompts.
 
-    ``text_fragments`` / ``image_fragments``: per data user, the token fragment (None entries
-    or lists: the no-token prompt). With ``soft`` the prompts carry the baseline's placeholders,
-    filled from ``preferences`` ({modality: [U, d]}).
+    ``text_fragments`` / ``image_fragments``: per data user, the prompt fragment (tokens, keywords
+    or both; None entries or lists: the no-token prompt). ``subject_keywords``: per data user, the
+    {attribute: value} words that describe the image subject (None: none). With ``soft`` the
+    prompts carry the baseline's placeholders, filled from ``preferences`` ({modality: [U, d]}).
     """
 
     text: TextPreferenceAdapter | None
     image: ImagePreferenceAdapter | None
+    history: np.ndarray
     text_fragments: Sequence[str | None] | None = None
     image_fragments: Sequence[str | None] | None = None
+    subject_keywords: Sequence[Mapping[str, str] | None] | None = None
     soft: SoftPromptGenerators | None = None
     preferences: Mapping[str, torch.Tensor] | None = None
 
@@ -89,33 +111,124 @@ class VariantGenerators:
             text_vectors, image_vectors = self.soft.vectors(self.preferences, users)
             return generate_for_users(data, config, users=list(users), text_fragments=[self.soft.fragment(self.text)] * len(users),
                                       image_fragments=[self.soft.fragment(self.image)] * len(users), text_adapter=self.text,
-                                      image_adapter=self.image, text_soft_prompt=text_vectors, image_soft_prompt=image_vectors)
+                                      image_adapter=self.image, history=self.history, text_soft_prompt=text_vectors,
+                                      image_soft_prompt=image_vectors)
+
+        def per_user(values: Sequence[Any] | None) -> list[Any]:
+            return [values[u] if values is not None else None for u in users]
+
         return generate_for_users(
-            data, config, users=list(users),
-            text_fragments=[self.text_fragments[u] if self.text_fragments is not None else None for u in users],
-            image_fragments=[self.image_fragments[u] if self.image_fragments is not None else None for u in users],
-            text_adapter=self.text, image_adapter=self.image,
+            data, config, users=list(users), text_fragments=per_user(self.text_fragments),
+            image_fragments=per_user(self.image_fragments), text_adapter=self.text, image_adapter=self.image,
+            history=self.history, keywords=per_user(self.subject_keywords) if self.subject_keywords is not None else None,
         )
 
 
+@dataclass
+class RetrievalVariant:
+    """"Recommend, not generate": each user gets the image and text of the item ``scorer`` ranks
+    first outside their training history (``history`` rows), at ``image_size`` pixels."""
+
+    scorer: Scorer
+    history: np.ndarray
+    image_size: int
+
+    def generate_many(self, data: InteractionData, config: GeneratorConfig, users: Sequence[int]) -> list[UserGeneration]:
+        from pmg.generator.stage import UserGeneration
+
+        with torch.no_grad():
+            scores = self.scorer(torch.as_tensor(list(users), dtype=torch.long)).float().clone()  # [B, I]
+        owners = data.user[self.history]
+        for row, user in enumerate(users):
+            scores[row, torch.from_numpy(data.item[self.history[owners == user]])] = float("-inf")
+        results = []
+        for user, item in zip(users, scores.argmax(dim=1).tolist(), strict=True):
+            record = data.items[item]
+            image = None
+            if record.image is not None:
+                with PILImage.open(record.image) as opened:
+                    image = opened.convert("RGB").resize((self.image_size, self.image_size), PILImage.Resampling.BICUBIC)
+            results.append(UserGeneration(data.user_ids[user], False, f"(item {record.item_id})",
+                                          {"title": record.title, "description": record.description}, "", image))
+        return results
+
+
+# A row no prompt ever uses: a prefgen adapter needs one new token, and with no LoRA and no
+# prompt holding it the adapter generates exactly what the zoo's model does.
+_UNUSED_TOKEN = "<pmg_unused>"
+
+
+def zoo_generators(zoo: Zoo) -> tuple[TextPreferenceAdapter, ImagePreferenceAdapter]:
+    """The zoo's LM and SDXL pipeline as they are (no LoRA, no trained token row), behind the
+    adapters' generation API so that they sample exactly as the trained variants do."""
+    lm, tokenizer = zoo.load_lm()
+    return TextPreferenceAdapter(lm, tokenizer, [_UNUSED_TOKEN]).eval(), ImagePreferenceAdapter(zoo.load_sdxl(), [_UNUSED_TOKEN]).eval()
+
+
+def user_keywords(data: InteractionData, history: np.ndarray, users: Sequence[int]) -> list[HistoryKeywords | None]:
+    """Per data user, the keywords of their ``history`` rows (None for users not in ``users``)."""
+    found: list[HistoryKeywords | None] = [None] * data.num_users
+    for user, keywords in zip(users, history_keywords(data, history, users), strict=True):
+        found[user] = keywords
+    return found
+
+
+def _keyword_prompts(data: InteractionData, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig,
+                     ) -> tuple[list[str | None], list[dict[str, str] | None]]:
+    """Per data user: the text fragment (the keywords of the text modalities' attributes and the
+    free terms) and the image subject's words (the image modalities' attributes but the subject's)."""
+    def attributes(modalities: Sequence[str], *, subject: bool) -> list[str]:
+        return [a for a, spec in data.attributes.items() if spec.modality in modalities and (subject or a != SUBJECT_ATTRIBUTE)]
+
+    text_attributes = attributes(config.text.modalities, subject=True)
+    image_attributes = attributes(config.image.modalities, subject=False)
+    text = [(" ".join(k.words(data, text_attributes)) or None) if k is not None else None for k in keywords]
+    image = [{a: v for a, v in k.values.items() if a in image_attributes} or None if k is not None else None for k in keywords]
+    return text, image
+
+
+def _joined(first: str | None, second: str | None) -> str | None:
+    parts = [part for part in (first, second) if part]
+    return " ".join(parts) if parts else None
+
+
 def token_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
-                  tokens: UserTokens, config: GeneratorConfig) -> VariantGenerators:
+                  history: np.ndarray, tokens: UserTokens, config: GeneratorConfig) -> VariantGenerators:
     """Adapters prompted with each user's discrete tokens (the generator config's modalities)."""
     from pmg.generator.stage import user_fragments
 
-    return VariantGenerators(text, image,
+    return VariantGenerators(text, image, history,
                              user_fragments(data, tokens, [m for m in config.text.modalities if m in tokens.codes]),
                              user_fragments(data, tokens, [m for m in config.image.modalities if m in tokens.codes]))
 
 
-def no_token_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None) -> VariantGenerators:
+def keyword_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
+                    history: np.ndarray, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig) -> VariantGenerators:
+    """Adapters prompted with each user's history keywords where the tokens would go (no tokens)."""
+    text_fragments, subject_words = _keyword_prompts(data, keywords, config)
+    return VariantGenerators(text, image, history, text_fragments, None, subject_words)
+
+
+def hybrid_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
+                   history: np.ndarray, keywords: Sequence[HistoryKeywords | None], tokens: UserTokens,
+                   config: GeneratorConfig) -> VariantGenerators:
+    """Adapters prompted with the history keywords and the user's tokens together."""
+    tokens_only = token_variant(text, image, data, history, tokens, config)
+    text_fragments, subject_words = _keyword_prompts(data, keywords, config)
+    assert tokens_only.text_fragments is not None
+    return VariantGenerators(text, image, history,
+                             [_joined(words, fragment) for words, fragment in zip(text_fragments, tokens_only.text_fragments, strict=True)],
+                             tokens_only.image_fragments, subject_words)
+
+
+def no_token_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, history: np.ndarray) -> VariantGenerators:
     """The same adapters with the no-token (cold-start) prompt."""
-    return VariantGenerators(text, image)
+    return VariantGenerators(text, image, history)
 
 
-def soft_prompt_variant(soft: SoftPromptGenerators, preferences: Mapping[str, torch.Tensor]) -> VariantGenerators:
+def soft_prompt_variant(soft: SoftPromptGenerators, preferences: Mapping[str, torch.Tensor], history: np.ndarray) -> VariantGenerators:
     """The continuous soft-prompt baseline, each user's preference vectors in its placeholders."""
-    return VariantGenerators(soft.text, soft.image, soft=soft, preferences=preferences)
+    return VariantGenerators(soft.text, soft.image, history, soft=soft, preferences=preferences)
 
 
 def image_tensor(image: Image) -> torch.Tensor:
@@ -131,18 +244,18 @@ def future_items(data: InteractionData, split: Split, users: Sequence[int]) -> l
     return [np.unique(data.item[rows[data.user[rows] == u]]) for u in users]
 
 
-def _preference_score(content: torch.Tensor, future: list[torch.Tensor]) -> float:
+def _preference_shares(content: torch.Tensor, future: list[torch.Tensor]) -> np.ndarray:
     """``content`` [N, d] unit vectors, ``future[v]`` [F_v, d] unit vectors of user v's future items.
 
-    s(u, v) = mean cosine of content u with user v's items = content[u] · mean(future[v]); the
-    score is the mean over users u of the share of other users v with s(u, v) < s(u, u) (ties half).
+    s(u, v) = mean cosine of content u with user v's items = content[u] · mean(future[v]); per
+    user u, the share of other users v with s(u, v) < s(u, u) (ties half): float [N], 0.5 = chance.
     """
     centres = torch.stack([items.mean(dim=0) for items in future])  # [N, d]
     similarity = content @ centres.T  # [N, N]
     own = similarity.diagonal().unsqueeze(1)
     wins = (own > similarity).float() + 0.5 * (own == similarity).float()
     others = ~torch.eye(len(content), dtype=torch.bool)
-    return float((wins * others).sum(dim=1).div(others.sum(dim=1)).mean())
+    return (wins * others).sum(dim=1).div(others.sum(dim=1)).numpy()
 
 
 @dataclass
@@ -181,17 +294,18 @@ def _user_preference(content: torch.Tensor, future: list[np.ndarray], items: dic
     if len(kept) < 2:
         return Cell.absent(f"fewer than 2 evaluated users have a held-out future item with {what}")
     rows = torch.tensor([n for n, _ in kept])
-    return Cell.of(_preference_score(content[rows], [torch.stack(vectors) for _, vectors in kept]))
+    return Cell.of_users(_preference_shares(content[rows], [torch.stack(vectors) for _, vectors in kept]))
 
 
 def generation_section(data: InteractionData, split: Split, users: list[int],
                        generations: Mapping[str, list[UserGeneration] | str], judges: GenerationJudges,
-                       consistency_attribute: str) -> tuple[Section, dict[str, list[dict[str, str]] | None]]:
+                       consistency_attribute: str, joint_text_attribute: str,
+                       ) -> tuple[Section, dict[str, list[dict[str, str]] | None]]:
     """The generation rows for every variant, and the judge's reading of each variant's images.
 
     ``generations[variant]``: one ``UserGeneration`` per user of ``users`` (same order), or the
     reason the variant is missing. Returns the section and, per variant, the judge's values per
-    user (None without images or judge).
+    user (None without images or judge). Every computed cell carries its 95% interval and N.
     """
     section = Section("generation", "Generation", list(VARIANTS))
     visual = taste_attributes(data, "visual")
@@ -208,7 +322,7 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
             readings[variant] = None
             continue
         cells, readings[variant] = _variant_cells(data, users, generated, judges, visual, textual, consistency_attribute,
-                                                  future, item_vectors)
+                                                  joint_text_attribute, future, item_vectors)
         columns[variant] = cells
     rows = [(f"image_{a}_accuracy", f"image shows the user's {a}", (0.0, 1.0)) for a in visual]
     rows.append(("image_personalization", "image personalization (mean of the above)" if visual else "image personalization",
@@ -217,7 +331,9 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
     rows.append(("text_personalization", "text personalization (mean of the above)" if textual else "text personalization",
                  (0.0, 1.0)))
     rows += [("consistency", f"image–text consistency ({consistency_attribute})", (0.0, 1.0)),
-             ("clip_score", "CLIP image–text score (cosine)", (-1.0, 1.0)),
+             ("joint", f"joint: image shows the user's {consistency_attribute}, text names the user's {joint_text_attribute}, "
+                       "and they agree", (0.0, 1.0)),
+             ("clip_score", "CLIP image–text score (cosine; the reward optimises this CLIP)", (-1.0, 1.0)),
              ("user_preference_image", "user preference: image vs future items (0.5 = chance)", (0.0, 1.0)),
              ("user_preference_text", "user preference: text vs future items (0.5 = chance)", (0.0, 1.0))]
     for metric, label, value_range in rows:
@@ -229,12 +345,15 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
             else:
                 cells[variant] = columns[variant].get(metric, Cell.absent(no_tastes))
         section.add(metric, label, value_range, cells)
+    section.notes.append("each figure: the mean over the users [its 95% bootstrap interval]; the CLIP rows use the zoo CLIP "
+                         "that the reward stage optimises, so they are not independent of the reward-tuned variants: "
+                         "prefer the judge-based rows")
     return section, readings
 
 
 def _variant_cells(data: InteractionData, users: list[int], generated: list[UserGeneration], judges: GenerationJudges,
                    visual: Mapping[str, Sequence[str]], textual: Mapping[str, Sequence[str]], consistency_attribute: str,
-                   future: list[np.ndarray], item_vectors: Mapping[str, dict[int, torch.Tensor]],
+                   joint_text_attribute: str, future: list[np.ndarray], item_vectors: Mapping[str, dict[int, torch.Tensor]],
                    ) -> tuple[dict[str, Cell], list[dict[str, str]] | None]:
     """Every metric of one variant ({metric: cell}) and the judge's values per user (or None)."""
     cells: dict[str, Cell] = {}
@@ -247,8 +366,8 @@ def _variant_cells(data: InteractionData, users: list[int], generated: list[User
     readings: list[dict[str, str]] | None = None
     if has_images and judges.judge is not None:
         readings = judges.judge.predict_values(images)
-    # Image personalization: the judge reads the user's true value of each visual taste.
-    hits: list[float] = []
+    # Per-user hits of each attribute: the judge reads the user's visual value, the text names the textual one.
+    hits: dict[str, np.ndarray] = {}
     for attribute in visual:
         key = f"image_{attribute}_accuracy"
         if not has_images:
@@ -259,37 +378,41 @@ def _variant_cells(data: InteractionData, users: list[int], generated: list[User
             cells[key] = Cell.absent(f"the zoo's judge does not read {attribute}")
         else:
             truth = [data.user_tastes[attribute][u] for u in users]  # type: ignore[index]
-            value = float(judge_attribute_hits(images, truth, judges.judge, attribute).float().mean())
-            cells[key] = Cell.of(value)
-            hits.append(value)
+            hits[attribute] = judge_attribute_hits(images, truth, judges.judge, attribute).numpy().astype(np.float64)
+            cells[key] = Cell.of_users(hits[attribute])
+    seen = [a for a in visual if a in hits]
     if visual:
         reason = no_image if not has_images else judges.judge_missing if judges.judge is None else "the judge reads no visual taste"
-        cells["image_personalization"] = Cell.of(sum(hits) / len(hits)) if hits else Cell.absent(reason)
-    # Text personalization: the first value of each textual taste the text names is the user's.
-    named: list[float] = []
+        cells["image_personalization"] = Cell.of_users(np.mean([hits[a] for a in seen], axis=0)) if seen else Cell.absent(reason)
     for attribute, values in textual.items():
         if not has_texts:
             cells[f"text_{attribute}_accuracy"] = Cell.absent(no_text)
             continue
         truth = [data.user_tastes[attribute][u] for u in users]  # type: ignore[index]
-        value = float(text_attribute_hits(texts, truth, values).float().mean())
-        cells[f"text_{attribute}_accuracy"] = Cell.of(value)
-        named.append(value)
+        hits[attribute] = text_attribute_hits(texts, truth, values).numpy().astype(np.float64)
+        cells[f"text_{attribute}_accuracy"] = Cell.of_users(hits[attribute])
     if textual:
-        cells["text_personalization"] = Cell.of(sum(named) / len(named)) if named else Cell.absent(no_text)
-    # Consistency: the text names the value the judge reads in the image.
+        cells["text_personalization"] = (Cell.of_users(np.mean([hits[a] for a in textual], axis=0)) if has_texts
+                                         else Cell.absent(no_text))
+    # Consistency: the text names the value the judge reads in the image; joint: that, with both the user's.
     attribute = consistency_attribute
     if not (has_images and has_texts):
-        cells["consistency"] = Cell.absent("needs both an image and a text generator")
+        cells["consistency"] = cells["joint"] = Cell.absent("needs both an image and a text generator")
     elif judges.judge is None:
-        cells["consistency"] = Cell.absent(judges.judge_missing)
+        cells["consistency"] = cells["joint"] = Cell.absent(judges.judge_missing)
     elif attribute not in judges.judge.attributes or attribute not in data.attributes:
-        cells["consistency"] = Cell.absent(f"the dataset or the zoo's judge has no attribute {attribute!r} "
-                                           "(evaluate.generation.consistency_attribute)")
+        cells["consistency"] = cells["joint"] = Cell.absent(
+            f"the dataset or the zoo's judge has no attribute {attribute!r} (evaluate.generation.consistency_attribute)")
     else:
         assert readings is not None
-        seen = [reading[attribute] for reading in readings]
-        cells["consistency"] = Cell.of(float(consistency_hits(texts, seen, data.attributes[attribute].values).float().mean()))
+        agree = consistency_hits(texts, [reading[attribute] for reading in readings],
+                                 data.attributes[attribute].values).numpy().astype(np.float64)
+        cells["consistency"] = Cell.of_users(agree)
+        if attribute in hits and joint_text_attribute in hits:
+            cells["joint"] = Cell.of_users(agree * hits[attribute] * hits[joint_text_attribute])
+        else:
+            cells["joint"] = Cell.absent(f"needs ground-truth tastes for {attribute!r} and {joint_text_attribute!r} "
+                                         "(evaluate.generation.joint_text_attribute)")
     # CLIP score and the user-preference scores.
     embedder = judges.embedder
     image_vectors = text_vectors = None
@@ -299,7 +422,7 @@ def _variant_cells(data: InteractionData, users: list[int], generated: list[User
         if has_texts:
             text_vectors = embedder.embed_texts(texts)
     if image_vectors is not None and text_vectors is not None:
-        cells["clip_score"] = Cell.of(float((image_vectors * text_vectors).sum(dim=-1).mean()))
+        cells["clip_score"] = Cell.of_users((image_vectors * text_vectors).sum(dim=-1).numpy())
     else:
         cells["clip_score"] = Cell.absent("needs both an image and a text generator")
     cells["user_preference_image"] = (_user_preference(image_vectors, future, item_vectors["image"], "an image")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from pmg.atomic import atomic_directory
 from pmg.config import load_config
@@ -28,18 +28,24 @@ from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from pmg.data.format import InteractionData
-    from pmg.evaluate.generation import VariantGenerators
+    from pmg.data.split import Split
+    from pmg.evaluate.generation import GenerationJudges, RetrievalVariant, VariantGenerators
     from pmg.generator.config import GeneratorConfig
+    from pmg.generator.stage import UserGeneration
     from pmg.quantize.stage import UserTokens
     from pmg.zoo.manifest import Zoo
 
-__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES",
-           "load_evaluation", "require_stages", "run_evaluate_stage"]
+__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES", "evaluation_users",
+           "generate_variants", "generation_judges", "generation_variants", "load_evaluation", "require_stages",
+           "run_evaluate_stage"]
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
 GENERATIONS_JSON = "generations.json"
+GenerationVariant = Union["VariantGenerators", "RetrievalVariant"]
 # Every stage the evaluation reads, in pipeline order (the first missing one is named).
 UPSTREAM_STAGES = ("data", "zoo", "preference", "quantize", "generator", "reward")
 
@@ -50,85 +56,114 @@ def require_stages(run: RunDirectory, stages: tuple[str, ...]) -> None:
         run.require(stage)
 
 
-def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, pool: str,
-                     limit: int) -> tuple[list[int], int]:
-    """At most ``limit`` data user indices with tokens from ``pool`` (see ``GenerationEvaluationConfig``),
-    and how many of them the generator stage held out of its training."""
-    from pmg.generator.stage import load_heldout_users
+def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, limit: int) -> list[int]:
+    """At most ``limit`` (0: all) of the data stage's evaluation users that have tokens, in index order
+    (the roles are a seeded random draw, so the first ``limit`` are a random sample of them)."""
+    from pmg.data.dataset_stage import load_user_roles
 
-    index = data.user_index()
-    heldout = {index[u] for u in load_heldout_users(run)}
-    with_tokens = {index[u] for u in tokens.user_ids if u in index}
-    if pool == "reward_validation":
-        path = run.stage_dir("reward") / "validation_users.json"
-        try:
-            validation = [index[u] for u in json.loads(path.read_text())]
-        except (OSError, ValueError, KeyError) as err:
-            raise RunError(f"{path} is missing or damaged ({err}); rerun with --force reward") from err
-        # Users held out of both the SFT and the reward stage first: unseen by every variant.
-        candidates = sorted(validation, key=lambda u: (u not in heldout, u))
-    elif pool == "generator_heldout":
-        candidates = sorted(heldout)
-    else:
-        candidates = list(range(data.num_users))
-    users = [u for u in candidates if u in with_tokens][:limit]
-    return users, sum(u in heldout for u in users)
+    with_tokens = set(tokens.user_ids)
+    users = [int(u) for u in load_user_roles(run, data).evaluation if data.user_ids[u] in with_tokens]
+    return users[:limit] if limit > 0 else users
 
 
-def _variants(run: RunDirectory, data: InteractionData, zoo: Zoo, tokens: UserTokens,
-              generator: GeneratorConfig) -> dict[str, VariantGenerators | str]:
-    """Each variant's generators, or the reason it is missing."""
-    from pmg.evaluate.generation import no_token_variant, soft_prompt_variant, token_variant
+def generation_variants(run: RunDirectory, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
+                        generator: GeneratorConfig, users: Sequence[int]) -> dict[str, GenerationVariant | str]:
+    """Each variant of ``pmg.evaluate.generation.VARIANTS`` ready to generate for ``users``, or the reason it is missing.
+
+    Keywords are read from the training split only; the keyword variant prompts the zoo's models
+    as they are, the hybrid the run's final adapters (the reward stage's), as ``tokens_reward`` does.
+    """
+    from pmg.evaluate.generation import (
+        RetrievalVariant,
+        hybrid_variant,
+        keyword_variant,
+        no_token_variant,
+        soft_prompt_variant,
+        token_variant,
+        user_keywords,
+        zoo_generators,
+    )
     from pmg.generator.stage import load_generators, load_soft_prompt_generators
     from pmg.preference.stage import load_preferences
     from pmg.reward import load_reward_generators
+    from pmg.tasks.state import load_preference_state
+    from pmg.zoo.sdxl_recipe import pipeline_resolution
 
+    history = split.train
     sft_text, sft_image = load_generators(run, zoo)
     reward_text, reward_image = load_reward_generators(run, zoo)
     soft = load_soft_prompt_generators(run, zoo)
+    keywords = user_keywords(data, history, users)
+    state = load_preference_state(run)
+    image_size = pipeline_resolution(sft_image.pipeline) if sft_image is not None else 64
     return {
-        "no_tokens": no_token_variant(sft_text, sft_image),
-        "soft_prompt": soft_prompt_variant(soft, load_preferences(run).user_preferences) if soft is not None else (
+        "no_tokens": no_token_variant(sft_text, sft_image, history),
+        "soft_prompt": soft_prompt_variant(soft, load_preferences(run).user_preferences, history) if soft is not None else (
             "the generator stage did not train the soft-prompt baseline (generator.baselines.soft_prompt=false); "
             "rerun `pmg pipeline ... generator.baselines.soft_prompt=true` to compare with it"),
-        "tokens_sft": token_variant(sft_text, sft_image, data, tokens, generator),
-        "tokens_reward": token_variant(reward_text, reward_image, data, tokens, generator),
+        "keywords": keyword_variant(*zoo_generators(zoo), data, history, keywords, generator),
+        "hybrid": hybrid_variant(reward_text, reward_image, data, history, keywords, tokens, generator),
+        "retrieve": RetrievalVariant(state.model.scorer(state.graph, state.embeddings, cold_start_history=state.cold_start_history),
+                                     history, image_size),
+        "tokens_sft": token_variant(sft_text, sft_image, data, history, tokens, generator),
+        "tokens_reward": token_variant(reward_text, reward_image, data, history, tokens, generator),
     }
 
 
-def _generation(run: RunDirectory, data: InteractionData, split: Any, tokens: UserTokens,
-                config: EvaluateConfig) -> tuple[Section, dict[str, Any], dict[str, list[Any]]]:
-    """The generation section, the ``generations.json`` record and the images per variant."""
+def generate_variants(variants: Mapping[str, GenerationVariant | str], data: InteractionData, generator: GeneratorConfig,
+                      users: Sequence[int], progress: bool = False) -> dict[str, list[UserGeneration] | str]:
+    """Every variant's generations for ``users`` (a missing variant keeps its reason)."""
+    import time
+
     import torch
 
-    from pmg.evaluate.generation import VARIANTS, GenerationJudges, generation_record, generation_section
-    from pmg.generator.config import GeneratorConfig
-    from pmg.zoo.manifest import ZooError, load_zoo
+    generations: dict[str, list[UserGeneration] | str] = {}
+    with torch.no_grad():
+        for name, variant in variants.items():
+            started = time.perf_counter()
+            generations[name] = variant if isinstance(variant, str) else variant.generate_many(data, generator, users)
+            if progress and not isinstance(variant, str):
+                print(f"  [{name}] {len(users)} users in {time.perf_counter() - started:.0f}s", flush=True)
+    return generations
+
+
+def generation_judges(zoo: Zoo) -> GenerationJudges:
+    """The zoo's attribute judge (or why it is missing) and its CLIP embedder."""
+    from pmg.evaluate.generation import GenerationJudges
+    from pmg.zoo.manifest import ZooError
     from prefreward import ConsistencyReward
 
-    zoo = load_zoo(run)
-    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
-    settings = config.generation
-    users, heldout = evaluation_users(run, data, tokens, settings.user_pool, settings.num_users)
-    variants = _variants(run, data, zoo, tokens, generator)
-    if len(users) < 2:
-        reason = f"only {len(users)} user(s) with tokens in evaluate.generation.user_pool={settings.user_pool!r}"
-        variants = dict.fromkeys(VARIANTS, reason)
-    generations: dict[str, Any] = {}
-    with torch.no_grad():
-        for name in VARIANTS:
-            variant = variants[name]
-            generations[name] = variant if isinstance(variant, str) else variant.generate_many(data, generator, users)
     try:
         judge, judge_missing = zoo.load_judge(), ""
     except ZooError as err:
         judge, judge_missing = None, str(err)
     clip, processor = zoo.load_clip()
-    judges = GenerationJudges(judge, judge_missing, ConsistencyReward.from_model(clip, processor).embedder)
-    section, readings = generation_section(data, split, users, generations, judges, settings.consistency_attribute)
+    return GenerationJudges(judge, judge_missing, ConsistencyReward.from_model(clip, processor).embedder)
+
+
+def _generation(run: RunDirectory, data: InteractionData, split: Split, tokens: UserTokens,
+                config: EvaluateConfig) -> tuple[Section, dict[str, Any], dict[str, list[Any]]]:
+    """The generation section, the ``generations.json`` record and the images per variant."""
+    from pmg.evaluate.generation import VARIANTS, generation_record, generation_section
+    from pmg.generator.config import GeneratorConfig
+    from pmg.zoo.manifest import load_zoo
+
+    zoo = load_zoo(run)
+    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    settings = config.generation
+    users = evaluation_users(run, data, tokens, settings.num_users)
+    if len(users) < 2:
+        reason = f"only {len(users)} evaluation user(s) with tokens (data.users.evaluation_fraction)"
+        variants: dict[str, GenerationVariant | str] = dict.fromkeys(VARIANTS, reason)
+    else:
+        variants = generation_variants(run, data, split, zoo, tokens, generator, users)
+    generations = generate_variants(variants, data, generator, users)
+    section, readings = generation_section(data, split, users, generations, generation_judges(zoo),
+                                           settings.consistency_attribute, settings.joint_text_attribute)
     section.notes.append(
-        f"{len(users)} users from {settings.user_pool!r} ({heldout} of them also held out of the generator's training), "
-        f"the same for every column; one seeded image and greedy texts ({', '.join(generator.text.targets)}) per user")
+        f"{len(users)} of the data stage's evaluation users (never trained on, nor selected on, by any stage), the same for "
+        f"every column; one seeded image and greedy texts ({', '.join(generator.text.targets)}) per user; keywords from each "
+        "user's training interactions only")
     position = {u: n for n, u in enumerate(tokens.user_ids)}
     record: dict[str, Any] = {
         "users": [{"user_id": data.user_ids[u],

@@ -5,7 +5,11 @@ Written as ``evaluation.json`` (what the report and the tests read back) and ``e
     {"format": 1, "run": ..., "dataset": ...,
      "sections": [{"name": "recommendation", "title": ..., "columns": ["popularity", ...], "notes": [...],
                    "rows": [{"metric": "recall@20", "label": "Recall@20", "range": [0, 1],
-                             "cells": {"popularity": {"value": 0.01}, "ours": {"value": null, "missing": "why"}}}]}]}
+                             "cells": {"popularity": {"value": 0.01, "interval": [0.005, 0.02], "n": 200},
+                                       "ours": {"value": null, "missing": "why"}}}]}]}
+
+``interval`` (a 95% confidence interval) and ``n`` (how many users the value rests on) are
+present where they were computed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pmg.evaluate.intervals import bootstrap_interval
+
 __all__ = ["Cell", "EvaluationTable", "Row", "Section", "TABLE_FORMAT"]
 
 TABLE_FORMAT = 1
@@ -23,22 +31,56 @@ TABLE_FORMAT = 1
 
 @dataclass
 class Cell:
-    """One figure: ``value``, or None with ``missing`` saying why it could not be computed."""
+    """One figure: ``value``, or None with ``missing`` saying why it could not be computed;
+    ``interval`` its 95% confidence interval and ``n`` the number of users behind it, where known;
+    ``per_user`` the per-user values behind it (float [n]; in memory only, for paired comparisons)."""
 
     value: float | None
     missing: str | None = None
+    interval: tuple[float, float] | None = None
+    n: int | None = None
+    per_user: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def absent(cls, reason: str) -> Cell:
         return cls(None, reason)
 
     @classmethod
-    def of(cls, value: float) -> Cell:
+    def of(cls, value: float, interval: tuple[float, float] | None = None, n: int | None = None) -> Cell:
         """A computed figure; NaN (nothing to average over) becomes a missing cell."""
-        return cls.absent("no users to average over") if math.isnan(value) else cls(float(value))
+        return cls.absent("no users to average over") if math.isnan(value) else cls(float(value), None, interval, n)
+
+    @classmethod
+    def of_users(cls, values: Any) -> Cell:
+        """The mean of per-user ``values`` (float [N]) with its bootstrap interval and N."""
+        array = np.asarray(values, dtype=np.float64)
+        if len(array) == 0:
+            return cls.absent("no users to average over")
+        cell = cls.of(float(array.mean()), bootstrap_interval(array), len(array))
+        cell.per_user = array
+        return cell
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value} if self.missing is None else {"value": None, "missing": self.missing}
+        if self.missing is not None:
+            return {"value": None, "missing": self.missing}
+        out: dict[str, Any] = {"value": self.value}
+        if self.interval is not None:
+            out["interval"] = [self.interval[0], self.interval[1]]
+        if self.n is not None:
+            out["n"] = self.n
+        return out
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Cell:
+        interval = record.get("interval")
+        return cls(record["value"], record.get("missing"), (float(interval[0]), float(interval[1])) if interval else None,
+                   record.get("n"))
+
+    def shown(self) -> str:
+        """The value with its interval, as the Markdown table and the report print it."""
+        if self.value is None:
+            return "—"
+        return f"{self.value:.3f}" + (f" [{self.interval[0]:.2f}, {self.interval[1]:.2f}]" if self.interval is not None else "")
 
 
 @dataclass
@@ -116,7 +158,7 @@ class EvaluationTable:
             raise ValueError(f"evaluation table format {data.get('format')!r}, this pmg reads {TABLE_FORMAT}")
         sections = [Section(s["name"], s["title"], list(s["columns"]), notes=list(s["notes"]), rows=[
             Row(r["metric"], r["label"], (float(r["range"][0]), float(r["range"][1])),
-                {c: Cell(cell["value"], cell.get("missing")) for c, cell in r["cells"].items()}) for r in s["rows"]])
+                {c: Cell.from_json(cell) for c, cell in r["cells"].items()}) for r in s["rows"]])
             for s in data["sections"]]
         return cls(data["run"], data["dataset"], sections)
 
@@ -137,7 +179,7 @@ class EvaluationTable:
             lines.append("|---|" + "---:|" * len(section.columns))
             marked, reasons = section.numbered_cells()
             for row, cells in zip(section.rows, marked, strict=True):
-                shown = [f"{cell.value:.3f}" if number is None else f"— ({number})" for cell, number in cells]
+                shown = [cell.shown() if number is None else f"— ({number})" for cell, number in cells]
                 lines.append(f"| {row.label} | " + " | ".join(shown) + " |")
             if reasons:
                 lines.append("")

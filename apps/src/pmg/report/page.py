@@ -70,7 +70,7 @@ def _table(section: Section, labels: Mapping[str, str]) -> str:
     marked, reasons = section.numbered_cells()
     body = []
     for row, cells in zip(section.rows, marked, strict=True):
-        shown = [f'<td class="value">{cell.value:.3f}</td>' if number is None else
+        shown = [f'<td class="value">{_e(cell.shown())}</td>' if number is None else
                  f'<td class="missing" title="{_e(cell.missing)}">— ({number})</td>' for cell, number in cells]
         body.append(f"<tr><th>{_e(row.label)}</th>{''.join(shown)}</tr>")
     notes = "".join(f'<p class="notes">{_e(n)}</p>' for n in section.notes)

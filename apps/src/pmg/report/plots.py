@@ -98,8 +98,13 @@ def _section_plot(section: Section, labels: Mapping[str, str], path: Path, dpi: 
         values = [row.cells[column].value for row in rows]
         # One fixed colour per column, so a column with no value at all keeps its legend entry and colour.
         colour = f"C{c}"
-        bars = axis.barh([y for y, v in zip(ys, values, strict=True) if v is not None], [v for v in values if v is not None],
-                         height=height, color=colour)
+        shown = [(y, row.cells[column]) for y, row in zip(ys, rows, strict=True) if row.cells[column].value is not None]
+        # The 95% interval as an error bar where the cell has one (zero-length otherwise).
+        errors = [[cell.value - cell.interval[0] if cell.interval else 0.0 for _, cell in shown],
+                  [cell.interval[1] - cell.value if cell.interval else 0.0 for _, cell in shown]]
+        bars = axis.barh([y for y, _ in shown], [cell.value for _, cell in shown], height=height, color=colour,
+                         xerr=errors if any(cell.interval for _, cell in shown) else None,
+                         error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "black"})
         axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=2)
         for y, value in zip(ys, values, strict=True):
             if value is None:

@@ -1,0 +1,114 @@
+"""Words that describe a user, read from their history alone: the keyword baseline (PMG-style).
+
+A user's history is their training interactions (the split's training rows): each is one
+document made of the item's title and description, the user's review of it, and the item's
+metadata values (attributes that are not ``hidden``: a colour field, MovieLens genres). Nothing
+is read from the users' ground truth (``users.jsonl``) or from hidden attributes.
+
+- Where the dataset has an attribute vocabulary (attributes with values), each attribute's
+  keyword is its value named by the most history documents, weighted by the value's inverse
+  document frequency over every history in the rows given (TF-IDF; ties go to the schema order).
+  A value is named by any of its words (:meth:`pmg.data.format.AttributeSpec.words`).
+- Otherwise the user's keywords are the ``top_terms`` words of highest TF-IDF in their
+  history's texts (lower-case words of three letters or more, common English words left out).
+
+    keywords = history_keywords(data, split.train, users)
+    keywords[0].values          # {"colour": "red", "pattern": "stripes", "material": "silk", ...}
+    keywords[0].words(data)     # ["red", "striped", "silk", ...]: what a prompt says
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pmg.data.format import InteractionData
+
+__all__ = ["HistoryKeywords", "history_keywords", "keyword_attributes"]
+
+_WORD = re.compile(r"[a-z][a-z'-]{2,}")
+# Words too common to say anything about a taste; the vocabulary path never needs them.
+_STOPWORDS = frozenset(
+    "the and for with this that from are was were has have had its it's not but you your our all any can "
+    "one very just really made great good nice love like likes genres tags arrived time okay fine nothing special".split())
+
+
+@dataclass(frozen=True)
+class HistoryKeywords:
+    """One user's keywords: ``values`` {attribute: value} on the attribute vocabulary (attributes
+    no history document names are absent) and ``terms``, free words for datasets without one."""
+
+    values: dict[str, str]
+    terms: tuple[str, ...] = ()
+
+    def words(self, data: InteractionData, attributes: Sequence[str] | None = None) -> list[str]:
+        """The prompt words of ``attributes`` (None: every attribute found, schema order), then the free terms."""
+        names = [a for a in data.attributes if a in self.values and (attributes is None or a in attributes)]
+        return [data.attributes[a].prompt_word(self.values[a]) for a in names] + list(self.terms)
+
+
+def keyword_attributes(data: InteractionData) -> list[str]:
+    """The attributes keywords may name: those with values that are not hidden (schema order)."""
+    return [name for name, spec in data.attributes.items() if spec.values and not spec.hidden]
+
+
+def _value_patterns(data: InteractionData, attributes: Sequence[str]) -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    patterns = {}
+    for name in attributes:
+        spec = data.attributes[name]
+        patterns[name] = [(value, re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in spec.words(value)) + r")(?!\w)",
+                                             re.IGNORECASE)) for value in spec.values]
+    return patterns
+
+
+def _documents(data: InteractionData, rows: np.ndarray, attributes: Sequence[str]) -> list[str]:
+    """One text per interaction row: the item's title, description, the review and its metadata values."""
+    documents = []
+    for row in rows.tolist():
+        item = data.items[int(data.item[row])]
+        metadata = " ".join(item.attributes[a] for a in attributes if item.attributes.get(a))
+        documents.append(" ".join(part for part in (item.title, item.description, data.review[row], metadata) if part))
+    return documents
+
+
+def history_keywords(data: InteractionData, rows: np.ndarray, users: Sequence[int], *, top_terms: int = 3) -> list[HistoryKeywords]:
+    """Keywords of each of ``users`` (data user indices) from their interactions among ``rows``
+    (int64 interaction rows, the split's training rows: never a later one). One per user, in order;
+    a user without a history row gets empty keywords."""
+    attributes = keyword_attributes(data)
+    rows = np.asarray(rows, dtype=np.int64)
+    documents = _documents(data, rows, attributes)
+    owners = data.user[rows]
+    wanted = set(int(u) for u in users)
+    by_user: dict[int, list[int]] = {u: [] for u in wanted}
+    for position, owner in enumerate(owners.tolist()):
+        if owner in wanted:
+            by_user[owner].append(position)
+    if attributes:
+        patterns = _value_patterns(data, attributes)
+        named = [{a: {v for v, pattern in patterns[a] if pattern.search(doc)} for a in attributes} for doc in documents]
+        frequency = Counter((a, v) for doc in named for a, values in doc.items() for v in values)
+        idf = {key: math.log((1 + len(documents)) / (1 + count)) + 1 for key, count in frequency.items()}
+        out = []
+        for user in users:
+            chosen: dict[str, str] = {}
+            for a in attributes:
+                counts = Counter(v for position in by_user[int(user)] for v in named[position][a])
+                if counts:
+                    order = data.attributes[a].values
+                    chosen[a] = max(counts, key=lambda v: (counts[v] * idf[(a, v)], -order.index(v)))  # noqa: B023
+            out.append(HistoryKeywords(chosen))
+        return out
+    tokens = [[w for w in _WORD.findall(doc.lower()) if w not in _STOPWORDS] for doc in documents]
+    frequency = Counter(w for doc in tokens for w in set(doc))
+    out = []
+    for user in users:
+        counts = Counter(w for position in by_user[int(user)] for w in tokens[position])
+        score = {w: c * (math.log((1 + len(documents)) / (1 + frequency[w])) + 1) for w, c in counts.items()}
+        out.append(HistoryKeywords({}, tuple(sorted(score, key=lambda w: (-score[w], w))[:top_terms])))
+    return out

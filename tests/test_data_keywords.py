@@ -1,0 +1,78 @@
+"""History keywords (the PMG-style baseline): what a user's training history names, and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pmg.data import AttributeSpec, CatalogConfig, InteractionData, Item, generate_catalog
+from pmg.data.keywords import history_keywords, keyword_attributes
+from pmg.data.split import temporal_split
+
+
+def _history() -> InteractionData:
+    items = [
+        Item("i0", "Striped silk scarf", "A red scarf with a striped pattern.", attributes={"colour": "red", "shade": "dark"}),
+        Item("i1", "Wool coat", "Warm and plain.", attributes={"colour": "blue", "shade": "dark"}),
+        Item("i2", "Silk blouse", "Light as air.", attributes={"colour": "red", "shade": "dark"}),
+        Item("i3", "Denim jacket", "Rugged.", attributes={"colour": "green", "shade": "light"}),
+    ]
+    # user 0: i0, i1, i2 in training, i3 later; user 1: only i3 and i1.
+    rows = [(0, 0, "Love the silk."), (0, 1, ""), (0, 2, "Silk again, lovely."), (0, 3, "Denim denim denim, in green!"),
+            (1, 3, "Solid denim."), (1, 1, "")]
+    return InteractionData(
+        name="hand-made",
+        user_ids=["u0", "u1"],
+        items=items,
+        user=np.array([r[0] for r in rows]),
+        item=np.array([r[1] for r in rows]),
+        timestamp=np.arange(len(rows)),
+        rating=np.full(len(rows), np.nan),
+        review=[r[2] for r in rows],
+        attributes={"colour": AttributeSpec("visual", ("red", "blue", "green")),
+                    "pattern": AttributeSpec("visual", ("plain", "stripes"), aliases={"plain": ("solid", "plain"),
+                                                                                      "stripes": ("striped",)}),
+                    "material": AttributeSpec("textual", ("silk", "wool", "denim")),
+                    "shade": AttributeSpec("visual", ("light", "dark"), hidden=True)},
+        # Ground truth the extractor must never read: it contradicts every history below.
+        user_tastes={"colour": ["green", "red"], "material": ["denim", "silk"], "shade": ["light", "dark"]},
+    )
+
+
+def test_keywords_name_what_the_training_history_names_and_nothing_else() -> None:
+    data = _history()
+    train = np.array([0, 1, 2, 4, 5])  # user 0's denim/green interaction (row 3) is after the training period
+    first, second = history_keywords(data, train, [0, 1])
+    # User 0: silk in 3 documents (titles, reviews), red by metadata in 2 of 3; striped / plain once each, the alias
+    # "striped" counts for "stripes" and the tie goes to IDF (plain is also user 1's, so rarer stripes wins).
+    assert first.values == {"colour": "red", "pattern": "stripes", "material": "silk"}
+    assert first.words(data) == ["red", "striped", "silk"]  # the prompt word of a pattern is its alias
+    assert first.words(data, ["material"]) == ["silk"]
+    # Nothing from the later row (denim, green), from users.jsonl, or from the hidden shade.
+    assert "shade" not in first.values and "shade" not in keyword_attributes(data)
+    assert second.values["material"] == "denim" and second.values["pattern"] == "plain"  # "Solid" names plain
+    # Reading every row instead lets user 0's later denim interaction in.
+    assert history_keywords(data, np.arange(len(data.user)), [0])[0].values["material"] == "silk"  # 3 silk docs vs 1 denim
+    assert history_keywords(data, np.array([3]), [0])[0].values == {"colour": "green", "material": "denim"}
+
+
+def test_a_user_without_history_gets_no_keywords_and_free_terms_without_a_vocabulary() -> None:
+    data = _history()
+    assert history_keywords(data, np.array([0]), [1])[0].values == {}
+    plain = InteractionData(name="no vocabulary", user_ids=["a"], items=[Item("m0", "Alien (1979)", "Genres: Horror, Sci-Fi."),
+                                                                          Item("m1", "Aliens (1986)", "Genres: Action, Sci-Fi.")],
+                            user=np.array([0, 0]), item=np.array([0, 1]), timestamp=np.array([0, 1]),
+                            rating=np.array([4.0, 5.0]), review=["", ""])
+    terms = history_keywords(plain, np.array([0, 1]), [0], top_terms=2)[0]
+    assert terms.values == {} and terms.terms[0] == "sci-fi" and len(terms.terms) == 2
+    assert "genres" not in terms.terms  # a field label, not a taste
+
+
+def test_catalog_keywords_mostly_find_the_true_taste() -> None:
+    data, _ = generate_catalog(CatalogConfig(seed=1, num_users=60, num_items=200, interactions_per_user=20))
+    split = temporal_split(data)
+    users = list(range(data.num_users))
+    found = history_keywords(data, split.train, users)
+    assert data.user_tastes is not None
+    for attribute in ("colour", "pattern", "material", "style"):
+        hits = np.mean([k.values.get(attribute) == data.user_tastes[attribute][u] for k, u in zip(found, users, strict=True)])
+        assert hits > 0.6, (attribute, hits)  # chance is 1/4 to 1/8
