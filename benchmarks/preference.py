@@ -2,7 +2,8 @@
 modal specificity of the learned preferences, training speed and memory.
 
 Usage:
-    uv run --frozen python benchmarks/preference.py            # catalog + ml-latest-small (~15 min on 2 idle CPU cores)
+    uv run --frozen python benchmarks/preference.py            # catalog + ml-latest-small, 3 seeds each
+    uv run --frozen python benchmarks/preference.py --seeds 5  # more seeds, a narrower interval
     uv run --frozen python benchmarks/preference.py --quick    # a small catalog only, for a smoke check
 
 Both datasets run side by side with one protocol:
@@ -12,21 +13,34 @@ Both datasets run side by side with one protocol:
 - "ours": the stage's own code path, ``pmg.preference.stage.train_preferences`` with the config each
   dataset's pipeline uses: ``configs/preference.yaml`` for the catalog, the ``preference`` section of
   ``configs/movielens.yaml`` for ml-latest-small (no posters: id + textual modalities only);
-- LightGCN: ``torch_geometric.nn.models.LightGCN`` with the same embedding size and layers, the same
-  batches (the stage's ``BPRDataModule``), optimizer, learning rate, L2 weight (``l2_weight``), epoch budget and
-  early stopping on validation NDCG@20 (best epoch kept);
+- LightGCN: ``torch_geometric.nn.models.LightGCN`` given its own best shot
+  (``pmg.preference.baselines.LightGCNConfig``, what ``pmg evaluate`` trains too): the stage's embedding size,
+  batches (``BPRDataModule``) and optimizer, the paper's 3 layers, its own budget (up to 400 epochs, early
+  stopping after 20 without a better validation NDCG@20, best epoch kept) and its learning rate x L2 weight
+  from the full grid (lr 1e-3, 5e-3, 1e-2 x L2 1e-4, 1e-3; ``pmg evaluate`` searches the learning rate only),
+  chosen on the validation split with the first seed; the test rows are never read while choosing;
 - popularity: items ranked by training degree;
 - test metrics for all three: every item outside the user's train + validation history is ranked,
   embeddings propagate over the training graph.
+
+Seeds (``--seeds``, default 3): ours and LightGCN (at the chosen grid point) are trained once per seed
+(``trainer.seed`` + 0, 1, ...) on the same split; the keys without a suffix are the first seed's run (the
+config's own seed, like earlier versions of this benchmark). ``<dataset>_margin_recall20_vs_lightgcn`` and
+``_ndcg20_`` are the mean over seeds of ours - LightGCN, ``..._ci`` its 95% Student-t interval over the
+per-seed differences (paired by seed; mean +- t(0.975, n-1) * sd / sqrt(n)).
+``<dataset>_lightgcn_grid`` lists every grid point's validation result (``best_epoch`` 0-based, as
+``<dataset>_lightgcn_best_epoch``), ``<dataset>_lightgcn_lr`` / ``_l2_weight`` the chosen point.
 
 Modal specificity (catalog): a multinomial logistic-regression probe per (modality, taste), trained on
 70% of users' saved preference vectors, accuracy on the other 30%.
 
 Speed: seconds per training epoch (full-graph propagation + BPR step per batch, same batches) divided
 by the training interactions in millions, ours over LightGCN's (``epoch_time_ratio_vs_lightgcn``, lower
-is faster). Memory: parameter megabytes of both, and the process's peak RSS.
+is faster); LightGCN as compared above (3 layers, propagating over a sparse CSR adjacency, PyG's fast
+path), so the ratio is not comparable with versions before that change. Memory: parameter megabytes of
+both, and the process's peak RSS.
 
-Progress goes to stdout; the LAST line is one JSON object.
+Progress goes to stdout; the LAST line is one JSON object (numbers, and a few lists: seeds, intervals, the grid).
 """
 
 from __future__ import annotations
@@ -37,8 +51,9 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +66,15 @@ from pmg.data.modules import BPRDataModule
 from pmg.data.sources import load_movielens
 from pmg.data.split import Split, kcore, temporal_split
 from pmg.pipeline import PipelineConfig
-from pmg.preference.baselines import fit_lightgcn, held_out_ranking, lightgcn_bpr_loss
+from pmg.preference.baselines import (
+    LightGCNConfig,
+    LightGCNFit,
+    fit_lightgcn,
+    held_out_ranking,
+    lightgcn_adjacency,
+    lightgcn_bpr_loss,
+    tune_lightgcn,
+)
 from pmg.preference.module import PreferenceModule
 from pmg.preference.stage import (
     ZOO_ENCODER,
@@ -63,7 +86,7 @@ from pmg.preference.stage import (
 )
 from pmg.runs import RunDirectory, RunError
 from pmg.training import build_optimizer
-from prefgraph import InteractionGraph, lightgcn_scorer, popularity_scorer
+from prefgraph import InteractionGraph, popularity_scorer
 
 REPO = Path(__file__).resolve().parents[1]
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
@@ -71,6 +94,9 @@ PREFERENCE_YAML = REPO / "configs" / "preference.yaml"
 MOVIELENS_YAML = REPO / "configs" / "movielens.yaml"
 CACHE = REPO / ".cache" / "pmg" / "bench"
 PROBE_TASTES = ("colour", "pattern", "material", "style")
+# Student-t 0.975 quantiles by degrees of freedom (1..30), for the 95% interval over seeds.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 @dataclass
@@ -101,21 +127,35 @@ def movielens_dataset() -> Prepared:
 
 
 # ---------------------------------------------------------------------------------------- baselines
-def lightgcn_fit(config: PreferenceConfig, prep: Prepared, log) -> tuple[LightGCN, int]:
-    """PyG LightGCN under the stage's budget (``pmg.preference.baselines``, what `pmg evaluate` trains too)."""
-    fit = fit_lightgcn(config, prep.data, prep.split, log=log)
-    return fit.model, fit.best_epoch
-
-
 def test_metrics(scorer, prep: Prepared, ks: list[int]) -> dict[str, float]:
     """Test Recall/NDCG, the same protocol as the stage: train + validation items masked."""
     return held_out_ranking(scorer, prep.data, prep.split, ks)
 
 
+# ---------------------------------------------------------------------------------------- intervals
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval ``(mean, low, high)`` of ``values`` [n] (n >= 2; n = 1 gives
+    ``(v, v, v)``: no spread to estimate)."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, mean, mean
+    df = len(x) - 1
+    if df <= len(T975):
+        t = T975[df - 1]
+    else:  # Cornish-Fisher expansion around the normal quantile: within 1e-3 of t for df > 30
+        z = 1.959964
+        t = z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    half = t * float(x.std(ddof=1)) / np.sqrt(len(x))
+    return mean, mean - half, mean + half
+
+
 # ---------------------------------------------------------------------------------------- speed
-def epoch_seconds(config: PreferenceConfig, prep: Prepared, repeats: int = 2) -> dict[str, float]:
-    """Seconds per training epoch, ours (PreferenceModule's model: forward + loss_terms) and PyG LightGCN,
-    over the same batches; the best of ``repeats`` epochs each, since the machine is shared."""
+def epoch_seconds(config: PreferenceConfig, lightgcn_config: LightGCNConfig, prep: Prepared,
+                  repeats: int = 2) -> dict[str, float]:
+    """Seconds per training epoch, ours (PreferenceModule's model: forward + loss_terms) and PyG LightGCN
+    (``lightgcn_config``'s size and layers over the CSR adjacency it trains on), over the same batches;
+    the best of ``repeats`` epochs each, since the machine is shared."""
     torch.manual_seed(0)
     features, masks = item_features(config, prep.data)
     graph = InteractionGraph(*prep.pairs(prep.split.train), prep.data.num_users, prep.data.num_items, features, masks)
@@ -124,9 +164,10 @@ def epoch_seconds(config: PreferenceConfig, prep: Prepared, repeats: int = 2) ->
     module = PreferenceModule(graph, model, config.optimizer, datamodule.val_targets, config.ks)
     batches = list(datamodule.train_dataloader())
     ours_opt = build_optimizer(module.model.parameters(), config.optimizer)
-    lightgcn = LightGCN(graph.num_nodes, config.model.embedding_dim, config.model.num_layers)
+    dim = config.model.embedding_dim if lightgcn_config.embedding_dim == -1 else lightgcn_config.embedding_dim
+    lightgcn = LightGCN(graph.num_nodes, dim, lightgcn_config.num_layers)
     lightgcn_opt = build_optimizer(lightgcn.parameters(), config.optimizer)
-    edge_index = graph.bipartite_edge_index()
+    adjacency = lightgcn_adjacency(graph)
     offset = graph.num_users
 
     def ours_epoch() -> None:
@@ -140,7 +181,7 @@ def epoch_seconds(config: PreferenceConfig, prep: Prepared, repeats: int = 2) ->
 
     def lightgcn_epoch() -> None:
         for batch in batches:
-            loss = lightgcn_bpr_loss(lightgcn, edge_index, batch, offset, config.model.l2_weight)
+            loss = lightgcn_bpr_loss(lightgcn, adjacency, batch, offset, config.model.l2_weight)
             lightgcn_opt.zero_grad()
             loss.backward()
             lightgcn_opt.step()
@@ -201,43 +242,95 @@ def probes(preferences: dict[str, torch.Tensor], data: InteractionData, seed: in
 
 
 # ---------------------------------------------------------------------------------------- main
-def run_dataset(config: PreferenceConfig, prep: Prepared, log, keep: Path | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Ours, LightGCN and popularity on ``prep``; ``keep``: a folder that receives our stage artifacts."""
+def run_dataset(config: PreferenceConfig, lightgcn_config: LightGCNConfig, prep: Prepared, log, seeds: list[int],
+                keep: Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Ours, LightGCN and popularity on ``prep``, ours and LightGCN once per seed in ``seeds``;
+    ``keep``: a folder that receives our stage artifacts (the first seed's). Returns the result keys
+    and the first seed's user preferences (per modality, [U, d])."""
     k = max(config.ks)
     log(f"[{prep.name}] {prep.data.num_users} users, {prep.data.num_items} items; train {len(prep.split.train)}, "
-        f"val {len(prep.split.val)}, test {len(prep.split.test)}")
-    start = time.perf_counter()
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        artifacts = train_preferences(config, prep.data, prep.split, keep or Path(scratch))
-    ours_s = time.perf_counter() - start
-    m = artifacts.metrics
-    log(f"  ours: best val ndcg@{k} {m['best_val_score']:.4f}; test recall@{k} {m[f'test/recall@{k}']:.4f} ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
-        f"({int(m['epochs'])} epochs, {ours_s:.0f}s, modalities {sorted(artifacts.user_preferences)})")
-    start = time.perf_counter()
-    lightgcn, epochs = lightgcn_fit(config, prep, log)
-    lightgcn_m = test_metrics(lightgcn_scorer(lightgcn, prep.graph(prep.split.train)), prep, config.ks)
-    log(f"  lightgcn: recall@{k} {lightgcn_m[f'recall@{k}']:.4f} ndcg@{k} {lightgcn_m[f'ndcg@{k}']:.4f} "
-        f"({time.perf_counter() - start:.0f}s)")
+        f"val {len(prep.split.val)}, test {len(prep.split.test)}; seeds {seeds}")
+    ours_runs, lightgcn_runs = [], []
+    preferences: dict[str, torch.Tensor] = {}
+    tuning = None
+    for index, seed in enumerate(seeds):
+        seeded = replace(config, trainer=replace(config.trainer, seed=seed))
+        start = time.perf_counter()
+        folder = keep if index == 0 else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            artifacts = train_preferences(seeded, prep.data, prep.split, folder or Path(scratch))
+        ours_s = time.perf_counter() - start
+        m = artifacts.metrics
+        log(f"  seed {seed} ours: best val ndcg@{k} {m['best_val_score']:.4f}; test recall@{k} {m[f'test/recall@{k}']:.4f} "
+            f"ndcg@{k} {m[f'test/ndcg@{k}']:.4f} ({int(m['epochs'])} epochs, {ours_s:.0f}s, "
+            f"modalities {sorted(artifacts.user_preferences)})")
+        ours_runs.append({**m, "seconds": ours_s})
+        if index == 0:
+            preferences = artifacts.user_preferences
+            # The grid is searched once, on validation with the first seed; later seeds retrain the
+            # chosen point, as ours keeps its one config across seeds.
+            tuning = tune_lightgcn(lightgcn_config, seeded, prep.data, prep.split, seed=seed, log=log)
+            fit: LightGCNFit = tuning.best
+            log(f"  seed {seed} lightgcn: {tuning.describe()}")
+        else:
+            assert tuning is not None
+            fit = fit_lightgcn(lightgcn_config, seeded, prep.data, prep.split, lr=tuning.best.lr,
+                               l2_weight=tuning.best.l2_weight, seed=seed, log=log)
+        lightgcn_m = test_metrics(fit.scorer(prep.data, prep.split), prep, config.ks)
+        log(f"  seed {seed} lightgcn: test recall@{k} {lightgcn_m[f'recall@{k}']:.4f} ndcg@{k} {lightgcn_m[f'ndcg@{k}']:.4f} "
+            f"(best epoch {fit.best_epoch + 1} of {fit.epochs}, {fit.seconds:.0f}s)")
+        lightgcn_runs.append({**lightgcn_m, "best_epoch": fit.best_epoch, "epochs": fit.epochs})
+    assert tuning is not None
     pop = test_metrics(popularity_scorer(prep.graph(prep.split.train)), prep, config.ks)
     log(f"  popularity: recall@{k} {pop[f'recall@{k}']:.4f} ndcg@{k} {pop[f'ndcg@{k}']:.4f}")
-    result = {
-        f"{prep.name}_recall{k}": m[f"test/recall@{k}"],
-        f"{prep.name}_ndcg{k}": m[f"test/ndcg@{k}"],
-        f"{prep.name}_lightgcn_recall{k}": lightgcn_m[f"recall@{k}"],
-        f"{prep.name}_lightgcn_ndcg{k}": lightgcn_m[f"ndcg@{k}"],
+    first, first_lightgcn = ours_runs[0], lightgcn_runs[0]
+    result: dict[str, Any] = {
+        f"{prep.name}_seeds": seeds,
+        f"{prep.name}_recall{k}": first[f"test/recall@{k}"],
+        f"{prep.name}_ndcg{k}": first[f"test/ndcg@{k}"],
+        f"{prep.name}_lightgcn_recall{k}": first_lightgcn[f"recall@{k}"],
+        f"{prep.name}_lightgcn_ndcg{k}": first_lightgcn[f"ndcg@{k}"],
         f"{prep.name}_pop_recall{k}": pop[f"recall@{k}"],
         f"{prep.name}_pop_ndcg{k}": pop[f"ndcg@{k}"],
-        f"{prep.name}_val_ndcg{k}": m["best_val_score"],
-        f"{prep.name}_epochs": m["epochs"],
-        f"{prep.name}_lightgcn_best_epoch": float(epochs),
-        f"{prep.name}_train_seconds": ours_s,
+        f"{prep.name}_val_ndcg{k}": first["best_val_score"],
+        f"{prep.name}_epochs": first["epochs"],
+        f"{prep.name}_lightgcn_best_epoch": float(first_lightgcn["best_epoch"]),  # 0-based, as before
+        f"{prep.name}_lightgcn_epochs": float(first_lightgcn["epochs"]),
+        f"{prep.name}_train_seconds": first["seconds"],
+        f"{prep.name}_lightgcn_lr": tuning.best.lr,
+        f"{prep.name}_lightgcn_l2_weight": tuning.best.l2_weight,
+        f"{prep.name}_lightgcn_grid": [asdict(point) for point in tuning.grid],
+        f"{prep.name}_lightgcn_grid_seconds": sum(point.seconds for point in tuning.grid),
     }
-    return result, artifacts.user_preferences
+    for metric in ("recall", "ndcg"):
+        ours = [run[f"test/{metric}@{k}"] for run in ours_runs]
+        theirs = [run[f"{metric}@{k}"] for run in lightgcn_runs]
+        mean, low, high = t_interval([a - b for a, b in zip(ours, theirs, strict=True)])
+        result[f"{prep.name}_{metric}{k}_seeds"] = ours
+        result[f"{prep.name}_lightgcn_{metric}{k}_seeds"] = theirs
+        result[f"{prep.name}_{metric}{k}_mean"] = float(np.mean(ours))
+        result[f"{prep.name}_lightgcn_{metric}{k}_mean"] = float(np.mean(theirs))
+        result[f"{prep.name}_margin_{metric}{k}_vs_lightgcn"] = mean
+        result[f"{prep.name}_margin_{metric}{k}_ci"] = [low, high]
+        log(f"  margin ours - lightgcn, {metric}@{k}: {mean:+.4f} (95% t-interval over {len(seeds)} seeds "
+            f"[{low:+.4f}, {high:+.4f}])")
+    return result, preferences
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def rounded(value: Any) -> Any:
+    """``value`` with every float rounded to 5 digits, through lists and dicts (for the JSON line)."""
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small catalog only (smoke check)")
     parser.add_argument("--config", type=Path, default=PREFERENCE_YAML if PREFERENCE_YAML.is_file() else None,
@@ -246,6 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="the MovieLens pipeline YAML whose preference section ml-latest-small uses "
                              "(default configs/movielens.yaml)")
     parser.add_argument("--datasets", default="catalog,ml", help="comma-separated subset of catalog,ml")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds per dataset for ours and LightGCN (the interval over seeds needs >= 2; default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every model (the stage's default is 1)")
     parser.add_argument("--zoo-run", type=Path, default=REPO / "runs" / "default",
                         help="a run whose zoo stage has completed on the default catalog: its CLIP serves a 'zoo' feature "
@@ -254,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         "(then `benchmarks/quant.py --run KEEP` measures the quantizer on them)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="preference config overrides")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
     # One thread count for ours and the baselines, so speeds compare (the stage sets its own from config).
     torch.set_num_threads(args.threads)
     datasets = set(args.datasets.split(","))
@@ -274,16 +371,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise SystemExit(f"a 'zoo' feature encoder needs the default pipeline's zoo ({err}); run "
                              "`uv run pmg pipeline` first, pass --zoo-run DIR, or override features.visual=pixels") from err
         log(f"zoo encoders: visual {config.features.visual!r}, textual {config.features.textual!r}")
+    # The full lr x L2 grid here (pmg evaluate searches the learning rate only, to keep the pipeline's time).
+    lightgcn_config = LightGCNConfig()
+    seeds = [config.trainer.seed + i for i in range(args.seeds)]
     started = time.perf_counter()
-    result: dict[str, float] = {}
+    result: dict[str, Any] = {"seeds": args.seeds}
     if "catalog" in datasets:
         catalog = catalog_dataset(CatalogConfig(num_users=200, num_items=400, interactions_per_user=20) if args.quick else CatalogConfig())
-        metrics, preferences = run_dataset(config, catalog, log, args.keep / "preference" if args.keep else None)
+        metrics, preferences = run_dataset(config, lightgcn_config, catalog, log, seeds,
+                                           args.keep / "preference" if args.keep else None)
         result.update(metrics)
         probe = probes(preferences, catalog.data)
         result.update(probe)
         log("  probes (held-out users' accuracy): " + ", ".join(f"{k[6:]} {v:.2f}" for k, v in probe.items()))
-        speed = epoch_seconds(config, catalog)
+        speed = epoch_seconds(config, lightgcn_config, catalog)
         result["epoch_time_ratio_vs_lightgcn"] = speed["ours_epoch_s_per_m"] / speed["lightgcn_epoch_s_per_m"]
         result.update({f"catalog_{k}": v for k, v in speed.items()})
         log(f"  epoch time per million interactions: ours {speed['ours_epoch_s_per_m']:.1f}s, "
@@ -292,11 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "ml" in datasets and not args.quick:
         # Each dataset with the preference settings its pipeline config gives (the same overrides on top).
         ml_config = load_config(PipelineConfig, args.ml_config, [f"preference.{o}" for o in common]).preference
-        metrics, _ = run_dataset(ml_config, movielens_dataset(), log)
+        ml_seeds = [ml_config.trainer.seed + i for i in range(args.seeds)]
+        metrics, _ = run_dataset(ml_config, lightgcn_config, movielens_dataset(), log, ml_seeds)
         result.update(metrics)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = time.perf_counter() - started
-    print(json.dumps({k: round(v, 5) for k, v in result.items()}, sort_keys=True), flush=True)
+    print(json.dumps(rounded(result), sort_keys=True), flush=True)
     return result
 
 

@@ -19,9 +19,9 @@ import pytest
 from pmg.cli import main
 from pmg.runs import RunDirectory
 
-VARIANTS = ("no_tokens", "soft_prompt", "tokens_sft", "tokens_reward")
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
 GENERATION_METRICS = ("image_colour_accuracy", "image_pattern_accuracy", "image_personalization", "text_material_accuracy",
-                      "text_style_accuracy", "text_personalization", "consistency", "clip_score", "user_preference_image",
+                      "text_style_accuracy", "text_personalization", "consistency", "joint", "clip_score", "user_preference_image",
                       "user_preference_text")
 
 
@@ -69,15 +69,28 @@ def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_ru
     # every generation figure is computed; only the random column's usage rows are not applicable.
     for row in generation["rows"]:
         assert all(cell["value"] is not None for cell in row["cells"].values()), row
+        # Each generation figure rests on the evaluated users and carries its 95% interval.
+        for cell in row["cells"].values():
+            assert cell["n"] >= 2 and cell["interval"][0] <= cell["value"] <= cell["interval"][1], (row["metric"], cell)
     for row in _section(table, "quantizer")["rows"]:
         missing = [c for c, cell in row["cells"].items() if cell["value"] is None]
         assert missing == (["random"] if row["metric"].startswith("usage") else [])
     markdown = (tiny_run / "evaluate" / "evaluation.md").read_text()
-    for label in ("no tokens", "soft prompt", "tokens (SFT)", "tokens (reward)", "Recall@20", "NMI with true colour",
+    for label in ("no tokens", "soft prompt", "keywords", "keywords + tokens", "retrieve (top-1 item)", "tokens (SFT)",
+                  "tokens (reward)", "Recall@20", "NMI with true colour",
                   "CLIP image–text score", "user preference: image vs future items"):
         assert label in markdown
     metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
     assert metrics["recommendation/recall@20/ours"] == _cell(table, "recommendation", "recall@20", "ours")
+
+
+def _first(generation: dict, attribute: str) -> str | None:
+    """The first value of ``attribute`` the generation's texts name (as the evaluation reads them, joined)."""
+    from pmg.generator.evaluation import named_value
+
+    values = {"colour": ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown"),
+              "material": ("cotton", "silk", "wool", "denim", "leather", "linen")}[attribute]
+    return named_value(" ".join(generation["texts"].values()), values)
 
 
 def test_recommenders_are_ranked_on_the_same_test_users_as_the_preference_stage(tiny_run: Path) -> None:
@@ -95,17 +108,21 @@ def test_recommenders_are_ranked_on_the_same_test_users_as_the_preference_stage(
     assert _cell(table, "recommendation", "recall@20", "popularity") == pytest.approx(popularity["recall@20"])
     users = len(set(data.user[split.test].tolist()))
     assert f"{users} test users, the same for every column" in _section(table, "recommendation")["notes"][0]
-    assert "a budget of 2 epochs" in _section(table, "recommendation")["notes"][1]  # tiny.yaml: lightgcn_epochs 2
+    lightgcn_note = _section(table, "recommendation")["notes"][1]
+    assert "3 layers, a budget of 2 epochs" in lightgcn_note  # tiny.yaml: lightgcn.max_epochs 2
+    assert "lr 0.005, L2 0.0001 chosen on validation ndcg@20" in lightgcn_note  # tiny.yaml: lightgcn.lrs [0.005]
 
 
 def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_run: Path) -> None:
     from PIL import Image
 
+    from pmg.data.dataset_stage import load_prepared
+
     table = _table(tiny_run)
     record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
     users = record["users"]
-    validation = json.loads((tiny_run / "reward" / "validation_users.json").read_text())
-    assert len(users) == 4 and {u["user_id"] for u in users} <= set(validation)  # tiny.yaml: 4 reward-validation users
+    evaluation = json.loads((tiny_run / "data" / "user_roles.json").read_text())["evaluation"]
+    assert len(users) == 4 and {u["user_id"] for u in users} <= set(evaluation)  # tiny.yaml: 4 evaluation users
     assert record["missing"] == {}
     for variant in VARIANTS:
         generations = record["variants"][variant]
@@ -117,20 +134,32 @@ def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_ru
         # The table's accuracy is the share of these users whose image the judge reads as their colour.
         hits = [g["judge"]["colour"] == u["tastes"]["colour"] for g, u in zip(generations, users, strict=True)]
         assert _cell(table, "generation", "image_colour_accuracy", variant) == pytest.approx(sum(hits) / len(hits))
-    # Tokens are in the SFT and reward prompts, never in the no-token one.
-    assert all("<pv_" in g["image_prompt"] for g in record["variants"]["tokens_reward"])
-    assert not any("<pv_" in g["image_prompt"] for g in record["variants"]["no_tokens"])
+        # Joint: the user's colour in the image, their material first in the text, the text's colour the image's.
+        joint = [g["judge"]["colour"] == u["tastes"]["colour"] and _first(g, "material") == u["tastes"]["material"]
+                 and _first(g, "colour") == g["judge"]["colour"] for g, u in zip(generations, users, strict=True)]
+        assert _cell(table, "generation", "joint", variant) == pytest.approx(sum(joint) / len(joint))
+    # Tokens are in the SFT, reward and hybrid prompts, never in the no-token or keyword ones.
+    for variant in ("tokens_reward", "tokens_sft", "hybrid"):
+        assert all("<pv_" in g["image_prompt"] and "<pt_" in g["text_prompt"] for g in record["variants"][variant])
+    for variant in ("no_tokens", "keywords"):
+        assert not any("<p" in g["image_prompt"] + g["text_prompt"] for g in record["variants"][variant])
     assert users[0]["tokens"]["visual"].startswith("<pv_0_")
+    # Retrieval shows a catalog item the user did not have in training, with its own text.
+    data, split = load_prepared(RunDirectory(tiny_run))
+    for generation, user in zip(record["variants"]["retrieve"], users, strict=True):
+        item = data.item_index()[generation["text_prompt"].removeprefix("(item ").removesuffix(")")]
+        seen = data.item[split.train][data.user[split.train] == data.user_index()[user["user_id"]]]
+        assert item not in seen and generation["texts"]["title"] == data.items[item].title
 
 
 def test_preference_score_is_chance_for_identical_content_and_one_for_matching_content() -> None:
     import torch
 
-    from pmg.evaluate.generation import _preference_score
+    from pmg.evaluate.generation import _preference_shares
 
     future = [torch.nn.functional.normalize(torch.eye(4)[i : i + 1], dim=1) for i in range(4)]
-    assert _preference_score(torch.eye(4), future) == 1.0  # each user's content points at its own future item
-    assert _preference_score(torch.ones(4, 4) / 2, future) == 0.5  # the same content for everyone: chance
+    assert _preference_shares(torch.eye(4), future).tolist() == [1.0] * 4  # each user's content points at its own future item
+    assert _preference_shares(torch.ones(4, 4) / 2, future).tolist() == [0.5] * 4  # the same content for everyone: chance
 
 
 def test_consistency_counts_the_first_named_value_against_the_judges_reading() -> None:
@@ -185,11 +214,13 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
     zoo = load_zoo(run)
     clip, processor = zoo.load_clip()
     judges = GenerationJudges(zoo.load_judge(), "", ConsistencyReward.from_model(clip, processor).embedder)
-    generations = {"no_tokens": "not trained here", "soft_prompt": "not trained here", "tokens_sft": with_images,
+    generations = {"no_tokens": "not trained here", "soft_prompt": "not trained here", "keywords": "not trained here",
+                   "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
                    "tokens_reward": text_only}
-    section, _ = generation_section(no_truth, split, users, generations, judges, "colour")
-    assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "clip_score",
-                                                "user_preference_image", "user_preference_text"]
+    section, _ = generation_section(no_truth, split, users, generations, judges, "colour", "material")
+    assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "joint",
+                                                "clip_score", "user_preference_image", "user_preference_text"]
+    assert section.row("joint").cells["tokens_sft"].missing.startswith("needs ground-truth tastes")
     assert section.row("image_personalization").cells["tokens_sft"].missing.startswith("the dataset has no ground-truth")
     assert section.row("clip_score").cells["tokens_sft"].value is not None  # no ground truth needed
     assert section.row("consistency").cells["no_tokens"].missing == "not trained here"
@@ -213,14 +244,16 @@ def test_report_is_one_self_contained_page_with_the_table_images_and_plots(tiny_
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/") for s in sources)
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
-    # 4 plots + 2 users × (3 history thumbnails + 4 variants' images).
-    assert len(sources) == 4 + 2 * (3 + 4)
+    # 4 plots + 2 users × (3 history thumbnails + 7 variants' images).
+    assert len(sources) == 4 + 2 * (3 + len(VARIANTS))
     plot = base64.b64decode(sources[0].split(",", 1)[1])
     with Image.open(io.BytesIO(plot)) as image:
         assert image.format == "PNG"
     # The evaluation table, the users' tokens and the judge's verdicts are on the page.
     table = _table(tiny_run)
     assert f"{_cell(table, 'recommendation', 'recall@20', 'ours'):.3f}" in page
+    interval = next(r for r in _section(table, "generation")["rows"] if r["metric"] == "joint")["cells"]["keywords"]["interval"]
+    assert f"[{interval[0]:.2f}, {interval[1]:.2f}]" in page  # the report shows each figure's interval
     record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
     for user in record["users"][:2]:
         assert user["user_id"] in page and user["tokens"]["visual"].replace("<", "&lt;").replace(">", "&gt;") in page
@@ -279,7 +312,7 @@ def test_a_failing_evaluation_or_report_leaves_the_previous_outputs(tiny_run: Pa
         raise RuntimeError("judge crashed")
 
     monkeypatch.setattr(pmg.evaluate.generation, "_variant_cells", broken)
-    config = load_config(EvaluateConfig, overrides=["generation.num_users=2", "recommendation.lightgcn_epochs=1"])
+    config = load_config(EvaluateConfig, overrides=["generation.num_users=2", "recommendation.lightgcn.max_epochs=1"])
     with pytest.raises(RuntimeError, match="judge crashed"):
         run_evaluate_stage(config, run, run.require("reward")["fingerprint"], True)
     after = {p.relative_to(run_path): p.read_bytes() for p in (run_path / "evaluate").rglob("*") if p.is_file()
@@ -299,10 +332,12 @@ def test_config_errors_name_the_key() -> None:
     from pmg.evaluate import EvaluateConfig
     from pmg.report import ReportConfig
 
-    with pytest.raises(ConfigError, match="user_pool 'everyone' must be one of"):
+    with pytest.raises(ConfigError, match="Key 'user_pool' not in"):  # the users are the data stage's evaluation users
         load_config(EvaluateConfig, overrides=["generation.user_pool=everyone"])
-    with pytest.raises(ConfigError, match="lightgcn_epochs"):
-        load_config(EvaluateConfig, overrides=["recommendation.lightgcn_epochs=0"])
+    with pytest.raises(ConfigError, match="num_users must be 0"):
+        load_config(EvaluateConfig, overrides=["generation.num_users=1"])
+    with pytest.raises(ConfigError, match="lightgcn.max_epochs"):
+        load_config(EvaluateConfig, overrides=["recommendation.lightgcn.max_epochs=0"])
     with pytest.raises(ConfigError, match="num_user"):
         load_config(ReportConfig, overrides=["num_user=3"])
 

@@ -4,57 +4,61 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EvaluateConfig", "GenerationEvaluationConfig", "RecommendationEvaluationConfig", "USER_POOLS"]
+from pmg.preference.baselines import LightGCNConfig
 
-# Where the generation users come from (see GenerationEvaluationConfig).
-USER_POOLS = ("reward_validation", "generator_heldout", "all")
+__all__ = ["EvaluateConfig", "GenerationEvaluationConfig", "RecommendationEvaluationConfig"]
+
 
 
 @dataclass
 class RecommendationEvaluationConfig:
     """Popularity, PyG LightGCN and the preference stage's model ranked on the same test users.
 
-    ``k``: the cut-off of Recall@k and NDCG@k. ``lightgcn_epochs``: LightGCN's epoch budget;
-    -1 gives it the preference stage's own (``preference.trainer.max_epochs``, with the same
-    early stopping), so both recommenders get the same budget. ``max_users``: rank at most this
-    many test users (a seeded sample, 0 = every user with a test interaction).
+    ``k``: the cut-off of Recall@k and NDCG@k. ``lightgcn``: PyG LightGCN's own settings
+    (``pmg.preference.baselines.LightGCNConfig``: 3 layers, the stage's embedding size, its own
+    budget to early stopping on validation and a learning-rate grid chosen on validation only).
+    The default here is a one-L2 grid (``l2_weights: [1e-4]``, the stage's) so that ``pmg
+    evaluate`` stays within the pipeline's time budget; ``benchmarks/preference.py`` searches the
+    full lr x L2 grid. ``max_users``: rank at most this many test users (a seeded sample, 0 =
+    every user with a test interaction).
     """
 
     k: int = 20
-    lightgcn_epochs: int = -1
+    lightgcn: LightGCNConfig = field(default_factory=lambda: LightGCNConfig(l2_weights=[1e-4]))
     max_users: int = 0
 
     def validate(self) -> None:
         if self.k < 1:
             raise ValueError(f"evaluate.recommendation.k must be >= 1, got {self.k}")
-        if self.lightgcn_epochs < -1 or self.lightgcn_epochs == 0:
-            raise ValueError("evaluate.recommendation.lightgcn_epochs must be >= 1, or -1 for the preference stage's budget")
+        self.lightgcn.validate("evaluate.recommendation.lightgcn")
         if self.max_users < 0:
             raise ValueError("evaluate.recommendation.max_users must be >= 0 (0: every test user)")
 
 
 @dataclass
 class GenerationEvaluationConfig:
-    """The four generation variants judged on the same ``num_users`` users.
+    """The generation variants judged on the same ``num_users`` users.
 
-    ``user_pool``: ``reward_validation`` (the reward stage's held-out users, so the SFT → reward
-    comparison is on users the reward never trained on; the generator's held-out users among them
-    first), ``generator_heldout`` (users the generators never saw) or ``all``.
+    The users are the data stage's evaluation users (``data.users``: never trained on, nor
+    selected on, by any stage), at most ``num_users`` of them (0: all).
     ``consistency_attribute``: the visual attribute whose value the text must name for the image
-    and text to count as consistent (the judge reads it off the image).
+    and text to count as consistent (the judge reads it off the image). ``joint_text_attribute``:
+    the textual taste the text must name for the joint rate (with the image showing the user's
+    ``consistency_attribute`` value and the two agreeing).
     """
 
     num_users: int = 50
-    user_pool: str = "reward_validation"
     consistency_attribute: str = "colour"
+    joint_text_attribute: str = "material"
 
     def validate(self) -> None:
-        if self.num_users < 2:
-            raise ValueError(f"evaluate.generation.num_users must be >= 2 (the user-preference score compares users), got {self.num_users}")
-        if self.user_pool not in USER_POOLS:
-            raise ValueError(f"evaluate.generation.user_pool {self.user_pool!r} must be one of {list(USER_POOLS)}")
+        if self.num_users < 0 or self.num_users == 1:
+            raise ValueError("evaluate.generation.num_users must be 0 (every evaluation user) or >= 2 (the user-preference "
+                             f"score compares users), got {self.num_users}")
         if not self.consistency_attribute:
             raise ValueError("evaluate.generation.consistency_attribute must name an attribute (e.g. colour)")
+        if not self.joint_text_attribute:
+            raise ValueError("evaluate.generation.joint_text_attribute must name a textual attribute (e.g. material)")
 
 
 @dataclass

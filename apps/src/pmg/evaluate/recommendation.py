@@ -1,8 +1,9 @@
 """Recommendation and quantizer sections of the evaluation table.
 
 Recommendation: popularity, PyG LightGCN (``pmg.preference.baselines``, trained here on the
-run's split with the preference stage's budget) and the preference stage's ``ModalSpecificGNN``
-("ours"), all ranked with the stage's test protocol on the same test users.
+run's split with its own settings, ``evaluate.recommendation.lightgcn``: 3 layers, its own budget
+to early stopping and its learning rate chosen on the validation split) and the preference stage's
+``ModalSpecificGNN`` ("ours"), all ranked with the stage's test protocol on the same test users.
 
 Quantizer: per modality, the share of codes used at each level and the NMI of the first-level
 code with each ground-truth taste (visual tokens ↔ colour/pattern, textual ↔ material/style;
@@ -15,11 +16,12 @@ import numpy as np
 import torch
 
 from pmg.config import load_config
+from pmg.data.dataset_stage import load_user_roles
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
 from pmg.evaluate.config import EvaluateConfig
 from pmg.evaluate.table import Cell, Section
-from pmg.preference.baselines import fit_lightgcn, held_out_ranking, split_graph
+from pmg.preference.baselines import held_out_ranking, split_graph, tune_lightgcn
 from pmg.preference.stage import PreferenceConfig
 from pmg.quantize.stage import UserTokens
 from pmg.runs import RunDirectory, RunError
@@ -55,16 +57,19 @@ def recommendation_section(run: RunDirectory, data: InteractionData, split: Spli
     if k > data.num_items:
         raise RunError(f"evaluate.recommendation.k={k} exceeds the {data.num_items} items of the dataset")
     preference = load_config(PreferenceConfig, run.stage_dir("preference") / "config.yaml")
-    epochs = config.recommendation.lightgcn_epochs if config.recommendation.lightgcn_epochs > 0 else None
     threads = torch.get_num_threads()
     if preference.num_threads:
         torch.set_num_threads(preference.num_threads)  # the stage's own thread setting, for the same speed
     try:
-        lightgcn = fit_lightgcn(preference, data, split, max_epochs=epochs)
+        roles = load_user_roles(run, data)
+        # Selected on the validation items of the users the preference stage selects on (never the
+        # evaluation users'), so both recommenders are chosen on the same rows.
+        tuning = tune_lightgcn(config.recommendation.lightgcn, preference, data, split,
+                               validation_users=np.concatenate([roles.training, roles.selection]))
         state = load_preference_state(run)
         scorers = {
             "popularity": popularity_scorer(split_graph(data, split.train)),
-            "lightgcn": lightgcn.scorer(data, split),
+            "lightgcn": tuning.best.scorer(data, split),
             "ours": state.model.scorer(state.graph, state.embeddings, cold_start_history=state.cold_start_history),
         }
         results = {name: held_out_ranking(scorer, data, split, [k], users) for name, scorer in scorers.items()}
@@ -73,13 +78,15 @@ def recommendation_section(run: RunDirectory, data: InteractionData, split: Spli
     for metric in ("recall", "ndcg"):
         section.add(f"{metric}@{k}", f"{'Recall' if metric == 'recall' else 'NDCG'}@{k}", (0.0, 1.0),
                     {name: Cell.of(results[name][f"{metric}@{k}"]) for name in RECOMMENDERS})
-    budget = epochs or preference.trainer.max_epochs
+    lightgcn = config.recommendation.lightgcn
+    dim = preference.model.embedding_dim if lightgcn.embedding_dim == -1 else lightgcn.embedding_dim
+    patience = (f"early stopping after {lightgcn.early_stopping_patience} epochs without a better validation NDCG"
+                if lightgcn.early_stopping_patience else "no early stopping")
     section.notes += [
         f"{len(users)} test users, the same for every column; every item outside a user's train + validation history "
         f"ranked (split {split.scheme})",
-        f"LightGCN (PyG): {preference.model.embedding_dim}-d, {preference.model.num_layers} layers, a budget of {budget} "
-        f"epochs ({lightgcn.epochs} run, best validation NDCG@{max(preference.ks)} at epoch {lightgcn.best_epoch + 1}), "
-        "the preference stage's batches, optimizer and L2",
+        f"LightGCN (PyG): {dim}-d, {lightgcn.num_layers} layers, a budget of {lightgcn.max_epochs} epochs ({patience}); "
+        f"{tuning.describe()}; the preference stage's batches and optimizer",
     ]
     return section
 
