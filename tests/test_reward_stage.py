@@ -41,9 +41,9 @@ def test_reward_stage_writes_adapters_metrics_samples_and_logs(tiny_run: Path) -
     assert (out / "image_adapter" / "unet_lora").is_dir()  # tiny.yaml trains a UNet LoRA
     assert list((out / "samples").glob("*.png")) and (out / "samples" / "samples.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    validation = json.loads((out / "validation_users.json").read_text())
-    assert metrics["validation_users"] == len(validation) == 12  # 20% of the 60 tiny users
-    assert metrics["validation_users_scored"] == 8  # tiny.yaml: validation_users 8 of them score the best state
+    selection = json.loads((tiny_run / "data" / "user_roles.json").read_text())["selection"]
+    assert metrics["validation_users"] == len(selection) == 3  # data.users.selection_fraction 5% of the 60 tiny users
+    assert metrics["validation_users_scored"] == 3  # tiny.yaml's validation_users 8 caps it; all 3 score the best state
     for kind in ("text", "image"):
         # Both components are in [0, 1] with weight 1: the total is in [0, 2].
         for when in ("before", "best"):
@@ -139,13 +139,13 @@ def test_reward_stage_reads_the_texts_and_image_prompts_the_pipeline_writes(tiny
     run = RunDirectory(tiny_run)
     generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
     assert len(generator.text.targets) >= 2
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     tokens = load_user_tokens(run)
     policy = load_text_adapter(tiny_run / "reward" / "text_adapter", load_zoo(run), trainable=True).eval()
     samples = [s for s in json.loads((tiny_run / "reward" / "samples" / "samples.json").read_text()) if not s["cold_start"]]
     users = [data.user_ids.index(s["user_id"]) for s in samples]
-    texts = _user_texts(policy, data, generator, tokens, users)
-    prompts = _image_prompts(data, generator, tokens, texts)
+    texts = _user_texts(policy, data, split.train, generator, tokens, users)
+    prompts = _image_prompts(data, split.train, generator, tokens, texts)
     others = set(range(data.num_users)) - set(users)
     assert all(texts[u] == "" for u in others)
     for user, sample in zip(users, samples, strict=True):
@@ -165,7 +165,7 @@ def test_rerun_reuses_the_reward_stage(tiny_run: Path, capsys: pytest.CaptureFix
 
 
 def test_generate_uses_the_reward_adapters_unless_sft(tiny_run: Path, tmp_path: Path) -> None:
-    user = json.loads((tiny_run / "reward" / "validation_users.json").read_text())[0]
+    user = json.loads((tiny_run / "data" / "user_roles.json").read_text())["evaluation"][0]
     for flag in ([], ["--sft"]):
         out = tmp_path / f"g{len(flag)}.png"
         assert main(["generate", "--run", str(tiny_run), "--user", user, "--out", str(out), *flag]) == 0

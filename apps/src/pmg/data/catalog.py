@@ -7,6 +7,10 @@ drawn independently, so the two modalities carry different signals. Interactions
 sampled without replacement from a softmax over taste affinity + item popularity + noise;
 ratings rise with affinity; reviews mention what the user liked.
 
+Two profiles (``CatalogConfig.profile``): ``default`` (long histories, every interaction
+taste-driven) and ``sparse`` (short histories, part of them popularity-driven, and a
+``shade`` taste that only the images show). ``docs/catalog.md`` describes both.
+
 Because the ground truth is written beside the data, later stages can measure
 personalization exactly. The same config and seed give byte-identical files.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,8 @@ from pmg.data.format import AttributeSpec, InteractionData, Item, write_dataset
 
 __all__ = [
     "CatalogConfig",
+    "SparseProfileConfig",
+    "CATALOG_PROFILES",
     "CATEGORIES",
     "COLOURS",
     "PATTERNS",
@@ -32,6 +38,8 @@ __all__ = [
     "MATERIALS",
     "STYLES",
     "BRANDS",
+    "SHADES",
+    "shade_colour",
     "render_item_image",
     "generate_catalog",
     "write_catalog",
@@ -55,6 +63,13 @@ PATTERN_ALIASES = {"plain": ("solid", "plain"), "stripes": ("striped",), "dots":
 MATERIALS = ("cotton", "silk", "wool", "denim", "leather", "linen")
 STYLES = ("casual", "formal", "sporty", "vintage", "bohemian", "minimalist")
 BRANDS = ("Alder", "Birchwood", "Cobalt", "Dune", "Ember", "Fjord", "Grove", "Harbor", "Iris", "Juniper", "Kestrel", "Loom")
+CATALOG_PROFILES = ("default", "sparse")
+# The sparse profile's hidden visual taste. The factors keep all 16 shaded colours apart: the
+# closest pair of different colours (dark blue / dark purple) is 23 CIELAB units apart (the
+# unshaded palette's closest, blue / purple, 30) and each colour's two shades at least 28.
+SHADES = ("light", "dark")
+_DARK_SCALE = 0.72
+_LIGHT_MIX = 0.38
 
 # Silhouettes as polygons in unit coordinates (x right, y down); extra shapes drawn by
 # name in ``_draw_silhouette``. Distinct outlines make category a visual attribute.
@@ -103,6 +118,7 @@ _DESCRIPTION_TEMPLATES_PLAIN = (
     "Our {style} {category} in {material}, made to last.",
 )
 _PATTERN_PHRASES = {"plain": "plain finish", "stripes": "striped pattern", "dots": "dotted pattern", "checks": "checked pattern"}
+# Reviews name liked attributes through these phrases only: the shade has none, so no review names it.
 _LIKE_PHRASES = {
     "colour": ("Love the {v} colour.", "The {v} is exactly my shade.", "Great {v} tone."),
     "pattern": ("The {w} pattern is lovely.", "Really like the {w} look.", "Nice {w} design."),
@@ -113,10 +129,53 @@ _NEUTRAL_REVIEWS = ("It is okay.", "Not really for me.", "Fine, nothing special.
 
 
 @dataclass
+class SparseProfileConfig:
+    """What only the ``sparse`` profile reads (``data.catalog.sparse.*``)."""
+
+    # History lengths: lognormal with this median and log-spread, at least ``min_interactions``
+    # (3: leave-last-out then keeps one training row beside the validation and test rows).
+    median_interactions: float = 6.0
+    history_spread: float = 0.8
+    min_interactions: int = 3
+    # Share of interactions drawn from the taste softmax; the rest follow popularity alone.
+    taste_share: float = 0.6
+    shade_weight: float = 1.5
+
+    def validate(self) -> None:
+        if self.min_interactions < 3:
+            raise ValueError("catalog.sparse.min_interactions must be >= 3 (leave-last-out needs a training row)")
+        if self.median_interactions < self.min_interactions:
+            raise ValueError("catalog.sparse.median_interactions must be >= catalog.sparse.min_interactions")
+        if self.history_spread < 0:
+            raise ValueError("catalog.sparse.history_spread must be >= 0")
+        if not 0.0 <= self.taste_share <= 1.0:
+            raise ValueError("catalog.sparse.taste_share must be in [0, 1]")
+
+
+@dataclass
 class CatalogConfig:
-    """Size and behaviour of the generated catalog."""
+    """Size and behaviour of the generated catalog.
+
+    ``profile`` picks the generative process (``docs/catalog.md``):
+
+    ``default``: every user draws ``interactions_per_user`` items on average (Poisson, at least
+    ``min_interactions_per_user``) without replacement from one softmax over taste affinity
+    (the weighted matches of colour, pattern, material, style) + ``popularity_weight`` × log
+    popularity + ``noise`` × N(0, 1) per item.
+
+    ``sparse``: the same items, tastes and softmax, with three changes (``sparse`` settings):
+    (1) short histories, a lognormal count of median ``sparse.median_interactions`` (6) and a
+    long tail, at least ``sparse.min_interactions`` (3); (2) each interaction comes from the
+    taste softmax with probability ``sparse.taste_share`` (0.6), else from popularity alone
+    (probability proportional to popularity), so part of a history says nothing of the taste;
+    (3) a hidden visual attribute ``shade`` (light / dark): every item has one, drawn in its
+    image by lightening or darkening the fill colour, every user a shade taste that weighs
+    ``sparse.shade_weight`` in the affinity and counts in the rating, and no title, description
+    or review names it (its ``AttributeSpec`` is ``hidden``).
+    """
 
     seed: int = 0
+    profile: str = "default"
     num_users: int = 1000
     num_items: int = 2000
     interactions_per_user: float = 30.0
@@ -136,8 +195,12 @@ class CatalogConfig:
     missing_image_rate: float = 0.0
     missing_text_rate: float = 0.0
     name: str = "catalog"
+    sparse: SparseProfileConfig = field(default_factory=SparseProfileConfig)
 
     def validate(self) -> None:
+        # A str, not a Literal: OmegaConf reads Literal fields only from 2.4 on, and pmg allows 2.3.
+        if self.profile not in CATALOG_PROFILES:
+            raise ValueError(f"catalog.profile {self.profile!r} is not one of {CATALOG_PROFILES}")
         if self.num_users < 1 or self.num_items < 2:
             raise ValueError("catalog needs num_users >= 1 and num_items >= 2")
         if self.min_interactions_per_user < 1 or self.min_interactions_per_user > self.num_items:
@@ -151,6 +214,9 @@ class CatalogConfig:
                 raise ValueError(f"{name} must be in [0, 1)")
         if not 0.0 <= self.visual_words_in_text <= 1.0:
             raise ValueError("visual_words_in_text must be in [0, 1]")
+        self.sparse.validate()
+        if self.profile == "sparse" and self.sparse.min_interactions > self.num_items:
+            raise ValueError("catalog.sparse.min_interactions must be <= num_items")
 
 
 def _draw_silhouette(draw: ImageDraw.ImageDraw, category: str, size: int, scale: float, dx: float, dy: float) -> None:
@@ -193,18 +259,33 @@ def _pattern_layer(colour: tuple[int, int, int], pattern: str, size: int, phase:
     return layer
 
 
+def shade_colour(colour: str, shade: str | None) -> tuple[int, int, int]:
+    """The RGB of ``colour`` in ``shade`` (``None``: the plain colour of the default profile)."""
+    if colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; expected one of {tuple(COLOURS)}")
+    rgb = COLOURS[colour]
+    if shade is None:
+        return rgb
+    if shade == "dark":
+        return tuple(int(round(c * _DARK_SCALE)) for c in rgb)  # type: ignore[return-value]
+    if shade == "light":
+        return tuple(int(round(c + (255 - c) * _LIGHT_MIX)) for c in rgb)  # type: ignore[return-value]
+    raise ValueError(f"unknown shade {shade!r}; expected one of {SHADES}")
+
+
 def render_item_image(
-    category: str, colour: str, pattern: str, *, size: int = 64, rng: np.random.Generator | None = None
+    category: str, colour: str, pattern: str, *, size: int = 64, rng: np.random.Generator | None = None,
+    shade: str | None = None,
 ) -> Image.Image:
     """Draw an item: the category's silhouette filled with ``colour`` and ``pattern``.
 
     ``rng`` jitters position, scale and pattern phase so that items of the same attributes
     are not pixel copies; without it the drawing is canonical (centred, unit scale).
+    ``shade`` ("light" / "dark", the sparse profile) lightens or darkens the fill colour.
     """
     if category not in _SILHOUETTES:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
-    if colour not in COLOURS:
-        raise ValueError(f"unknown colour {colour!r}; expected one of {tuple(COLOURS)}")
+    fill = shade_colour(colour, shade)
     scale, dx, dy, phase = 1.0, 0.0, 0.0, 0
     if rng is not None:
         scale = float(rng.uniform(0.85, 1.0))
@@ -216,7 +297,7 @@ def render_item_image(
     _draw_silhouette(ImageDraw.Draw(mask), category, big, scale, dx, dy)
     mask = mask.resize((size, size), Image.Resampling.LANCZOS)
     image = Image.new("RGB", (size, size), _BACKGROUND)
-    image.paste(_pattern_layer(COLOURS[colour], pattern, size, phase), (0, 0), mask)
+    image.paste(_pattern_layer(fill, pattern, size, phase), (0, 0), mask)
     return image
 
 
@@ -248,8 +329,39 @@ def _fill(template: str, attrs: dict[str, str]) -> str:
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
 
+def _history_lengths(config: CatalogConfig, rng: np.random.Generator) -> np.ndarray:
+    """Int64 [U]: how many distinct items each user interacts with."""
+    if config.profile == "sparse":
+        sparse = config.sparse
+        drawn = rng.lognormal(np.log(sparse.median_interactions), sparse.history_spread, config.num_users)
+        counts = np.maximum(sparse.min_interactions, np.rint(drawn).astype(np.int64))
+    else:
+        counts = np.maximum(
+            config.min_interactions_per_user,
+            rng.poisson(config.interactions_per_user - config.min_interactions_per_user, config.num_users)
+            + config.min_interactions_per_user,
+        )
+    return np.minimum(counts, config.num_items)
+
+
+def _mixed_history(rng: np.random.Generator, taste_logits: np.ndarray, log_pop: np.ndarray, k: int,
+                   taste_share: float) -> np.ndarray:
+    """``k`` distinct items, each from the taste softmax with probability ``taste_share``, else
+    with probability proportional to popularity; shuffled, so that the two kinds mix in time."""
+    n_taste = int(rng.binomial(k, taste_share))
+    none = np.zeros(0, dtype=np.int64)
+    by_taste = _sample_without_replacement(rng, taste_logits, n_taste) if n_taste else none
+    rest = log_pop.copy()
+    rest[by_taste] = -np.inf
+    by_popularity = _sample_without_replacement(rng, rest, k - n_taste) if k > n_taste else none
+    return np.concatenate([by_taste, by_popularity])[rng.permutation(k)]
+
+
 def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, bytes] | None]]:
     config.validate()
+    # Every draw of the default profile happens in the same order as before profiles existed
+    # (its files are pinned); the sparse profile's extra draws come after the ones they follow.
+    sparse = config.profile == "sparse"
     rng = np.random.default_rng(config.seed)
     n_items, n_users = config.num_items, config.num_users
     colours = tuple(COLOURS)
@@ -267,6 +379,9 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
         "category": CATEGORIES, "colour": colours, "pattern": PATTERNS,
         "material": MATERIALS, "style": STYLES, "brand": BRANDS,
     }
+    if sparse:
+        item_attr["shade"] = rng.integers(0, len(SHADES), n_items)
+        vocab["shade"] = SHADES
     popularity = rng.lognormal(mean=0.0, sigma=1.0, size=n_items)
     no_image = rng.random(n_items) < config.missing_image_rate
     no_text = rng.random(n_items) < config.missing_text_rate
@@ -287,7 +402,8 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
         if no_image[i]:
             images.append(None)
         else:
-            picture = render_item_image(attrs["category"], attrs["colour"], attrs["pattern"], size=config.image_size, rng=image_rng)
+            picture = render_item_image(attrs["category"], attrs["colour"], attrs["pattern"], size=config.image_size,
+                                        rng=image_rng, shade=attrs.get("shade"))
             images.append((f"{item_id}.png", _png_bytes(picture)))
         items.append(Item(item_id=item_id, title=title, description=description, attributes=attrs))
 
@@ -302,12 +418,10 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
         "colour": config.colour_weight, "pattern": config.pattern_weight,
         "material": config.material_weight, "style": config.style_weight,
     }
-    counts = np.maximum(
-        config.min_interactions_per_user,
-        rng.poisson(config.interactions_per_user - config.min_interactions_per_user, n_users)
-        + config.min_interactions_per_user,
-    )
-    counts = np.minimum(counts, n_items)
+    if sparse:
+        taste["shade"] = rng.integers(0, len(SHADES), n_users)
+        weights["shade"] = config.sparse.shade_weight
+    counts = _history_lengths(config, rng)
     log_pop = np.log(popularity)
     span = config.span_days * 86_400
 
@@ -316,19 +430,22 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
         matches = {name: item_attr[name] == taste[name][u] for name in weights}
         affinity = sum(weights[name] * matches[name] for name in weights)
         logits = affinity + config.popularity_weight * log_pop + config.noise * rng.standard_normal(n_items)
-        chosen = _sample_without_replacement(rng, logits, int(counts[u]))
+        if sparse:
+            chosen = _mixed_history(rng, logits, log_pop, int(counts[u]), config.sparse.taste_share)
+        else:
+            chosen = _sample_without_replacement(rng, logits, int(counts[u]))
         # Each user is active over a random window; events inside it are sorted in time.
         start = config.start_timestamp + int(rng.integers(0, span // 2))
         stamps = np.sort(start + rng.integers(0, span // 2, len(chosen)))
         for i, t in zip(chosen, stamps, strict=True):
-            liked = [name for name in ("colour", "pattern", "material", "style") if matches[name][i]]
+            liked = [name for name in weights if matches[name][i]]
             score = sum(weights[name] for name in liked) / sum(weights.values())  # in [0, 1]
             rating = float(np.clip(np.rint(1.5 + 3.5 * score + rng.normal(0, 0.6)), 1, 5))
             users.append(u)
             item_col.append(int(i))
             times.append(int(t))
             ratings.append(rating)
-            reviews.append(_review(rng, liked, items[int(i)].attributes))
+            reviews.append(_review(rng, [name for name in liked if name in _LIKE_PHRASES], items[int(i)].attributes))
 
     attributes = {
         "category": AttributeSpec("visual", CATEGORIES),
@@ -338,6 +455,8 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
         "style": AttributeSpec("textual", STYLES),
         "brand": AttributeSpec("textual", BRANDS),
     }
+    if sparse:
+        attributes["shade"] = AttributeSpec("visual", SHADES, hidden=True)
     data = InteractionData(
         name=config.name,
         user_ids=[f"u{u:05d}" for u in range(n_users)],
@@ -349,11 +468,10 @@ def _generate(config: CatalogConfig) -> tuple[InteractionData, list[tuple[str, b
         review=reviews,
         attributes=attributes,
         user_tastes={name: [vocab[name][int(v)] for v in values] for name, values in taste.items()},
-        source=f"pmg catalog generator, seed {config.seed}",
+        source=f"pmg catalog generator, seed {config.seed}" + (", sparse profile" if sparse else ""),
     )
     data.refresh_report()
     return data, images
-
 
 def _review(rng: np.random.Generator, liked: list[str], attrs: dict[str, str]) -> str:
     if not liked:

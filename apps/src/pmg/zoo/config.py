@@ -292,7 +292,8 @@ class JudgeAugmentConfig:
 class JudgeTrainingConfig:
     """The judge of personalization metrics: classifies ``attributes`` from an image,
     trained on ``augment``-perturbed catalog images. ``base_model`` is a judge folder saved
-    by an earlier zoo."""
+    by an earlier zoo. Besides ``attributes`` the judge reads every hidden visual attribute of
+    the dataset (the sparse catalog's ``shade``): no text names those, so nothing else scores them."""
 
     base_model: str | None = None
     model: JudgeModelConfig = field(default_factory=JudgeModelConfig)

@@ -3,7 +3,8 @@
 Text-to-image and CLIP learn from *attribute captions* built from the ground truth ("a red
 striped dress"), since catalog texts name colour and pattern in only about half the items;
 CLIP also sees the real titles and descriptions, the LM sees titles, descriptions and
-training-split reviews.
+training-split reviews. Captions never name a hidden attribute (the sparse catalog's shade):
+a pretrained model has never been told a user's unnamed taste either.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
 
 
 def _attribute_words(data: InteractionData) -> list[str]:
-    return sorted({value for spec in data.attributes.values() for value in spec.values})
+    # Not a hidden attribute's values: a prompt never names them, so the LM need not copy them.
+    return sorted({value for spec in data.attributes.values() if not spec.hidden for value in spec.values})
 
 
 def _named_attributes(attributes: dict[str, str], text: str) -> list[str]:

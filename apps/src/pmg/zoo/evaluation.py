@@ -84,7 +84,8 @@ def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudg
                            images_per_combo: int, steps: int, guidance_scale: float, seed: int = 0,
                            sheet: Path | None = None) -> dict[str, float]:
     """How often the judge finds each prompted attribute in images generated for ``combos``
-    (prompt "a {colour} {pattern} {category}"). Keys: judged attributes, plus ``images``.
+    (prompt "a {colour} {pattern} {category}"). Keys: the judged attributes the combinations
+    name, plus ``images``.
     ``sheet``: also write the images, one row per prompt, with the judge's readings as a PNG."""
     prompts, wanted = [], []
     for combo in combos:
@@ -100,9 +101,11 @@ def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudg
     if sheet is not None:
         write_contact_sheet(images, prompts, found, wanted, images_per_combo, sheet)
     result = {"images": float(len(prompts))}
+    # Only what the prompts name: the judge may read more (a hidden shade no prompt asks for).
     for name in judge.attributes:
         hits = [f[name] == w[name] for f, w in zip(found, wanted, strict=True) if name in w]
-        result[name] = float(np.mean(hits)) if hits else float("nan")
+        if hits:
+            result[name] = float(np.mean(hits))
     return result
 
 

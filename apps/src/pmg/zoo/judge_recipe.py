@@ -18,12 +18,18 @@ __all__ = ["judge_attributes", "judge_labels", "train_judge"]
 
 
 def judge_attributes(config: JudgeTrainingConfig, corpus: ZooCorpus) -> dict[str, tuple[str, ...]]:
-    """The configured attributes and their values; ``ValueError`` if the dataset lacks one."""
-    missing = [name for name in config.attributes if name not in corpus.data.attributes]
+    """The configured attributes, then the dataset's hidden visual ones, with their values;
+    ``ValueError`` if the dataset lacks a configured one."""
+    data = corpus.data
+    missing = [name for name in config.attributes if name not in data.attributes]
     if missing:
-        raise ValueError(f"zoo.judge.attributes {missing} are not attributes of dataset {corpus.data.name!r} "
-                         f"(it has {sorted(corpus.data.attributes)})")
-    return {name: corpus.data.attributes[name].values for name in config.attributes}
+        raise ValueError(f"zoo.judge.attributes {missing} are not attributes of dataset {data.name!r} "
+                         f"(it has {sorted(data.attributes)})")
+    # No text names a hidden attribute (the sparse catalog's shade), so only the judge can score
+    # it; a dataset without one keeps exactly the configured judge (and its zoo cache entries).
+    hidden = [name for name, spec in data.attributes.items()
+              if spec.hidden and spec.modality == "visual" and spec.values and name not in config.attributes]
+    return {name: data.attributes[name].values for name in [*config.attributes, *hidden]}
 
 
 def judge_labels(corpus: ZooCorpus, attributes: list[str]) -> dict[str, np.ndarray]:

@@ -41,7 +41,7 @@ def _clip_tokenizer(config: ZooConfig, corpus: ZooCorpus) -> PreTrainedTokenizer
     texts = [t for i in corpus.train_items for t in corpus.catalog_texts(int(i))]
     texts += [corpus.caption(int(i), t) for i in corpus.train_items for t in range(len(CAPTION_TEMPLATES))]
     # Attribute words from the schema, so that held-out captions tokenize as well as seen ones.
-    texts += [" ".join(spec.values) for spec in corpus.data.attributes.values()]
+    texts += [" ".join(spec.values) for spec in corpus.data.attributes.values() if not spec.hidden]
     return train_clip_tokenizer(texts, vocab_size=config.tokenizers.clip_vocab_size,
                                 model_max_length=config.clip.model.max_text_length)
 
