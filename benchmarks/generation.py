@@ -52,6 +52,7 @@ from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.keyword_bound import history_majority_hit_rate
+from pmg.evaluate.config import GenerationEvaluationConfig
 from pmg.evaluate.generation import VARIANTS, generation_section, token_variant, user_keywords
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.evaluate.stage import evaluation_users, generate_variants, generation_judges, generation_variants
@@ -162,7 +163,9 @@ def _profile(profile: str, quick: bool, limit: int) -> tuple[dict[str, object], 
     if missing:
         raise RunError(f"{run.root}: variants missing: {missing}")
     generations = generate_variants(variants, data, generator, users, progress=True)
-    section, _ = generation_section(data, split, users, generations, generation_judges(zoo), "colour", "material")
+    settings = GenerationEvaluationConfig()  # the same consistency and joint attributes as `pmg evaluate`
+    section, _ = generation_section(data, split, users, generations, generation_judges(zoo), settings.consistency_attribute,
+                                    settings.joint_text_attribute)
     figures = {
         "n_users": len(users),
         "run": str(run.root),

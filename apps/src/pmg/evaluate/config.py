@@ -9,7 +9,6 @@ from pmg.preference.baselines import LightGCNConfig
 __all__ = ["EvaluateConfig", "GenerationEvaluationConfig", "RecommendationEvaluationConfig"]
 
 
-
 @dataclass
 class RecommendationEvaluationConfig:
     """Popularity, PyG LightGCN and the preference stage's model ranked on the same test users.

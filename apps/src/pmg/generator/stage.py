@@ -245,9 +245,11 @@ def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int 
     subject = subject or liked_subject(data, history, user, config.image.default_subject)
     chosen = {a: value for a, values in described.items() if (value := named_value(text, values))}
     chosen.update(keywords or {})
+    unknown = sorted(set(chosen) - set(data.attributes))
+    if unknown:
+        raise ValueError(f"image-subject words for attributes {unknown} the dataset does not have")
     # Schema order, as the zoo's captions put them ("a red striped dress").
-    words = [data.attributes[a].prompt_word(chosen[a]) if a in data.attributes else chosen[a]
-             for a in sorted(chosen, key=lambda a: list(data.attributes).index(a) if a in data.attributes else len(data.attributes))]
+    words = [spec.prompt_word(chosen[a]) for a, spec in data.attributes.items() if a in chosen]
     return build_image_prompt(describe_subject(subject, words), fragment)
 
 
