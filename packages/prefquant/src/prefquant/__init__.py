@@ -9,7 +9,15 @@ per item with :func:`append_disambiguation` / ``ResidualQuantizer.encode_unique`
 # Defined before the submodule imports: serialization records it in every saved config.
 __version__ = "0.1.0"
 
-from .metrics import code_perplexity, code_usage, homogeneity, normalized_mutual_information, tuple_ids
+from .metrics import (
+    SemanticIdQuality,
+    code_perplexity,
+    code_usage,
+    homogeneity,
+    normalized_mutual_information,
+    semantic_id_quality,
+    tuple_ids,
+)
 from .quantizer import CodebookMode, QuantizerOutput, QuantizerStats, ResidualQuantizer, VectorQuantizer
 from .safetensors_io import CheckpointError, load_safetensors, read_safetensors_metadata, save_safetensors
 from .semantic_ids import append_disambiguation
@@ -26,6 +34,7 @@ __all__ = [
     "QuantizerOutput",
     "QuantizerStats",
     "ResidualQuantizer",
+    "SemanticIdQuality",
     "TokenParseError",
     "VectorQuantizer",
     "__version__",
@@ -40,5 +49,6 @@ __all__ = [
     "read_safetensors_metadata",
     "save_quantizer",
     "save_safetensors",
+    "semantic_id_quality",
     "tuple_ids",
 ]

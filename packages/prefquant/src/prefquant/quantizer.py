@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._arrays import TensorOrArray, to_tensor
 from ._distributed import all_reduce_sum_, broadcast_
 from .semantic_ids import append_disambiguation
 
@@ -106,18 +107,19 @@ class _LevelResult:
     restarted: int
 
 
-def _check_embeddings(x: Tensor, dim: int, what: str = "x") -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+def _check_embeddings(x: TensorOrArray, dim: int, what: str = "x") -> Tensor:
+    """``x`` as a float tensor [N, dim] (numpy arrays are wrapped), or a clear error."""
+    x = to_tensor(x, what)
     if x.dim() != 2 or x.shape[1] != dim:
         raise ValueError(f"{what} must have shape [N, {dim}], got {list(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype}")
+    return x
 
 
-def _check_codes(codes: Tensor, num_levels: int, codebook_size: int) -> None:
-    if not isinstance(codes, Tensor):
-        raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
+def _check_codes(codes: TensorOrArray, num_levels: int, codebook_size: int) -> Tensor:
+    """``codes`` as an integer tensor [N, num_levels] with values in [0, codebook_size), or a clear error."""
+    codes = to_tensor(codes, "codes")
     if codes.dim() != 2 or codes.shape[1] != num_levels:
         raise ValueError(f"codes must have shape [N, {num_levels}], got {list(codes.shape)}")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
@@ -126,6 +128,7 @@ def _check_codes(codes: Tensor, num_levels: int, codebook_size: int) -> None:
         raise ValueError(
             f"codes must lie in [0, {codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]"
         )
+    return codes
 
 
 def _perplexity(counts: Tensor) -> Tensor:
@@ -417,14 +420,14 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
 
     # ----------------------------------------------------------------- public API
     @_without_autocast
-    def forward(self, x: Tensor) -> QuantizerOutput:
+    def forward(self, x: TensorOrArray) -> QuantizerOutput:
         """Quantize x [N, d]; in training mode also update the codebook.
 
         Returns:
             :class:`QuantizerOutput` with quantized [N, d] (straight-through), codes [N, 1],
             loss [] and stats.
         """
-        _check_embeddings(x, self.dim)
+        x = _check_embeddings(x, self.dim)
         prepared = self._prepare(x)
         level = self._quantize(prepared, update=self.training)
         quantized = prepared + (level.quantized - prepared).detach()
@@ -444,9 +447,9 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
 
     @torch.no_grad()
     @_without_autocast
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: TensorOrArray) -> Tensor:
         """Codes [N, 1] (long) of x [N, d]; deterministic, never updates the codebook."""
-        _check_embeddings(x, self.dim)
+        x = _check_embeddings(x, self.dim)
         if not self.is_initialized:
             raise RuntimeError("codebook is not initialised: train it on at least one batch or load weights")
         prepared = self._prepare(x)
@@ -456,9 +459,9 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
         return codes.unsqueeze(-1)
 
     @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
+    def decode(self, codes: TensorOrArray) -> Tensor:
         """Vectors [N, d] for codes [N, 1]."""
-        _check_codes(codes, 1, self.codebook_size)
+        codes = _check_codes(codes, 1, self.codebook_size)
         return F.embedding(codes[:, 0].long(), self.effective_codebook())
 
 
@@ -554,14 +557,14 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
         return F.normalize(x, dim=-1) if self.normalize_input else x
 
     @_without_autocast
-    def forward(self, x: Tensor) -> QuantizerOutput:
+    def forward(self, x: TensorOrArray) -> QuantizerOutput:
         """Quantize x [N, d]; in training mode also update every level's codebook.
 
         Returns:
             :class:`QuantizerOutput` with quantized [N, d] (straight-through; the sum of the
             chosen codes), codes [N, L], loss [] (summed over levels) and stats.
         """
-        _check_embeddings(x, self.dim)
+        x = _check_embeddings(x, self.dim)
         target = self._prepare(x)
         residual = target
         reconstruction = torch.zeros_like(target)
@@ -597,9 +600,9 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
 
     @torch.no_grad()
     @_without_autocast
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: TensorOrArray) -> Tensor:
         """Codes [N, L] (long) of x [N, d]; deterministic, never updates the codebooks."""
-        _check_embeddings(x, self.dim)
+        x = _check_embeddings(x, self.dim)
         if not self.is_initialized:
             raise RuntimeError("codebooks are not initialised: train on at least one batch or load weights")
         codebooks = [level.effective_codebook() for level in self.levels]
@@ -615,9 +618,9 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
         return out
 
     @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
+    def decode(self, codes: TensorOrArray) -> Tensor:
         """Reconstruction [N, d] for codes [N, L]: the sum of each level's code vector."""
-        _check_codes(codes, self.num_levels, self.codebook_size)
+        codes = _check_codes(codes, self.num_levels, self.codebook_size)
         codes = codes.long()
         out = F.embedding(codes[:, 0], self.levels[0].effective_codebook())
         for index in range(1, self.num_levels):
@@ -625,7 +628,7 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
         return out
 
     @torch.no_grad()
-    def encode_unique(self, x: Tensor, existing: Tensor | None = None) -> Tensor:
+    def encode_unique(self, x: TensorOrArray, existing: TensorOrArray | None = None) -> Tensor:
         """Unique codes [N, L + 1] for x [N, d], e.g. semantic IDs of items.
 
         The extra last column disambiguates rows whose L codes coincide: 0, 1, 2, ... in

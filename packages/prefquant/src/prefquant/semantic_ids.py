@@ -5,16 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._arrays import TensorOrArray, to_tensor
+
 __all__ = ["append_disambiguation"]
 
 
-def _check_int_matrix(codes: Tensor, what: str) -> None:
-    if not isinstance(codes, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(codes).__name__}")
+def _check_int_matrix(codes: TensorOrArray, what: str) -> Tensor:
+    """``codes`` as an integer tensor [N, L] (numpy arrays are wrapped), or a clear error."""
+    codes = to_tensor(codes, what)
     if codes.dim() != 2:
         raise ValueError(f"{what} must have shape [N, L], got {list(codes.shape)}")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"{what} must be an integer tensor, got {codes.dtype}")
+    return codes
 
 
 def _rank_within_groups(groups: Tensor) -> Tensor:
@@ -28,7 +31,7 @@ def _rank_within_groups(groups: Tensor) -> Tensor:
     return ranks
 
 
-def append_disambiguation(codes: Tensor, existing: Tensor | None = None) -> Tensor:
+def append_disambiguation(codes: TensorOrArray, existing: TensorOrArray | None = None) -> Tensor:
     """Append a disambiguation level so that every row's code tuple is unique.
 
     Rows that share the same L codes get 0, 1, 2, ... in row order as their extra code;
@@ -45,11 +48,10 @@ def append_disambiguation(codes: Tensor, existing: Tensor | None = None) -> Tens
     Returns:
         [N, L + 1] long tensor; with ``existing`` given, no row equals an existing row.
     """
-    _check_int_matrix(codes, "codes")
-    codes = codes.long()
+    codes = _check_int_matrix(codes, "codes").long()
     num_rows, num_levels = codes.shape
     if existing is not None:
-        _check_int_matrix(existing, "existing")
+        existing = _check_int_matrix(existing, "existing")
         if existing.shape[1] != num_levels + 1:
             raise ValueError(
                 f"existing must have shape [M, {num_levels + 1}] (codes plus disambiguation), "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
+from ._arrays import TensorOrArray, to_tensor
 from .quantizer import ResidualQuantizer, VectorQuantizer
 
 __all__ = ["fit_quantizer"]
@@ -12,7 +12,7 @@ __all__ = ["fit_quantizer"]
 
 def fit_quantizer(
     quantizer: VectorQuantizer | ResidualQuantizer,
-    embeddings: Tensor,
+    embeddings: TensorOrArray,
     *,
     epochs: int = 20,
     batch_size: int = 256,
@@ -32,6 +32,7 @@ def fit_quantizer(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    embeddings = to_tensor(embeddings, "embeddings")
     if embeddings.dim() != 2 or embeddings.shape[0] == 0:
         raise ValueError(f"embeddings must have shape [N, d] with N > 0, got {list(embeddings.shape)}")
     params = [p for p in quantizer.parameters() if p.requires_grad]
