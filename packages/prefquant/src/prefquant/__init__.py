@@ -3,12 +3,15 @@
 Quantize continuous embeddings [N, d] into a few codes per row with
 :class:`ResidualQuantizer` (or one :class:`VectorQuantizer` level), turn codes into
 token strings for a generator with :class:`PreferenceTokenizer`, and make codes unique
-per item with :func:`append_disambiguation` / ``ResidualQuantizer.encode_unique``.
+per item with :func:`append_disambiguation` / ``ResidualQuantizer.encode_unique``, keep
+items and their IDs together across catalog updates with :class:`SemanticIdMap`, and judge
+IDs with :func:`semantic_id_quality`.
 """
 
 # Defined before the submodule imports: serialization records it in every saved config.
 __version__ = "0.1.0"
 
+from .id_map import SemanticIdMap
 from .metrics import (
     SemanticIdQuality,
     code_perplexity,
@@ -34,6 +37,7 @@ __all__ = [
     "QuantizerOutput",
     "QuantizerStats",
     "ResidualQuantizer",
+    "SemanticIdMap",
     "SemanticIdQuality",
     "TokenParseError",
     "VectorQuantizer",
