@@ -21,7 +21,14 @@ from .metrics import (
     semantic_id_quality,
     tuple_ids,
 )
-from .quantizer import CodebookMode, QuantizerOutput, QuantizerStats, ResidualQuantizer, VectorQuantizer
+from .quantizer import (
+    AssignmentMode,
+    CodebookMode,
+    QuantizerOutput,
+    QuantizerStats,
+    ResidualQuantizer,
+    VectorQuantizer,
+)
 from .safetensors_io import CheckpointError, load_safetensors, read_safetensors_metadata, save_safetensors
 from .semantic_ids import append_disambiguation
 from .serialization import load_quantizer, save_quantizer
@@ -29,6 +36,7 @@ from .tokenizer import DEFAULT_PREFIXES, ModalitySpec, PreferenceTokenizer, Toke
 from .training import fit_quantizer
 
 __all__ = [
+    "AssignmentMode",
     "DEFAULT_PREFIXES",
     "CheckpointError",
     "CodebookMode",

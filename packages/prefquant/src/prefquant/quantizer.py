@@ -30,9 +30,17 @@ from ._arrays import TensorOrArray, to_tensor
 from ._distributed import all_reduce_sum_, broadcast_
 from .semantic_ids import append_disambiguation
 
-__all__ = ["CodebookMode", "QuantizerOutput", "QuantizerStats", "ResidualQuantizer", "VectorQuantizer"]
+__all__ = [
+    "AssignmentMode",
+    "CodebookMode",
+    "QuantizerOutput",
+    "QuantizerStats",
+    "ResidualQuantizer",
+    "VectorQuantizer",
+]
 
 CodebookMode = Literal["ema", "learned"]
+AssignmentMode = Literal["nearest", "sinkhorn"]
 
 # Rows per distance computation in encode(): bounds the [rows, K] distance matrix in memory.
 _ENCODE_CHUNK_ROWS = 32768
@@ -178,6 +186,17 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
             served worst). ``None`` disables restarts. Choose it so that
             ``patience * batch_size`` is well above ``codebook_size``.
         use_cosine: L2-normalise inputs and codes and assign by cosine similarity.
+        assignment: how training batches are assigned to codes. ``"nearest"``: each row
+            to its nearest code. ``"sinkhorn"``: balanced assignment, as in SwAV and
+            LC-Rec: a few Sinkhorn-Knopp iterations rescale ``exp(-distance / t)`` so
+            that every code receives about the same share of the batch, and each row
+            takes the code of largest share. Codebooks then spread over the data instead
+            of crowding dense regions, which lowers collisions of semantic IDs. Only
+            training passes use it; ``encode`` always returns the nearest code.
+        sinkhorn_iters: Sinkhorn-Knopp iterations (``"sinkhorn"`` only).
+        sinkhorn_temperature: t as a fraction of the spread (standard deviation) of the
+            batch's distances; towards 0 the assignment tends to nearest-code, larger
+            values balance harder and, too large (about 0.3), ignore the distances.
         sync_distributed: when torch.distributed is initialised with more than one rank,
             sum codebook statistics (k-means sums, EMA counts and sums, usage) over ranks
             and take restart vectors and k-means seeds from rank 0, so codebooks stay
@@ -200,6 +219,9 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
         kmeans_iters: int = 10,
         dead_code_patience: int | None = 50,
         use_cosine: bool = False,
+        assignment: AssignmentMode = "nearest",
+        sinkhorn_iters: int = 3,
+        sinkhorn_temperature: float = 0.05,
         sync_distributed: bool = True,
         eps: float = 1e-5,
     ) -> None:
@@ -220,6 +242,12 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
             not isinstance(dead_code_patience, int) or dead_code_patience < 1
         ):
             raise ValueError(f"dead_code_patience must be None or an int >= 1, got {dead_code_patience!r}")
+        if assignment not in ("nearest", "sinkhorn"):
+            raise ValueError(f"assignment must be 'nearest' or 'sinkhorn', got {assignment!r}")
+        if not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
+            raise ValueError(f"sinkhorn_iters must be an int >= 1, got {sinkhorn_iters!r}")
+        if not sinkhorn_temperature > 0:
+            raise ValueError(f"sinkhorn_temperature must be > 0, got {sinkhorn_temperature!r}")
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.dim = dim
@@ -231,6 +259,9 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
         self.kmeans_iters = kmeans_iters
         self.dead_code_patience = dead_code_patience
         self.use_cosine = bool(use_cosine)
+        self.assignment: AssignmentMode = assignment
+        self.sinkhorn_iters = sinkhorn_iters
+        self.sinkhorn_temperature = float(sinkhorn_temperature)
         self.sync_distributed = bool(sync_distributed)
         self.eps = float(eps)
 
@@ -270,6 +301,9 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
             "kmeans_iters": self.kmeans_iters,
             "dead_code_patience": self.dead_code_patience,
             "use_cosine": self.use_cosine,
+            "assignment": self.assignment,
+            "sinkhorn_iters": self.sinkhorn_iters,
+            "sinkhorn_temperature": self.sinkhorn_temperature,
             "sync_distributed": self.sync_distributed,
             "eps": self.eps,
         }
@@ -306,6 +340,31 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
         if not with_distance:
             return codes, None
         return codes, (best + (x * x).sum(-1)).clamp_min(0.0)
+
+    def _balanced(self, x: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
+        """Sinkhorn-balanced codes [N] of x [N, d] and each row's distance [N] to its code.
+
+        Works on ``distance - row minimum``, so neither the rows' norms nor the data's
+        scale change the result; column sums are summed over ranks, so the balance is
+        over the global batch.
+        """
+        if self.use_cosine:
+            excess = -(x @ codebook.t())
+        else:
+            excess = torch.addmm((codebook * codebook).sum(-1), x, codebook.t(), beta=1.0, alpha=-2.0)
+        row_offset = excess.min(dim=-1, keepdim=True).values
+        excess = excess - row_offset
+        scale = (excess.std() * self.sinkhorn_temperature).clamp_min(torch.finfo(excess.dtype).tiny)
+        # Each row's largest entry is 1, so after dividing by column sums (>= that entry) no entry
+        # exceeds 1 and no row sums to zero: the iterations cannot overflow or divide by zero.
+        plan = torch.exp(-excess / scale)
+        for _ in range(self.sinkhorn_iters):
+            plan = plan / self._sum(plan.sum(0)).clamp_min(torch.finfo(plan.dtype).tiny)
+            plan = plan / plan.sum(-1, keepdim=True)
+        codes = plan.argmax(dim=-1)
+        chosen = excess.gather(1, codes.unsqueeze(-1)).squeeze(-1) + row_offset.squeeze(-1)
+        distance = (1.0 + chosen) if self.use_cosine else (chosen + (x * x).sum(-1))
+        return codes, distance.clamp_min(0.0)
 
     def _distance_to(self, x: Tensor, point: Tensor) -> Tensor:
         if self.use_cosine:
@@ -403,7 +462,10 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
                 "or load trained weights before encoding"
             )
         codebook = self.effective_codebook()
-        codes, distance = self._nearest(x.detach(), codebook.detach(), with_distance=update)
+        if update and self.assignment == "sinkhorn":
+            codes, distance = self._balanced(x.detach(), codebook.detach())
+        else:
+            codes, distance = self._nearest(x.detach(), codebook.detach(), with_distance=update)
         quantized = F.embedding(codes, codebook)
         loss = self.commitment_weight * F.mse_loss(x, quantized.detach()) if x.shape[0] else x.new_zeros(())
         if self.codebook_mode == "learned" and x.shape[0]:
@@ -482,8 +544,8 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
             matters. Levels themselves use Euclidean distance, because residuals are not
             directions.
         codebook_mode, decay, commitment_weight, kmeans_init, kmeans_iters,
-        dead_code_patience, sync_distributed, eps: passed to every level; see
-        :class:`VectorQuantizer`.
+        dead_code_patience, assignment, sinkhorn_iters, sinkhorn_temperature,
+        sync_distributed, eps: passed to every level; see :class:`VectorQuantizer`.
     """
 
     def __init__(
@@ -499,6 +561,9 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         dead_code_patience: int | None = 50,
+        assignment: AssignmentMode = "nearest",
+        sinkhorn_iters: int = 3,
+        sinkhorn_temperature: float = 0.05,
         sync_distributed: bool = True,
         eps: float = 1e-5,
     ) -> None:
@@ -513,6 +578,9 @@ class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
             "kmeans_init": kmeans_init,
             "kmeans_iters": kmeans_iters,
             "dead_code_patience": dead_code_patience,
+            "assignment": assignment,
+            "sinkhorn_iters": sinkhorn_iters,
+            "sinkhorn_temperature": sinkhorn_temperature,
             "sync_distributed": sync_distributed,
             "eps": eps,
         }
