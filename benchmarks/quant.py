@@ -16,8 +16,17 @@ Progress goes to stdout; the LAST line is one JSON object. Headline keys:
                             64 codes and 8 colours, homogeneity is not
     nmi_shuffled            chance level: trained visual codes against permuted users
     encode_speed_ratio_vs_vqpytorch
-                            our encode rows/s over vector-quantize-pytorch ResidualVQ's (same L, K, d,
-                            data, threads; their eval-mode forward is their encode) (goal >= 1)
+                            our encode (codes only) against vector-quantize-pytorch ResidualVQ's
+                            codes-only path (each layer's codebook module chained over the residual,
+                            no losses or output sums); same L, K, d, codebooks, data, threads (goal >= 1)
+    eval_forward_speed_ratio_vs_vqpytorch
+                            our eval-mode forward against their eval-mode forward (full outputs both)
+    train_speed_ratio_vs_vqpytorch
+                            training-mode forward (EMA update, dead codes) on batch_size rows, ours
+                            against theirs; ratios are their seconds over ours (> 1: we are faster)
+    collision_rate_nearest, collision_rate_sinkhorn, recon_rel_mse_nearest, recon_rel_mse_sinkhorn
+                            the visual modality quantized with nearest-code and with Sinkhorn-balanced
+                            training: items sharing a full code tuple, and relative reconstruction error
     peak_rss_mb, rss_mb_before_baseline (peak before vector-quantize-pytorch runs), quantizer_bytes
 
 The ``--run`` contract: ``DIR/preference/user_preferences.safetensors`` holds tensors
@@ -29,6 +38,7 @@ holds ``{"colour": [int per user], "pattern": [...], "material": [...], "style":
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -48,6 +58,7 @@ from prefquant import (
     homogeneity,
     load_safetensors,
     normalized_mutual_information,
+    semantic_id_quality,
     tuple_ids,
 )
 
@@ -174,19 +185,45 @@ def _time(fns: list, repeats: int) -> list[float]:
 
 
 def _speed(rq: ResidualQuantizer, x: torch.Tensor, config: BenchConfig) -> dict[str, float | None]:
+    """Rows per second of ours and of vector-quantize-pytorch's ResidualVQ, like for like.
+
+    * encode: our ``encode`` (codes only) against their codes-only path: each layer's own
+      codebook module in eval mode (their distance, argmax and code lookup), chained over
+      the residual, without the ResidualVQ wrapper's losses and output sums. Both use the
+      same codebooks, so the codes must agree.
+    * eval forward: our eval-mode ``forward`` against their eval-mode ``forward`` (codes,
+      quantized vectors and losses on both sides).
+    * train forward: a training-mode forward on ``batch_size`` rows (EMA update, dead-code
+      bookkeeping) on both sides, on copies so the measured quantizer stays as trained.
+    """
     gen = torch.Generator().manual_seed(config.seed + 7)
     rows = x[torch.randint(x.shape[0], (config.speed_rows,), generator=gen)]
     rows = rows + 0.01 * rows.std() * torch.randn(rows.shape, generator=gen)
+    train_batches = list(rows[: config.batch_size * 8].split(config.batch_size))
+    ours_train = copy.deepcopy(rq).train()
 
     def ours() -> torch.Tensor:
         return rq.encode(rows)
+
+    def ours_forward() -> torch.Tensor:
+        with torch.no_grad():
+            return rq(rows).codes
+
+    def ours_training() -> None:
+        for batch in train_batches:
+            ours_train(batch)
 
     result: dict[str, float | None] = {
         "encode_rows_per_s": None,
         "vqpytorch_encode_rows_per_s": None,
         "encode_speed_ratio_vs_vqpytorch": None,
+        "eval_forward_speed_ratio_vs_vqpytorch": None,
+        "train_rows_per_s": None,
+        "vqpytorch_train_rows_per_s": None,
+        "train_speed_ratio_vs_vqpytorch": None,
         "codes_agree_with_vqpytorch": None,
     }
+    train_rows = sum(batch.shape[0] for batch in train_batches)
     try:
         if not config.compare_vqpytorch:
             raise ImportError
@@ -194,7 +231,9 @@ def _speed(rq: ResidualQuantizer, x: torch.Tensor, config: BenchConfig) -> dict[
     except ImportError:
         if config.compare_vqpytorch:
             log("vector-quantize-pytorch not installed: skipping the speed comparison")
-        result["encode_rows_per_s"] = round(config.speed_rows / _time([ours], config.speed_repeats)[0])
+        encode_s, train_s = _time([ours, ours_training], config.speed_repeats)
+        result["encode_rows_per_s"] = round(config.speed_rows / encode_s)
+        result["train_rows_per_s"] = round(train_rows / train_s)
         return result
     baseline = ResidualVQ(
         dim=x.shape[1],
@@ -208,6 +247,7 @@ def _speed(rq: ResidualQuantizer, x: torch.Tensor, config: BenchConfig) -> dict[
     torch.manual_seed(config.seed)
     for batch in x[torch.randperm(x.shape[0])].split(config.batch_size):
         baseline(batch.unsqueeze(0))
+    baseline_train = copy.deepcopy(baseline).train()
     baseline.eval()
     # Same codebooks in both: their codes must then equal ours, so the timing compares equal work.
     with torch.no_grad():
@@ -217,15 +257,63 @@ def _speed(rq: ResidualQuantizer, x: torch.Tensor, config: BenchConfig) -> dict[
 
     def theirs() -> torch.Tensor:
         with torch.no_grad():
+            residual, codes = batch, []
+            for layer in baseline.layers:
+                quantize, indices, _ = layer._codebook(residual)  # [1, N, d], [1, N]
+                codes.append(indices[0])
+                residual = residual - quantize
+            return torch.stack(codes, dim=-1)
+
+    def theirs_forward() -> torch.Tensor:
+        with torch.no_grad():
             return baseline(batch)[1]
 
-    agree = (theirs()[0] == ours()).all(dim=1).float().mean()
-    ours_s, their_s = _time([ours, theirs], config.speed_repeats)
+    def theirs_training() -> None:
+        for train_batch in train_batches:
+            baseline_train(train_batch.unsqueeze(0))
+
+    agree = (theirs() == ours()).all(dim=1).float().mean()
+    agree_forward = (theirs_forward()[0] == ours()).all(dim=1).float().mean()
+    ours_s, their_s, ours_fwd_s, their_fwd_s, ours_train_s, their_train_s = _time(
+        [ours, theirs, ours_forward, theirs_forward, ours_training, theirs_training], config.speed_repeats
+    )
     result["encode_rows_per_s"] = round(config.speed_rows / ours_s)
     result["vqpytorch_encode_rows_per_s"] = round(config.speed_rows / their_s)
     result["encode_speed_ratio_vs_vqpytorch"] = round(their_s / ours_s, 3)
-    result["codes_agree_with_vqpytorch"] = round(float(agree), 4)
+    result["eval_forward_speed_ratio_vs_vqpytorch"] = round(their_fwd_s / ours_fwd_s, 3)
+    result["train_rows_per_s"] = round(train_rows / ours_train_s)
+    result["vqpytorch_train_rows_per_s"] = round(train_rows / their_train_s)
+    result["train_speed_ratio_vs_vqpytorch"] = round(their_train_s / ours_train_s, 3)
+    result["codes_agree_with_vqpytorch"] = round(float(min(agree, agree_forward)), 4)
     return result
+
+
+def balanced_assignment_report(x: torch.Tensor, config: BenchConfig) -> dict[str, float | int]:
+    """Nearest-code against Sinkhorn-balanced training on the same rows [N, d], same seed and size.
+
+    Reports, for each, the semantic-ID quality of the trained codes (full-tuple collision
+    rate, largest collision group, smallest per-level perplexity) and the reconstruction
+    error relative to the data's variance; encode is nearest-code in both.
+    """
+    out: dict[str, float | int] = {}
+    for mode in ("nearest", "sinkhorn"):
+        rq = ResidualQuantizer(
+            x.shape[1],
+            config.num_levels,
+            config.codebook_size,
+            dead_code_patience=config.dead_code_patience,
+            assignment=mode,
+        )
+        fit_quantizer(rq, x, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed)
+        codes = rq.encode(x)
+        quality = semantic_id_quality(codes, config.codebook_size)
+        out[f"collision_rate_{mode}"] = round(quality.collision_rate, 4)
+        out[f"largest_collision_group_{mode}"] = quality.largest_collision_group
+        out[f"perplexity_min_{mode}"] = round(min(quality.perplexity), 2)
+        out[f"recon_rel_mse_{mode}"] = round(
+            float(((rq.decode(codes) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()), 4
+        )
+    return out
 
 
 def quantizer_report(
@@ -301,6 +389,8 @@ def quantizer_report(
             report["nmi_textual_colour"] = report["modalities"]["textual"]["nmi_colour"]
 
     speed_modality = "visual" if "visual" in embeddings else next(iter(embeddings))
+    log(f"nearest-code against Sinkhorn-balanced training on {speed_modality}")
+    report.update(balanced_assignment_report(embeddings[speed_modality], config))
     log(f"timing encode on {config.speed_rows} rows ({speed_modality}), {torch.get_num_threads()} thread(s)")
     report["rss_mb_before_baseline"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     report.update(_speed(quantizers[speed_modality], embeddings[speed_modality], config))

@@ -71,8 +71,34 @@ def test_run_reader_and_report(tmp_path, bench):
     # Planted signal: visual tokens know colour far better than material, and better than chance.
     assert report["nmi_visual_colour"] > 2 * report["nmi_visual_material"]
     assert report["nmi_visual_colour"] > report["nmi_shuffled"]
-    assert report["encode_rows_per_s"] > 0
+    assert report["encode_rows_per_s"] > 0 and report["train_rows_per_s"] > 0
     assert report["encode_speed_ratio_vs_vqpytorch"] is None
+    assert report["train_speed_ratio_vs_vqpytorch"] is None
+    for mode in ("nearest", "sinkhorn"):
+        assert 0.0 <= report[f"collision_rate_{mode}"] <= 1.0
+        assert report[f"largest_collision_group_{mode}"] >= 1
+        assert 0.0 < report[f"recon_rel_mse_{mode}"] < 1.0
+
+
+def test_speed_against_vqpytorch_compares_equal_work(bench):
+    pytest.importorskip("vector_quantize_pytorch")
+    embeddings, _ = bench.synthetic_users(num_users=256, dim=8, seed=2)
+    config = bench.BenchConfig(
+        num_levels=2, codebook_size=8, epochs=2, batch_size=64, speed_rows=512, speed_repeats=1
+    )
+    rq = bench.ResidualQuantizer(8, 2, 8)
+    bench.fit_quantizer(rq, embeddings["visual"], epochs=2, batch_size=64)
+    before = rq.codebooks
+    result = bench._speed(rq, embeddings["visual"], config)
+    # Same codebooks on both sides: their codes-only path and their forward give our codes.
+    assert result["codes_agree_with_vqpytorch"] == 1.0
+    for key in (
+        "encode_speed_ratio_vs_vqpytorch",
+        "eval_forward_speed_ratio_vs_vqpytorch",
+        "train_speed_ratio_vs_vqpytorch",
+    ):
+        assert result[key] > 0, key
+    assert torch.equal(rq.codebooks, before), "timing the training forward must not touch the measured quantizer"
 
 
 def test_report_without_tastes(bench):
