@@ -98,7 +98,9 @@ def test_speed_against_vqpytorch_compares_equal_work(bench):
         "train_speed_ratio_vs_vqpytorch",
     ):
         assert result[key] > 0, key
-    assert torch.equal(rq.codebooks, before), "timing the training forward must not touch the measured quantizer"
+    assert torch.equal(rq.codebooks, before), (
+        "timing the training forward must not touch the measured quantizer"
+    )
 
 
 def test_report_without_tastes(bench):
