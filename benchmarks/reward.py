@@ -39,15 +39,14 @@ from pathlib import Path
 def evaluate(run, data, split, generator, users: list[int], adapters, judge) -> dict[str, float]:
     """Consistency and personalization of ``adapters`` (text, image) for ``users`` (``pmg.generator.evaluation``)."""
     from pmg.generator.evaluation import consistency_hits, named_value
-    from pmg.generator.stage import generate_for_users, user_fragments
+    from pmg.generator.prompts import user_prompts
+    from pmg.generator.stage import generate_for_users
     from pmg.quantize.stage import load_user_tokens
 
-    tokens = load_user_tokens(run)
-    text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
-    image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
+    prompts = user_prompts(data, generator, load_user_tokens(run), split.train).of(users)
     colours, materials = data.attributes["colour"].values, data.attributes["material"].values
-    results = generate_for_users(data, generator, users=users, text_fragments=[text_fragments[u] for u in users],
-                                 image_fragments=[image_fragments[u] for u in users], text_adapter=adapters[0], image_adapter=adapters[1],
+    results = generate_for_users(data, generator, users=users, text_fragments=prompts.text, image_fragments=prompts.image,
+                                 keywords=prompts.subject_words, text_adapter=adapters[0], image_adapter=adapters[1],
                                  history=split.train)
     seen = [reading["colour"] for reading in judge.predict_values([r.image for r in results])]
     texts = [r.text for r in results]  # every text the generator writes, as `pmg evaluate` reads them

@@ -19,7 +19,7 @@ import pytest
 from pmg.cli import main
 from pmg.runs import RunDirectory
 
-VARIANTS = ("no_tokens", "soft_prompt", "keywords", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
 GENERATION_METRICS = ("image_colour_accuracy", "image_pattern_accuracy", "image_personalization", "text_material_accuracy",
                       "text_style_accuracy", "text_personalization", "consistency", "joint", "clip_score", "user_preference_image",
                       "user_preference_text")
@@ -76,7 +76,7 @@ def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_ru
         missing = [c for c, cell in row["cells"].items() if cell["value"] is None]
         assert missing == (["random"] if row["metric"].startswith("usage") else [])
     markdown = (tiny_run / "evaluate" / "evaluation.md").read_text()
-    for label in ("no tokens", "soft prompt", "keywords", "keywords + tokens", "retrieve (top-1 item)", "tokens (SFT)",
+    for label in ("no tokens", "soft prompt", "keywords", "keywords (tuned adapters)", "keywords + tokens", "retrieve (top-1 item)", "tokens (SFT)",
                   "tokens (reward)", "Recall@20", "NMI with true colour",
                   "CLIP image–text score", "user preference: image vs future items"):
         assert label in markdown
@@ -141,8 +141,16 @@ def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_ru
     # Tokens are in the SFT, reward and hybrid prompts, never in the no-token or keyword ones.
     for variant in ("tokens_reward", "tokens_sft", "hybrid"):
         assert all("<pv_" in g["image_prompt"] and "<pt_" in g["text_prompt"] for g in record["variants"][variant])
-    for variant in ("no_tokens", "keywords"):
+    for variant in ("no_tokens", "keywords", "keywords_tuned"):
         assert not any("<p" in g["image_prompt"] + g["text_prompt"] for g in record["variants"][variant])
+    # The run prompts with keywords and tokens (generator.prompt's default): the hybrid is its own reward variant.
+    def without_path(generations: list[dict]) -> list[dict]:
+        return [{k: v for k, v in g.items() if k != "image"} for g in generations]
+
+    assert without_path(record["variants"]["hybrid"]) == without_path(record["variants"]["tokens_reward"])
+    for keyworded, hybrid in zip(record["variants"]["keywords"], record["variants"]["tokens_reward"], strict=True):
+        words = keyworded["text_prompt"].removeprefix("User ").split(" would love:")[0]
+        assert hybrid["text_prompt"].startswith(f"User {words} <p") and "<pt_" in hybrid["text_prompt"]
     assert users[0]["tokens"]["visual"].startswith("<pv_0_")
     # Retrieval shows a catalog item the user did not have in training, with its own text.
     data, split = load_prepared(RunDirectory(tiny_run))
@@ -215,7 +223,7 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
     clip, processor = zoo.load_clip()
     judges = GenerationJudges(zoo.load_judge(), "", ConsistencyReward.from_model(clip, processor).embedder)
     generations = {"no_tokens": "not trained here", "soft_prompt": "not trained here", "keywords": "not trained here",
-                   "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
+                   "keywords_tuned": "not trained here", "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
                    "tokens_reward": text_only}
     section, _ = generation_section(no_truth, split, users, generations, judges, "colour", "material")
     assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "joint",

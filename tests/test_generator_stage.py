@@ -69,6 +69,43 @@ def test_sft_targets_continue_the_prompt_and_token_rows_get_their_own_lr(tiny_ru
     assert groups == {config.lr: {id(p) for p in rows["lora"]}, config.token_lr: {id(p) for p in rows["tokens"]}}
 
 
+
+def test_training_prompts_carry_some_of_the_liked_items_own_words(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.config import GeneratorConfig
+    from pmg.generator.modules import ImageGeneratorModule, TextGeneratorModule
+    from pmg.generator.prompts import ItemWords, prompt_attributes, user_fragments
+    from pmg.quantize.stage import load_user_tokens
+
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    config = GeneratorConfig()
+    text_attributes, image_attributes = prompt_attributes(data, config)
+    assert "colour" in image_attributes and "category" not in image_attributes and "category" in text_attributes
+    item = int(data.item[split.train[0]])
+    own = data.items[item].attributes
+    assert ItemWords(data, text_attributes, 1.0, 0).values(item) == {a: own[a] for a in text_attributes if own.get(a)}
+    assert ItemWords(data, text_attributes, 0.0, 0).text(item) is None
+    kept = [len(ItemWords(data, text_attributes, 0.5, seed).values(item)) for seed in range(40)]
+    assert len(set(kept)) > 1  # some attributes left out, some kept, varying by draw
+    assert sum(kept) / len(kept) == pytest.approx(len(text_attributes) / 2, abs=1.0)
+    tokens = load_user_tokens(run)
+    fragments = user_fragments(data, tokens, config.text.modalities)
+    text = config.text
+    batch = {"user": torch.tensor([0]), "item": torch.tensor([item]), "review": ["Nice."], "text": [data.items[item].title]}
+    module = TextGeneratorModule(None, data, fragments, text, config.optimizer_for(text.lr),  # type: ignore[arg-type]
+                                 words=ItemWords(data, text_attributes, 1.0, 0))
+    module.dropout.fraction = 0.0
+    prompts, _, _ = module.pairs(batch)
+    words = " ".join(data.attributes[a].prompt_word(own[a]) for a in text_attributes if own.get(a))
+    assert prompts and all(p.startswith(f"User {words} {fragments[0]} would love:") for p in prompts)
+    image = ImageGeneratorModule(None, data, fragments, config.image, config.optimizer_for(text.lr),  # type: ignore[arg-type]
+                                 words=ItemWords(data, image_attributes, 1.0, 0))
+    image.dropout.fraction = 0.0
+    described = " ".join(data.attributes[a].prompt_word(own[a]) for a in image_attributes if own.get(a))
+    assert image.prompts(batch)[0].endswith(f"{described} {own['category']}")
+
+
 @pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])
 def test_only_token_rows_and_lora_differ_from_the_zoo_base(tiny_run: Path, variant: str) -> None:
     from pmg.generator import load_generators, load_soft_prompt_generators
@@ -118,7 +155,18 @@ def test_generate_writes_an_image_and_texts_for_a_known_user(tiny_run: Path, tmp
     out = tmp_path / "me.png"
     assert main(["generate", "--run", str(tiny_run), "--user", user_id, "--category", "dress", "--out", str(out)]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
-    assert out.stat().st_size > 0 and record["image_prompt"].endswith(": a dress") and "<pv_" in record["image_prompt"]
+    # The asked-for subject, described by the user's history keywords (generator.prompt's default).
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator.config import GeneratorConfig
+    from pmg.generator.prompts import described_subject, user_prompts
+    from pmg.quantize.stage import load_user_tokens
+
+    data, split = load_prepared(RunDirectory(tiny_run))
+    config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
+    words = user_prompts(data, config, load_user_tokens(RunDirectory(tiny_run)), split.train).subject_words[data.user_index()[user_id]]
+    assert words and record["image_prompt"].endswith(f": {described_subject(data, 'a dress', words)}")
+    assert out.stat().st_size > 0 and "<pv_" in record["image_prompt"] and "<pt_" in record["text_prompt"]
     assert not record["cold_start"] and set(record["texts"]) == {"title", "review"}
 
 
@@ -293,7 +341,7 @@ def test_soft_prompt_baseline_generates_from_each_users_preference_vectors(tiny_
 def test_batched_generation_gives_each_user_what_they_get_alone(tiny_run: Path) -> None:
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared
-    from pmg.evaluate.generation import hybrid_variant, soft_prompt_variant, token_variant, user_keywords
+    from pmg.evaluate.generation import hybrid_variant, soft_prompt_variant, token_variant
     from pmg.generator import GeneratorConfig, load_generators, load_soft_prompt_generators
     from pmg.preference.stage import load_preferences
     from pmg.quantize.stage import load_user_tokens
@@ -307,10 +355,9 @@ def test_batched_generation_gives_each_user_what_they_get_alone(tiny_run: Path) 
     soft = load_soft_prompt_generators(run, zoo)
     assert soft is not None
     users = [0, 3, 7]
-    keywords = user_keywords(data, split.train, users)
     for variant in (token_variant(text, image, data, split.train, load_user_tokens(run), config),
                     soft_prompt_variant(soft, load_preferences(run).user_preferences, split.train),
-                    hybrid_variant(text, image, data, split.train, keywords, load_user_tokens(run), config)):
+                    hybrid_variant(text, image, data, split.train, load_user_tokens(run), config)):
         batched = variant.generate_many(data, config, users)
         alone = [variant.generate(data, config, u) for u in users]
         for together, single in zip(batched, alone, strict=True):
@@ -379,3 +426,49 @@ def test_image_training_prompts_name_what_the_items_text_names(tiny_run: Path) -
     assert prompts(subject_attributes(data, config)) == [f"{article[colours[1]]} {colours[1]} {category}",
                                                          f"{article[colours[2]]} {colours[2]} {category}", f"a {category}"]
     assert prompts({}) == [f"a {category}"] * 3
+
+
+def test_prompts_put_the_history_keywords_before_the_tokens_and_into_the_image_subject(tiny_run: Path) -> None:
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.data.keywords import history_keywords
+    from pmg.generator.config import GeneratorConfig, PromptMode
+    from pmg.generator.prompts import user_fragments, user_prompts
+    from pmg.quantize.stage import load_user_tokens
+
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    tokens = load_user_tokens(run)
+    config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
+    assert config.prompt is PromptMode.keywords_and_tokens  # the default
+    hybrid = user_prompts(data, config, tokens, split.train)
+    plain = user_prompts(data, config, tokens, split.train, PromptMode.tokens)
+    text_tokens = user_fragments(data, tokens, config.text.modalities)
+    assert plain.text == text_tokens and plain.image == hybrid.image and plain.subject_words == [None] * data.num_users
+    keywords = history_keywords(data, split.train, range(data.num_users))
+    text_attributes = [a for a, spec in data.attributes.items() if spec.modality in config.text.modalities]
+    for user in range(data.num_users):
+        words = " ".join(keywords[user].words(data, text_attributes))
+        assert words and text_tokens[user] is not None
+        assert hybrid.text[user] == f"{words} {text_tokens[user]}"
+        assert hybrid.subject_words[user] == {a: v for a, v in keywords[user].values.items()
+                                              if data.attributes[a].modality in config.image.modalities and a != "category"}
+    # Keywords come from the rows given only: with no history, the tokens alone.
+    empty = user_prompts(data, config, tokens, split.train[:0])
+    assert empty.text == text_tokens and empty.subject_words == [None] * data.num_users
+    picked = hybrid.of([2, None])
+    assert picked.text == [hybrid.text[2], None] and picked.subject_words == [hybrid.subject_words[2], None]
+    # The stage trained and sampled with these prompts: the samples' prompts carry the words.
+    samples = json.loads((tiny_run / "generator" / "samples" / "samples.json").read_text())
+    first = data.user_index()[samples[0]["user_id"]]
+    assert samples[0]["text_prompt"].startswith(f"User {hybrid.text[first]} would love:")
+    assert all(data.attributes[a].prompt_word(v) in samples[0]["image_prompt"] for a, v in (hybrid.subject_words[first] or {}).items())
+
+
+def test_a_prompt_mode_outside_the_closed_set_fails_at_config_load() -> None:
+    from pmg.config import ConfigError, load_config
+    from pmg.generator.config import GeneratorConfig, PromptMode
+
+    assert load_config(GeneratorConfig, None, ["prompt=tokens"]).prompt is PromptMode.tokens
+    with pytest.raises(ConfigError, match="prompt"):
+        load_config(GeneratorConfig, None, ["prompt=keywords"])

@@ -11,12 +11,17 @@ user's image with the same seed, so variants differ only by their conditioning):
   image subject ("a red striped dress"), through the zoo's models as they are (a pretrained
   generator prompted with words, as PMG does; the generator stage's LoRA-tuned LM has learnt to
   follow tokens and no longer copies words from its prompt, which would handicap the baseline);
+- ``keywords_tuned``: the same keywords, no tokens, through the pipeline's final adapters: with
+  ``generator.prompt=keywords_and_tokens`` they were trained on prompts with words, and some
+  without tokens, so this is the words-only baseline with the same training as the tokens;
 - ``hybrid``: those keywords and the user's tokens together, through the pipeline's final
-  (reward-stage) adapters;
+  (reward-stage) adapters (with ``generator.prompt=keywords_and_tokens``, the default, this is
+  ``tokens_reward``: the adapters were trained on such prompts);
 - ``retrieve`` ("recommend, not generate"): the image and text (title and description) of the
   item the preference stage ranks first for the user outside their training history;
-- ``tokens_sft``: the generator stage's adapters with the user's discrete tokens;
-- ``tokens_reward``: the reward stage's adapters with the user's discrete tokens.
+- ``tokens_sft``: the generator stage's adapters prompted as the run prompts (``generator.prompt``:
+  the user's discrete tokens, with their history keywords by default);
+- ``tokens_reward``: the reward stage's adapters prompted so: what ``pmg generate`` gives a user.
 
 Metrics per variant (``pmg.generator.evaluation`` for the ground-truth checks), each with a 95%
 bootstrap interval over the users (``pmg.evaluate.intervals``) and the number of users it rests on:
@@ -49,13 +54,14 @@ from PIL import Image as PILImage
 
 from pmg.data.keywords import HistoryKeywords, history_keywords
 from pmg.evaluate.table import Cell, Section
+from pmg.generator.config import PromptMode
 from pmg.generator.evaluation import (
     consistency_hits,
     judge_attribute_hits,
     taste_attributes,
     text_attribute_hits,
 )
-from pmg.generator.modules import SUBJECT_ATTRIBUTE
+from pmg.generator.prompts import keyword_prompts, user_prompts
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
 if TYPE_CHECKING:
@@ -76,8 +82,9 @@ __all__ = ["VARIANTS", "VARIANT_LABELS", "GenerationJudges", "RetrievalVariant",
            "generation_record", "generation_section", "hybrid_variant", "image_tensor", "keyword_variant",
            "no_token_variant", "soft_prompt_variant", "token_variant", "user_keywords"]
 
-VARIANTS = ("no_tokens", "soft_prompt", "keywords", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
-VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "keywords": "keywords", "hybrid": "keywords + tokens",
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
+VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "keywords": "keywords",
+                  "keywords_tuned": "keywords (tuned adapters)", "hybrid": "keywords + tokens",
                   "retrieve": "retrieve (top-1 item)", "tokens_sft": "tokens (SFT)", "tokens_reward": "tokens (reward)"}
 @dataclass
 class VariantGenerators:
@@ -173,52 +180,25 @@ def user_keywords(data: InteractionData, history: np.ndarray, users: Sequence[in
     return found
 
 
-def _keyword_prompts(data: InteractionData, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig,
-                     ) -> tuple[list[str | None], list[dict[str, str] | None]]:
-    """Per data user: the text fragment (the keywords of the text modalities' attributes and the
-    free terms) and the image subject's words (the image modalities' attributes but the subject's)."""
-    def attributes(modalities: Sequence[str], *, subject: bool) -> list[str]:
-        return [a for a, spec in data.attributes.items() if spec.modality in modalities and (subject or a != SUBJECT_ATTRIBUTE)]
-
-    text_attributes = attributes(config.text.modalities, subject=True)
-    image_attributes = attributes(config.image.modalities, subject=False)
-    text = [(" ".join(k.words(data, text_attributes)) or None) if k is not None else None for k in keywords]
-    image = [{a: v for a, v in k.values.items() if a in image_attributes} or None if k is not None else None for k in keywords]
-    return text, image
-
-
-def _joined(first: str | None, second: str | None) -> str | None:
-    parts = [part for part in (first, second) if part]
-    return " ".join(parts) if parts else None
-
-
 def token_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
-                  history: np.ndarray, tokens: UserTokens, config: GeneratorConfig) -> VariantGenerators:
-    """Adapters prompted with each user's discrete tokens (the generator config's modalities)."""
-    from pmg.generator.stage import user_fragments
-
-    return VariantGenerators(text, image, history,
-                             user_fragments(data, tokens, [m for m in config.text.modalities if m in tokens.codes]),
-                             user_fragments(data, tokens, [m for m in config.image.modalities if m in tokens.codes]))
+                  history: np.ndarray, tokens: UserTokens, config: GeneratorConfig, mode: PromptMode | None = None) -> VariantGenerators:
+    """Adapters prompted as the run prompts (``mode``, None: ``config.prompt``): each user's
+    discrete tokens, with their ``history`` keywords for ``keywords_and_tokens``."""
+    prompts = user_prompts(data, config, tokens, history, mode)
+    return VariantGenerators(text, image, history, prompts.text, prompts.image, prompts.subject_words)
 
 
 def keyword_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
                     history: np.ndarray, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig) -> VariantGenerators:
     """Adapters prompted with each user's history keywords where the tokens would go (no tokens)."""
-    text_fragments, subject_words = _keyword_prompts(data, keywords, config)
+    text_fragments, subject_words = keyword_prompts(data, keywords, config)
     return VariantGenerators(text, image, history, text_fragments, None, subject_words)
 
 
 def hybrid_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
-                   history: np.ndarray, keywords: Sequence[HistoryKeywords | None], tokens: UserTokens,
-                   config: GeneratorConfig) -> VariantGenerators:
+                   history: np.ndarray, tokens: UserTokens, config: GeneratorConfig) -> VariantGenerators:
     """Adapters prompted with the history keywords and the user's tokens together."""
-    tokens_only = token_variant(text, image, data, history, tokens, config)
-    text_fragments, subject_words = _keyword_prompts(data, keywords, config)
-    assert tokens_only.text_fragments is not None
-    return VariantGenerators(text, image, history,
-                             [_joined(words, fragment) for words, fragment in zip(text_fragments, tokens_only.text_fragments, strict=True)],
-                             tokens_only.image_fragments, subject_words)
+    return token_variant(text, image, data, history, tokens, config, PromptMode.keywords_and_tokens)
 
 
 def no_token_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, history: np.ndarray) -> VariantGenerators:

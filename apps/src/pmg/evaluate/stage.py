@@ -24,6 +24,7 @@ from pmg.atomic import atomic_directory
 from pmg.config import load_config
 from pmg.evaluate.config import EvaluateConfig
 from pmg.evaluate.table import EvaluationTable, Section
+from pmg.generator.config import PromptMode
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
@@ -71,7 +72,10 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     """Each variant of ``pmg.evaluate.generation.VARIANTS`` ready to generate for ``users``, or the reason it is missing.
 
     Keywords are read from the training split only; the keyword variant prompts the zoo's models
-    as they are, the hybrid the run's final adapters (the reward stage's), as ``tokens_reward`` does.
+    as they are, ``keywords_tuned`` and the hybrid the run's final adapters (the reward stage's), as
+    ``tokens_reward`` does.
+    ``tokens_sft`` and ``tokens_reward`` prompt as the run does (``generator.prompt``); when that is
+    ``keywords_and_tokens``, ``hybrid`` is ``tokens_reward`` itself (generated once).
     """
     from pmg.evaluate.generation import (
         RetrievalVariant,
@@ -96,18 +100,22 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     keywords = user_keywords(data, history, users)
     state = load_preference_state(run)
     image_size = pipeline_resolution(sft_image.pipeline) if sft_image is not None else 64
-    return {
+    variants: dict[str, GenerationVariant | str] = {
         "no_tokens": no_token_variant(sft_text, sft_image, history),
         "soft_prompt": soft_prompt_variant(soft, load_preferences(run).user_preferences, history) if soft is not None else (
             "the generator stage did not train the soft-prompt baseline (generator.baselines.soft_prompt=false); "
             "rerun `pmg pipeline ... generator.baselines.soft_prompt=true` to compare with it"),
         "keywords": keyword_variant(*zoo_generators(zoo), data, history, keywords, generator),
-        "hybrid": hybrid_variant(reward_text, reward_image, data, history, keywords, tokens, generator),
+        "keywords_tuned": keyword_variant(reward_text, reward_image, data, history, keywords, generator),
+        "hybrid": hybrid_variant(reward_text, reward_image, data, history, tokens, generator),
         "retrieve": RetrievalVariant(state.model.scorer(state.graph, state.embeddings, cold_start_history=state.cold_start_history),
                                      history, image_size),
         "tokens_sft": token_variant(sft_text, sft_image, data, history, tokens, generator),
         "tokens_reward": token_variant(reward_text, reward_image, data, history, tokens, generator),
     }
+    if generator.prompt is PromptMode.keywords_and_tokens:
+        variants["hybrid"] = variants["tokens_reward"]
+    return variants
 
 
 def generate_variants(variants: Mapping[str, GenerationVariant | str], data: InteractionData, generator: GeneratorConfig,
@@ -118,11 +126,18 @@ def generate_variants(variants: Mapping[str, GenerationVariant | str], data: Int
     import torch
 
     generations: dict[str, list[UserGeneration] | str] = {}
+    made: dict[int, list[UserGeneration]] = {}  # by variant object: one shared by two names is generated once
     with torch.no_grad():
         for name, variant in variants.items():
+            if isinstance(variant, str):
+                generations[name] = variant
+                continue
+            if id(variant) in made:
+                generations[name] = made[id(variant)]
+                continue
             started = time.perf_counter()
-            generations[name] = variant if isinstance(variant, str) else variant.generate_many(data, generator, users)
-            if progress and not isinstance(variant, str):
+            generations[name] = made[id(variant)] = variant.generate_many(data, generator, users)
+            if progress:
                 print(f"  [{name}] {len(users)} users in {time.perf_counter() - started:.0f}s", flush=True)
     return generations
 

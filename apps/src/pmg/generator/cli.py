@@ -24,7 +24,8 @@ __all__ = ["generate_command"]
 def generate_command(args: argparse.Namespace) -> int:
     """Handler of ``pmg generate`` (``args`` from ``pmg.cli.build_parser``); returns the exit status."""
     from pmg.data.dataset_stage import load_prepared
-    from pmg.generator.stage import generate_for_user, load_generators, user_fragments
+    from pmg.generator.prompts import joined_fragment, user_prompts
+    from pmg.generator.stage import generate_for_user, load_generators
     from pmg.quantize.stage import load_user_tokens
     from pmg.tasks import TasksConfig, lookup_user, reference_tokens, resolve_reference
     from pmg.zoo.manifest import load_zoo
@@ -39,18 +40,18 @@ def generate_command(args: argparse.Namespace) -> int:
     reference = resolve_reference(run, data, args.reference) if args.reference is not None else None
     if not 0.0 < args.strength <= 1.0:
         raise RunError(f"--strength must be in (0, 1], got {args.strength}")
-    text_fragment = image_fragment = None
+    text_fragment = image_fragment = text_words = subject_words = None
     if user is not None and not args.no_tokens:
-        tokens = load_user_tokens(run)
-        text_fragment = user_fragments(data, tokens, [m for m in config.text.modalities if m in tokens.codes])[user]
-        image_fragment = user_fragments(data, tokens, [m for m in config.image.modalities if m in tokens.codes])[user]
+        prompts = user_prompts(data, config, load_user_tokens(run), split.train).of([user])
+        text_fragment, image_fragment, text_words, subject_words = prompts.text[0], prompts.image[0], prompts.text_words[0], prompts.subject_words[0]
     conditioned = None
     if reference is not None and text_fragment is not None:
         # RAGAR: the tokens are re-read from the history weighted by similarity to the reference.
         tasks = load_config(TasksConfig, args.tasks_config)
         conditioned = reference_tokens(run, data, user, reference, tasks.reference)
     if conditioned is not None:
-        text_fragment, image_fragment = conditioned.fragment(config.text.modalities), conditioned.fragment(config.image.modalities)
+        text_fragment = joined_fragment(text_words, conditioned.fragment(config.text.modalities))
+        image_fragment = conditioned.fragment(config.image.modalities)
     if run.record("reward") is not None and not args.sft:
         from pmg.reward import load_reward_generators
 
@@ -60,7 +61,7 @@ def generate_command(args: argparse.Namespace) -> int:
     result = generate_for_user(
         data, config, user=user, text_fragment=text_fragment, image_fragment=image_fragment,
         text_adapter=text_adapter, image_adapter=image_adapter, history=split.train,
-        subject=f"a {args.category}" if args.category else None, reference_item=reference, strength=args.strength,
+        subject=f"a {args.category}" if args.category else None, keywords=subject_words, reference_item=reference, strength=args.strength,
     )
     name = args.user if args.user is not None else "cold_start"
     out = Path(args.out) if args.out else run.stage_dir("generator") / "generated" / f"{name}.png"

@@ -18,30 +18,18 @@ import torch
 
 from pmg.data.format import InteractionData
 from pmg.generator.config import ImageGeneratorConfig, TextGeneratorConfig
+from pmg.generator.evaluation import named_value
+from pmg.generator.prompts import ItemWords, described_subject, item_subject, joined_fragment
 from pmg.generator.soft_prompt import SoftPromptBaseline
 from pmg.training import OptimizerConfig, build_optimizer
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
 
-__all__ = ["SUBJECT_ATTRIBUTE", "GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "item_subject",
-           "text_described_subject", "text_target"]
-
-# The item attribute that names an image's subject ("a dress"); words describing it are other attributes'.
-SUBJECT_ATTRIBUTE = "category"
+__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "text_named_values", "text_target"]
 
 
-def item_subject(data: InteractionData, item: int, default: str) -> str:
-    """The image subject of an item: ``"a <category>"`` when the item has one, else ``default``."""
-    category = data.items[item].attributes.get(SUBJECT_ATTRIBUTE, "")
-    return f"a {category}" if category else default
-
-
-def text_described_subject(subject: str, text: str, attributes: Mapping[str, Sequence[str]]) -> str:
-    """``subject`` with the value of each of ``attributes`` that ``text`` names first ("a jacket",
-    "... in orange" → "an orange jacket"); unchanged when the text names none."""
-    from pmg.generator.evaluation import named_value
-    from prefgen import describe_subject
-
-    return describe_subject(subject, [named_value(text, values) or "" for values in attributes.values()])
+def text_named_values(text: str, attributes: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """{attribute: the value ``text`` names first} for each of ``attributes`` ({name: values}) it names."""
+    return {a: value for a, values in attributes.items() if (value := named_value(text, values))}
 
 
 def text_target(data: InteractionData, item: int, review: str, target: str) -> str:
@@ -73,7 +61,9 @@ class GeneratorModule(L.LightningModule):
     """What both generators share: an adapter, the users' prompt fragments (with token dropout),
     the optional soft-prompt baseline, loss bookkeeping and the optimizer.
 
-    ``fragments[u]`` is data user ``u``'s fragment (or None). With ``soft_prompt``,
+    ``fragments[u]`` is data user ``u``'s fragment (or None). With ``words``
+    (``generator.prompt=keywords_and_tokens``) each example's prompt also carries some of the
+    liked item's own words (:class:`pmg.generator.prompts.ItemWords`). With ``soft_prompt``,
     ``preferences`` [U, k] are the users' preference vectors it maps to soft-prompt vectors.
     The optimizer sees the adapter's trainable parameters (LoRA + new token rows) and the
     baseline's projectors. ``losses`` [2] (first, last training loss; NaN before any step) is
@@ -85,8 +75,9 @@ class GeneratorModule(L.LightningModule):
     def __init__(self, adapter: TextPreferenceAdapter | ImagePreferenceAdapter, data: InteractionData,
                  fragments: Sequence[str | None], config: TextGeneratorConfig | ImageGeneratorConfig,
                  optimizer: OptimizerConfig, seed: int = 0, soft_prompt: SoftPromptBaseline | None = None,
-                 preferences: torch.Tensor | None = None) -> None:
+                 preferences: torch.Tensor | None = None, words: ItemWords | None = None) -> None:
         super().__init__()
+        self.words = words
         if (soft_prompt is None) != (preferences is None):
             raise ValueError("the soft-prompt baseline needs both its projectors and the users' preference vectors")
         if preferences is not None and len(preferences) != data.num_users:
@@ -133,7 +124,7 @@ class GeneratorModule(L.LightningModule):
 
 
 class TextGeneratorModule(GeneratorModule):
-    """SFT: ``build_text_prompt(user's tokens, context)`` → a text of an item the user liked.
+    """SFT: ``build_text_prompt(user's tokens [with item words], context)`` → a text of an item the user liked.
 
     Only the adapter's LoRA weights and new token rows (and the soft-prompt projector) train.
     """
@@ -149,6 +140,8 @@ class TextGeneratorModule(GeneratorModule):
         users: list[int] = []
         for user, item, review in zip(batch["user"].tolist(), batch["item"].tolist(), batch["review"], strict=True):
             fragment = self.fragment(user)
+            if self.words is not None:
+                fragment = joined_fragment(self.words.text(item), fragment)
             for target in self.config.targets:
                 continuation = text_target(self.data, item, review, target)
                 if continuation:
@@ -180,7 +173,8 @@ class ImageGeneratorModule(GeneratorModule):
     """Diffusion loss on liked items' images with ``build_image_prompt(subject, user's tokens)``.
 
     The subject is the item's, with the values of ``described`` attributes ({name: values},
-    ``ImageGeneratorConfig.subject_from_text``) that the item's own text and review name: at
+    ``ImageGeneratorConfig.subject_from_text``) that the item's own text and review name, and
+    with ``words`` some of the item's own values of the image attributes: at
     generation time the image prompt carries what the generated text names, so the adapter
     must learn to follow those words next to the tokens, not to let the tokens override them.
     The optimizer sees the text encoders' embedding matrices + UNet LoRA (+ the soft-prompt
@@ -194,16 +188,19 @@ class ImageGeneratorModule(GeneratorModule):
     def __init__(self, adapter: ImagePreferenceAdapter, data: InteractionData, fragments: Sequence[str | None],
                  config: ImageGeneratorConfig, optimizer: OptimizerConfig, seed: int = 0,
                  soft_prompt: SoftPromptBaseline | None = None, preferences: torch.Tensor | None = None,
-                 described: Mapping[str, Sequence[str]] | None = None) -> None:
-        super().__init__(adapter, data, fragments, config, optimizer, seed, soft_prompt, preferences)
+                 described: Mapping[str, Sequence[str]] | None = None, words: ItemWords | None = None) -> None:
+        super().__init__(adapter, data, fragments, config, optimizer, seed, soft_prompt, preferences, words)
         self.described = dict(described or {})
 
     def prompts(self, batch: dict) -> list[str]:
-        return [
-            build_image_prompt(text_described_subject(item_subject(self.data, item, self.config.default_subject), f"{text} {review}",
-                                                      self.described), self.fragment(user))
-            for user, item, text, review in zip(batch["user"].tolist(), batch["item"].tolist(), batch["text"], batch["review"], strict=True)
-        ]
+        prompts = []
+        for user, item, text, review in zip(batch["user"].tolist(), batch["item"].tolist(), batch["text"], batch["review"], strict=True):
+            values = text_named_values(f"{text} {review}", self.described)
+            if self.words is not None:
+                values.update(self.words.values(item))
+            subject = described_subject(self.data, item_subject(self.data, item, self.config.default_subject), values)
+            prompts.append(build_image_prompt(subject, self.fragment(user)))
+        return prompts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         keep = batch["has_image"].bool()

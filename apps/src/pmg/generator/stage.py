@@ -2,7 +2,9 @@
 
 Text first (SFT of ``TextPreferenceAdapter``: new rows for the textual tokens + LoRA), then
 image (``ImagePreferenceAdapter``: textual inversion of the visual tokens in both CLIP text
-encoders, optional UNet LoRA). Artifacts in ``<run>/generator/``:
+encoders, optional UNet LoRA). With ``generator.prompt=keywords_and_tokens`` (the default) the
+training prompts also carry some of each liked item's own words, and generation prompts the
+user's history keywords beside the tokens (``pmg.generator.prompts``). Artifacts in ``<run>/generator/``:
 
     text_adapter/        prefgen text adapter (peft folder + tokenizer + JSON); reload onto the zoo LM
     image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
@@ -26,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pmg.atomic import atomic_directory, atomic_file
-from pmg.generator.config import GeneratorConfig
+from pmg.generator.config import GeneratorConfig, PromptMode
+from pmg.generator.prompts import (
+    ItemWords,
+    described_subject,
+    item_subject,
+    prompt_attributes,
+    user_fragments,
+    user_prompts,
+)
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
@@ -45,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "joined_text", "liked_subject",
            "load_generators", "load_soft_prompt_generators", "modality_tokens",
-           "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_fragments", "user_image_prompt", "write_samples"]
+           "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_image_prompt", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -59,14 +69,6 @@ def modality_tokens(tokenizer: PreferenceTokenizer, modalities: list[str]) -> li
         spec = tokenizer.spec(modality)
         tokens += [f"<{spec.prefix}_{level}_{code}>" for level, size in enumerate(spec.codebook_sizes) for code in range(size)]
     return tokens
-
-
-def user_fragments(data: InteractionData, tokens: UserTokens, modalities: list[str]) -> list[str | None]:
-    """Per data user index, the token fragment of ``modalities``; None for a user the quantize
-    stage has no codes for (cold start)."""
-    position = {user_id: index for index, user_id in enumerate(tokens.user_ids)}
-    chosen = tuple(modalities)
-    return [tokens.prompt_fragment(position[u], chosen) if u in position else None for u in data.user_ids]
 
 
 def _available(modalities: list[str], tokens: UserTokens, what: str) -> list[str]:
@@ -111,6 +113,14 @@ def _soft_prompt_baseline(config: GeneratorConfig, preferences: torch.Tensor | N
     return SoftPromptBaseline.for_users(modalities, preferences, config.baselines.soft_prompt_slots, spaces)
 
 
+def _item_words(data: InteractionData, config: GeneratorConfig, kind: str) -> ItemWords | None:
+    """The training prompts' item words of the ``kind`` ("text"/"image") generator; None with ``prompt=tokens``."""
+    if config.prompt is PromptMode.tokens:
+        return None
+    text_attributes, image_attributes = prompt_attributes(data, config)
+    return ItemWords(data, text_attributes if kind == "text" else image_attributes, config.item_word_keep, config.trainer.seed)
+
+
 def train_text_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
                          out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None,
                          callbacks: Sequence[Callback] = ()) -> tuple[TextPreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
@@ -141,7 +151,7 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
     baseline = _soft_prompt_baseline(config, inputs, [adapter.embedding_center_and_spread()], modalities)
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
     module = TextGeneratorModule(adapter, data, fragments, text, config.optimizer_for(text.lr), seed=config.trainer.seed,
-                                 soft_prompt=baseline, preferences=inputs)
+                                 soft_prompt=baseline, preferences=inputs, words=None if baseline else _item_words(data, config, "text"))
     datamodule = _datamodule(config, data, split, batch_size=text.batch_size, image_size=8, with_images=False)
     metrics = _fit(module, config, datamodule, text.max_steps, text.max_epochs, out, callbacks)
     return module.adapter.cpu().eval(), baseline.cpu().eval() if baseline else None, metrics
@@ -174,7 +184,8 @@ def train_image_generator(config: GeneratorConfig, data: InteractionData, split:
     baseline = _soft_prompt_baseline(config, inputs, adapter.embedding_center_and_spread(), modalities)
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
     module = ImageGeneratorModule(adapter, data, fragments, image, config.optimizer_for(image.lr), seed=config.trainer.seed,
-                                  soft_prompt=baseline, preferences=inputs, described=subject_attributes(data, config))
+                                  soft_prompt=baseline, preferences=inputs, described=subject_attributes(data, config),
+                                  words=None if baseline else _item_words(data, config, "image"))
     datamodule = _datamodule(config, data, split, batch_size=image.batch_size, image_size=pipeline_resolution(pipe),
                              with_images=True)
     metrics = _fit(module, config, datamodule, image.max_steps, image.max_epochs, out, callbacks)
@@ -213,8 +224,6 @@ def liked_subject(data: InteractionData, history: np.ndarray, user: int | None, 
     rows, so that no later item leaks into a prompt), ``"a <category>"``, or ``default``."""
     from collections import Counter
 
-    from pmg.generator.modules import item_subject
-
     owners = data.user[history]
     # A cold-start user (None) gets the catalog's most liked subject.
     items = (data.item[history] if user is None else data.item[history[owners == user]]).tolist()
@@ -239,18 +248,13 @@ def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int 
     ({attribute: value} from the user's history; where both give a value of one attribute the
     keyword's wins: it is the user's evidence, the text a generated guess prompted with the same
     words), then the user's tokens ``fragment``."""
-    from pmg.generator.evaluation import named_value
-    from prefgen import build_image_prompt, describe_subject
+    from pmg.generator.modules import text_named_values
+    from prefgen import build_image_prompt
 
     subject = subject or liked_subject(data, history, user, config.image.default_subject)
-    chosen = {a: value for a, values in described.items() if (value := named_value(text, values))}
+    chosen = text_named_values(text, described)
     chosen.update(keywords or {})
-    unknown = sorted(set(chosen) - set(data.attributes))
-    if unknown:
-        raise ValueError(f"image-subject words for attributes {unknown} the dataset does not have")
-    # Schema order, as the zoo's captions put them ("a red striped dress").
-    words = [spec.prompt_word(chosen[a]) for a, spec in data.attributes.items() if a in chosen]
-    return build_image_prompt(describe_subject(subject, words), fragment)
+    return build_image_prompt(described_subject(data, subject, chosen), fragment)
 
 
 def generate_for_users(
@@ -329,6 +333,7 @@ def generate_for_user(
     image_adapter: ImagePreferenceAdapter | None,
     history: np.ndarray,
     subject: str | None = None,
+    keywords: Mapping[str, str] | None = None,
     reference_item: int | None = None,
     strength: float = 0.6,
     text_soft_prompt: torch.Tensor | None = None,
@@ -338,14 +343,14 @@ def generate_for_user(
     unknown/cold-start user) from the given fragments (None: the no-token prompt).
 
     ``subject`` defaults to the reference item's subject, else the user's most liked one in
-    ``history`` (interaction rows: the split's training rows).
+    ``history`` (interaction rows: the split's training rows); ``keywords`` ({attribute: value},
+    :attr:`pmg.generator.prompts.UserPrompts.subject_words`) describe it.
     With ``reference_item`` the image is an img2img edit of that item's image.
     Soft-prompt baseline: the fragments are the adapters' placeholder tokens and
     ``text_soft_prompt`` [1, S, d] / ``image_soft_prompt`` (one [1, S, d_e] per text encoder)
     the user's vectors (:meth:`SoftPromptGenerators.vectors`).
     """
     from pmg.data.modules import load_image_tensor
-    from pmg.generator.modules import item_subject
     from pmg.zoo.sdxl_recipe import pipeline_resolution
 
     reference = data.items[reference_item].image if reference_item is not None else None
@@ -353,7 +358,7 @@ def generate_for_user(
         subject = item_subject(data, reference_item, config.image.default_subject)
     result = generate_for_users(data, config, users=[user], text_fragments=[text_fragment], image_fragments=[image_fragment],
                                 text_adapter=text_adapter, image_adapter=image_adapter if reference is None else None,
-                                history=history, subjects=[subject], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
+                                history=history, subjects=[subject], keywords=[keywords], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
     if image_adapter is not None and reference is not None:
         sample = config.sample
         size = pipeline_resolution(image_adapter.pipeline)
@@ -369,12 +374,10 @@ def write_samples(folder: Path, data: InteractionData, split: Split, config: Gen
     """A few users' generations (evenly spaced users) and one cold-start generation."""
     count = min(config.sample.num_users, data.num_users)
     users: list[int | None] = [round(k * (data.num_users - 1) / max(count - 1, 1)) for k in range(count)] + [None]
-    text_fragments = user_fragments(data, tokens, [m for m in config.text.modalities if m in tokens.codes])
-    image_fragments = user_fragments(data, tokens, [m for m in config.image.modalities if m in tokens.codes])
-    results = generate_for_users(data, config, users=users,
-                                 text_fragments=[text_fragments[u] if u is not None else None for u in users],
-                                 image_fragments=[image_fragments[u] if u is not None else None for u in users],
-                                 text_adapter=text_adapter, image_adapter=image_adapter, history=split.train)
+    prompts = user_prompts(data, config, tokens, split.train).of(users)
+    results = generate_for_users(data, config, users=users, text_fragments=prompts.text, image_fragments=prompts.image,
+                                 keywords=prompts.subject_words, text_adapter=text_adapter, image_adapter=image_adapter,
+                                 history=split.train)
     records = []
     for n, (user, result) in enumerate(zip(users, results, strict=True)):
         name = f"{n:02d}_{'cold_start' if user is None else _safe(result.user_id)}"

@@ -196,10 +196,11 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
     """Each data user's text as the pipeline writes it (every ``generator.text.targets``, read as
     one by ``joined_text``): what the image subject takes its words from and what an image's
     consistency is scored against; "" for users not in ``users``."""
-    from pmg.generator.stage import generate_for_users, user_fragments
+    from pmg.generator.prompts import user_prompts
+    from pmg.generator.stage import generate_for_users
 
-    fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
-    made = generate_for_users(data, generator, users=users, text_fragments=[fragments[u] for u in users],
+    prompts = user_prompts(data, generator, tokens, history).of(users)
+    made = generate_for_users(data, generator, users=users, text_fragments=prompts.text,
                               image_fragments=[None] * len(users), text_adapter=adapter, image_adapter=None,
                               history=history, batch_size=_SAMPLE_BATCH)
     texts = [""] * data.num_users
@@ -208,27 +209,29 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
     return texts
 
 
-def _prompts(data: InteractionData, generator: GeneratorConfig, tokens: Any, config: RewardConfig) -> tuple[list[str], list[int]]:
+def _prompts(data: InteractionData, history: np.ndarray, generator: GeneratorConfig, tokens: Any,
+             config: RewardConfig) -> tuple[list[str], list[int]]:
     """Text prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
-    from pmg.generator.stage import user_fragments
+    from pmg.generator.prompts import user_prompts
     from prefgen import build_text_prompt
 
-    text_fragments = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])
-    image_fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
+    prompts = user_prompts(data, generator, tokens, history)
     context = generator.text.context_of(config.text.target)
-    text_prompts = [build_text_prompt(f, context) for f in text_fragments]
-    users = [u for u in range(data.num_users) if text_fragments[u] is not None or image_fragments[u] is not None]
+    text_prompts = [build_text_prompt(f, context) for f in prompts.text]
+    users = [u for u in range(data.num_users) if prompts.text_tokens[u] is not None or prompts.image[u] is not None]
     return text_prompts, users
 
 
 def _image_prompts(data: InteractionData, history: np.ndarray, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
     """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``);
     the subject from the user's ``history`` (the split's training rows)."""
-    from pmg.generator.stage import subject_attributes, user_fragments, user_image_prompt
+    from pmg.generator.prompts import user_prompts
+    from pmg.generator.stage import subject_attributes, user_image_prompt
 
-    fragments = user_fragments(data, tokens, [m for m in generator.image.modalities if m in tokens.codes])
+    prompts = user_prompts(data, generator, tokens, history)
     described = subject_attributes(data, generator) if any(texts) else {}
-    return [user_image_prompt(data, generator, u, texts[u], f, described, history) for u, f in enumerate(fragments)]
+    return [user_image_prompt(data, generator, u, texts[u], fragment, described, history, keywords=words)
+            for u, (fragment, words) in enumerate(zip(prompts.image, prompts.subject_words, strict=True))]
 
 
 def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
@@ -270,7 +273,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     maps = fit_content_maps(data, preferences.item_embeddings, embedder, image_size=image_size,
                             text_target=config.text.target, ridge=config.map_ridge)
     rewards = GenerationRewards(embedder, maps, config.weights.as_dict(), config.consistency_mode)
-    text_prompts, users = _prompts(data, generator, tokens, config)
+    text_prompts, users = _prompts(data, split.train, generator, tokens, config)
     if len(users) < 2:
         raise RunError(f"the reward stage needs at least 2 users with preference tokens, {run.root} has {len(users)}")
     roles = load_user_roles(run, data)

@@ -36,7 +36,8 @@ def explain(run: RunDirectory, user_id: str, item_id: str, config: ExplainConfig
     """
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator.config import GeneratorConfig
-    from pmg.generator.stage import load_generators, user_fragments
+    from pmg.generator.prompts import user_prompts
+    from pmg.generator.stage import load_generators
     from pmg.quantize.stage import load_user_tokens
     from pmg.zoo.manifest import load_zoo
     from prefgen import build_text_prompt
@@ -47,10 +48,9 @@ def explain(run: RunDirectory, user_id: str, item_id: str, config: ExplainConfig
     if not generator.text.enabled or "review" not in generator.text.targets:
         raise RunError("the run's text generator was not trained on reviews: set generator.text.enabled=true with "
                        f"'review' in generator.text.targets and rerun `pmg pipeline --run {run.root} --force generator`")
-    data, _ = load_prepared(run)
+    data, split = load_prepared(run)
     user, item = lookup_user(run, data, user_id), lookup_item(run, data, item_id)
-    tokens = load_user_tokens(run)
-    fragment = user_fragments(data, tokens, [m for m in generator.text.modalities if m in tokens.codes])[user]
+    fragment = user_prompts(data, generator, load_user_tokens(run), split.train).text[user]
     title = data.items[item].title or item_id
     prompt = build_text_prompt(fragment, f"{title} {generator.text.context_of('review')}")
     text_adapter, _ = load_generators(run, load_zoo(run))

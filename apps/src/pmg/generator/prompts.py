@@ -1,0 +1,150 @@
+"""How each user is put into the generators' prompts: tokens, history keywords, or both.
+
+One place builds, per data user, what every stage and command prompts with, so that the
+generator trains on the prompts that the reward stage, ``pmg generate`` and ``pmg evaluate``
+then use (``generator.prompt``, :class:`pmg.generator.config.PromptMode`):
+
+    prompts = user_prompts(data, config, tokens, split.train)
+    prompts.text[u]            # "red striped silk boho <pt_0_5><pt_1_2><pv_0_3><pv_1_9>" or None
+    prompts.image[u]           # "<pv_0_3><pv_1_9>" or None (the subject takes the words)
+    prompts.subject_words[u]   # {"colour": "red", "pattern": "stripes"} or None
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pmg.data.format import InteractionData
+from pmg.data.keywords import HistoryKeywords, history_keywords, keyword_attributes
+from pmg.generator.config import GeneratorConfig, PromptMode
+from pmg.quantize.stage import UserTokens
+from prefgen import describe_subject
+
+__all__ = ["SUBJECT_ATTRIBUTE", "ItemWords", "UserPrompts", "described_subject", "item_subject", "joined_fragment", "keyword_prompts",
+           "prompt_attributes", "user_fragments", "user_prompts"]
+
+# The item attribute that names an image's subject ("a dress"); words describing it are other attributes'.
+SUBJECT_ATTRIBUTE = "category"
+
+
+def item_subject(data: InteractionData, item: int, default: str) -> str:
+    """The image subject of an item: ``"a <category>"`` when the item has one, else ``default``."""
+    category = data.items[item].attributes.get(SUBJECT_ATTRIBUTE, "")
+    return f"a {category}" if category else default
+
+
+def described_subject(data: InteractionData, subject: str, values: Mapping[str, str]) -> str:
+    """``subject`` described by the prompt words of ``values`` ({attribute: value}) in schema
+    order, as the zoo's captions put them ("a dress", {colour: red, pattern: stripes} → "a red
+    striped dress"); a clear error for an attribute the dataset does not have."""
+    unknown = sorted(set(values) - set(data.attributes))
+    if unknown:
+        raise ValueError(f"image-subject words for attributes {unknown} the dataset does not have")
+    return describe_subject(subject, [spec.prompt_word(values[a]) for a, spec in data.attributes.items() if a in values])
+
+
+@dataclass(frozen=True)
+class UserPrompts:
+    """Per data user (list index): the text prompt's keywords and tokens, the image prompt's
+    fragment and the image subject's words ({attribute: value}); None where the user has none."""
+
+    text_words: list[str | None]
+    text_tokens: list[str | None]
+    image: list[str | None]
+    subject_words: list[dict[str, str] | None]
+
+    @property
+    def text(self) -> list[str | None]:
+        """Per data user, the text prompt's fragment: the keywords, then the tokens (None: the no-token prompt)."""
+        return [joined_fragment(words, tokens) for words, tokens in zip(self.text_words, self.text_tokens, strict=True)]
+
+    def of(self, users: Sequence[int | None]) -> UserPrompts:
+        """The prompts of ``users`` in order (None: an unknown user, who gets the no-token prompt)."""
+        def pick(values: list) -> list:
+            return [values[u] if u is not None else None for u in users]
+
+        return UserPrompts(pick(self.text_words), pick(self.text_tokens), pick(self.image), pick(self.subject_words))
+
+
+def user_fragments(data: InteractionData, tokens: UserTokens, modalities: Sequence[str]) -> list[str | None]:
+    """Per data user, the token fragment of those of ``modalities`` the quantize stage coded;
+    None for a user it has no codes for (cold start)."""
+    position = {user_id: index for index, user_id in enumerate(tokens.user_ids)}
+    chosen = tuple(m for m in modalities if m in tokens.codes)
+    if not chosen:
+        return [None] * data.num_users
+    return [tokens.prompt_fragment(position[u], chosen) if u in position else None for u in data.user_ids]
+
+
+def prompt_attributes(data: InteractionData, config: GeneratorConfig) -> tuple[list[str], list[str]]:
+    """The attributes whose words go into the text prompt (the text modalities') and into the
+    image subject (the image modalities' but the subject's own), schema order; never a hidden one."""
+    def attributes(modalities: Sequence[str], *, subject: bool) -> list[str]:
+        return [a for a in keyword_attributes(data) if data.attributes[a].modality in modalities and (subject or a != SUBJECT_ATTRIBUTE)]
+
+    return attributes(config.text.modalities, subject=True), attributes(config.image.modalities, subject=False)
+
+
+class ItemWords:
+    """Training prompts' words for ``keywords_and_tokens``: a liked item's own values of
+    ``attributes``, each kept with probability ``keep`` (seeded).
+
+    The generators are trained to write a liked item's text and draw its image; with the item's
+    own words in the prompt they learn to follow words exactly (what the history keywords then
+    say at generation time), and with some words left out they learn to read those tastes from
+    the user's tokens.
+    """
+
+    def __init__(self, data: InteractionData, attributes: Sequence[str], keep: float, seed: int) -> None:
+        if not 0.0 <= keep <= 1.0:
+            raise ValueError(f"the share of item words kept must be in [0, 1], got {keep}")
+        self.data, self.attributes, self.keep, self.rng = data, list(attributes), keep, random.Random(seed)
+
+    def values(self, item: int) -> dict[str, str]:
+        """{attribute: value} of item ``item`` (data item index), each kept with probability ``keep``."""
+        own = self.data.items[item].attributes
+        return {a: own[a] for a in self.attributes if own.get(a) and self.rng.random() < self.keep}
+
+    def text(self, item: int) -> str | None:
+        """:meth:`values` as prompt words (schema order), None when none is kept."""
+        values = self.values(item)
+        return " ".join(self.data.attributes[a].prompt_word(v) for a, v in values.items()) or None
+
+
+def keyword_prompts(data: InteractionData, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig,
+                    ) -> tuple[list[str | None], list[dict[str, str] | None]]:
+    """Per entry of ``keywords``: the text fragment (the keywords of the text modalities'
+    attributes, then the free terms) and the image subject's words (the image modalities'
+    attributes but the subject's own); None where there are none."""
+    text_attributes, image_attributes = prompt_attributes(data, config)
+    text = [(" ".join(k.words(data, text_attributes)) or None) if k is not None else None for k in keywords]
+    image = [{a: v for a, v in k.values.items() if a in image_attributes} or None if k is not None else None for k in keywords]
+    return text, image
+
+
+def joined_fragment(*parts: str | None) -> str | None:
+    """The non-empty ``parts`` joined by spaces; None when all are empty."""
+    kept = [part for part in parts if part]
+    return " ".join(kept) if kept else None
+
+
+def user_prompts(data: InteractionData, config: GeneratorConfig, tokens: UserTokens, history: np.ndarray,
+                 mode: PromptMode | None = None) -> UserPrompts:
+    """Every data user's prompts under ``mode`` (None: ``config.prompt``).
+
+    ``history``: the interaction rows keywords are read from (the split's training rows, so no
+    later item leaks into a prompt). With ``keywords_and_tokens`` the keywords come before the
+    tokens in the text prompt and describe the image subject; a user without tokens but with a
+    history gets the keywords alone.
+    """
+    mode = PromptMode(mode if mode is not None else config.prompt)
+    text = user_fragments(data, tokens, config.text.modalities)
+    image = user_fragments(data, tokens, config.image.modalities)
+    if mode is PromptMode.tokens:
+        return UserPrompts([None] * data.num_users, text, image, [None] * data.num_users)
+    words, subject = keyword_prompts(data, history_keywords(data, history, range(data.num_users)), config)
+    return UserPrompts(words, text, image, subject)
