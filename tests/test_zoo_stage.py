@@ -243,13 +243,19 @@ def test_lm_documents_prompt_the_words_their_texts_name(tmp_path: Path) -> None:
         prompt, _, rest = text.partition(" would love:")
         assert prompt.startswith("User ") and rest.strip() == f"{contexts[kind]} {original}".strip()
         words = prompt.removeprefix("User ").split()
-        # Every prompted word is one of the item's attribute values, named by the text itself.
-        assert words and set(words) <= set(data.items[item].attributes.values())
-        assert all(w.lower() in original.lower() or PATTERN_WORDS.get(w, w) in original.lower() for w in words)
+        # Every prompted word is the prompt word of one of the item's attribute values (as the
+        # generator's prompts say it: "striped"), named by the text itself.
+        own = {data.attributes[a].prompt_word(v): (a, v) for a, v in data.items[item].attributes.items() if v}
+        assert words and set(words) <= set(own)
+        assert all(any(form.lower() in original.lower() for form in (own[w][1], *data.attributes[own[w][0]].words(own[w][1])))
+                   for w in words)
     assert changed > len(prompted) // 2
     warmup = copy_warmup_documents(corpus, 50, seed=0)
     assert len(warmup) == 50 and warmup == copy_warmup_documents(corpus, 50, seed=0)
-    vocabulary = {v for spec in data.attributes.values() for v in spec.values}
-    for doc in warmup:
-        word = doc.removeprefix("User ").split(" would love:")[0]
-        assert word in vocabulary and doc.endswith(f" {word}")
+    vocabulary = {form for spec in data.attributes.values() for v in spec.values for form in (v, spec.prompt_word(v))}
+    assert PATTERN_WORDS["stripes"] in vocabulary and "stripes" in vocabulary
+    for n, doc in enumerate(warmup):
+        word, _, continuation = doc.removeprefix("User ").partition(" would love: ")
+        assert word in vocabulary
+        # Every other document opens its continuation with the word capitalised, as a title does.
+        assert continuation.startswith(word[:1].upper() + word[1:]) if n % 2 else doc.endswith(f" {word}")

@@ -140,18 +140,23 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
 
 
 def _attribute_words(data: InteractionData) -> list[str]:
-    # Not a hidden attribute's values: a prompt never names them, so the LM need not copy them.
-    return sorted({value for spec in data.attributes.values() if not spec.hidden for value in spec.values})
+    # The words a generator's prompt uses (AttributeSpec.prompt_word: "striped"), and the values.
+    # Not a hidden attribute's: a prompt never names them, so the LM need not copy them.
+    return sorted({form for spec in data.attributes.values() if not spec.hidden
+                   for value in spec.values for form in (value, spec.prompt_word(value))})
 
 
-def _named_attributes(attributes: dict[str, str], text: str) -> list[str]:
-    """The attribute values of an item that its text names (a pattern also by its adjective)."""
+def _named_attributes(data: InteractionData, attributes: dict[str, str], text: str) -> list[str]:
+    """The prompt words (:meth:`AttributeSpec.prompt_word`) of an item's attribute values that its text names."""
     low = text.lower()
     found = []
-    for value in attributes.values():
-        forms = {value.lower(), PATTERN_WORDS.get(value, value).lower()}
-        if value and any(re.search(rf"\b{re.escape(form)}\b", low) for form in forms):
-            found.append(value)
+    for name, value in attributes.items():
+        spec = data.attributes.get(name)
+        if not value or spec is None or spec.hidden:
+            continue
+        forms = {value.lower(), PATTERN_WORDS.get(value, value).lower(), *(w.lower() for w in spec.words(value))}
+        if any(re.search(rf"\b{re.escape(form)}\b", low) for form in forms):
+            found.append(spec.prompt_word(value))
     return found
 
 
@@ -168,7 +173,7 @@ def keyword_prompted_texts(corpus: ZooCorpus, fraction: float, contexts: list[st
     rng = np.random.default_rng(seed)
     out = []
     for text, (item, kind) in zip(corpus.lm_texts, corpus.lm_sources, strict=True):
-        words = _named_attributes(corpus.data.items[item].attributes, text) if rng.random() < fraction else []
+        words = _named_attributes(corpus.data, corpus.data.items[item].attributes, text) if rng.random() < fraction else []
         if words:
             words = [words[int(k)] for k in rng.permutation(len(words))[: int(rng.integers(1, len(words) + 1))]]
             text = f"{build_text_prompt(' '.join(words), contexts[kind])} {text}"
@@ -177,10 +182,14 @@ def keyword_prompted_texts(corpus: ZooCorpus, fraction: float, contexts: list[st
 
 
 def copy_warmup_documents(corpus: ZooCorpus, count: int, seed: int) -> list[str]:
-    """``count`` synthetic documents ``"User <word> would love: <a catalog title> <word>"``.
+    """``count`` synthetic documents: ``"User <word> would love: <a catalog title> <word>"`` and,
+    every other one, ``"User <word> would love: <Word> <the title less its first word>"``.
 
-    The word is an attribute value; predicting it at the end needs a look back at the prompt,
-    the in-context copying a pretrained LLM brings and a tiny LM otherwise never learns.
+    The word is an attribute value or its prompt word; predicting it needs a look back at the
+    prompt, the in-context copying a pretrained LLM brings and a tiny LM otherwise never learns.
+    The capitalised copy teaches what a title needs: catalog titles often open with the
+    attribute ("Minimalist silk hat in pink"), and a byte-level BPE writes " Minimalist" with
+    other tokens than the prompt's " minimalist".
     Empty when the dataset has no attributes or no titles.
     """
     from prefgen import build_text_prompt
@@ -192,4 +201,12 @@ def copy_warmup_documents(corpus: ZooCorpus, count: int, seed: int) -> list[str]
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(words), size=count)
     title_picks = rng.integers(0, len(titles), size=count)
-    return [f"{build_text_prompt(words[int(w)])} {titles[int(t)]} {words[int(w)]}" for w, t in zip(picks, title_picks, strict=True)]
+    documents = []
+    for n, (w, t) in enumerate(zip(picks.tolist(), title_picks.tolist(), strict=True)):
+        word, title = words[w], titles[t]
+        if n % 2:
+            rest = title.partition(" ")[2]
+            documents.append(f"{build_text_prompt(word)} {word[:1].upper()}{word[1:]} {rest}".rstrip())
+        else:
+            documents.append(f"{build_text_prompt(word)} {title} {word}")
+    return documents

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "Zoo", "read_zoo_folder", "load_zoo"]
 
 ZOO_FORMAT = "pmg-zoo"
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 MODEL_NAMES = ("clip", "sdxl", "lm", "judge")
 
 
