@@ -5,6 +5,9 @@ Usage:
     uv run --frozen python benchmarks/generation.py              # runs/default and runs/sparse (built or reused)
     uv run --frozen python benchmarks/generation.py --quick      # both profiles at the quick profile's size
     uv run --frozen python benchmarks/generation.py --profiles default --users 200
+    uv run --frozen python benchmarks/generation.py --tag tokens --set generator.prompt=tokens   # an ablation
+    uv run --frozen python benchmarks/generation.py --check      # then compare with TARGETS, exit 1 on a miss
+    uv run --frozen python benchmarks/generation.py --check-file saved.log   # compare a saved output only
 
 Protocol:
 
@@ -15,11 +18,12 @@ Protocol:
 - users: the data stage's evaluation users (``data.users``: no stage trained or selected on
   them), at most ``--users``; the same users for every variant.
 - variants: those of ``pmg evaluate`` (``pmg.evaluate.generation``): no tokens, soft prompt,
-  keywords (the history's words where the tokens would go), hybrid (keywords + tokens),
+  keywords (the history's words where the tokens would go, through the zoo's models), keywords
+  through the run's final adapters (no tokens), hybrid (keywords + tokens),
   retrieve (the top-1 recommended item's own image and text), tokens after SFT, tokens after
   reward. Per variant: image and text personalization, the joint rate, each attribute's rate,
   each with a 95% bootstrap interval over users; the default variant's paired difference with
-  the keywords baseline, with its interval.
+  each keywords baseline, with its interval.
 - ``history_keyword_hit_rate``: per taste, the share of users whose extracted keyword (what the
   keywords variant prompts with) is their true value; ``history_majority_hit_rate``: the share
   whose training items' most frequent value is (the keyword upper bound; for a hidden taste, what
@@ -32,7 +36,7 @@ Protocol:
 Progress goes to stdout; the LAST line is one JSON object:
 ``{"default_variant", "profiles": {profile: P}, "token_overhead", ...}`` with
 ``P = {"n_users", "history_keyword_hit_rate", "history_majority_hit_rate", "variants": {variant: {...}},
-"default_vs_keywords": {...}}``.
+"default_vs_keywords": {...}, "default_vs_keywords_tuned": {...}}``.
 """
 
 from __future__ import annotations
@@ -67,26 +71,32 @@ from pmg.zoo.sdxl_recipe import pipeline_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = {"default": (), "sparse": ("data.catalog.profile=sparse",)}
-# What `pmg pipeline` gives a user by default: `pmg generate` prompts the reward-tuned adapters with the tokens.
+# What `pmg pipeline` gives a user by default: `pmg generate` prompts the reward-tuned adapters as the run
+# prompts (generator.prompt: history keywords and tokens by default).
 DEFAULT_VARIANT = "tokens_reward"
 QUICK_OVERRIDES = ("generator.baselines.soft_prompt=true", "generator.trainer.enable_progress_bar=false")
 
 
-def _run(profile: str, quick: bool) -> RunDirectory:
-    """The profile's completed pipeline run (built, or reused stage by stage)."""
-    name = f"{profile}-quick" if quick else profile
-    overrides = [f"run_dir={REPO / 'runs' / name}", *PROFILES[profile], *(QUICK_OVERRIDES if quick else ())]
+def _name(profile: str, quick: bool, tag: str) -> str:
+    return "-".join(part for part in (profile, "quick" if quick else "", tag) if part)
+
+
+def _run(profile: str, quick: bool, tag: str, extra: list[str]) -> RunDirectory:
+    """The profile's completed pipeline run (built, or reused stage by stage); ``extra`` overrides
+    (an ablation) go to ``runs/<profile>[-quick]-<tag>``."""
+    overrides = [f"run_dir={REPO / 'runs' / _name(profile, quick, tag)}", *PROFILES[profile], *(QUICK_OVERRIDES if quick else ()),
+                 *extra]
     config = load_config(PipelineConfig, quick_profile() if quick else None, overrides)
     print(f"[{profile}] pipeline in {config.run_dir}", flush=True)
     return run_pipeline(config)
 
 
-def _with_soft_prompt_baseline(run: RunDirectory, profile: str) -> RunDirectory:
+def _with_soft_prompt_baseline(run: RunDirectory, name: str) -> RunDirectory:
     """``run`` if it has the soft-prompt baseline, else a copy whose generator stage trained it too
     (same config otherwise; the original run is left as it is)."""
     if (run.stage_dir("generator") / "soft_prompt").is_dir():
         return run
-    target = REPO / "runs" / f"bench-generation-{profile}"
+    target = REPO / "runs" / f"bench-generation-{name}"
     fingerprint = run.require("generator")["fingerprint"]
     copy = RunDirectory(target)
     if target.is_dir() and (copy.record("generator") or {}).get("source_fingerprint") == fingerprint:
@@ -148,8 +158,8 @@ def _keyword_hit_rate(data: InteractionData, history: np.ndarray, users: list[in
             for a in data.user_tastes}
 
 
-def _profile(profile: str, quick: bool, limit: int) -> tuple[dict[str, object], RunDirectory, list[int]]:
-    run = _with_soft_prompt_baseline(_run(profile, quick), profile)
+def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) -> tuple[dict[str, object], RunDirectory, list[int]]:
+    run = _with_soft_prompt_baseline(_run(profile, quick, tag, extra), _name(profile, quick, tag))
     data, split = load_prepared(run)
     if data.user_tastes is None:
         raise RunError(f"{run.root}: the dataset has no ground-truth tastes; this benchmark needs the catalog")
@@ -174,6 +184,7 @@ def _profile(profile: str, quick: bool, limit: int) -> tuple[dict[str, object], 
         "visual_tastes": list(taste_attributes(data, "visual")),
         "variants": {name: _variant_figures(section, name) for name in VARIANTS},
         "default_vs_keywords": _paired(section, DEFAULT_VARIANT, "keywords"),
+        "default_vs_keywords_tuned": _paired(section, DEFAULT_VARIANT, "keywords_tuned"),
     }
     for name in VARIANTS:
         shown = figures["variants"][name]
@@ -223,6 +234,52 @@ def _time_generation(config: GeneratorConfig, data: InteractionData, users: list
     return statistics.median(timings["tokens"]), statistics.median(timings["plain"])
 
 
+# The targets of this benchmark (issue "Preference tokens that beat words"): what --check compares
+# the figures with. (profile, path into the JSON, comparison, bound); paths index the printed object.
+TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
+    ("default", ("variants", DEFAULT_VARIANT, "image_colour"), ">=", 0.90),
+    ("default", ("variants", DEFAULT_VARIANT, "image_pattern"), ">=", 0.80),
+    ("default", ("variants", DEFAULT_VARIANT, "text_material"), ">=", 0.90),
+    ("default", ("variants", DEFAULT_VARIANT, "text_style"), ">=", 0.80),
+    ("default", ("variants", DEFAULT_VARIANT, "joint"), ">=", 0.75),
+    # "At least the keywords baseline": the interval of the paired difference does not lie below zero.
+    ("default", ("default_vs_keywords", "image_personalization_ci", "1"), ">=", 0.0),
+    ("default", ("default_vs_keywords", "text_personalization_ci", "1"), ">=", 0.0),
+    ("sparse", ("default_vs_keywords", "image_personalization"), ">=", 0.10),
+    ("sparse", ("default_vs_keywords", "text_personalization"), ">=", 0.10),
+    ("", ("token_overhead",), "<=", 0.05),
+)
+
+
+def check_targets(result: dict) -> list[str]:
+    """One line per target of :data:`TARGETS` that ``result`` (the printed JSON) misses; a target
+    of a profile that was not run is a miss too (it was not shown to be met)."""
+    misses = []
+    for profile, path, comparison, bound in TARGETS:
+        node: object = result["profiles"].get(profile) if profile else result
+        for key in path:
+            if isinstance(node, list):
+                node = node[int(key)] if int(key) < len(node) else None
+            elif isinstance(node, dict):
+                node = node.get(key)
+            else:
+                node = None
+        name = f"{profile + ': ' if profile else ''}{'.'.join(path)} {comparison} {bound}"
+        if not isinstance(node, (int, float)):
+            misses.append(f"{name}: not measured")
+        elif not (node >= bound if comparison == ">=" else node <= bound):
+            misses.append(f"{name}: got {node}")
+    return misses
+
+
+def _report_check(result: dict) -> int:
+    misses = check_targets(result)
+    for line in misses:
+        print(f"target missed: {line}", flush=True)
+    print(f"{len(TARGETS) - len(misses)} of {len(TARGETS)} targets met", flush=True)
+    return 1 if misses else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=["default", "sparse"])
@@ -230,13 +287,25 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200, help="at most this many evaluation users are judged (0: all)")
     parser.add_argument("--timing-users", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pipeline override for an ablation (e.g. generator.prompt=tokens); needs --tag")
+    parser.add_argument("--tag", default="", help="the ablation's name: its runs are runs/<profile>-<tag>")
+    parser.add_argument("--check", action="store_true", help="after the run, compare the figures with TARGETS; exit 1 if any is missed")
+    parser.add_argument("--check-file", type=Path, help="only compare a saved output's last JSON line with TARGETS")
     args = parser.parse_args()
+    if args.check_file is not None:
+        lines = [line for line in args.check_file.read_text().splitlines() if line.strip()]
+        if not lines:
+            parser.error(f"{args.check_file} is empty")
+        raise SystemExit(_report_check(json.loads(lines[-1])))
+    if bool(args.overrides) != bool(args.tag):
+        parser.error("--set and --tag go together: an ablation's runs must not overwrite the default runs")
 
     started = time.perf_counter()
     profiles: dict[str, object] = {}
     timing_run: tuple[RunDirectory, list[int]] | None = None
     for profile in args.profiles:
-        profiles[profile], run, users = _profile(profile, args.quick, args.users)
+        profiles[profile], run, users = _profile(profile, args.quick, args.users, args.tag, args.overrides)
         if timing_run is None or profile == "default":
             timing_run = (run, users)
     assert timing_run is not None
@@ -255,8 +324,10 @@ def main() -> None:
     with_tokens, plain = _time_generation(config, data, users[: args.timing_users], (variant.text_fragments, variant.image_fragments),
                                           (text_adapter, image_adapter), (lm.eval(), lm_tokenizer, zoo.load_sdxl()), args.repeats)
     print(f"time per user: {with_tokens:.3f}s with tokens, {plain:.3f}s plain", flush=True)
-    print(json.dumps({
+    result = {
         "default_variant": DEFAULT_VARIANT,
+        "generator_prompt": str(config.prompt),
+        "overrides": args.overrides,
         "profiles": profiles,
         "token_overhead": round(with_tokens / plain - 1, 4),
         "seconds_per_user_tokens": round(with_tokens, 4),
@@ -264,7 +335,10 @@ def main() -> None:
         "quick": bool(args.quick),
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "torch_threads": torch.get_num_threads(),
-    }))
+    }
+    status = _report_check(result) if args.check else 0
+    print(json.dumps(result))
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":
