@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,19 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("single_thread")``):
+    their tensors are tiny, and on a busy 2-core machine spin-waiting intra-op threads made a 2 s
+    training take 20 s or more."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

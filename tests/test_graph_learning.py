@@ -15,15 +15,7 @@ import torch.nn.functional as F
 
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking, sample_bpr_batch
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These graphs are tiny: with intra-op threads on a busy 2-core machine the spin-waiting threads
-    made a 2 s training take 20 s or more. One thread is faster here; restore afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def train(model: ModalSpecificGNN, graph: InteractionGraph, steps: int = 200, lr: float = 0.02) -> None:

@@ -9,13 +9,7 @@ import torch
 
 from prefquant import ResidualQuantizer, VectorQuantizer, fit_quantizer, semantic_id_quality
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def skewed(num_rows: int = 2048, dim: int = 16, seed: int = 0) -> torch.Tensor:

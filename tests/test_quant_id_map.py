@@ -12,13 +12,7 @@ import torch
 
 from prefquant import CheckpointError, ResidualQuantizer, SemanticIdMap, save_safetensors
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def catalog(num_items: int = 400, dim: int = 8, seed: int = 0) -> torch.Tensor:

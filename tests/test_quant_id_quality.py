@@ -19,13 +19,7 @@ from prefquant import (
     semantic_id_quality,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_numpy_inputs_give_the_same_results_as_tensors():

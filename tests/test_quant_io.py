@@ -21,13 +21,7 @@ from prefquant import (
     save_safetensors,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def all_dtypes() -> dict[str, torch.Tensor]:

@@ -8,14 +8,7 @@ import torch.nn.functional as F
 
 from prefquant import QuantizerOutput, ResidualQuantizer, VectorQuantizer, code_usage, fit_quantizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tensors here are tiny: with 2 threads on a shared 2-core machine, thread contention costs 100x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def clustered(
