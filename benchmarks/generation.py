@@ -29,9 +29,11 @@ Protocol:
   whose training items' most frequent value is (the keyword upper bound; for a hidden taste, what
   only the images hold).
 - time (default profile): per user, text (every target, exactly ``max_new_tokens`` new tokens) +
-  image, with tokens through the adapters vs the zoo's plain LM and SDXL pipeline with the no-token
-  prompts, interleaved over ``--timing-users`` users after a warm-up, ``--repeats`` times;
-  ``token_overhead = time_with_tokens / time_plain - 1`` (medians over users).
+  image, through the adapters with the run's prompts (words and tokens) vs the zoo's plain LM and
+  SDXL pipeline with the same words and no tokens vs the plain models with the no-token prompt,
+  interleaved over ``--timing-users`` users after a warm-up, ``--repeats`` times (medians over
+  users): ``token_overhead = time_tokens / time_words - 1`` (what the tokens cost) and
+  ``overhead_vs_generic_prompt = time_tokens / time_generic - 1`` (what personalization costs).
 
 Progress goes to stdout; the LAST line is one JSON object:
 ``{"default_variant", "profiles": {profile: P}, "token_overhead", ...}`` with
@@ -57,12 +59,13 @@ from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.keyword_bound import history_majority_hit_rate
 from pmg.evaluate.config import GenerationEvaluationConfig
-from pmg.evaluate.generation import VARIANTS, generation_section, token_variant, user_keywords
+from pmg.evaluate.generation import VARIANTS, generation_section, user_keywords
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.evaluate.stage import evaluation_users, generate_variants, generation_judges, generation_variants
 from pmg.evaluate.table import Cell, Section
 from pmg.generator import GeneratorConfig, load_generators, run_generator_stage
 from pmg.generator.evaluation import taste_attributes
+from pmg.generator.prompts import UserPrompts, described_subject, user_prompts
 from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
 from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
@@ -196,9 +199,12 @@ def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) 
     return figures, run, users
 
 
-def _time_generation(config: GeneratorConfig, data: InteractionData, users: list[int], fragments: tuple[list, list],
-                     adapters: tuple, plain: tuple, repeats: int) -> tuple[float, float]:
-    """Median seconds per user (text for every target + one image): with tokens, plain."""
+def _time_generation(config: GeneratorConfig, data: InteractionData, users: list[int], prompts: UserPrompts,
+                     adapters: tuple, plain: tuple, repeats: int) -> dict[str, float]:
+    """Median seconds per user (text for every target + one image) of three paths, interleaved:
+    ``tokens`` (the adapters with the run's prompts: the user's words and tokens), ``words`` (the
+    zoo's plain LM and SDXL pipeline with the same words, no tokens: what the tokens add to) and
+    ``generic`` (the plain models with the no-token prompt: no personalization at all)."""
     from prefgen import build_image_prompt, build_text_prompt
 
     text_adapter, image_adapter = adapters
@@ -209,29 +215,35 @@ def _time_generation(config: GeneratorConfig, data: InteractionData, users: list
     image_options = {"num_inference_steps": sample.num_inference_steps, "guidance_scale": sample.guidance_scale,
                      "height": size, "width": size}
 
+    def subject(user: int) -> str:
+        return described_subject(data, "a dress", prompts.subject_words[user] or {})
+
     def with_tokens(user: int) -> None:
-        text_adapter.generate([build_text_prompt(fragments[0][user], config.text.context_of(t)) for t in targets], **lengths)
-        image_adapter.generate([build_image_prompt("a dress", fragments[1][user])], seed=sample.seed, **image_options)
+        text_adapter.generate([build_text_prompt(prompts.text[user], config.text.context_of(t)) for t in targets], **lengths)
+        image_adapter.generate([build_image_prompt(subject(user), prompts.image[user])], seed=sample.seed, **image_options)
 
     @torch.no_grad()
-    def without(user: int) -> None:
-        batch = lm_tokenizer([build_text_prompt(None, config.text.context_of(t)) for t in targets], return_tensors="pt",
+    def plain_models(words: str | None, image_subject: str) -> None:
+        batch = lm_tokenizer([build_text_prompt(words, config.text.context_of(t)) for t in targets], return_tensors="pt",
                              padding=True, padding_side="left")
         lm.generate(**batch, do_sample=False, pad_token_id=lm_tokenizer.pad_token_id, eos_token_id=lm_tokenizer.eos_token_id,
                     **lengths)
-        pipe(prompt=[build_image_prompt("a dress", None)], generator=torch.Generator("cpu").manual_seed(sample.seed),
+        pipe(prompt=[build_image_prompt(image_subject, None)], generator=torch.Generator("cpu").manual_seed(sample.seed),
              **image_options)
 
-    with_tokens(users[0])  # warm-up of both paths (first calls allocate and compile kernels)
-    without(users[0])
-    timings: dict[str, list[float]] = {"tokens": [], "plain": []}
+    paths = {"tokens": with_tokens,
+             "words": lambda user: plain_models(prompts.text_words[user], subject(user)),
+             "generic": lambda user: plain_models(None, "a dress")}
+    for call in paths.values():
+        call(users[0])  # warm-up of every path (first calls allocate and compile kernels)
+    timings: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for user in users:
-            for name, call in (("tokens", with_tokens), ("plain", without)):
+            for name, call in paths.items():
                 started = time.perf_counter()
                 call(user)
                 timings[name].append(time.perf_counter() - started)
-    return statistics.median(timings["tokens"]), statistics.median(timings["plain"])
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 # The targets of this benchmark (issue "Preference tokens that beat words"): what --check compares
@@ -317,21 +329,25 @@ def main() -> None:
     text_adapter, image_adapter = load_generators(run, zoo)
     if text_adapter is None or image_adapter is None:
         raise RunError(f"{run.root}: this benchmark needs both the text and the image generator")
-    variant = token_variant(text_adapter, image_adapter, data, split.train, tokens, config)
+    prompts = user_prompts(data, config, tokens, split.train)
     lm, lm_tokenizer = zoo.load_lm()
     if lm_tokenizer.pad_token is None:
         lm_tokenizer.pad_token = lm_tokenizer.eos_token
-    with_tokens, plain = _time_generation(config, data, users[: args.timing_users], (variant.text_fragments, variant.image_fragments),
-                                          (text_adapter, image_adapter), (lm.eval(), lm_tokenizer, zoo.load_sdxl()), args.repeats)
-    print(f"time per user: {with_tokens:.3f}s with tokens, {plain:.3f}s plain", flush=True)
+    seconds = _time_generation(config, data, users[: args.timing_users], prompts, (text_adapter, image_adapter),
+                               (lm.eval(), lm_tokenizer, zoo.load_sdxl()), args.repeats)
+    print("time per user: " + ", ".join(f"{seconds[name]:.3f}s {name}" for name in seconds), flush=True)
     result = {
         "default_variant": DEFAULT_VARIANT,
         "generator_prompt": str(config.prompt),
         "overrides": args.overrides,
         "profiles": profiles,
-        "token_overhead": round(with_tokens / plain - 1, 4),
-        "seconds_per_user_tokens": round(with_tokens, 4),
-        "seconds_per_user_plain": round(plain, 4),
+        # The tokens' cost: the pipeline against the plain models given the same words.
+        "token_overhead": round(seconds["tokens"] / seconds["words"] - 1, 4),
+        # Personalization's whole cost: against the plain models with the generic prompt.
+        "overhead_vs_generic_prompt": round(seconds["tokens"] / seconds["generic"] - 1, 4),
+        "seconds_per_user_tokens": round(seconds["tokens"], 4),
+        "seconds_per_user_words": round(seconds["words"], 4),
+        "seconds_per_user_generic": round(seconds["generic"], 4),
         "quick": bool(args.quick),
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "torch_threads": torch.get_num_threads(),
