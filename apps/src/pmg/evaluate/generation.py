@@ -9,8 +9,8 @@ user's image with the same seed, so variants differ only by their conditioning):
 - ``keywords`` (PMG-style): the user's history keywords (``pmg.data.keywords``: read from their
   training interactions only) where the tokens would go: in the text prompt, and describing the
   image subject ("a red striped dress"), through the zoo's models as they are (a pretrained
-  generator prompted with words, as PMG does; the generator stage's LoRA-tuned LM has learnt to
-  follow tokens and no longer copies words from its prompt, which would handicap the baseline);
+  generator prompted with words, as PMG does; with ``generator.prompt=tokens`` the tuned LM
+  learns to follow tokens and no longer copies words from its prompt, which would handicap it);
 - ``keywords_tuned``: the same keywords, no tokens, through the pipeline's final adapters: with
   ``generator.prompt=keywords_and_tokens`` they were trained on prompts with words, and some
   without tokens, so this is the words-only baseline with the same training as the tokens;
