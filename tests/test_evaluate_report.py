@@ -76,8 +76,8 @@ def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_ru
         missing = [c for c, cell in row["cells"].items() if cell["value"] is None]
         assert missing == (["random"] if row["metric"].startswith("usage") else [])
     markdown = (tiny_run / "evaluate" / "evaluation.md").read_text()
-    for label in ("no tokens", "soft prompt", "keywords", "keywords (tuned adapters)", "keywords + tokens", "retrieve (top-1 item)", "tokens (SFT)",
-                  "tokens (reward)", "Recall@20", "NMI with true colour",
+    for label in ("no tokens", "soft prompt", "keywords", "keywords (tuned adapters)", "keywords + tokens", "retrieve (top-1 item)", "ours (SFT)",
+                  "ours (reward)", "Recall@20", "NMI with true colour",
                   "CLIP image–text score", "user preference: image vs future items"):
         assert label in markdown
     metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
@@ -265,7 +265,7 @@ def test_report_is_one_self_contained_page_with_the_table_images_and_plots(tiny_
     record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
     for user in record["users"][:2]:
         assert user["user_id"] in page and user["tokens"]["visual"].replace("<", "&lt;").replace(">", "&gt;") in page
-    assert "tokens (reward)" in page and "judge" in page and ("✓" in page or "✗" in page)
+    assert "ours (reward)" in page and "judge" in page and ("✓" in page or "✗" in page)
     stage = json.loads((out / "stage.json").read_text())
     assert stage["report"] == str((out / "report.html").resolve())
 

@@ -85,7 +85,7 @@ __all__ = ["VARIANTS", "VARIANT_LABELS", "GenerationJudges", "RetrievalVariant",
 VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
 VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "keywords": "keywords",
                   "keywords_tuned": "keywords (tuned adapters)", "hybrid": "keywords + tokens",
-                  "retrieve": "retrieve (top-1 item)", "tokens_sft": "tokens (SFT)", "tokens_reward": "tokens (reward)"}
+                  "retrieve": "retrieve (top-1 item)", "tokens_sft": "ours (SFT)", "tokens_reward": "ours (reward)"}
 @dataclass
 class VariantGenerators:
     """One generated variant: its text/image adapters and how a user is put in the prompts.

@@ -215,7 +215,7 @@ def _summary(table: EvaluationTable, out: Path) -> str:
     recommendation = table.section("recommendation")
     recall = recommendation.rows[0].metric if recommendation.rows else "recall@20"
     return (f"{recall} ours {value('recommendation', recall, 'ours')} vs LightGCN {value('recommendation', recall, 'lightgcn')}; "
-            f"image personalization tokens (reward) {value('generation', 'image_personalization', 'tokens_reward')} vs "
+            f"image personalization ours (reward) {value('generation', 'image_personalization', 'tokens_reward')} vs "
             f"no tokens {value('generation', 'image_personalization', 'no_tokens')}; table in {out / EVALUATION_MD}")
 
 
