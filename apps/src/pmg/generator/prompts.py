@@ -5,7 +5,7 @@ generator trains on the prompts that the reward stage, ``pmg generate`` and ``pm
 then use (``generator.prompt``, :class:`pmg.generator.config.PromptMode`):
 
     prompts = user_prompts(data, config, tokens, split.train)
-    prompts.text[u]            # "red striped silk boho <pt_0_5><pt_1_2><pv_0_3><pv_1_9>" or None
+    prompts.text[u]            # "Loom dress red striped silk bohemian <pv_0_3><pv_1_9><pt_0_5><pt_1_2>" or None
     prompts.image[u]           # "<pv_0_3><pv_1_9>" or None (the subject takes the words)
     prompts.subject_words[u]   # {"colour": "red", "pattern": "stripes"} or None
 """
