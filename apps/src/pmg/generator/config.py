@@ -24,7 +24,9 @@ class PromptMode(StrEnum):
     with the tokens beside them: the generators train and generate with both, so the words give
     what a history names outright and the tokens what it does not (a taste only images show, a
     user with a short history). The default: on both catalog profiles it beats the tokens alone
-    (docs/results.md).
+    (docs/results.md). Its training words come from the dataset's attribute vocabulary; a dataset
+    without one (MovieLens: free-text genres) gets free keyword terms at generation that its
+    training prompts never held, so ``tokens`` is the safer mode there (not measured yet).
     """
 
     tokens = "tokens"
