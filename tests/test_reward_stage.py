@@ -132,6 +132,7 @@ def test_reward_stage_reads_the_texts_and_image_prompts_the_pipeline_writes(tiny
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator.config import GeneratorConfig
+    from pmg.generator.prompts import user_prompts
     from pmg.quantize.stage import load_user_tokens
     from pmg.reward.stage import _image_prompts, _user_texts, load_text_adapter
     from pmg.zoo.manifest import load_zoo
@@ -140,12 +141,12 @@ def test_reward_stage_reads_the_texts_and_image_prompts_the_pipeline_writes(tiny
     generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
     assert len(generator.text.targets) >= 2
     data, split = load_prepared(run)
-    tokens = load_user_tokens(run)
+    prompts_of_users = user_prompts(data, generator, load_user_tokens(run), split.train)
     policy = load_text_adapter(tiny_run / "reward" / "text_adapter", load_zoo(run), trainable=True).eval()
     samples = [s for s in json.loads((tiny_run / "reward" / "samples" / "samples.json").read_text()) if not s["cold_start"]]
     users = [data.user_ids.index(s["user_id"]) for s in samples]
-    texts = _user_texts(policy, data, split.train, generator, tokens, users)
-    prompts = _image_prompts(data, split.train, generator, tokens, texts)
+    texts = _user_texts(policy, data, split.train, generator, prompts_of_users, users)
+    prompts = _image_prompts(data, split.train, generator, prompts_of_users, texts)
     others = set(range(data.num_users)) - set(users)
     assert all(texts[u] == "" for u in others)
     for user, sample in zip(users, samples, strict=True):

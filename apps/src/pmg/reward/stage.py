@@ -23,6 +23,7 @@ import torch
 
 from pmg.atomic import atomic_directory
 from pmg.config import load_config
+from pmg.generator.prompts import UserPrompts, user_prompts
 from pmg.reward.config import RewardConfig
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
@@ -192,15 +193,14 @@ def _user_images(adapter: ImagePreferenceAdapter, prompts: list[str], users: lis
 
 
 def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: np.ndarray, generator: GeneratorConfig,
-                tokens: Any, users: list[int]) -> list[str]:
+                prompts: UserPrompts, users: list[int]) -> list[str]:
     """Each data user's text as the pipeline writes it (every ``generator.text.targets``, read as
     one by ``joined_text``): what the image subject takes its words from and what an image's
     consistency is scored against; "" for users not in ``users``."""
-    from pmg.generator.prompts import user_prompts
     from pmg.generator.stage import generate_for_users
 
-    prompts = user_prompts(data, generator, tokens, history).of(users)
-    made = generate_for_users(data, generator, users=users, text_fragments=prompts.text,
+    chosen = prompts.of(users)
+    made = generate_for_users(data, generator, users=users, text_fragments=chosen.text,
                               image_fragments=[None] * len(users), text_adapter=adapter, image_adapter=None,
                               history=history, batch_size=_SAMPLE_BATCH)
     texts = [""] * data.num_users
@@ -209,26 +209,22 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
     return texts
 
 
-def _prompts(data: InteractionData, history: np.ndarray, generator: GeneratorConfig, tokens: Any,
-             config: RewardConfig) -> tuple[list[str], list[int]]:
+def _prompts(data: InteractionData, prompts: UserPrompts, generator: GeneratorConfig, config: RewardConfig) -> tuple[list[str], list[int]]:
     """Text prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
-    from pmg.generator.prompts import user_prompts
     from prefgen import build_text_prompt
 
-    prompts = user_prompts(data, generator, tokens, history)
     context = generator.text.context_of(config.text.target)
     text_prompts = [build_text_prompt(f, context) for f in prompts.text]
     users = [u for u in range(data.num_users) if prompts.text_tokens[u] is not None or prompts.image[u] is not None]
     return text_prompts, users
 
 
-def _image_prompts(data: InteractionData, history: np.ndarray, generator: GeneratorConfig, tokens: Any, texts: list[str]) -> list[str]:
+def _image_prompts(data: InteractionData, history: np.ndarray, generator: GeneratorConfig, prompts: UserPrompts,
+                   texts: list[str]) -> list[str]:
     """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``);
     the subject from the user's ``history`` (the split's training rows)."""
-    from pmg.generator.prompts import user_prompts
     from pmg.generator.stage import subject_attributes, user_image_prompt
 
-    prompts = user_prompts(data, generator, tokens, history)
     described = subject_attributes(data, generator) if any(texts) else {}
     return [user_image_prompt(data, generator, u, texts[u], fragment, described, history, keywords=words)
             for u, (fragment, words) in enumerate(zip(prompts.image, prompts.subject_words, strict=True))]
@@ -273,7 +269,9 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     maps = fit_content_maps(data, preferences.item_embeddings, embedder, image_size=image_size,
                             text_target=config.text.target, ridge=config.map_ridge)
     rewards = GenerationRewards(embedder, maps, config.weights.as_dict(), config.consistency_mode)
-    text_prompts, users = _prompts(data, split.train, generator, tokens, config)
+    # Built once: the history keywords they hold are read from every training row.
+    prompts = user_prompts(data, generator, tokens, split.train)
+    text_prompts, users = _prompts(data, prompts, generator, config)
     if len(users) < 2:
         raise RunError(f"the reward stage needs at least 2 users with preference tokens, {run.root} has {len(users)}")
     roles = load_user_roles(run, data)
@@ -296,9 +294,9 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
             partners = sorted(set(text_order) | set(scored))
             if image_adapter is not None:
                 # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
-                sft_texts = (_user_texts(text_policy, data, split.train, generator, tokens, partners)
+                sft_texts = (_user_texts(text_policy, data, split.train, generator, prompts, partners)
                              if generator.image.subject_from_text else [""] * data.num_users)
-                images = _user_images(image_adapter, _image_prompts(data, split.train, generator, tokens, sft_texts), partners, data.num_users,
+                images = _user_images(image_adapter, _image_prompts(data, split.train, generator, prompts, sft_texts), partners, data.num_users,
                                       config, seed)
             else:
                 images = torch.zeros(data.num_users, 3, 8, 8)
@@ -313,9 +311,9 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     if image_adapter is not None:
         if config.image.enabled:
             partners = sorted(set(image_order) | set(scored))
-            texts = (_user_texts(text_policy, data, split.train, generator, tokens, partners)
+            texts = (_user_texts(text_policy, data, split.train, generator, prompts, partners)
                      if text_policy is not None else [""] * data.num_users)
-            module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, split.train, generator, tokens, texts), texts,
+            module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, split.train, generator, prompts, texts), texts,
                                        user_prefs.get("visual", zeros), config.image,
                                        config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
             _fit(module, config, image_order, config.image.users_per_step, config.image.max_steps, out)
