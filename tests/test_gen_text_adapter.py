@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from prefgen.offline_tokenizers import train_causal_lm_tokenizer
 from prefgen.prompts import build_text_prompt
 from prefgen.soft_prompt import SoftPromptProjector
-from prefgen.text_adapter import LoraOptions, TextPreferenceAdapter
+from prefgen.text_adapter import LoraOptions, PromptOnlyTokenFilter, TextPreferenceAdapter
 from prefgen.tiny import TinyCausalLMConfig, build_tiny_causal_lm
 from prefgen.token_rows import AdapterFileError, PreferenceTokenError, TokenInit
 
@@ -212,9 +212,9 @@ def test_merged_for_inference_generates_as_the_adapter_does_and_is_frozen(base_f
 
     merged = TextPreferenceAdapter.load(tmp_path / "adapter", base_folders[head]).merge_for_inference()
     assert merged.merged and not merged.trainable_parameters()
-    # The LoRA deltas now live in the base projections: the peft layers run their base weights alone.
-    lora_layers = [m for m in merged.model.modules() if hasattr(m, "merged_adapters") and hasattr(m, "lora_A")]
-    assert lora_layers and all(m.merged for m in lora_layers)
+    # The LoRA deltas and the new rows now live in the base weights: no peft module is left to run.
+    assert type(merged.model) is type(AutoModelForCausalLM.from_pretrained(base_folders[head]))
+    assert not [name for name, m in merged.model.named_modules() if "lora" in name or type(m).__module__.startswith("peft")]
     torch.testing.assert_close(merged.logits(prompts), unmerged[0], rtol=0, atol=1e-4)
     assert merged.generate(prompts, max_new_tokens=6) == unmerged[1]
     assert merged.generate(soft_prompts, max_new_tokens=6, soft_prompt=vectors) == unmerged[2]
@@ -330,3 +330,17 @@ def test_clear_errors(base_folders: dict[str, Path], tmp_path: Path) -> None:
         TextPreferenceAdapter.load(folder, base_folders["tied"])
     with pytest.raises(AdapterFileError, match="does not exist"):
         TextPreferenceAdapter.from_base(tmp_path / "no_such_model", TOKENS)
+
+
+def test_prompt_only_filter_masks_as_transformers_suppress_tokens_does() -> None:
+    from transformers.generation.logits_process import SuppressTokensLogitsProcessor
+
+    ids = [3, 7, 11, 40]  # 40 lies beyond a 32-row head: ignored, as transformers ignores it
+    scores = torch.randn(4, 32)
+    ours = PromptOnlyTokenFilter(ids)
+    expected = SuppressTokensLogitsProcessor(ids)(torch.zeros(4, 1, dtype=torch.long), scores)
+    assert torch.equal(ours(torch.zeros(4, 1, dtype=torch.long), scores), expected)
+    # The mask follows a new vocabulary size rather than reusing the old one.
+    wider = torch.randn(2, 48)
+    assert torch.isinf(ours(torch.zeros(2, 1, dtype=torch.long), wider)[:, 40]).all()
+    assert torch.equal(ours(torch.zeros(2, 1, dtype=torch.long), wider)[:, :3], wider[:, :3])

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import LogitsProcessorList
 
 from pmg.reward.config import ImageRewardConfig, TextRewardConfig
 from pmg.training import OptimizerConfig, build_optimizer
@@ -195,7 +196,7 @@ class TextRewardModule(_RewardModule):
         out = self.policy.model.generate(
             **batch, do_sample=True, num_return_sequences=self.config.group_size, max_new_tokens=self.config.max_new_tokens,
             temperature=self.config.temperature, top_p=self.config.top_p, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            suppress_tokens=self.policy.prompt_only_token_ids,
+            logits_processor=LogitsProcessorList([self.policy.prompt_only_filter]),
         )
         self.policy.model.train(was_training)
         prompt_length = batch["input_ids"].shape[1]

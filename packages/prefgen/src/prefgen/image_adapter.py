@@ -509,26 +509,28 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         """
         if not isinstance(seed, int) and len(seed) != len(prompts):
             raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
-        with self.soft_prompt(soft_prompt):
-            cond = self.encode_prompts(prompts)
-        kwargs: dict[str, Any] = {
-            "prompt_embeds": cond.prompt_embeds,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "generator": (torch.Generator("cpu").manual_seed(seed) if isinstance(seed, int)
-                          else [torch.Generator("cpu").manual_seed(int(s)) for s in seed]),
-        }
-        if cond.pooled is not None:
-            kwargs["pooled_prompt_embeds"] = cond.pooled
-        kwargs.update(pipeline_kwargs)
         was_training = self.training
-        self.eval()
+        if was_training:  # .eval() walks the pipeline's ~900 modules: a few percent of a tiny model's call
+            self.eval()
         try:
+            with self.soft_prompt(soft_prompt):
+                cond = self.encode_prompts(prompts)
+            kwargs: dict[str, Any] = {
+                "prompt_embeds": cond.prompt_embeds,
+                "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale,
+                "generator": (torch.Generator("cpu").manual_seed(seed) if isinstance(seed, int)
+                              else [torch.Generator("cpu").manual_seed(int(s)) for s in seed]),
+            }
+            if cond.pooled is not None:
+                kwargs["pooled_prompt_embeds"] = cond.pooled
+            kwargs.update(pipeline_kwargs)
             if reference_images is None:
                 return list(self.pipeline(height=height, width=width, **kwargs).images)
             return list(self.img2img_pipeline()(image=reference_images, strength=strength, **kwargs).images)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     def img2img_pipeline(self) -> DiffusionPipeline:
         """The image-to-image pipeline sharing this pipeline's components (built once)."""
