@@ -16,6 +16,7 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,11 +138,12 @@ def _stage_fit(args: argparse.Namespace) -> int:
         # RunDirectory would create an empty run here; a typo in --run should say so instead.
         raise RunError(f"{args.run} is not a run directory (no run.json); run `pmg pipeline --run {args.run}` first")
     run = RunDirectory(args.run)
-    if stage.name in RUN_STAGES:
-        for earlier in STAGES[:position]:  # name the first stage missing, not just the last one
-            run.require(earlier.name)
-    upstream = run.require(STAGES[position - 1].name)["fingerprint"]
-    result = stage.run(config, run, upstream, True)
+    with run.lock(args.command_line):
+        if stage.name in RUN_STAGES:
+            for earlier in STAGES[:position]:  # name the first stage missing, not just the last one
+                run.require(earlier.name)
+        upstream = run.require(STAGES[position - 1].name)["fingerprint"]
+        result = stage.run(config, run, upstream, True)
     print(f"[{stage.name}] {result.summary}; artifacts in {run.stage_dir(stage.name)}")
     return 0
 
@@ -167,7 +169,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
-    run_pipeline(config, force=tuple(args.force))
+    run_pipeline(config, force=tuple(args.force), command=args.command_line)
     return 0
 
 
@@ -210,7 +212,10 @@ def _data(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pmg`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # What the run's lock names to a second writer.
+    args.command_line = shlex.join(["pmg", *argv])
     try:
         if args.command == "pipeline":
             return _pipeline(args)

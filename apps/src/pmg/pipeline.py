@@ -56,11 +56,12 @@ def quick_profile() -> Path:
     return Path(str(resources.files("pmg.profiles").joinpath("quick.yaml")))
 
 
-def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=print) -> RunDirectory:
+def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=print, command: str = "pmg pipeline") -> RunDirectory:
     """Run every stage on ``config.run_dir``; a stage whose inputs are unchanged is reused.
 
     ``force`` names stages to redo ("all" for every one); a forced stage also invalidates
-    the stages after it, since their inputs change.
+    the stages after it, since their inputs change. The run's lock is held throughout
+    (``command`` is what it names to a second writer).
     """
     names = [stage.name for stage in STAGES]
     unknown = [s for s in force if s not in names and s != "all"]
@@ -70,12 +71,13 @@ def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=pri
     run = RunDirectory(config.run_dir)
     started = time.perf_counter()
     upstream = ""
-    for position, stage in enumerate(STAGES):
-        t = time.perf_counter()
-        result = stage.run(getattr(config, stage.config_field), run, upstream, position >= first_forced)
-        note = "reused" if result.reused else f"{time.perf_counter() - t:.1f}s"
-        log(f"[{stage.name}] {result.summary} ({note})")
-        upstream = result.fingerprint
+    with run.lock(command):
+        for position, stage in enumerate(STAGES):
+            t = time.perf_counter()
+            result = stage.run(getattr(config, stage.config_field), run, upstream, position >= first_forced)
+            note = "reused" if result.reused else f"{time.perf_counter() - t:.1f}s"
+            log(f"[{stage.name}] {result.summary} ({note})")
+            upstream = result.fingerprint
     log(f"pipeline finished in {time.perf_counter() - started:.1f}s; run directory: {run.root.resolve()}")
     report = report_path(run)
     if report is not None:

@@ -1,18 +1,30 @@
 """Run directories: one folder per run, one sub-folder per stage, each stage's completion
-recorded with a fingerprint of its inputs so unchanged stages are reused, not redone."""
+recorded with a fingerprint of its inputs so unchanged stages are reused, not redone.
+
+One process writes to a run at a time: every command that writes takes ``RunDirectory.lock``
+(``<run>/.lock``, holding the owner's pid, host, start time and command line).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import socket
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pmg import __version__
 from pmg.atomic import atomic_file
 
-__all__ = ["RunError", "RunDirectory", "fingerprint", "stage_fingerprint", "config_inputs", "NON_INPUT_KEYS"]
+__all__ = ["RunError", "RunBusy", "RunWarning", "RunDirectory", "LOCK_FILE", "fingerprint", "stage_fingerprint",
+           "config_inputs", "NON_INPUT_KEYS"]
 
 _RUN_FORMAT = 1
 # How a stage runs on its own where that is not `pmg <stage> fit --run DIR` ("": only within `pmg pipeline`).
@@ -21,6 +33,109 @@ _STAGE_COMMANDS = {"data": "", "evaluate": "pmg evaluate --run {root}", "report"
 
 class RunError(RuntimeError):
     """A run directory that lacks a stage, comes from an incompatible version, or is damaged."""
+
+
+class RunBusy(RunError):
+    """Another process is writing to the run directory (it holds the run's lock)."""
+
+
+class RunWarning(UserWarning):
+    """Something in a run was repaired rather than trusted: a stale lock taken over, a damaged
+    cache entry or checkpoint rebuilt, rows of the input set aside."""
+
+
+LOCK_FILE = ".lock"
+# Set in the processes a multi-process strategy starts (Lightning's DDP launcher re-runs the
+# command line in each, SLURM and torchrun start one per rank): only rank 0, the process the
+# user started, takes the lock, and it holds it for all of them.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+# Locks this process holds, by resolved run root: a writer calling another writer (the pipeline
+# running a stage that trains the rating head) must not lock itself out.
+_HELD: set[Path] = set()
+
+
+def _secondary_rank() -> bool:
+    return any(os.environ.get(name, "0") not in ("", "0") for name in _RANK_VARIABLES)
+
+
+def _describe_owner(owner: dict[str, Any]) -> str:
+    if not owner:
+        return "a process that is just starting (its lock is still empty)"
+    return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} since {owner.get('started', '?')} "
+            f"(`{owner.get('command', '?')}`)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _read_lock(fd: int) -> dict[str, Any]:
+    raw = os.pread(fd, 65536, 0)
+    try:
+        owner = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        owner = {"pid": "?", "host": "?", "command": f"unreadable lock content {raw[:60]!r}"}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _acquire_lock(root: Path, command: str) -> int:
+    """The open, flock-ed descriptor of ``root/.lock`` with this process recorded in it.
+
+    ``flock`` is what excludes: the kernel drops it when its holder dies, however it dies, so a
+    lock file whose content names another process but that nobody holds is stale. The content
+    only says who the owner is (and, across hosts, where ``flock`` may not reach, refuses).
+    """
+    path = root / LOCK_FILE
+    host = socket.gethostname()
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_lock(fd)
+            os.close(fd)
+            raise RunBusy(f"{root} is being written by {_describe_owner(owner)}; wait for it to end, or use another --run") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current != os.fstat(fd).st_ino:
+            # The owner released (unlinked) the file between our open and flock: try the new one.
+            os.close(fd)
+            continue
+        previous = _read_lock(fd)
+        if previous:
+            if previous.get("host") != host:
+                os.close(fd)
+                raise RunBusy(f"{path} names {_describe_owner(previous)}, another host whose process this one cannot "
+                              f"see; if that run has ended, delete {path}")
+            pid = previous.get("pid")
+            state = "is no longer running" if isinstance(pid, int) and not _pid_alive(pid) else "does not hold it (its pid was reused)"
+            warnings.warn(f"{root}: taking over the stale lock of {_describe_owner(previous)}, which ended without "
+                          f"releasing it (the process {state}); its stage resumes or restarts", RunWarning, stacklevel=4)
+        record = {"pid": os.getpid(), "host": host, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "command": command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        return fd
+    raise RunBusy(f"{path} keeps changing hands; another pmg is starting and stopping on {root}")
+
+
+def _release_lock(root: Path, fd: int) -> None:
+    path = root / LOCK_FILE
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 def fingerprint(*parts: Any) -> str:
@@ -74,6 +189,27 @@ class RunDirectory:
         else:
             with atomic_file(meta) as tmp:
                 tmp.write_text(json.dumps({"format": _RUN_FORMAT, "pmg_version": __version__}, indent=2))
+
+    @contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the run's lock while writing to it; ``RunBusy`` at once, naming the owner (pid, host,
+        start, command), when another process holds it. A lock left by a process that died
+        (killed, out of memory) is taken over with a ``RunWarning``. Released on exit, exceptions
+        included; re-entrant within a process; taken only by rank 0 of a multi-process launch."""
+        if _secondary_rank():
+            yield
+            return
+        key = self.root.resolve()
+        if key in _HELD:
+            yield
+            return
+        fd = _acquire_lock(self.root, command)
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            _release_lock(self.root, fd)
 
     def stage_dir(self, stage: str) -> Path:
         path = self.root / stage

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 from pmg.config import load_config
@@ -22,7 +23,19 @@ __all__ = ["generate_command"]
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    """Handler of ``pmg generate`` (``args`` from ``pmg.cli.build_parser``); returns the exit status."""
+    """Handler of ``pmg generate`` (``args`` from ``pmg.cli.build_parser``); returns the exit status.
+
+    Holds the run's lock when the output goes into the run directory (the default)."""
+    run = RunDirectory(args.run)
+    name = args.user if args.user is not None else "cold_start"
+    out = Path(args.out) if args.out else run.root / "generator" / "generated" / f"{name}.png"
+    with ExitStack() as stack:
+        if out.resolve().is_relative_to(run.root.resolve()):
+            stack.enter_context(run.lock(args.command_line))
+        return _generate(args, run, out)
+
+
+def _generate(args: argparse.Namespace, run: RunDirectory, out: Path) -> int:
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator.prompts import joined_fragment, user_prompts
     from pmg.generator.stage import generate_for_user, load_generators
@@ -30,7 +43,6 @@ def generate_command(args: argparse.Namespace) -> int:
     from pmg.tasks import TasksConfig, lookup_user, reference_tokens, resolve_reference
     from pmg.zoo.manifest import load_zoo
 
-    run = RunDirectory(args.run)
     run.require("generator")
     config = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
     if args.user is None and not args.no_tokens:
@@ -63,8 +75,6 @@ def generate_command(args: argparse.Namespace) -> int:
         text_adapter=text_adapter, image_adapter=image_adapter, history=split.train,
         subject=f"a {args.category}" if args.category else None, keywords=subject_words, reference_item=reference, strength=args.strength,
     )
-    name = args.user if args.user is not None else "cold_start"
-    out = Path(args.out) if args.out else run.stage_dir("generator") / "generated" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"user_id": args.user, "cold_start": text_fragment is None and image_fragment is None,
               "text_prompt": result.text_prompt, "texts": result.texts, "image_prompt": result.image_prompt}

@@ -50,7 +50,7 @@ def _rate(args: argparse.Namespace, run: RunDirectory, config: TasksConfig) -> i
 
     if not args.eval and (args.user is None or args.item is None):
         raise RunError("give --user ID and --item ID (or --eval for the test RMSE)")
-    model = rating_model(run, config.rating)
+    model = rating_model(run, config.rating, command=args.command_line)
     if args.user is not None or args.item is not None:
         if args.user is None or args.item is None:
             raise RunError("give both --user ID and --item ID")

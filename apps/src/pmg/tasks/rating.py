@@ -154,9 +154,11 @@ def _read(out: Path, prefs: PreferenceArtifacts) -> RatingModel:
     return RatingModel(head.eval(), head_config["modalities"], prefs, metrics)
 
 
-def rating_model(run: RunDirectory, config: RatingConfig, *, log: Callable[[str], None] = print) -> RatingModel:
+def rating_model(run: RunDirectory, config: RatingConfig, *, log: Callable[[str], None] = print,
+                 command: str = "pmg rate") -> RatingModel:
     """The run's rating head: reloaded when trained with ``config`` on the current preference
-    result, else trained now (seeded, so the same inputs give the same head) and saved."""
+    result, else trained now (seeded, so the same inputs give the same head) and saved, under
+    the run's lock (``command`` is what it names to another writer)."""
     from pmg.data.dataset_stage import load_prepared
 
     config.validate()
@@ -165,13 +167,14 @@ def rating_model(run: RunDirectory, config: RatingConfig, *, log: Callable[[str]
     out = run.stage_dir(RATING_DIR)
     if run.is_current(RATING_DIR, stage_fp):
         return _read(out, prefs)
-    run.invalidate(RATING_DIR)
-    data, split = load_prepared(run)
-    model = train_rating_head(config, prefs, data, split)
-    _write(out, model)
-    m = model.metrics
-    summary = f"test RMSE {m['test/rmse']:.4f} (training-mean baseline {m['test/rmse_global_mean']:.4f})"
-    run.mark_complete(RATING_DIR, stage_fp, {"summary": summary, "metrics": m})
+    with run.lock(command):
+        run.invalidate(RATING_DIR)
+        data, split = load_prepared(run)
+        model = train_rating_head(config, prefs, data, split)
+        _write(out, model)
+        m = model.metrics
+        summary = f"test RMSE {m['test/rmse']:.4f} (training-mean baseline {m['test/rmse_global_mean']:.4f})"
+        run.mark_complete(RATING_DIR, stage_fp, {"summary": summary, "metrics": m})
     log(f"[rating] head trained: {summary}; saved in {out}")
     return model
 
