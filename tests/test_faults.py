@@ -6,8 +6,10 @@ docs/faults.md has the table of what survives what, with the test of each row.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from pmg.cli import build_parser, main
+from pmg.config import load_config
+from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
+from pmg.data.records import DatasetError
 from pmg.runs import LOCK_FILE, RunBusy, RunDirectory, RunWarning
 
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
@@ -110,3 +115,79 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path: Path) -> None:
         with run.lock("here"):
             pass
     assert _owner(run.root)["host"] == "elsewhere"
+
+
+# ---------------------------------------------------------------- bad rows
+
+
+def _movielens_with_bad_rows(source: Path, folder: Path) -> tuple[Path, int]:
+    """A MovieLens folder: the first 1500 ratings of latest-small, then four bad rows; its good row count."""
+    folder.mkdir()
+    shutil.copy(source / "movies.csv", folder)
+    lines = (source / "ratings.csv").read_text().splitlines()[:1501]
+    bad = ["1,99999999,4.0,964982703",  # unknown item id
+           "2,1,x,964982703",  # rating not a number
+           "3,1,4.0",  # a field missing
+           lines[10]]  # a duplicate of line 11
+    (folder / "ratings.csv").write_text("\n".join([*lines, *bad]) + "\n")
+    return folder, len(lines) - 1
+
+
+def test_bad_rows_stop_the_load_by_default_and_are_set_aside_and_counted_with_skip(
+    ml_latest_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, good = _movielens_with_bad_rows(ml_latest_small, tmp_path / "ml")
+    source = ["data.kind=movielens", f"data.path={folder}"]
+    assert main(["pipeline", "--config", str(TINY_CONFIG), "--run", str(tmp_path / "strict"), *source]) == 2
+    assert "ratings.csv, line 1502: unknown item id '99999999'" in capsys.readouterr().err
+    assert main(["pipeline", "--run", str(tmp_path / "typo"), *source, "data.on_bad_rows=sometimes"]) == 2
+    assert "expected one of [error, skip] (key: data.on_bad_rows)" in capsys.readouterr().err
+
+    run = RunDirectory(tmp_path / "run")
+    config = load_config(DatasetConfig, None, [o.removeprefix("data.") for o in source] + ["on_bad_rows=skip"])
+    with pytest.warns(RunWarning, match="4 interaction rows .* set aside"):
+        result = DATA_STAGE.run(config, run, "", False)
+    assert f"{good} interactions (4 rows rejected: {run.root / 'data' / 'rejected.csv'})" in result.summary
+    with open(run.root / "data" / "rejected.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(Path(r["file"]).name, r["line"]) for r in rows] == [("ratings.csv", str(n)) for n in (1502, 1503, 1504, 1505)]
+    assert [r["reason"] for r in rows] == [
+        "unknown item id '99999999' (not in the item file)", "column 'rating': 'x' is not a number",
+        "expected 4 fields, found 3", "duplicate interaction (same user, item and timestamp as line 11); "
+        "remove it or load with duplicates='drop'"]
+    assert "4 rows rejected" in (run.root / "data" / "load_report.txt").read_text()
+    assert run.record("data")["interactions"] == good and run.record("data")["rejected_rows"] == 4
+    # Reused while the setting stays; back on `error`, the load must stop again rather than reuse.
+    assert DATA_STAGE.run(config, run, "", False).reused
+    strict = load_config(DatasetConfig, None, [o.removeprefix("data.") for o in source])
+    with pytest.raises(DatasetError, match="line 1502: unknown item id"):
+        DATA_STAGE.run(strict, run, "", False)
+
+
+def test_bad_rows_of_a_pmg_dataset_and_a_jsonl_table_are_set_aside_too(tmp_path: Path) -> None:
+    from pmg.data import CatalogConfig, read_dataset, write_catalog
+    from pmg.data.sources import load_table
+
+    folder = write_catalog(tmp_path / "catalog", CatalogConfig(seed=3, num_users=8, num_items=16, interactions_per_user=6))
+    interactions = folder / "interactions.csv"
+    good = read_dataset(folder).num_interactions
+    with open(interactions, "a") as f:
+        f.write("u_new,no_such_item,5,1,\nu_new,i00001,yesterday,,\n")
+    with pytest.raises(DatasetError, match=rf"line {good + 2}, column 'item_id': unknown item_id 'no_such_item'"):
+        read_dataset(folder)
+    data = read_dataset(folder, on_bad_rows="skip")
+    assert data.num_interactions == good and "u_new" not in data.user_ids  # a user with only bad rows is not invented
+    assert [(r.line, r.reason) for r in data.report.rejected] == [
+        (good + 2, "column 'item_id': unknown item_id 'no_such_item' (not in items.jsonl)"),
+        (good + 3, "column 'timestamp': 'yesterday' is not an integer")]
+
+    table = tmp_path / "log.jsonl"
+    table.write_text('{"user_id": "a", "item_id": "x", "timestamp": 1}\n{"user_id": "a", "item_id": \n'
+                     '{"user_id": "b", "item_id": "y"}\n{"user_id": "b", "item_id": "y", "timestamp": 2}\n')
+    with pytest.raises(DatasetError, match="line 2: not valid JSON"):
+        load_table(table)
+    loaded = load_table(table, on_bad_rows="skip")
+    assert loaded.num_interactions == 2
+    assert [(r.line, r.reason) for r in loaded.report.rejected] == [
+        (2, "not valid JSON: Expecting value"), (3, "column 'timestamp': missing required field")]
+    assert "2 rows rejected" in loaded.report.summary()

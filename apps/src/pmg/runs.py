@@ -146,7 +146,9 @@ def fingerprint(*parts: Any) -> str:
 
 # Config keys that say where a cache lives, how progress and logs show, how many threads run or
 # whether to rebuild anyway: not what a stage computes, so changing them redoes nothing.
-NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain"})
+# ``on_bad_rows`` neither, when no row is bad; the data stage does not reuse a result that set
+# rows aside once it is back to ``error``.
+NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain", "on_bad_rows"})
 
 
 def config_inputs(config: Any) -> Any:

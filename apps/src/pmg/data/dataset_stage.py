@@ -2,26 +2,34 @@
 
 Every later stage reads ``<run>/data/dataset`` (the one format), ``<run>/data/split.json`` and
 ``<run>/data/user_roles.json`` (which users are trained on, selected on, judged: ``pmg.data.user_roles``).
+``<run>/data/load_report.txt`` says what the load saw; with ``on_bad_rows: skip``,
+``<run>/data/rejected.csv`` lists every interaction row set aside (file, line, reason).
 """
 
 from __future__ import annotations
 
+import csv
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pmg.atomic import atomic_file
 from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.format import InteractionData, read_dataset, write_dataset
+from pmg.data.records import OnBadRows, RejectedRow
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
 from pmg.data.user_roles import UserRoles, UserRolesConfig, assign_user_roles
-from pmg.runs import RunDirectory, RunError, stage_fingerprint
+from pmg.runs import RunDirectory, RunError, RunWarning, stage_fingerprint
 from pmg.stages import Stage, StageResult
 
-__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE", "DATA_STAGE"]
+__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE",
+           "REJECTED_FILE", "DATA_STAGE"]
 
 DATASET_KINDS = ("catalog", "pmg", "movielens", "amazon2023", "table")
 USER_ROLES_FILE = "user_roles.json"
+REJECTED_FILE = "rejected.csv"
 
 
 @dataclass
@@ -48,7 +56,9 @@ class DatasetConfig:
     ``images`` folder of posters), ``amazon2023`` (reviews JSONL at ``path``, ``meta`` JSONL,
     optional ``images``), ``table`` (interactions CSV/JSONL at ``path``, optional ``items``
     file, ``mapping`` of columns). ``users``: the shares of users held out for evaluation and
-    for model selection (``pmg.data.user_roles``).
+    for model selection (``pmg.data.user_roles``). ``on_bad_rows``: ``error`` stops at an
+    interaction row that cannot be used, ``skip`` sets it aside in ``<run>/data/rejected.csv``
+    (``pmg.data.records.OnBadRows``).
     """
 
     kind: str = "catalog"
@@ -58,6 +68,7 @@ class DatasetConfig:
     items: str | None = None
     mapping: TableMapping = field(default_factory=TableMapping)
     duplicates: str = "error"
+    on_bad_rows: OnBadRows = OnBadRows.error
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     users: UserRolesConfig = field(default_factory=UserRolesConfig)
@@ -78,13 +89,34 @@ class DatasetConfig:
 
 def _load_source(config: DatasetConfig) -> InteractionData:
     path = Path(config.path or "")
+    rows = {"duplicates": config.duplicates, "on_bad_rows": config.on_bad_rows}
     if config.kind == "pmg":
-        return read_dataset(path, duplicates=config.duplicates)
+        return read_dataset(path, **rows)
     if config.kind == "movielens":
-        return load_movielens(path, posters=config.images, duplicates=config.duplicates)
+        return load_movielens(path, posters=config.images, **rows)
     if config.kind == "amazon2023":
-        return load_amazon2023(path, config.meta or "", images=config.images, duplicates=config.duplicates)
-    return load_table(path, items=config.items, images=config.images, mapping=config.mapping, duplicates=config.duplicates)
+        return load_amazon2023(path, config.meta or "", images=config.images, **rows)
+    return load_table(path, items=config.items, images=config.images, mapping=config.mapping, **rows)
+
+
+def _write_rejected(path: Path, rows: list[RejectedRow]) -> None:
+    """``rejected.csv``: one line per interaction row set aside (file, line, reason); none: no file."""
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("file", "line", "reason"))
+        writer.writerows((row.file, "" if row.line is None else row.line, row.reason) for row in rows)
+
+
+def _is_current(config: DatasetConfig, run: RunDirectory, stage_fp: str) -> bool:
+    """Whether the data stage's result can be reused. ``on_bad_rows`` is not in the fingerprint
+    (a load without bad rows gives the same data either way), so a result that set rows aside
+    is not reused once ``on_bad_rows`` is back to ``error``: that load must stop."""
+    if not run.is_current("data", stage_fp):
+        return False
+    return config.on_bad_rows is OnBadRows.skip or not (run.record("data") or {}).get("rejected_rows", 0)
 
 
 def prepare_dataset(
@@ -97,7 +129,7 @@ def prepare_dataset(
     config.validate()
     stage_fp = stage_fingerprint("data", config, upstream)
     out = run.stage_dir("data")
-    if force or not run.is_current("data", stage_fp):
+    if force or not _is_current(config, run, stage_fp):
         run.invalidate("data")
         filtered = config.split.user_k > 1 or config.split.item_k > 1
         if config.kind == "catalog":
@@ -107,6 +139,8 @@ def prepare_dataset(
             data = read_dataset(generated)
         else:
             data = _load_source(config)
+        # What the loader set aside and dropped; the dataset is read back below, with a fresh report.
+        rejected, duplicates = data.report.rejected, data.report.duplicate_interactions_dropped
         if filtered:
             data = kcore(data, config.split.user_k, config.split.item_k)
         if filtered or config.kind != "catalog":
@@ -119,9 +153,16 @@ def prepare_dataset(
         split.save(out / "split.json")
         roles = assign_user_roles(data.num_users, config.users)
         roles.save(out / USER_ROLES_FILE, data)
-        (out / "load_report.txt").write_text(data.report.summary() + "\n")
+        data.report.rejected, data.report.duplicate_interactions_dropped = rejected, duplicates
+        _write_rejected(out / REJECTED_FILE, rejected)
+        if rejected:
+            warnings.warn(f"data: {len(rejected)} interaction rows of {config.path} set aside (on_bad_rows: skip), "
+                          f"each with its file, line and reason in {out / REJECTED_FILE}", RunWarning, stacklevel=2)
+        with atomic_file(out / "load_report.txt") as tmp:
+            tmp.write_text(data.report.summary() + "\n")
         run.mark_complete("data", stage_fp, {
             "users": data.num_users, "items": data.num_items, "interactions": data.num_interactions,
+            "rejected_rows": len(rejected),
             "train": len(split.train), "val": len(split.val), "test": len(split.test),
             **{f"{role}_users": len(roles.of(role)) for role in ("training", "selection", "evaluation")},
         })
@@ -147,11 +188,13 @@ def load_user_roles(run: RunDirectory, data: InteractionData) -> UserRoles:
 
 
 def _run_data_stage(config: DatasetConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
-    reused = not force and run.is_current("data", stage_fingerprint("data", config, upstream))
+    reused = not force and _is_current(config, run, stage_fingerprint("data", config, upstream))
     data, split, stage_fp = prepare_dataset(config, run, upstream=upstream, force=force)
+    rejected = (run.record("data") or {}).get("rejected_rows", 0)
+    set_aside = f" ({rejected} rows rejected: {run.stage_dir('data') / REJECTED_FILE})" if rejected else ""
     return StageResult(
         stage_fp,
-        f"{data.num_users} users, {data.num_items} items, {data.num_interactions} interactions; "
+        f"{data.num_users} users, {data.num_items} items, {data.num_interactions} interactions{set_aside}; "
         f"split {split.scheme}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}; users: "
         f"{config.users.evaluation_fraction:.0%} evaluation, {config.users.selection_fraction:.0%} selection, the rest training",
         reused,

@@ -34,6 +34,9 @@ import numpy as np
 from pmg.atomic import atomic_directory
 from pmg.data.records import (
     DatasetError,
+    OnBadRows,
+    RejectedRow,
+    RowRejections,
     check_image,
     parse_number,
     read_delimited,
@@ -127,6 +130,8 @@ class LoadReport:
     items_without_text: int = 0
     duplicate_interactions_dropped: int = 0
     notes: list[str] = field(default_factory=list)
+    # Interaction rows set aside under on_bad_rows: skip, each with its file, line and reason.
+    rejected: list[RejectedRow] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
@@ -138,6 +143,8 @@ class LoadReport:
         ]
         if self.duplicate_interactions_dropped:
             parts.append(f"{self.duplicate_interactions_dropped} duplicate interactions dropped")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} rows rejected")
         return ", ".join(parts) + "".join(f"\n  note: {n}" for n in self.notes)
 
 
@@ -334,13 +341,16 @@ def write_dataset(
 # ---------------------------------------------------------------- reading
 
 
-def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str = "error") -> InteractionData:
+def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str = "error",
+                 on_bad_rows: OnBadRows | str = OnBadRows.error) -> InteractionData:
     """Read a dataset directory written by ``write_dataset`` (or by hand, following the format).
 
     Args:
         root: the dataset directory.
         check_images: verify that every referenced image exists and Pillow can read it.
         duplicates: ``"error"`` (default) or ``"drop"`` for repeated (user, item, timestamp) rows.
+        on_bad_rows: ``error`` (default) or ``skip``: interaction rows that cannot be used are set
+            aside in ``report.rejected`` (``OnBadRows``).
 
     Raises:
         DatasetError: a missing file, a wrong format version, a malformed line, an unknown
@@ -362,6 +372,7 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str
         raise DatasetError(meta_path, f"format version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})")
     attributes = {name: AttributeSpec.from_json(spec) for name, spec in meta.get("attributes", {}).items()}
     report = LoadReport()
+    rejections = RowRejections(on_bad_rows)
 
     items_path = root / "items.jsonl"
     items: list[Item] = []
@@ -390,28 +401,30 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str
     user_index: dict[str, int] = {}
     columns: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": [], "review": []}
     seen: dict[tuple[int, int, int], int] = {}
-    for number, row in read_delimited(inter_path, required=INTERACTION_COLUMNS[:3]):
-        item_id = row["item_id"]
-        if item_id not in item_index:
-            raise DatasetError(inter_path, f"unknown item_id {item_id!r} (not in items.jsonl)", line=number, column="item_id")
-        t = int(parse_number(inter_path, number, "timestamp", row["timestamp"], int))
-        raw_rating = row.get("rating", "")
-        rating = math.nan if raw_rating == "" else float(parse_number(inter_path, number, "rating", raw_rating, float))
-        u = user_index.setdefault(row["user_id"], len(user_index))
-        key = (u, item_index[item_id], t)
+    for number, row in read_delimited(inter_path, required=INTERACTION_COLUMNS[:3], rejections=rejections):
+        parsed = None
+        with rejections.row():
+            parsed = _interaction_fields(inter_path, number, row, item_index)
+        if parsed is None:
+            continue
+        item, t, rating = parsed
+        # A duplicate repeats a user seen before; a user only gets an index with a row that is kept.
+        key = (user_index.get(row["user_id"], -1), item, t)
         if key in seen:
             if duplicates == "error":
-                raise DatasetError(
+                rejections.reject(DatasetError(
                     inter_path,
                     f"duplicate interaction (same user, item and timestamp as line {seen[key]}); "
                     "remove it or read with duplicates='drop'",
                     line=number,
-                )
+                ))
+                continue
             report.duplicate_interactions_dropped += 1
             continue
-        seen[key] = number
+        u = user_index.setdefault(row["user_id"], len(user_index))
+        seen[(u, item, t)] = number
         columns["user"].append(u)
-        columns["item"].append(item_index[item_id])
+        columns["item"].append(item)
         columns["timestamp"].append(t)
         columns["rating"].append(rating)
         columns["review"].append(row.get("review", ""))
@@ -443,5 +456,17 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str
         source=str(meta.get("source", "")),
         report=report,
     )
+    report.rejected = rejections.rows
     data.refresh_report()
     return data
+
+
+def _interaction_fields(path: Path, number: int, row: dict[str, str], item_index: dict[str, int]) -> tuple[int, int, float]:
+    """(item index, timestamp, rating) of one ``interactions.csv`` row; ``DatasetError`` naming the problem."""
+    item_id = row["item_id"]
+    if item_id not in item_index:
+        raise DatasetError(path, f"unknown item_id {item_id!r} (not in items.jsonl)", line=number, column="item_id")
+    t = int(parse_number(path, number, "timestamp", row["timestamp"], int))
+    raw_rating = row.get("rating", "")
+    rating = math.nan if raw_rating == "" else float(parse_number(path, number, "rating", raw_rating, float))
+    return item_index[item_id], t, rating

@@ -2,6 +2,8 @@
 
 Every loader reads through these functions, so a malformed file gives the same kind of
 message whatever the source: ``ratings.csv, line 12, column 'rating': 'x' is not a number``.
+An interaction row a loader cannot use stops the load, or, with ``on_bad_rows: skip``, is set
+aside with its file, line and reason (``RowRejections``) and the load goes on.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DatasetError", "read_text", "read_delimited", "read_json_lines", "parse_number", "check_image"]
+__all__ = ["DatasetError", "OnBadRows", "RejectedRow", "RowRejections", "read_text", "read_delimited", "read_json_lines",
+           "parse_number", "check_image"]
 
 
 class DatasetError(ValueError):
@@ -30,6 +36,54 @@ class DatasetError(ValueError):
         if column is not None:
             where += f", column {column!r}"
         super().__init__(f"{where}: {problem}")
+
+
+class OnBadRows(StrEnum):
+    """What a load does with an interaction row it cannot use (``data.on_bad_rows``): an unknown
+    user or item id, a field that is not a number, a wrong number of fields, a line that is not
+    a JSON object, a duplicate under ``duplicates: error``.
+
+    ``error`` (the default): stop with the row's file, line and problem. ``skip``: set the row
+    aside (the load report counts it; the data stage writes every one to
+    ``<run>/data/rejected.csv``) and go on. Problems of a whole file (a missing column, an empty
+    file, a wrong encoding) and of the item files stop the load either way.
+    """
+
+    error = "error"
+    skip = "skip"
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """One row a load set aside: its file, line (None for a whole-record problem) and why."""
+
+    file: str
+    line: int | None
+    reason: str
+
+
+class RowRejections:
+    """``on_bad_rows`` applied to one load's interaction rows: ``reject`` raises the row's
+    ``DatasetError`` under ``error`` and records it under ``skip``; ``row()`` does so for
+    whatever a row's parsing raises."""
+
+    def __init__(self, policy: OnBadRows | str = OnBadRows.error) -> None:
+        self.policy = OnBadRows(policy)
+        self.rows: list[RejectedRow] = []
+
+    def reject(self, err: DatasetError) -> None:
+        if self.policy is OnBadRows.error:
+            raise err
+        reason = err.problem if err.column is None else f"column {err.column!r}: {err.problem}"
+        self.rows.append(RejectedRow(str(err.path), err.line, reason))
+
+    @contextmanager
+    def row(self) -> Iterator[None]:
+        """Parse one row inside this block: a ``DatasetError`` raised in it goes to ``reject``."""
+        try:
+            yield
+        except DatasetError as err:
+            self.reject(err)
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
@@ -53,13 +107,16 @@ def read_delimited(
     delimiter: str = ",",
     fieldnames: Sequence[str] | None = None,
     encoding: str = "utf-8",
+    rejections: RowRejections | None = None,
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row)`` for each data row of a delimited file.
 
     With ``fieldnames`` the file has no header (MovieLens 100k/1m); otherwise the first
     line is the header and must contain every ``required`` column. Multi-character
-    delimiters (``::``) are split literally, without quoting.
+    delimiters (``::``) are split literally, without quoting. A row with the wrong number of
+    fields goes to ``rejections`` (None: it stops the read).
     """
+    rejections = rejections or RowRejections()
     text = read_text(path, encoding)
     lines = text.splitlines()
     if len(delimiter) == 1:
@@ -82,26 +139,37 @@ def read_delimited(
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) != len(header):
-            raise DatasetError(path, f"expected {len(header)} fields, found {len(row)}", line=number)
+            rejections.reject(DatasetError(path, f"expected {len(header)} fields, found {len(row)}", line=number))
+            continue
         yield number, dict(zip(header, row, strict=True))
 
 
-def read_json_lines(path: Path, *, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line number, object)`` for each non-blank line of a JSON-lines file."""
+def read_json_lines(path: Path, *, required: Sequence[str], rejections: RowRejections | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line number, object)`` for each non-blank line of a JSON-lines file; a line that
+    is not a JSON object with the ``required`` fields goes to ``rejections`` (None: it stops the read)."""
+    rejections = rejections or RowRejections()
     text = read_text(path)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(path, f"not valid JSON: {err.msg}", line=number) from err
-        if not isinstance(row, dict):
-            raise DatasetError(path, "expected a JSON object", line=number)
-        for key in required:
-            if key not in row:
-                raise DatasetError(path, "missing required field", line=number, column=key)
-        yield number, row
+        row = None
+        with rejections.row():
+            row = _json_object(path, number, line, required)
+        if row is not None:
+            yield number, row
+
+
+def _json_object(path: Path, number: int, line: str, required: Sequence[str]) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetError(path, f"not valid JSON: {err.msg}", line=number) from err
+    if not isinstance(row, dict):
+        raise DatasetError(path, "expected a JSON object", line=number)
+    for key in required:
+        if key not in row:
+            raise DatasetError(path, "missing required field", line=number, column=key)
+    return row
 
 
 def parse_number(path: Path, line: int, column: str, value: str, kind: type[int] | type[float]) -> int | float:

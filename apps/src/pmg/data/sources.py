@@ -9,7 +9,9 @@
   column mapping.
 
 Items without an image or text keep a missing-modality mask and are counted in the load
-report; nothing is dropped silently.
+report; nothing is dropped silently. An interaction row that cannot be used (an unknown item
+id, a field that is not a number) stops the load, or with ``on_bad_rows="skip"`` is set aside
+in ``report.rejected`` with its file, line and reason.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from pmg.data.format import InteractionData, Item, LoadReport
-from pmg.data.records import DatasetError, check_image, parse_number, read_delimited, read_json_lines
+from pmg.data.records import (
+    DatasetError,
+    OnBadRows,
+    RowRejections,
+    check_image,
+    parse_number,
+    read_delimited,
+    read_json_lines,
+)
 
 __all__ = ["load_movielens", "load_amazon2023", "TableMapping", "load_table"]
 
@@ -48,17 +58,19 @@ def _find_image(folder: Path | None, stem: str) -> Path | None:
 class _Builder:
     """Collects interactions with raw ids, then assigns contiguous indices in first-seen order."""
 
-    def __init__(self, source: Path, items: dict[str, Item], duplicates: str) -> None:
+    def __init__(self, source: Path, items: dict[str, Item], duplicates: str, rejections: RowRejections) -> None:
         if duplicates not in ("error", "drop"):
             raise ValueError(f"duplicates must be 'error' or 'drop', not {duplicates!r}")
         self.source = source
         self.items = items
         self.duplicates = duplicates
-        self.report = LoadReport()
+        self.rejections = rejections
+        self.report = LoadReport(rejected=rejections.rows)
         self.rows: list[tuple[str, str, int, float, str]] = []
         self.seen: dict[tuple[str, str, int], int] = {}
 
     def add(self, path: Path, line: int, user: str, item: str, timestamp: int, rating: float, review: str) -> None:
+        """Keep one interaction; ``DatasetError`` for an unknown item or a duplicate under ``duplicates="error"``."""
         if item not in self.items:
             raise DatasetError(path, f"unknown item id {item!r} (not in the item file)", line=line)
         key = (user, item, timestamp)
@@ -102,23 +114,25 @@ class _Builder:
 
 
 def load_movielens(
-    root: str | Path, *, posters: str | Path | None = None, duplicates: str = "error", max_tags: int = 8
+    root: str | Path, *, posters: str | Path | None = None, duplicates: str = "error", max_tags: int = 8,
+    on_bad_rows: OnBadRows | str = OnBadRows.error,
 ) -> InteractionData:
     """Read a MovieLens release (latest/latest-small, 100k or 1m, detected from its files).
 
     Item text is the title, the genres and the most frequent user tags; a user's tags on a
     movie become the review of that rating. With ``posters``, ``{movieId}.jpg`` is the image.
+    ``on_bad_rows``: what a rating row that cannot be used does (``OnBadRows``).
     """
     root = Path(root)
     poster_dir = Path(posters) if posters is not None else None
     if poster_dir is not None and not poster_dir.is_dir():
         raise DatasetError(poster_dir, "posters folder does not exist")
     if (root / "ratings.csv").is_file() or (root / "movies.csv").is_file():
-        return _movielens_latest(root, poster_dir, duplicates, max_tags)
+        return _movielens_latest(root, poster_dir, duplicates, max_tags, RowRejections(on_bad_rows))
     if (root / "u.data").is_file():
-        return _movielens_100k(root, poster_dir, duplicates)
+        return _movielens_100k(root, poster_dir, duplicates, RowRejections(on_bad_rows))
     if (root / "ratings.dat").is_file():
-        return _movielens_1m(root, poster_dir, duplicates)
+        return _movielens_1m(root, poster_dir, duplicates, RowRejections(on_bad_rows))
     raise DatasetError(root, "not a MovieLens folder: expected ratings.csv+movies.csv, u.data+u.item, or ratings.dat+movies.dat")
 
 
@@ -133,7 +147,8 @@ def _movie_item(movie_id: str, title: str, genres: list[str], tags: list[str], p
     )
 
 
-def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: str, max_tags: int) -> InteractionData:
+def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: str, max_tags: int,
+                      rejections: RowRejections) -> InteractionData:
     tags_by_movie: dict[str, Counter[str]] = defaultdict(Counter)
     tags_by_rating: dict[tuple[str, str], list[str]] = defaultdict(list)
     tags_path = root / "tags.csv"
@@ -152,18 +167,19 @@ def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: str, max_
         top_tags = [t for t, _ in tags_by_movie[movie_id].most_common(max_tags)]
         items[movie_id] = _movie_item(movie_id, row["title"], genres, top_tags, poster_dir)
     ratings_path = root / "ratings.csv"
-    builder = _Builder(root, items, duplicates)
-    for line, row in read_delimited(ratings_path, required=("userId", "movieId", "rating", "timestamp")):
-        builder.add(
-            ratings_path, line, row["userId"], row["movieId"],
-            int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
-            float(parse_number(ratings_path, line, "rating", row["rating"], float)),
-            "; ".join(tags_by_rating.get((row["userId"], row["movieId"]), [])),
-        )
+    builder = _Builder(root, items, duplicates, rejections)
+    for line, row in read_delimited(ratings_path, required=("userId", "movieId", "rating", "timestamp"), rejections=rejections):
+        with rejections.row():
+            builder.add(
+                ratings_path, line, row["userId"], row["movieId"],
+                int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
+                float(parse_number(ratings_path, line, "rating", row["rating"], float)),
+                "; ".join(tags_by_rating.get((row["userId"], row["movieId"]), [])),
+            )
     return builder.build(root.name)
 
 
-def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: str) -> InteractionData:
+def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: str, rejections: RowRejections) -> InteractionData:
     item_path = root / "u.item"
     fields = ["movie_id", "title", "release", "video_release", "url", *_ML100K_GENRES]
     items: dict[str, Item] = {}
@@ -173,18 +189,19 @@ def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: str) -> Int
             raise DatasetError(item_path, f"duplicate movie id {row['movie_id']!r}", line=line)
         items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], genres, [], poster_dir)
     data_path = root / "u.data"
-    builder = _Builder(root, items, duplicates)
+    builder = _Builder(root, items, duplicates, rejections)
     fields = ["user_id", "item_id", "rating", "timestamp"]
-    for line, row in read_delimited(data_path, required=fields, delimiter="\t", fieldnames=fields):
-        builder.add(
-            data_path, line, row["user_id"], row["item_id"],
-            int(parse_number(data_path, line, "timestamp", row["timestamp"], int)),
-            float(parse_number(data_path, line, "rating", row["rating"], float)), "",
-        )
+    for line, row in read_delimited(data_path, required=fields, delimiter="\t", fieldnames=fields, rejections=rejections):
+        with rejections.row():
+            builder.add(
+                data_path, line, row["user_id"], row["item_id"],
+                int(parse_number(data_path, line, "timestamp", row["timestamp"], int)),
+                float(parse_number(data_path, line, "rating", row["rating"], float)), "",
+            )
     return builder.build(root.name)
 
 
-def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str) -> InteractionData:
+def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str, rejections: RowRejections) -> InteractionData:
     movies_path = root / "movies.dat"
     items: dict[str, Item] = {}
     fields = ["movie_id", "title", "genres"]
@@ -193,14 +210,16 @@ def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str) -> Inter
             raise DatasetError(movies_path, f"duplicate movie id {row['movie_id']!r}", line=line)
         items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], row["genres"].split("|"), [], poster_dir)
     ratings_path = root / "ratings.dat"
-    builder = _Builder(root, items, duplicates)
+    builder = _Builder(root, items, duplicates, rejections)
     fields = ["user_id", "movie_id", "rating", "timestamp"]
-    for line, row in read_delimited(ratings_path, required=fields, delimiter="::", fieldnames=fields, encoding="latin-1"):
-        builder.add(
-            ratings_path, line, row["user_id"], row["movie_id"],
-            int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
-            float(parse_number(ratings_path, line, "rating", row["rating"], float)), "",
-        )
+    for line, row in read_delimited(ratings_path, required=fields, delimiter="::", fieldnames=fields, encoding="latin-1",
+                                    rejections=rejections):
+        with rejections.row():
+            builder.add(
+                ratings_path, line, row["user_id"], row["movie_id"],
+                int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
+                float(parse_number(ratings_path, line, "rating", row["rating"], float)), "",
+            )
     return builder.build(root.name)
 
 
@@ -208,13 +227,15 @@ def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str) -> Inter
 
 
 def load_amazon2023(
-    reviews: str | Path, meta: str | Path, *, images: str | Path | None = None, duplicates: str = "error"
+    reviews: str | Path, meta: str | Path, *, images: str | Path | None = None, duplicates: str = "error",
+    on_bad_rows: OnBadRows | str = OnBadRows.error,
 ) -> InteractionData:
     """Read Amazon Reviews 2023 JSONL files (one category's ``<cat>.jsonl`` and ``meta_<cat>.jsonl``).
 
     Items are keyed by ``parent_asin``; text is the title, features and description; the
     image is ``{parent_asin}.jpg`` in ``images`` when present. Timestamps (milliseconds)
-    become seconds; a review is its title and text.
+    become seconds; a review is its title and text. ``on_bad_rows``: what a review line that
+    cannot be used does (``OnBadRows``).
     """
     reviews, meta = Path(reviews), Path(meta)
     image_dir = Path(images) if images is not None else None
@@ -233,20 +254,26 @@ def load_amazon2023(
             item_id=asin, title=str(row.get("title") or "").strip(), description=description.strip(),
             image=_find_image(image_dir, asin), attributes=attributes,
         )
-    builder = _Builder(reviews, items, duplicates)
-    for line, row in read_json_lines(reviews, required=("user_id", "parent_asin", "timestamp")):
-        stamp = row["timestamp"]
-        if not isinstance(stamp, int | float) or isinstance(stamp, bool):
-            raise DatasetError(reviews, f"timestamp {stamp!r} is not a number", line=line, column="timestamp")
-        rating = row.get("rating")
-        if rating is not None and (not isinstance(rating, int | float) or isinstance(rating, bool)):
-            raise DatasetError(reviews, f"rating {rating!r} is not a number", line=line, column="rating")
-        text = " ".join(s for s in (str(row.get("title") or "").strip(), str(row.get("text") or "").strip()) if s)
-        builder.add(
-            reviews, line, str(row["user_id"]), str(row["parent_asin"]), int(stamp) // 1000,
-            math.nan if rating is None else float(rating), text,
-        )
+    rejections = RowRejections(on_bad_rows)
+    builder = _Builder(reviews, items, duplicates, rejections)
+    for line, row in read_json_lines(reviews, required=("user_id", "parent_asin", "timestamp"), rejections=rejections):
+        with rejections.row():
+            _add_review(builder, reviews, line, row)
     return builder.build(reviews.stem)
+
+
+def _add_review(builder: _Builder, reviews: Path, line: int, row: dict) -> None:
+    stamp = row["timestamp"]
+    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+        raise DatasetError(reviews, f"timestamp {stamp!r} is not a number", line=line, column="timestamp")
+    rating = row.get("rating")
+    if rating is not None and (not isinstance(rating, int | float) or isinstance(rating, bool)):
+        raise DatasetError(reviews, f"rating {rating!r} is not a number", line=line, column="rating")
+    text = " ".join(s for s in (str(row.get("title") or "").strip(), str(row.get("text") or "").strip()) if s)
+    builder.add(
+        reviews, line, str(row["user_id"]), str(row["parent_asin"]), int(stamp) // 1000,
+        math.nan if rating is None else float(rating), text,
+    )
 
 
 def _strings(value: object) -> list[str]:
@@ -277,11 +304,12 @@ class TableMapping:
     extra_item_attributes: list[str] = field(default_factory=list)
 
 
-def _table_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict]]:
+def _table_rows(path: Path, required: list[str], rejections: RowRejections | None = None) -> Iterator[tuple[int, dict]]:
     if path.suffix.lower() in (".jsonl", ".json"):
-        yield from read_json_lines(path, required=required)
+        yield from read_json_lines(path, required=required, rejections=rejections)
     elif path.suffix.lower() in (".csv", ".tsv"):
-        yield from read_delimited(path, required=required, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        yield from read_delimited(path, required=required, delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+                                  rejections=rejections)
     else:
         raise DatasetError(path, "unsupported file type: use .csv, .tsv or .jsonl")
 
@@ -293,12 +321,14 @@ def load_table(
     images: str | Path | None = None,
     mapping: TableMapping | None = None,
     duplicates: str = "error",
+    on_bad_rows: OnBadRows | str = OnBadRows.error,
 ) -> InteractionData:
     """Read any CSV/TSV/JSONL interaction table (and optional item table) through ``mapping``.
 
     Without an item table, items are the distinct ids of the interactions (no text, no
     image: both flagged missing). Image paths in the item table are relative to ``images``
-    (or to the item file's folder).
+    (or to the item file's folder). ``on_bad_rows``: what an interaction row that cannot be
+    used does (``OnBadRows``).
     """
     m = mapping or TableMapping()
     inter_path = Path(interactions)
@@ -322,17 +352,19 @@ def load_table(
                 attributes={a: str(row[a]) for a in m.extra_item_attributes if row.get(a) not in (None, "")},
             )
     required = [m.user, m.item, m.timestamp]
-    rows = list(_table_rows(inter_path, required))
+    rejections = RowRejections(on_bad_rows)
+    rows = list(_table_rows(inter_path, required, rejections))
     if items is None:
         for _, row in rows:
             catalog.setdefault(str(row[m.item]), Item(item_id=str(row[m.item])))
-    builder = _Builder(inter_path, catalog, duplicates)
+    builder = _Builder(inter_path, catalog, duplicates, rejections)
     for line, row in rows:
-        rating_raw = row.get(m.rating) if m.rating else None
-        rating = math.nan if rating_raw in (None, "") else float(parse_number(inter_path, line, m.rating or "", rating_raw, float))
-        builder.add(
-            inter_path, line, str(row[m.user]), str(row[m.item]),
-            int(parse_number(inter_path, line, m.timestamp, row[m.timestamp], int)),
-            rating, str(row.get(m.review) or "") if m.review else "",
-        )
+        with rejections.row():
+            rating_raw = row.get(m.rating) if m.rating else None
+            rating = math.nan if rating_raw in (None, "") else float(parse_number(inter_path, line, m.rating or "", rating_raw, float))
+            builder.add(
+                inter_path, line, str(row[m.user]), str(row[m.item]),
+                int(parse_number(inter_path, line, m.timestamp, row[m.timestamp], int)),
+                rating, str(row.get(m.review) or "") if m.review else "",
+            )
     return builder.build(inter_path.stem)
