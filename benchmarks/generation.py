@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import statistics
 import time
@@ -54,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pmg.benchmark_targets import Targets, at_least, at_most, parse_args_with_check, print_result
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
@@ -246,50 +246,21 @@ def _time_generation(config: GeneratorConfig, data: InteractionData, users: list
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
-# The targets of this benchmark (issue "Preference tokens that beat words"): what --check compares
-# the figures with. (profile, path into the JSON, comparison, bound); paths index the printed object.
-TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
-    ("default", ("variants", DEFAULT_VARIANT, "image_colour"), ">=", 0.90),
-    ("default", ("variants", DEFAULT_VARIANT, "image_pattern"), ">=", 0.80),
-    ("default", ("variants", DEFAULT_VARIANT, "text_material"), ">=", 0.90),
-    ("default", ("variants", DEFAULT_VARIANT, "text_style"), ">=", 0.80),
-    ("default", ("variants", DEFAULT_VARIANT, "joint"), ">=", 0.75),
+# What --check compares the figures with (issue "Preference tokens that beat words"); the keys are
+# paths into the printed JSON. A profile that was not run leaves its targets unmet.
+TARGETS: Targets = {
+    f"profiles.default.variants.{DEFAULT_VARIANT}.image_colour": at_least(0.90),
+    f"profiles.default.variants.{DEFAULT_VARIANT}.image_pattern": at_least(0.80),
+    f"profiles.default.variants.{DEFAULT_VARIANT}.text_material": at_least(0.90),
+    f"profiles.default.variants.{DEFAULT_VARIANT}.text_style": at_least(0.80),
+    f"profiles.default.variants.{DEFAULT_VARIANT}.joint": at_least(0.75),
     # "At least the keywords baseline": the interval of the paired difference does not lie below zero.
-    ("default", ("default_vs_keywords", "image_personalization_ci", "1"), ">=", 0.0),
-    ("default", ("default_vs_keywords", "text_personalization_ci", "1"), ">=", 0.0),
-    ("sparse", ("default_vs_keywords", "image_personalization"), ">=", 0.10),
-    ("sparse", ("default_vs_keywords", "text_personalization"), ">=", 0.10),
-    ("", ("token_overhead",), "<=", 0.05),
-)
-
-
-def check_targets(result: dict) -> list[str]:
-    """One line per target of :data:`TARGETS` that ``result`` (the printed JSON) misses; a target
-    of a profile that was not run is a miss too (it was not shown to be met)."""
-    misses = []
-    for profile, path, comparison, bound in TARGETS:
-        node: object = result["profiles"].get(profile) if profile else result
-        for key in path:
-            if isinstance(node, list):
-                node = node[int(key)] if int(key) < len(node) else None
-            elif isinstance(node, dict):
-                node = node.get(key)
-            else:
-                node = None
-        name = f"{profile + ': ' if profile else ''}{'.'.join(path)} {comparison} {bound}"
-        if not isinstance(node, (int, float)):
-            misses.append(f"{name}: not measured")
-        elif not (node >= bound if comparison == ">=" else node <= bound):
-            misses.append(f"{name}: got {node}")
-    return misses
-
-
-def _report_check(result: dict) -> int:
-    misses = check_targets(result)
-    for line in misses:
-        print(f"target missed: {line}", flush=True)
-    print(f"{len(TARGETS) - len(misses)} of {len(TARGETS)} targets met", flush=True)
-    return 1 if misses else 0
+    "profiles.default.default_vs_keywords.image_personalization_ci.1": at_least(0.0),
+    "profiles.default.default_vs_keywords.text_personalization_ci.1": at_least(0.0),
+    "profiles.sparse.default_vs_keywords.image_personalization": at_least(0.10),
+    "profiles.sparse.default_vs_keywords.text_personalization": at_least(0.10),
+    "token_overhead": at_most(0.05),
+}
 
 
 def main() -> None:
@@ -302,14 +273,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a pipeline override for an ablation (e.g. generator.prompt=tokens); needs --tag")
     parser.add_argument("--tag", default="", help="the ablation's name: its runs are runs/<profile>-<tag>")
-    parser.add_argument("--check", action="store_true", help="after the run, compare the figures with TARGETS; exit 1 if any is missed")
-    parser.add_argument("--check-file", type=Path, help="only compare a saved output's last JSON line with TARGETS")
-    args = parser.parse_args()
-    if args.check_file is not None:
-        lines = [line for line in args.check_file.read_text().splitlines() if line.strip()]
-        if not lines:
-            parser.error(f"{args.check_file} is empty")
-        raise SystemExit(_report_check(json.loads(lines[-1])))
+    args = parse_args_with_check(parser, TARGETS)
     if bool(args.overrides) != bool(args.tag):
         parser.error("--set and --tag go together: an ablation's runs must not overwrite the default runs")
 
@@ -352,9 +316,7 @@ def main() -> None:
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "torch_threads": torch.get_num_threads(),
     }
-    status = _report_check(result) if args.check else 0
-    print(json.dumps(result))
-    raise SystemExit(status)
+    print_result(result, TARGETS, args.check)
 
 
 if __name__ == "__main__":

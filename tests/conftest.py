@@ -1,13 +1,17 @@
-"""Fixtures shared across the suite: a small generated catalog and the real MovieLens data."""
+"""Fixtures shared across the suite: a small generated catalog, the real MovieLens data, the benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ML_LATEST_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
@@ -24,6 +28,24 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def benchmark_module() -> Callable[[str], ModuleType]:
+    """``load(name)``: the script ``benchmarks/<name>.py`` as a module, executed once a session (the
+    benchmarks are scripts, not a package, so they are loaded from their path)."""
+
+    def load(name: str) -> ModuleType:
+        module_name = f"pmg_benchmark_{name}"
+        if module_name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+            assert spec is not None and spec.loader is not None, name
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # dataclasses look their module up while the file executes
+            spec.loader.exec_module(module)
+        return sys.modules[module_name]
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from prefquant import save_safetensors
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quant.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("prefquant_bench_quant", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
+def bench(benchmark_module: Callable[[str], ModuleType]) -> Iterator[ModuleType]:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield module
+    yield benchmark_module("quant")
     torch.set_num_threads(previous)
 
 
