@@ -2,6 +2,7 @@
 
 Usage:
     uv run --frozen python benchmarks/image_guidance.py --run runs/default --role training --users 200 --scales 2 3 5 --steps 20
+    uv run --frozen python benchmarks/image_guidance.py --check-file saved.log   # a saved output against TARGETS (none)
 
 Users: the data stage's selection or training users (``--role``, ``<run>/data/user_roles.json``),
 never the evaluation users: a setting chosen here is model selection, and evaluation users are
@@ -11,6 +12,7 @@ the zoo's judge reads it: per visual taste, the share of users whose image shows
 with a 95% bootstrap interval. The texts are not regenerated: the image prompt takes the colour
 from the history keywords where there is one, so only users without one would differ. Only the
 image sampler changes; use it to pick ``generator.sample.guidance_scale`` / ``num_inference_steps``.
+No target is stated for it (``TARGETS`` is empty): it is a sweep for choosing a setting.
 
 The LAST line is one JSON object: ``{"run", "role", "n_users", "settings": [{"guidance_scale",
 "num_inference_steps", "<taste>": rate, "<taste>_ci": [lo, hi], "image_personalization", "seconds"}]}``.
@@ -20,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.evaluate.generation import token_variant
@@ -38,6 +40,8 @@ from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
 from pmg.zoo.manifest import load_zoo
 
+TARGETS: Targets = {}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +51,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200, help="at most this many users of the role (the first, in index order)")
     parser.add_argument("--scales", type=float, nargs="+", default=[5.0, 7.5, 10.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
-    args = parser.parse_args()
+    args = parse_args_with_check(parser, TARGETS)
 
     run = RunDirectory(args.run)
     data, split = load_prepared(run)
@@ -84,7 +88,7 @@ def main() -> None:
             row["seconds"] = round(time.perf_counter() - started, 1)
             print(f"scale {scale}, {steps} steps: " + ", ".join(f"{t} {row[t]}" for t in tastes) + f" ({row['seconds']}s)", flush=True)
             settings.append(row)
-    print(json.dumps({"run": str(run.root), "role": args.role, "n_users": len(users), "settings": settings}))
+    print_result({"run": str(run.root), "role": args.role, "n_users": len(users), "settings": settings}, TARGETS, args.check)
 
 
 if __name__ == "__main__":

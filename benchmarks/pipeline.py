@@ -3,6 +3,8 @@
 Usage:
     uv run --frozen python benchmarks/pipeline.py                # --quick, then the default run (11-22 min on 2 CPU cores)
     uv run --frozen python benchmarks/pipeline.py --quick-only   # the smoke profile alone (a few minutes)
+    uv run --frozen python benchmarks/pipeline.py --check        # then compare with TARGETS, exit 1 on a miss
+    uv run --frozen python benchmarks/pipeline.py --check-file saved.log   # compare a saved output only
 
 Protocol: each profile runs as its own `pmg pipeline` process on a new run directory, with new
 zoo and feature caches, so nothing computed earlier is reused (a user's first run). Wall time is
@@ -10,10 +12,11 @@ measured around the process; peak memory is the largest resident set of the chil
 (``getrusage(RUSAGE_CHILDREN)``, which covers the pipeline and any worker it starts). The stage
 lines the pipeline prints are kept, so the time of each stage shows in the log.
 
-Targets (issue 8): the default run at most 15 minutes with peak memory under 6 GB; --quick
-under 3 minutes. ``report_path`` is the HTML report of the last profile run (the default's, or the
-quick one's with --quick-only; ``quick_report_path`` the quick one's): the report folder is copied
-out of the temporary run to ``runs/bench-pipeline/<profile>-report/`` (kept in place with --keep).
+Targets (issue 8): ``TARGETS``, what ``--check`` compares: the default run's wall time and the
+peak memory, and the --quick run's wall time. ``report_path`` is the HTML report of the last
+profile run (the default's, or the quick one's with --quick-only; ``quick_report_path`` the quick
+one's): the report folder is copied out of the temporary run to ``runs/bench-pipeline/<profile>-report/``
+(kept in place with --keep).
 
 Progress goes to stdout; the LAST line is one JSON object.
 """
@@ -21,7 +24,6 @@ Progress goes to stdout; the LAST line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -32,8 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from pmg.benchmark_targets import Targets, at_most, parse_args_with_check, print_result
+
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "runs" / "bench-pipeline"  # where reports of temporary runs are copied
+# With --quick-only the default run's minutes are not measured, so that target is missed.
+TARGETS: Targets = {"minutes": at_most(15.0), "peak_rss_gb": at_most(6.0), "quick_minutes": at_most(3.0)}
 
 
 def run_profile(name: str, args: list[str], scratch: Path, keep: bool) -> dict[str, object]:
@@ -67,11 +73,11 @@ def run_profile(name: str, args: list[str], scratch: Path, keep: bool) -> dict[s
     return {"minutes": minutes, "stage_seconds": stage_seconds, "report_path": str(report) if report else None}
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick-only", action="store_true", help="measure the --quick profile only")
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
-    args = parser.parse_args(argv)
+    args = parse_args_with_check(parser, TARGETS, argv)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = args.keep or Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
@@ -86,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         # ru_maxrss of children is in kilobytes on Linux: the largest single child process.
         result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3)
         result["profiles"] = "quick" if args.quick_only else "quick+default"
-    print(json.dumps(result, sort_keys=True), flush=True)
-    return result
+    print_result(result, TARGETS, args.check, sort_keys=True)
 
 
 if __name__ == "__main__":

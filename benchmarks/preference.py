@@ -5,6 +5,8 @@ Usage:
     uv run --frozen python benchmarks/preference.py            # catalog + ml-latest-small, 3 seeds each
     uv run --frozen python benchmarks/preference.py --seeds 5  # more seeds, a narrower interval
     uv run --frozen python benchmarks/preference.py --quick    # a small catalog only, for a smoke check
+    uv run --frozen python benchmarks/preference.py --datasets catalog --check   # then compare with TARGETS, exit 1 on a miss
+    uv run --frozen python benchmarks/preference.py --check-file saved.log       # compare a saved output only
 
 Both datasets run side by side with one protocol:
 
@@ -40,13 +42,16 @@ is faster); LightGCN as compared above (3 layers, propagating over a sparse CSR 
 path), so the ratio is not comparable with versions before that change. Memory: parameter megabytes of
 both, and the process's peak RSS.
 
+Targets: ``TARGETS`` (what ``--check`` compares): ours above LightGCN on the catalog, by the mean
+margin over seeds of Recall@20 and NDCG@20. ml-latest-small is reported, not checked: its data is
+not in the repository.
+
 Progress goes to stdout; the LAST line is one JSON object (numbers, and a few lists: seeds, intervals, the grid).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -59,6 +64,7 @@ import numpy as np
 import torch
 from torch_geometric.nn.models import LightGCN
 
+from pmg.benchmark_targets import Targets, at_least, parse_args_with_check, print_result
 from pmg.config import load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog
 from pmg.data.format import InteractionData
@@ -94,6 +100,7 @@ PREFERENCE_YAML = REPO / "configs" / "preference.yaml"
 MOVIELENS_YAML = REPO / "configs" / "movielens.yaml"
 CACHE = REPO / ".cache" / "pmg" / "bench"
 PROBE_TASTES = ("colour", "pattern", "material", "style")
+TARGETS: Targets = {"catalog_margin_recall20_vs_lightgcn": at_least(0.0), "catalog_margin_ndcg20_vs_lightgcn": at_least(0.0)}
 # Student-t 0.975 quantiles by degrees of freedom (1..30), for the 95% interval over seeds.
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -330,7 +337,7 @@ def rounded(value: Any) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small catalog only (smoke check)")
     parser.add_argument("--config", type=Path, default=PREFERENCE_YAML if PREFERENCE_YAML.is_file() else None,
@@ -348,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", type=Path, help="write the catalog's preference artifacts to KEEP/preference "
                         "(then `benchmarks/quant.py --run KEEP` measures the quantizer on them)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="preference config overrides")
-    args = parser.parse_args(argv)
+    args = parse_args_with_check(parser, TARGETS, argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     # One thread count for ours and the baselines, so speeds compare (the stage sets its own from config).
@@ -398,8 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result.update(metrics)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = time.perf_counter() - started
-    print(json.dumps(rounded(result), sort_keys=True), flush=True)
-    return result
+    print_result(rounded(result), TARGETS, args.check, sort_keys=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ with the reward's ablations in one run.
 
     uv run --frozen python benchmarks/reward.py [--run runs/default] [--users 100]   # a completed default pipeline run
     uv run --frozen python benchmarks/reward.py --quick                              # builds a --quick run itself (minutes)
+    uv run --frozen python benchmarks/reward.py --check        # then compare with TARGETS, exit 1 on a miss
+    uv run --frozen python benchmarks/reward.py --check-file saved.log   # compare a saved output only
 
 Protocol (same users for every variant: the data stage's evaluation users, never trained on nor
 selected on by any stage, at most ``--users``): each user gets what the pipeline generates
@@ -21,6 +23,10 @@ seeded image (the visual tokens, the most liked category and the colour the text
 Variants: ``before`` (SFT), ``after`` (both rewards: the run's own reward stage, with the
 weights of its config), ``consistency_only`` and ``personalization_only`` (the reward stage
 rerun on a copy of the run with the other weight at 0, everything else the same).
+``personalization_change`` is after minus before (both rewards).
+
+Targets: ``TARGETS`` (what ``--check`` compares): consistency after the reward stage, and how far
+personalization may fall on the way.
 
 Progress goes to stdout; the LAST line is one JSON object.
 """
@@ -29,11 +35,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from pmg.benchmark_targets import Targets, at_least, parse_args_with_check, print_result
+
+# Round 1's goals: the reward stage makes image and text agree without costing much personalization.
+TARGETS: Targets = {"consistency_after": at_least(0.80), "personalization_change": at_least(-0.02)}
 
 
 def evaluate(run, data, split, generator, users: list[int], adapters, judge) -> dict[str, float]:
@@ -63,7 +73,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/default"), help="a run whose pipeline completed (reward stage included)")
     parser.add_argument("--quick", action="store_true", help="build a --quick pipeline run in a temporary folder and use it")
     parser.add_argument("--users", type=int, default=200, help="at most this many of the data stage's evaluation users")
-    args = parser.parse_args()
+    args = parse_args_with_check(parser, TARGETS)
 
     from pmg.cli import main as pmg_main
     from pmg.config import load_config
@@ -122,8 +132,9 @@ def main() -> None:
             figures[f"{key}_after_{name}"] = round(value, 4)
     for key, value in results["after"].items():
         figures[f"{key}_after_both"] = round(value, 4)
+    figures["personalization_change"] = round(results["after"]["personalization"] - results["before"]["personalization"], 4)
     figures["minutes"] = round((time.perf_counter() - started) / 60, 2)
-    print(json.dumps(figures))
+    print_result(figures, TARGETS, args.check)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ against the same prompts with another evaluation user's tokens (the words stay t
 
 Usage:
     uv run --frozen python benchmarks/token_shuffle.py --run runs/default --users 200
+    uv run --frozen python benchmarks/token_shuffle.py --check-file saved.log   # a saved output against TARGETS (none)
 
 Users: the data stage's evaluation users with tokens (at most ``--users``). ``own``: the run's
 prompts through the reward stage's adapters, as ``pmg evaluate``'s ``tokens_reward``. ``shuffled``:
@@ -11,6 +12,8 @@ derangement). If the tokens carry nothing of the user beyond a prompt format the
 the two are equal; the paired difference own − shuffled (95% bootstrap interval) is what the
 user's own tokens add. Per taste: the image shows (judge) / the text names first the user's value.
 
+No target is stated for it (``TARGETS`` is empty): it measures what the tokens carry.
+
 The LAST line is one JSON object: ``{"run", "n_users", "own": {...}, "shuffled": {...},
 "own_minus_shuffled": {"image_personalization", "image_personalization_ci", "text_personalization", ...}}``.
 """
@@ -18,12 +21,12 @@ The LAST line is one JSON object: ``{"run", "n_users", "own": {...}, "shuffled":
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.evaluate.generation import VariantGenerators
@@ -36,6 +39,8 @@ from pmg.quantize.stage import load_user_tokens
 from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
 from pmg.zoo.manifest import load_zoo
+
+TARGETS: Targets = {}
 
 
 def _derangement(count: int, seed: int) -> np.ndarray:
@@ -52,7 +57,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/default"))
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args_with_check(parser, TARGETS)
 
     run = RunDirectory(args.run)
     data, split = load_prepared(run)
@@ -100,7 +105,7 @@ def main() -> None:
         difference[metric] = round(float(delta.mean()), 4)
         difference[f"{metric}_ci"] = [round(v, 4) for v in bootstrap_interval(delta)]
     result["own_minus_shuffled"] = difference
-    print(json.dumps(result))
+    print_result(result, TARGETS, args.check)
 
 
 if __name__ == "__main__":

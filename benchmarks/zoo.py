@@ -1,6 +1,7 @@
 """Benchmark of the zoo stage on the default catalog: time, peak memory and quality.
 
-    uv run python benchmarks/zoo.py [--config configs/zoo.yaml] [--run DIR] [--images-per-combo N] [key=value ...]
+    uv run python benchmarks/zoo.py [--config configs/zoo.yaml] [--run DIR] [--images-per-combo N] [--check] [key=value ...]
+    uv run python benchmarks/zoo.py --check-file saved.log   # compare a saved output with TARGETS only
 
 Builds the default catalog (data stage), trains the whole zoo from scratch (``retrain``, so
 the cache is not what is timed), then measures on held-out data:
@@ -12,6 +13,8 @@ the cache is not what is timed), then measures on held-out data:
 ``minutes`` is the zoo stage's wall time, ``cpu_minutes`` its CPU time over all threads (the
 figure that does not depend on what else runs on the machine); ``peak_rss_gb`` the process's
 peak resident memory.
+Targets: ``TARGETS`` (what ``--check`` compares): text-to-image colour and pattern on the unseen
+combinations, CLIP top-1, the stage's time and memory.
 The last line printed is one JSON object with every figure.
 """
 
@@ -22,6 +25,16 @@ import json
 import resource
 import time
 from pathlib import Path
+
+from pmg.benchmark_targets import Targets, at_least, at_most, parse_args_with_check, print_result
+
+TARGETS: Targets = {
+    "t2i_colour_acc": at_least(0.80),
+    "t2i_pattern_acc": at_least(0.60),
+    "clip_top1": at_least(0.80),
+    "minutes": at_most(10.0),
+    "peak_rss_gb": at_most(6.0),
+}
 
 
 def _peak_rss_gb() -> float:
@@ -35,7 +48,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/bench-zoo"))
     parser.add_argument("--images-per-combo", type=int, default=8)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
+    args = parse_args_with_check(parser, TARGETS)
 
     import numpy as np
 
@@ -88,7 +101,7 @@ def main() -> None:
         "peak_rss_gb": round(_peak_rss_gb(), 2),
         "stage_timings_s": json.loads((Path(zoo.root) / "zoo.json").read_text()).get("timings", {}),
     }
-    print(json.dumps(figures))
+    print_result(figures, TARGETS, args.check)
 
 
 if __name__ == "__main__":
