@@ -71,6 +71,7 @@ from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
 from pmg.data.sources import load_movielens
 from pmg.data.split import Split, kcore, temporal_split
+from pmg.evaluate.probes import linear_probe_hits
 from pmg.pipeline import PipelineConfig
 from pmg.preference.baselines import (
     LightGCNConfig,
@@ -212,26 +213,6 @@ def epoch_seconds(config: PreferenceConfig, lightgcn_config: LightGCNConfig, pre
 
 
 # ---------------------------------------------------------------------------------------- probes
-def linear_probe(x: torch.Tensor, labels: torch.Tensor, train: torch.Tensor, weight_decay: float = 1e-3) -> float:
-    """Held-out accuracy of multinomial logistic regression on standardised ``x`` [U, d]."""
-    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
-    z = (x - mean) / std
-    classes = int(labels.max()) + 1
-    linear = torch.nn.Linear(z.size(1), classes)
-    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(z[train]), labels[train]) + weight_decay * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    test = ~train
-    with torch.no_grad():
-        return float((linear(z[test]).argmax(1) == labels[test]).float().mean())
-
-
 def probes(preferences: dict[str, torch.Tensor], data: InteractionData, seed: int = 0) -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     train = torch.rand(data.num_users, generator=generator) < 0.7
@@ -241,7 +222,7 @@ def probes(preferences: dict[str, torch.Tensor], data: InteractionData, seed: in
             continue
         for taste in PROBE_TASTES:
             labels = torch.from_numpy(data.taste_labels(taste))
-            out[f"probe_{modality}_on_{taste}"] = linear_probe(preferences[modality].float(), labels, train)
+            out[f"probe_{modality}_on_{taste}"] = float(linear_probe_hits(preferences[modality], labels, train, ~train).float().mean())
     for taste in PROBE_TASTES:
         labels = torch.from_numpy(data.taste_labels(taste))
         out[f"probe_majority_{taste}"] = float((labels[~train] == torch.mode(labels[train]).values).float().mean())
