@@ -9,7 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,14 +21,23 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pmg.cli import build_parser, main
 from pmg.config import load_config
 from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
+from pmg.data.format import read_dataset
 from pmg.data.records import DatasetError
-from pmg.runs import LOCK_FILE, RunBusy, RunDirectory, RunWarning
+from pmg.features import FeatureEncoderSpec, encode_items
+from pmg.pipeline import PipelineConfig
+from pmg.preference.stage import PREFERENCE_STAGE
+from pmg.quantize.stage import QUANTIZE_STAGE, load_user_tokens
+from pmg.runs import LOCK_FILE, RunBusy, RunDirectory, RunError, RunWarning
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
+STAGES = (DATA_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE)
 
 # A process that takes a run's lock the way every writing `pmg` command does, says so, and waits.
 _HOLDER = textwrap.dedent("""
@@ -191,3 +203,104 @@ def test_bad_rows_of_a_pmg_dataset_and_a_jsonl_table_are_set_aside_too(tmp_path:
     assert [(r.line, r.reason) for r in loaded.report.rejected] == [
         (2, "not valid JSON: Expecting value"), (3, "column 'timestamp': missing required field")]
     assert "2 rows rejected" in loaded.report.summary()
+
+
+# ---------------------------------------------------------------- damaged artefacts
+
+
+def _tiny_config(run: Path) -> PipelineConfig:
+    return load_config(PipelineConfig, TINY_CONFIG, [f"preference.features.cache_dir={run.parent / 'features'}"])
+
+
+def _run_stages(config: PipelineConfig, run: RunDirectory, force: bool = False) -> dict[str, str]:
+    """Data, preference and quantize as `pmg pipeline` runs them (the zoo left out: these features
+    are model-free); each stage's fingerprint."""
+    fingerprints, upstream = {}, ""
+    for stage in STAGES:
+        upstream = fingerprints[stage.name] = stage.run(getattr(config, stage.config_field), run, upstream, force).fingerprint
+    return fingerprints
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory whose data, preference and quantize stages completed (read-only: copy it)."""
+    root = tmp_path_factory.mktemp("trained") / "run"
+    _run_stages(_tiny_config(root), RunDirectory(root))
+    return root
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_stage_file_is_named_with_the_command_that_rebuilds_it_and_the_pipeline_redoes_it(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    quantizer = root / "quantize" / "visual" / "model.safetensors"
+    _flip_byte(quantizer, quantizer.stat().st_size - 5)  # same size, other bytes
+    with pytest.raises(RunError, match=rf"{re.escape(str(quantizer))} is damaged \(its SHA-256 differs from the one stage 'quantize' recorded\); "
+                                       rf"rebuild it with `pmg pipeline --run {re.escape(str(root))} --force quantize`"):
+        load_user_tokens(RunDirectory(root))
+    model = root / "preference" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])  # cut short, as by a full disk or a copy that stopped
+    user = json.loads((root / "quantize" / "user_tokens.jsonl").read_text().splitlines()[0])["user_id"]
+    assert main(["recommend", "--run", str(root), "--user", user]) == 2
+    err = capsys.readouterr().err
+    assert f"{model} is damaged (" in err and "bytes where stage 'preference' wrote" in err and "--force preference" in err
+
+    # `pmg pipeline` redoes a stage whose files are damaged, and gets the same files back.
+    config = _tiny_config(root)
+    with pytest.warns(RunWarning, match=r"model\.safetensors is damaged .* stage 'preference' is redone"):
+        _run_stages(config, RunDirectory(root))
+    for path in (model, quantizer):
+        assert path.read_bytes() == (trained_run / path.relative_to(root)).read_bytes()
+    load_user_tokens(RunDirectory(root))
+
+
+def test_a_damaged_feature_cache_entry_is_recomputed_not_trusted(trained_run: Path, tmp_path: Path) -> None:
+    data = read_dataset(trained_run / "data" / "dataset")
+    spec = FeatureEncoderSpec("textual", "words")
+    fresh = encode_items(data, spec, tmp_path)
+    (entry,) = tmp_path.glob("textual-*.safetensors")
+    written = entry.read_bytes()
+    _flip_byte(entry, len(written) - 3)  # a byte of the tensors: the file still loads
+    with pytest.warns(RunWarning, match=rf"feature cache entry {re.escape(str(entry))} is damaged \(the SHA-256 of its tensors differs"):
+        again = encode_items(data, spec, tmp_path)
+    assert torch.equal(again.values, fresh.values) and entry.read_bytes() == written
+    entry.write_bytes(written[: len(written) // 2])
+    with pytest.warns(RunWarning, match="is damaged \\(does not load"):
+        again = encode_items(data, spec, tmp_path)
+    assert torch.equal(again.values, fresh.values) and entry.read_bytes() == written
+
+
+# tests/tiny.yaml's quantize section as `pmg quantize fit` overrides.
+_TINY_QUANTIZE = ("num_levels=2", "codebook_size=8", "batch_size=32", "trainer.max_epochs=5", "trainer.enable_progress_bar=false")
+
+
+def _file_too_large_beyond(limit: int) -> None:
+    """In the child: every write past ``limit`` bytes of a file fails with EFBIG, as writes to a
+    full disk fail with ENOSPC (SIGXFSZ ignored, so the write returns the error)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_write_that_fails_leaves_the_previous_outputs_and_a_clear_error(trained_run: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    before = {p: p.read_bytes() for p in (root / "quantize").rglob("*") if p.is_file() and "tb" not in p.parts}
+    fit = ["quantize", "fit", "--run", str(root), *_TINY_QUANTIZE]
+    failed = subprocess.run([sys.executable, "-m", "pmg.cli", *fit],
+                            capture_output=True, text=True, preexec_fn=lambda: _file_too_large_beyond(2048), timeout=600)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert re.search(rf"pmg: error: \[Errno 27\] File too large.*: '{re.escape(str(root / 'quantize'))}.*'", failed.stderr)
+    assert "atomic writes kept the previous version" in failed.stderr
+    assert not (root / LOCK_FILE).exists() and not (root / "quantize" / "stage.json").exists()
+    after = {p for p in (root / "quantize").rglob("*") if p.is_file() and "tb" not in p.parts}
+    assert not [p for p in after if p.name.startswith(".")]  # no temporary file left behind
+    for path in after:  # each file is its previous version or the rewrite of it (the same bytes), never a part
+        assert path in before and path.read_bytes() == before[path], path
+    RunDirectory(root).require("preference")  # what the failed stage read is intact
+    assert main(fit) == 0
+    assert {p: p.read_bytes() for p in before} == before

@@ -15,7 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from pmg.cli import main
-from pmg.runs import RunDirectory, RunError
+from pmg.config import load_config
+from pmg.pipeline import PipelineConfig
+from pmg.runs import RunDirectory, RunError, RunWarning
+from pmg.zoo import ZOO_STAGE
+from pmg.zoo.manifest import ZooError, load_zoo
 
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
 
@@ -151,3 +155,32 @@ def test_preference_features_from_the_runs_zoo_clip(tiny_run: Path, tmp_path: Pa
     config.features.visual = "zoo"
     with pytest.raises(ValueError, match="'zoo' but no zoo is at hand"):
         item_features(config, load_prepared(RunDirectory(run))[0])
+
+
+def test_a_damaged_adapter_is_named_and_a_damaged_zoo_cache_entry_rebuilt(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = Path(shutil.copytree(tiny_run, tmp_path / "damaged-files"))
+    adapter = run / "generator" / "text_adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-64])
+    user = json.loads((run / "quantize" / "user_tokens.jsonl").read_text().splitlines()[0])["user_id"]
+    capsys.readouterr()
+    assert main(["generate", "--run", str(run), "--user", user]) == 2
+    err = capsys.readouterr().err
+    assert f"{adapter} is damaged (" in err and f"`pmg pipeline --run {run} --force generator`" in err
+    shutil.copy(tiny_run / adapter.relative_to(run), adapter)
+
+    lm = Path(load_zoo(RunDirectory(run)).lm.path) / "model.safetensors"
+    written = lm.read_bytes()
+    lm.write_bytes(written[:-10])
+    with pytest.raises(ZooError, match=rf"zoo cache file {lm} is damaged \(\d+ bytes where the zoo build wrote {len(written)}\)"):
+        load_zoo(RunDirectory(run))
+    flipped = bytearray(written)
+    flipped[-5] ^= 0xFF
+    lm.write_bytes(bytes(flipped))  # same size: commands load it, the pipeline checks the bytes before reusing it
+    config = load_config(PipelineConfig, TINY_CONFIG, [f"zoo.cache_dir={tiny_run.parent / 'zoo-cache'}"]).zoo
+    recorded = RunDirectory(run).require("zoo")["fingerprint"]
+    with pytest.warns(RunWarning, match=rf"zoo cache file {lm} is damaged \(its SHA-256 differs .*\); the entry is rebuilt"):
+        result = ZOO_STAGE.run(config, RunDirectory(run), RunDirectory(run).require("data")["fingerprint"], False)
+    assert "zoo built" in result.summary and lm.read_bytes() == written
+    assert result.fingerprint == recorded  # the same inputs give the same zoo: the stages after it stay current

@@ -22,7 +22,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     The temporary file lives in the same directory so that ``os.replace`` is atomic.
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched; an
+    ``OSError`` that names no file (safetensors on a full disk) is raised naming ``path``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +33,11 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None:
+            raise
+        raise _naming(err, target) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -43,13 +49,19 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     If ``path`` already exists it is swapped out only after the new directory is
     complete, and deleted only after the swap succeeded, so a crash at any point keeps one
-    complete copy (the old one is left as ``.<name>.old-*`` if the final delete is cut).
+    complete copy (the old one is left as ``.<name>.old-*`` if the final delete is cut). An
+    ``OSError`` that names no file is raised naming ``path``, as in ``atomic_file``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.filename is not None:
+            raise
+        raise _naming(err, target) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -61,3 +73,8 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """``err`` naming ``target``: some writers (safetensors) report a full disk without the path."""
+    return OSError(err.errno, f"{err.strerror or err} while writing", str(target))

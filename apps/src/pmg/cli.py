@@ -231,6 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetError, RunError, ValueError) as err:
         print(f"pmg: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A full disk, a quota, a lost mount: the message names the file; the atomic writes left
+        # the previous version of whatever was being written, and the stage is not marked complete.
+        print(f"pmg: error: {err} (atomic writes kept the previous version of the file, not a half-written one; fix the cause and rerun)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

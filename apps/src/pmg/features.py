@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
 from pmg.data.records import DatasetError
+from pmg.runs import RunWarning
 
 __all__ = ["ItemFeatures", "FeatureEncoderSpec", "encode_items", "encode_texts", "IMAGE_ENCODERS", "TEXT_ENCODERS"]
 
@@ -96,7 +99,9 @@ def encode_items(data: InteractionData, spec: FeatureEncoderSpec, cache_dir: str
     """Features of every item of ``data`` for ``spec.modality``, from the cache when present.
 
     The cache key covers the encoder (and its weights) and the items' content, so a changed
-    image, text or model is recomputed. Cache files are written atomically.
+    image, text or model is recomputed. Cache files are written atomically with the digest of
+    their tensors; an entry that does not load, or whose tensors no longer match it, is
+    recomputed and rewritten (with a ``RunWarning`` naming the file), never trusted.
     """
     spec.validate()
     key = hashlib.sha256(
@@ -105,11 +110,9 @@ def encode_items(data: InteractionData, spec: FeatureEncoderSpec, cache_dir: str
     ).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"{spec.modality}-{key}.safetensors" if cache_dir is not None else None
     if cache_file is not None and cache_file.is_file():
-        try:
-            stored = load_file(cache_file)
+        stored = _read_cache(cache_file, data.num_items)
+        if stored is not None:
             return ItemFeatures(stored["values"], stored["mask"].bool(), spec.encoder)
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            cache_file.unlink(missing_ok=True)
     if spec.modality == "visual":
         mask = torch.from_numpy(data.has_image)
         values = _encode_images(data, spec, mask)
@@ -119,10 +122,42 @@ def encode_items(data: InteractionData, spec: FeatureEncoderSpec, cache_dir: str
     values = values.float().contiguous()
     values[~mask] = 0.0
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"values": values, "mask": mask.to(torch.uint8)}
         with atomic_file(cache_file) as tmp:
-            save_file({"values": values, "mask": mask.to(torch.uint8)}, str(tmp))
+            save_file(tensors, str(tmp), metadata={"sha256": _tensor_digest(tensors)})
     return ItemFeatures(values, mask, spec.encoder)
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): what a
+    cache file records in its metadata and is checked against when read."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, num_items: int) -> dict[str, torch.Tensor] | None:
+    """A feature cache entry's tensors, or None (with a ``RunWarning``) if it is damaged: it does
+    not load, lacks a tensor, has another number of rows, or no longer matches its digest."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("sha256")
+            stored = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:  # safetensors raises several types for a truncated or garbled file
+        problem = f"does not load ({err})"
+    else:
+        if set(stored) != {"values", "mask"} or len(stored["values"]) != num_items or len(stored["mask"]) != num_items:
+            problem = f"holds {sorted((k, tuple(v.shape)) for k, v in stored.items())}, not {num_items} items' values and mask"
+        elif recorded is not None and _tensor_digest(stored) != recorded:
+            problem = "the SHA-256 of its tensors differs from the one recorded when it was written"
+        else:
+            return stored
+    warnings.warn(f"feature cache entry {path} is damaged ({problem}); it is recomputed", RunWarning, stacklevel=3)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec) -> torch.Tensor:

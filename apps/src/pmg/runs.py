@@ -2,7 +2,9 @@
 recorded with a fingerprint of its inputs so unchanged stages are reused, not redone.
 
 One process writes to a run at a time: every command that writes takes ``RunDirectory.lock``
-(``<run>/.lock``, holding the owner's pid, host, start time and command line).
+(``<run>/.lock``, holding the owner's pid, host, start time and command line). A stage's record
+lists the size and SHA-256 of every file it wrote; a damaged file is named with the command
+that rebuilds it (``require``), and ``pmg pipeline`` redoes that stage rather than trust it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from pmg import __version__
 from pmg.atomic import atomic_file
+from pmg.integrity import file_record, find_damage
 
 __all__ = ["RunError", "RunBusy", "RunWarning", "RunDirectory", "LOCK_FILE", "fingerprint", "stage_fingerprint",
            "config_inputs", "NON_INPUT_KEYS"]
@@ -161,6 +164,15 @@ def config_inputs(config: Any) -> Any:
     return config
 
 
+# Left out of a stage's file record: logs and resume checkpoints (written while it runs, never
+# read as its result) and what `pmg generate` adds to a finished run.
+_UNRECORDED = frozenset({"tb", "checkpoints", "generated"})
+
+
+def _unrecorded(relative: Path) -> bool:
+    return relative.as_posix() == "stage.json" or any(part in _UNRECORDED for part in relative.parts)
+
+
 def stage_fingerprint(stage: str, config: Any, upstream: str) -> str:
     """What a stage's completion is recorded with: its name, its config dataclass (less
     ``NON_INPUT_KEYS``) and the fingerprint of the stages before it."""
@@ -176,6 +188,8 @@ class RunDirectory:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # Stages whose files were checked (or written) by this object, with the fingerprint then.
+        self._intact: dict[str, str] = {}
         meta = self.root / "run.json"
         if meta.is_file():
             try:
@@ -229,24 +243,55 @@ class RunDirectory:
             return None
 
     def is_current(self, stage: str, stage_fingerprint: str) -> bool:
+        """Whether ``stage`` completed with ``stage_fingerprint`` and its files are as it wrote them;
+        a damaged file makes it not current (it is redone), with a ``RunWarning`` naming the file."""
         record = self.record(stage)
-        return record is not None and record.get("fingerprint") == stage_fingerprint
+        if record is None or record.get("fingerprint") != stage_fingerprint:
+            return False
+        damage = self._damage(stage, record)
+        if damage is not None:
+            warnings.warn(f"{damage}; stage {stage!r} is redone", RunWarning, stacklevel=2)
+            return False
+        return True
 
     def mark_complete(self, stage: str, stage_fingerprint: str, summary: dict[str, Any]) -> None:
-        with atomic_file(self.stage_dir(stage) / "stage.json") as tmp:
-            tmp.write_text(json.dumps({"fingerprint": stage_fingerprint, "pmg_version": __version__, **summary}, indent=2, default=str))
+        """Record ``stage`` complete: its fingerprint, ``summary`` and the size and SHA-256 of every
+        file in its folder (less logs, checkpoints and ``pmg generate``'s outputs)."""
+        folder = self.stage_dir(stage)
+        files = file_record(folder, skip=_unrecorded)
+        with atomic_file(folder / "stage.json") as tmp:
+            tmp.write_text(json.dumps({"fingerprint": stage_fingerprint, "pmg_version": __version__, **summary, "files": files},
+                                      indent=2, default=str))
+        self._intact[stage] = stage_fingerprint
+
+    def _damage(self, stage: str, record: dict[str, Any]) -> str | None:
+        """What is wrong with the first damaged file of ``stage`` (None: all intact, or a record
+        from before files were recorded). Checked once per object and fingerprint."""
+        fingerprint = str(record.get("fingerprint"))
+        if self._intact.get(stage) == fingerprint:
+            return None
+        found = find_damage(self.root / stage, record.get("files") or {}, f"stage {stage!r}")
+        if found is not None:
+            return f"{found[0]} is damaged ({found[1]})"
+        self._intact[stage] = fingerprint
+        return None
 
     def invalidate(self, stage: str) -> None:
         """Mark ``stage`` incomplete before recomputing it, and drop its training checkpoints:
         they belong to the inputs it had before and must not be resumed or mixed in."""
         (self.root / stage / "stage.json").unlink(missing_ok=True)
+        self._intact.pop(stage, None)
         shutil.rmtree(self.root / stage / "checkpoints", ignore_errors=True)
 
     def require(self, stage: str) -> dict[str, Any]:
-        """The completion record of ``stage``; ``RunError`` that says what to run if it is missing."""
+        """The completion record of ``stage``; ``RunError`` that says what to run if it is missing
+        or one of its files is damaged (named, with the command that rebuilds it)."""
         record = self.record(stage)
+        alone = _STAGE_COMMANDS.get(stage, f"pmg {stage} fit --run {{root}}")
+        alternative = f" (or `{alone.format(root=self.root)}`)" if alone else ""
         if record is None:
-            alone = _STAGE_COMMANDS.get(stage, f"pmg {stage} fit --run {{root}}")
-            alternative = f" (or `{alone.format(root=self.root)}`)" if alone else ""
             raise RunError(f"stage {stage!r} has not completed in {self.root}; run `pmg pipeline --run {self.root}`{alternative} first")
+        damage = self._damage(stage, record)
+        if damage is not None:
+            raise RunError(f"{damage}; rebuild it with `pmg pipeline --run {self.root} --force {stage}`{alternative}")
         return record

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pmg.integrity import find_damage
 from pmg.runs import RunDirectory, RunError
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from pmg.zoo.judge import AttributeJudge
 
-__all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "Zoo", "read_zoo_folder", "load_zoo"]
+__all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "Zoo", "read_zoo_folder", "zoo_damage", "load_zoo"]
 
 ZOO_FORMAT = "pmg-zoo"
 ZOO_VERSION = 2
@@ -101,6 +102,11 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
     if manifest.get("format") != ZOO_FORMAT or manifest.get("version") != ZOO_VERSION:
         raise ZooError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')!r}, "
                        f"expected {ZOO_FORMAT!r} v{ZOO_VERSION}; rerun `pmg zoo fit`")
+    # Sizes only here (every command reads the zoo); `pmg pipeline` checks the bytes (zoo_damage).
+    found = find_damage(folder, manifest.get("files") or {}, "the zoo build", sizes_only=True)
+    if found is not None:
+        raise ZooError(f"zoo cache file {found[0]} is damaged ({found[1]}); rerun `pmg pipeline`, "
+                       "which rebuilds the cache entry")
     models: dict[str, ZooModel | None] = {}
     for name in MODEL_NAMES:
         entry = manifest.get("models", {}).get(name)
@@ -129,6 +135,19 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
         heldout_combos=list(manifest.get("heldout_combos", [])),
         heldout_items=list(manifest.get("heldout_items", [])),
     )
+
+
+def zoo_damage(folder: Path) -> str | None:
+    """What is wrong with a complete-looking cache entry (``zoo.json`` present): an unreadable
+    manifest, or a file missing or of other size or bytes than ``zoo.json`` recorded; None if intact."""
+    manifest_path = folder / "zoo.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{manifest_path} is damaged ({err})"
+    found = (find_damage(folder, manifest.get("files") or {}, "the zoo build") if isinstance(manifest, dict)
+             else (manifest_path, "not a JSON object"))
+    return None if found is None else f"zoo cache file {found[0]} is damaged ({found[1]})"
 
 
 def load_zoo(run: RunDirectory | str | Path) -> Zoo:

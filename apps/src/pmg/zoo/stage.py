@@ -5,8 +5,10 @@ Cache: ``<cache_dir>/<key>/`` where ``key`` hashes the dataset's files, the spli
 config (less ``pmg.runs.NON_INPUT_KEYS``: cache folders, progress bars, threads), so every run
 directory with the same inputs shares one entry. Each entry holds ``save_pretrained`` folders
 (``clip``, ``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
-``t2i_samples.png`` (held-out text-to-image samples with the judge's readings). The run's
-``zoo/stage.json`` records the entry; TensorBoard logs land in ``<run>/zoo/<model>/tb``.
+``t2i_samples.png`` (held-out text-to-image samples with the judge's readings); ``zoo.json``
+records the size and SHA-256 of every file, and an entry whose files no longer match is
+rebuilt, not trusted. The run's ``zoo/stage.json`` records the entry; TensorBoard logs land
+in ``<run>/zoo/<model>/tb``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,11 @@ from pmg.config import config_to_dict
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
-from pmg.runs import RunDirectory, config_inputs, fingerprint
+from pmg.integrity import file_record
+from pmg.runs import RunDirectory, RunWarning, config_inputs, fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.zoo.config import ZooConfig
-from pmg.zoo.manifest import ZOO_FORMAT, ZOO_VERSION, read_zoo_folder
+from pmg.zoo.manifest import ZOO_FORMAT, ZOO_VERSION, read_zoo_folder, zoo_damage
 
 __all__ = ["ZOO_STAGE", "zoo_cache_key", "dataset_content_hash", "build_zoo", "run_zoo_stage"]
 
@@ -60,7 +64,7 @@ def build_zoo(config: ZooConfig, data: InteractionData, split: Split, folder: Pa
     with atomic_directory(folder) as tmp:
         manifest = train_models(config, data, split, tmp, log_dir, log=log)
         manifest.update(format=ZOO_FORMAT, version=ZOO_VERSION, seconds=round(time.perf_counter() - started, 1),
-                        config=config_to_dict(config))
+                        config=config_to_dict(config), files=file_record(tmp, skip=lambda relative: relative.as_posix() == "zoo.json"))
         (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
 
@@ -77,6 +81,10 @@ def run_zoo_stage(config: ZooConfig, run: RunDirectory, upstream: str, force: bo
     stage_fp = fingerprint("zoo", key, upstream)
     cache = (Path(config.cache_dir).expanduser() / key).resolve()
     complete = (cache / "zoo.json").is_file()
+    damage = zoo_damage(cache) if complete else None
+    if damage is not None:
+        warnings.warn(f"{damage}; the entry is rebuilt", RunWarning, stacklevel=2)
+        complete = False
     if not force and complete and run.is_current("zoo", stage_fp):
         return StageResult(stage_fp, f"zoo reused from {cache}", reused=True)
     run.invalidate("zoo")
