@@ -253,8 +253,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             # Non-persistent buffers: they follow .to(device) but stay out of state_dict().
             self.register_buffer(f"_trainable_rows_{index}", mask, persistent=False)
             self.register_buffer(f"_original_rows_{index}", weight.detach().clone(), persistent=False)
-            # Zero gradients on every row but the preference tokens' (plain Adam then leaves them exactly).
-            weight.register_hook(lambda grad, i=index: grad * getattr(self, f"_trainable_rows_{i}").to(grad.dtype))
+        self._mask_frozen_row_gradients()
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self._img2img: Any = None
         self._soft = (
@@ -263,9 +262,19 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             else None
         )
 
+    def _mask_frozen_row_gradients(self) -> None:
+        """Zero gradients on every embedding row but the preference tokens' (plain Adam then leaves them
+        exactly, and gradient clipping and 8-bit optimizer state see only the rows that train)."""
+        for index, encoder in enumerate(self.text_encoders):
+            encoder.get_input_embeddings().weight.register_hook(
+                lambda grad, i=index: grad * getattr(self, f"_trainable_rows_{i}").to(grad.dtype))
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         _register_output_capture(self)
+        # Pickling (ddp_spawn's workers) drops tensor hooks: without the mask there, the frozen rows'
+        # gradients would enter the clipping norm, and the ranks would train other weights than 1 process.
+        self._mask_frozen_row_gradients()
 
     # ----------------------------------------------------------------------------------------------------------------
     # Construction from folders, saving
