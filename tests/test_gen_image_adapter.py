@@ -178,6 +178,29 @@ def test_saved_embeddings_load_into_a_fresh_pipeline_with_identical_images(sdxl_
     assert np.array_equal(np.asarray(reloaded.generate(prompts, seed=7, **GEN)[0]), np.asarray(expected))
 
 
+def test_sampler_steps_are_the_pipelines_sampler_and_carry_a_graph_to_the_token_rows(sdxl_folder: Path) -> None:
+    adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS)
+    prompts = [build_image_prompt("a dress", TOKENS[:2]), build_image_prompt("a shoe", None)]
+    with torch.no_grad():
+        steps, latents = adapter.sampler_steps(prompts, num_inference_steps=2, guidance_scale=3.0, seed=7)
+        assert len(steps) == 2 and latents.shape == (2, 4, 8, 8)
+        for step in steps:
+            latents = step(latents)
+        images = adapter.decode_latents(latents)
+    assert images.shape == (2, 3, 16, 16) and float(images.min()) >= -1 and float(images.max()) <= 1
+    # The pipeline's own call from the same seed: the same images, but for its rounding to 8 bits.
+    expected = adapter.generate(prompts, seed=7, num_inference_steps=2, guidance_scale=3.0)
+    ours = ((images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round()
+    assert np.abs(ours - np.stack([np.asarray(image, dtype=np.float64) for image in expected])).max() <= 1
+
+    steps, latents = adapter.sampler_steps(prompts[:1], num_inference_steps=2, guidance_scale=3.0, seed=7)
+    with torch.no_grad():
+        latents = steps[0](latents)
+    adapter.decode_latents(steps[1](latents.detach())).mean().backward()
+    grad = adapter.text_encoders[0].get_input_embeddings().weight.grad
+    assert grad is not None and bool(grad[adapter.token_ids[:2]].abs().sum() > 0)
+
+
 def test_cold_start_and_reference_image_generation(sdxl_folder: Path) -> None:
     adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS)
     cold = build_image_prompt("a dress", None)

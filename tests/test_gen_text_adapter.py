@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 from prefgen.offline_tokenizers import train_causal_lm_tokenizer
 from prefgen.prompts import build_text_prompt
@@ -172,6 +172,35 @@ def test_preference_tokens_are_read_but_never_generated(base_folders: dict[str, 
         handle.remove()
     assert all(text.strip() and "<p" not in text for text in texts), texts
     assert all(any(t in text for t in TOKENS + adapter.soft_prompt_tokens) for text in allowed), allowed  # unsuppressed, they win
+
+
+def test_completion_logprobs_are_the_samplers(base_folders: dict[str, Path]) -> None:
+    adapter = _adapter(base_folders["untied"], soft_prompt_slots=1)
+    adapter.eval()
+    tok = adapter.tokenizer
+    prompts = [build_text_prompt(TOKENS[:2]), build_text_prompt(None)]
+    batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        # top_k=0: no top-k cut, so that each step's scores are the whole distribution the sampler draws from.
+        out = adapter.model.generate(**batch, do_sample=True, temperature=2.0, top_p=1.0, top_k=0, max_new_tokens=6,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     logits_processor=LogitsProcessorList([adapter.prompt_only_filter]),
+                                     output_scores=True, return_dict_in_generate=True)
+    prompt_length = batch["input_ids"].shape[1]
+    completion = out.sequences[:, prompt_length:]
+    is_end = completion == tok.eos_token_id
+    alive = (is_end.long().cumsum(-1) - is_end.long()) == 0  # up to and including the first end token
+    attention = torch.cat([batch["attention_mask"], alive.long()], dim=1)
+    with torch.no_grad():
+        logprobs = adapter.completion_logprobs(out.sequences, attention, prompt_length, temperature=2.0)
+    sampler = torch.stack(out.scores, dim=1).log_softmax(-1).gather(-1, completion[..., None]).squeeze(-1)
+    assert logprobs.shape == completion.shape and bool(alive[:, 0].all())
+    torch.testing.assert_close(logprobs[alive], sampler[alive], rtol=1e-4, atol=1e-4)
+    assert logprobs.requires_grad is False
+    logprobs = adapter.completion_logprobs(out.sequences, attention, prompt_length, temperature=2.0)
+    logprobs[alive].sum().backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in adapter.trainable_parameters())
 
 
 @pytest.mark.parametrize("head", ["tied", "untied"])

@@ -40,6 +40,16 @@ def test_token_strings_and_all_tokens_order(tokenizer):
         assert tokenizer.token(modality, level, code) == token
 
 
+def test_all_tokens_of_some_modalities_in_the_order_given(tokenizer):
+    everything = tokenizer.all_tokens()
+    assert tokenizer.all_tokens(["visual", "textual", "id"]) == everything
+    # A generator reading the textual and id tokens gets them in its own order, level-major.
+    assert tokenizer.all_tokens(["id", "textual"]) == everything[120:] + everything[60:120]
+    assert tokenizer.all_tokens([]) == []
+    with pytest.raises(KeyError, match="unknown modality 'audio'"):
+        tokenizer.all_tokens(["audio"])
+
+
 def test_custom_prefixes_and_heterogeneous_levels():
     tok = PreferenceTokenizer(
         {"item": ModalitySpec("sid", (256, 256, 7)), "visual": ModalitySpec("img", (8,))}

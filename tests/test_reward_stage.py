@@ -222,23 +222,3 @@ def test_training_order_draws_each_user_once_per_pass_and_is_seeded() -> None:
     sample = _seeded_sample(users, 3, seed=0)
     assert len(sample) == 3 and set(sample) <= set(users) and sample == sorted(sample)
     assert _seeded_sample(users, 0, seed=0) == users and _seeded_sample(users, 9, seed=0) == users
-
-
-def test_completion_logprobs_are_the_samplers_with_suppressed_ids_masked() -> None:
-    from types import SimpleNamespace
-
-    from pmg.reward.modules import completion_logprobs
-
-    torch.manual_seed(0)
-    table = torch.randn(6, 8)  # next-token logits by current token: a bigram "LM" over 8 ids
-
-    def bigram(input_ids: torch.Tensor, **_: torch.Tensor) -> SimpleNamespace:
-        return SimpleNamespace(logits=table[input_ids])
-
-    sequences = torch.tensor([[0, 1, 2, 3], [5, 4, 3, 2]])  # prompt of 2, completion of 2
-    attention = torch.ones_like(sequences)
-    plain = completion_logprobs(bigram, sequences, attention, 2, temperature=2.0)
-    masked = completion_logprobs(bigram, sequences, attention, 2, temperature=2.0, suppressed=[6, 7])
-    expected = torch.log_softmax(table[:, :6] / 2.0, dim=-1)
-    torch.testing.assert_close(masked, torch.stack([expected[sequences[:, 1], sequences[:, 2]], expected[sequences[:, 2], sequences[:, 3]]], -1))
-    assert (masked > plain).all()  # the mass of the never-drawn ids goes to the others

@@ -51,24 +51,14 @@ if TYPE_CHECKING:
     from pmg.quantize.stage import UserTokens
     from pmg.zoo.manifest import Zoo
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
-    from prefquant import PreferenceTokenizer
 
 __all__ = ["GENERATOR_STAGE", "SoftPromptGenerators", "UserGeneration", "generate_for_user", "generate_for_users", "joined_text", "liked_subject",
-           "load_generators", "load_soft_prompt_generators", "modality_tokens",
+           "load_generators", "load_soft_prompt_generators",
            "run_generator_stage", "subject_attributes", "train_image_generator", "train_text_generator", "training_split", "user_image_prompt", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
 SOFT_PROMPT = "soft_prompt"  # the baseline's folder: the same adapter folders + <kind>_projector.safetensors
-
-
-def modality_tokens(tokenizer: PreferenceTokenizer, modalities: list[str]) -> list[str]:
-    """Every token string of ``modalities`` (level-major, as ``PreferenceTokenizer.all_tokens``)."""
-    tokens: list[str] = []
-    for modality in modalities:
-        spec = tokenizer.spec(modality)
-        tokens += [f"<{spec.prefix}_{level}_{code}>" for level, size in enumerate(spec.codebook_sizes) for code in range(size)]
-    return tokens
 
 
 def _available(modalities: list[str], tokens: UserTokens, what: str) -> list[str]:
@@ -145,7 +135,7 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
     lora = (LoraOptions(r=text.lora_r, alpha=text.lora_alpha, dropout=text.lora_dropout, target_modules=list(text.lora_target_modules))
             if text.lora_r > 0 else None)
     slots = config.baselines.soft_prompt_slots if preferences is not None else 0
-    adapter = TextPreferenceAdapter(lm, lm_tokenizer, modality_tokens(tokens.tokenizer, modalities), lora=lora, soft_prompt_slots=slots,
+    adapter = TextPreferenceAdapter(lm, lm_tokenizer, tokens.tokenizer.all_tokens(modalities), lora=lora, soft_prompt_slots=slots,
                                     init=TokenInit(noise=text.token_init_noise, seed=config.trainer.seed))
     inputs = preference_inputs(preferences, modalities) if preferences is not None else None
     baseline = _soft_prompt_baseline(config, inputs, [adapter.embedding_center_and_spread()], modalities)
@@ -179,7 +169,7 @@ def train_image_generator(config: GeneratorConfig, data: InteractionData, split:
     pipe = zoo.load_sdxl()
     lora = UNetLoraOptions(r=image.unet_lora_r, alpha=image.unet_lora_alpha or None) if image.unet_lora_r > 0 else None
     slots = config.baselines.soft_prompt_slots if preferences is not None else 0
-    adapter = ImagePreferenceAdapter(pipe, modality_tokens(tokens.tokenizer, modalities), unet_lora=lora, soft_prompt_slots=slots)
+    adapter = ImagePreferenceAdapter(pipe, tokens.tokenizer.all_tokens(modalities), unet_lora=lora, soft_prompt_slots=slots)
     inputs = preference_inputs(preferences, modalities) if preferences is not None else None
     baseline = _soft_prompt_baseline(config, inputs, adapter.embedding_center_and_spread(), modalities)
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)

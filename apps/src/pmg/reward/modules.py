@@ -9,13 +9,12 @@ puts it back after ``fit``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import LogitsProcessorList
 
 from pmg.reward.config import ImageRewardConfig, TextRewardConfig
@@ -32,8 +31,7 @@ from prefreward import (
     truncated_backprop_loop,
 )
 
-__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "image_sampler_steps", "sample_images",
-           "completion_logprobs"]
+__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "sample_images"]
 
 
 class GenerationRewards(nn.Module):
@@ -78,23 +76,6 @@ class GenerationRewards(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Text: GRPO
-
-
-def completion_logprobs(model: nn.Module, sequences: torch.Tensor, attention: torch.Tensor, prompt_length: int,
-                        temperature: float = 1.0, suppressed: Sequence[int] = ()) -> torch.Tensor:
-    """Per-token log-probabilities [N, C] of the completion part of ``sequences`` [N, P + C].
-
-    ``attention`` [N, P + C] is 0 on (left) prompt padding and after a completion ended;
-    positions count real tokens only, as in ``generate`` with left padding. Logits are divided
-    by the sampling ``temperature`` and the ``suppressed`` ids (which the sampler never draws)
-    masked out, so the log-probabilities are those of the sampler.
-    """
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
-    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [N, C, V]: the prediction of each completion token
-    if len(suppressed):
-        logits[..., list(suppressed)] = float("-inf")
-    return F.log_softmax(logits, dim=-1).gather(-1, sequences[:, prompt_length:, None]).squeeze(-1)
 
 
 class _BestState:
@@ -216,10 +197,8 @@ class TextRewardModule(_RewardModule):
             # Each group's texts share their user's image, and every text is judged against the step's images.
             total, parts = self.rewards.text(texts, self.images[users.cpu()].to(self.device), self.preferences[repeated].to(self.device),
                                              image_index=torch.arange(len(user_list), device=self.device).repeat_interleave(group))
-            reference = completion_logprobs(self.reference.model, sequences, attention, prompt_length, self.config.temperature,
-                                            self.reference.prompt_only_token_ids)
-        logprobs = completion_logprobs(self.policy.model, sequences, attention, prompt_length, self.config.temperature,
-                                       self.policy.prompt_only_token_ids)
+            reference = self.reference.completion_logprobs(sequences, attention, prompt_length, temperature=self.config.temperature)
+        logprobs = self.policy.completion_logprobs(sequences, attention, prompt_length, temperature=self.config.temperature)
         shape = (len(user_list), group, -1)
         mask = attention[:, prompt_length:].float().view(shape)
         advantages = group_relative_advantages(total.view(len(user_list), group))
@@ -247,72 +226,16 @@ class TextRewardModule(_RewardModule):
 # Image: reward backprop through the last K sampler steps
 
 
-def image_sampler_steps(adapter: ImagePreferenceAdapter, prompts: Sequence[str], *, num_inference_steps: int,
-                        guidance_scale: float, seed: int) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]:
-    """The pipeline's own sampler as a list of per-step callables, and the initial latents [B, C, h, w].
-
-    Same scheduler class and config, classifier-free guidance as the pipeline does it (zero
-    negative conditioning when ``force_zeros_for_empty_prompt``, else the empty prompt), SDXL's
-    added conditions; the prompt conditioning is computed once, with grad to the token rows.
-    """
-    pipe, unet, device = adapter.pipeline, adapter.unet, adapter.device
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    cond = adapter.encode_prompts(prompts)
-    embeds, pooled = cond.prompt_embeds, cond.pooled
-    guided = guidance_scale > 1.0
-    if guided:
-        if getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negative_embeds = torch.zeros_like(embeds)
-            negative_pooled = torch.zeros_like(pooled) if pooled is not None else None
-        else:
-            negative = adapter.encode_prompts([""] * len(prompts))
-            negative_embeds, negative_pooled = negative.prompt_embeds, negative.pooled
-        embeds = torch.cat([negative_embeds, embeds])
-        pooled = torch.cat([negative_pooled, pooled]) if pooled is not None else None
-    size = int(pipe.default_sample_size)
-    pixels = size * int(pipe.vae_scale_factor)
-    extra: dict[str, Any] = {}
-    if pooled is not None:
-        time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=embeds.dtype).repeat(len(embeds), 1)
-        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-    generator = torch.Generator("cpu").manual_seed(seed)
-    latents = torch.randn((len(prompts), unet.config.in_channels, size, size), generator=generator).to(device)
-    latents = latents * scheduler.init_noise_sigma
-
-    def make_step(t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        def step(x: torch.Tensor) -> torch.Tensor:
-            model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            prediction = unet(model_input, t, encoder_hidden_states=embeds, **extra).sample
-            if guided:
-                unconditional, conditional = prediction.chunk(2)
-                prediction = unconditional + guidance_scale * (conditional - unconditional)
-            return scheduler.step(prediction, t, x).prev_sample
-
-        return step
-
-    return [make_step(t) for t in scheduler.timesteps], latents
-
-
-def decode_latents(adapter: ImagePreferenceAdapter, latents: torch.Tensor) -> torch.Tensor:
-    """Images [B, 3, H, W] in [-1, 1] from sampler latents (the frozen VAE; differentiable)."""
-    vae = adapter.vae
-    latents = latents / vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        latents = latents + shift
-    return vae.decode(latents.to(vae.dtype)).sample.float().clamp(-1, 1)
-
-
 def sample_images(adapter: ImagePreferenceAdapter, prompts: Sequence[str], *, num_inference_steps: int,
                   guidance_scale: float, seed: int, backprop_last_k: int = 0) -> torch.Tensor:
-    """Images [B, 3, H, W] in [-1, 1] for ``prompts``; with ``backprop_last_k`` > 0 differentiable
-    w.r.t. the adapter through the last K steps (DRaFT-K), otherwise without a graph."""
-    steps, latents = image_sampler_steps(adapter, prompts, num_inference_steps=num_inference_steps,
-                                         guidance_scale=guidance_scale, seed=seed)
+    """Images [B, 3, H, W] in [-1, 1] for the B ``prompts``: the adapter's sampler steps run by
+    prefreward's ``truncated_backprop_loop``, then decoded. With ``backprop_last_k`` > 0
+    differentiable w.r.t. the adapter through the last K steps (DRaFT-K), otherwise without a graph."""
+    steps, latents = adapter.sampler_steps(prompts, num_inference_steps=num_inference_steps,
+                                           guidance_scale=guidance_scale, seed=seed)
     latents = truncated_backprop_loop(steps, latents, backprop_last_k)
     with torch.set_grad_enabled(backprop_last_k > 0 and torch.is_grad_enabled()):
-        return decode_latents(adapter, latents)
+        return adapter.decode_latents(latents)
 
 
 class ImageRewardModule(_RewardModule):

@@ -15,7 +15,9 @@ single-encoder Stable Diffusion 1.x/2.x ``StableDiffusionPipeline`` through one 
 - :meth:`ImagePreferenceAdapter.diffusion_loss` is the training building block (noise
   prediction MSE through the VAE latents, the scheduler's ``add_noise`` and SDXL's added
   conditions), :meth:`ImagePreferenceAdapter.generate` makes PIL images (text-to-image, or
-  image-to-image from reference images for the reference-conditioned mode);
+  image-to-image from reference images for the reference-conditioned mode), and
+  :meth:`ImagePreferenceAdapter.sampler_steps` / :meth:`ImagePreferenceAdapter.decode_latents`
+  run the pipeline's sampler step by step with a graph, for reward backprop;
 - :meth:`ImagePreferenceAdapter.save` writes one textual-inversion safetensors file per text
   encoder (``learned_embeds.safetensors``, ``learned_embeds_2.safetensors``; one tensor
   ``emb`` [N, d_e], token names in ``prefgen_image_adapter.json`` and the file metadata)
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -490,7 +492,69 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         return F.mse_loss(prediction.float(), target.float())
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Generation
+    # Sampling with a graph (reward backprop), generation
+
+    def sampler_steps(self, prompts: Sequence[str], *, num_inference_steps: int, guidance_scale: float,
+                      seed: int) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]:
+        """The pipeline's own sampler as one callable per denoising step, and the initial latents [B, C, h, w].
+
+        Each step maps latents [B, C, h, w] to the next; run them in order (all of them, or
+        keeping a graph through the last K only, e.g. prefreward's ``truncated_backprop_loop``)
+        and turn the result into images with :meth:`decode_latents`. Same scheduler class and
+        config as the pipeline, classifier-free guidance as the pipeline does it when
+        ``guidance_scale`` > 1 (zero negative conditioning when ``force_zeros_for_empty_prompt``,
+        else the empty prompt), SDXL's added conditions (``text_embeds``, ``time_ids`` for the
+        default size). The prompt conditioning is computed once, with a graph to the token rows
+        when grad is enabled. The initial latents come from a CPU generator seeded by ``seed``
+        (B = ``len(prompts)``, h = w = the pipeline's ``default_sample_size``).
+        """
+        pipe, unet, device = self.pipeline, self.unet, self.device
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        cond = self.encode_prompts(prompts)
+        embeds, pooled = cond.prompt_embeds, cond.pooled
+        guided = guidance_scale > 1.0
+        if guided:
+            if getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+                negative_embeds = torch.zeros_like(embeds)
+                negative_pooled = torch.zeros_like(pooled) if pooled is not None else None
+            else:
+                negative = self.encode_prompts([""] * len(prompts))
+                negative_embeds, negative_pooled = negative.prompt_embeds, negative.pooled
+            embeds = torch.cat([negative_embeds, embeds])
+            pooled = torch.cat([negative_pooled, pooled]) if pooled is not None else None
+        size = int(pipe.default_sample_size)
+        pixels = size * int(pipe.vae_scale_factor)
+        extra: dict[str, Any] = {}
+        if pooled is not None:
+            time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=embeds.dtype).repeat(len(embeds), 1)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn((len(prompts), unet.config.in_channels, size, size), generator=generator).to(device)
+        latents = latents * scheduler.init_noise_sigma
+
+        def make_step(t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            def step(x: torch.Tensor) -> torch.Tensor:
+                model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+                prediction = unet(model_input, t, encoder_hidden_states=embeds, **extra).sample
+                if guided:
+                    unconditional, conditional = prediction.chunk(2)
+                    prediction = unconditional + guidance_scale * (conditional - unconditional)
+                return scheduler.step(prediction, t, x).prev_sample
+
+            return step
+
+        return [make_step(t) for t in scheduler.timesteps], latents
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] from sampler latents [B, C, h, w] (the frozen VAE; differentiable,
+        H = h times the VAE's scale factor)."""
+        vae = self.vae
+        latents = latents / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents + shift
+        return vae.decode(latents.to(vae.dtype)).sample.float().clamp(-1, 1)
 
     @torch.no_grad()
     def generate(

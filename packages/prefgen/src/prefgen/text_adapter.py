@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from prefgen.soft_prompt import DEFAULT_SOFT_PREFIX, SoftPromptInjector, soft_prompt_tokens
 from prefgen.token_rows import (
@@ -426,6 +427,26 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
             raise ValueError("this adapter reserved no soft-prompt slots: build it with soft_prompt_slots > 0")
         with self._soft(vectors):
             yield
+
+    def completion_logprobs(self, sequences: torch.Tensor, attention: torch.Tensor, prompt_length: int, *,
+                            temperature: float = 1.0) -> torch.Tensor:
+        """Per-token log-probabilities [N, C] of the completion part of ``sequences`` [N, P + C] under the sampler.
+
+        ``sequences`` are left-padded prompts of length P followed by sampled completions of
+        length C (what ``model.generate`` returns); ``attention`` [N, P + C] is 0 on the prompt
+        padding and after a completion ended. Positions count real tokens only, as ``generate``
+        gives them with left padding. The logits are divided by the sampling ``temperature`` and
+        the :attr:`prompt_only_token_ids` masked out, since :attr:`prompt_only_filter` keeps the
+        sampler from ever drawing them: the result is the sampler's log-probability of each
+        token (GRPO's ratio and KL terms), differentiable w.r.t. the trainable parameters.
+        """
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
+        logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [N, C, V]: the prediction of each completion token
+        suppressed = self.prompt_only_token_ids
+        if suppressed:
+            logits[..., suppressed] = float("-inf")
+        return F.log_softmax(logits, dim=-1).gather(-1, sequences[:, prompt_length:, None]).squeeze(-1)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Inference

@@ -151,11 +151,17 @@ class PreferenceTokenizer:
             )
         return f"<{spec.prefix}_{level}_{code}>"
 
-    def all_tokens(self) -> list[str]:
-        """Every token, ordered by modality (as given), level, code: the strings to add to a generator's vocabulary."""
+    def all_tokens(self, modalities: Sequence[str] | None = None) -> list[str]:
+        """Every token, ordered by modality, level, code: the strings to add to a generator's vocabulary.
+
+        ``modalities`` picks some modalities, in the order given (a generator that reads only
+        the visual tokens); ``None`` takes all of them, in the tokenizer's order. An unknown
+        name raises ``KeyError`` naming the known ones.
+        """
+        specs = self._specs.values() if modalities is None else [self.spec(m) for m in modalities]
         return [
             f"<{spec.prefix}_{level}_{code}>"
-            for spec in self._specs.values()
+            for spec in specs
             for level, size in enumerate(spec.codebook_sizes)
             for code in range(size)
         ]
