@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from prefreward import PersonalizationReward, RankingPersonalizationReward, fit_linear_map
+from prefquant import fit_linear_map
+from prefreward import PersonalizationReward, RankingPersonalizationReward
 
 
 def test_cosine_reward_bounded_and_ordered() -> None:
@@ -53,14 +54,14 @@ def test_learned_map_improves_agreement() -> None:
     assert after > 0.95 and after > before + 0.3, (before, after)
 
 
-def test_fit_linear_map_recovers_the_map() -> None:
+def test_a_fitted_content_map_is_the_rewards_weight_transposed() -> None:
     torch.manual_seed(0)
-    hidden = torch.randn(3, 6)
+    hidden = torch.randn(3, 6)  # [d, d_c], an nn.Linear weight
     content = torch.randn(40, 6)
-    weight = fit_linear_map(content, content @ hidden.T, ridge=1e-6)
+    weight = fit_linear_map(content, content @ hidden.T, ridge=1e-6).T  # [d_c, d] -> [d, d_c]
     torch.testing.assert_close(weight, hidden, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError):
-        fit_linear_map(content, torch.randn(39, 3))
+    reward = PersonalizationReward(6, 3, weight=weight)
+    torch.testing.assert_close(reward(content, content @ hidden.T), torch.ones(40), atol=1e-4, rtol=1e-4)
 
 
 class DotScorer(torch.nn.Module):

@@ -27,6 +27,7 @@ from pmg.generator.prompts import UserPrompts, user_prompts
 from pmg.reward.config import RewardConfig
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
+from prefquant import fit_linear_map
 
 if TYPE_CHECKING:
     from pmg.data.format import InteractionData
@@ -104,9 +105,9 @@ def _item_text(data: InteractionData, item: int, target: str) -> str:
 def fit_content_maps(data: InteractionData, item_embeddings: dict[str, torch.Tensor], embedder: Any, *, image_size: int,
                      text_target: str, ridge: float) -> dict[str, torch.Tensor]:
     """Ridge maps from the zoo CLIP's content embeddings to the preference stage's item space:
-    ``visual`` [d, d_c] from item images, ``textual`` [d, d_c] from item texts (``text_target``)."""
+    ``visual`` [d, d_c] from item images, ``textual`` [d, d_c] from item texts (``text_target``),
+    each the transpose of ``fit_linear_map``'s [d_c, d]: a ``PersonalizationReward`` weight."""
     from pmg.data.modules import load_image_tensor
-    from prefreward import fit_linear_map
 
     maps: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -116,12 +117,12 @@ def fit_content_maps(data: InteractionData, item_embeddings: dict[str, torch.Ten
                 embedder.embed_images(torch.stack([load_image_tensor(str(data.items[i].image), image_size) for i in items[s : s + 64]]))
                 for s in range(0, len(items), 64)
             ])
-            maps["visual"] = fit_linear_map(content, item_embeddings["visual"][items].float(), ridge=ridge)
+            maps["visual"] = fit_linear_map(content, item_embeddings["visual"][items].float(), ridge=ridge).T
         if "textual" in item_embeddings:
             items = [i for i in range(data.num_items) if _item_text(data, i, text_target)]
             content = torch.cat([embedder.embed_texts([_item_text(data, i, text_target) for i in items[s : s + 64]])
                                  for s in range(0, len(items), 64)])
-            maps["textual"] = fit_linear_map(content, item_embeddings["textual"][items].float(), ridge=ridge)
+            maps["textual"] = fit_linear_map(content, item_embeddings["textual"][items].float(), ridge=ridge).T
     return maps
 
 

@@ -29,7 +29,6 @@ _LAZY = {
     "PreferenceTokenError": "prefgen.token_rows",
     "AdapterFileError": "prefgen.token_rows",
     "add_new_tokens": "prefgen.token_rows",
-    "fit_linear_map": "prefgen.token_rows",
     "initial_token_rows": "prefgen.token_rows",
     "SoftPromptInjector": "prefgen.soft_prompt",
     "SoftPromptProjector": "prefgen.soft_prompt",

@@ -28,7 +28,6 @@ __all__ = [
     "TokenizerLike",
     "add_new_tokens",
     "check_safetensors_file",
-    "fit_linear_map",
     "initial_token_rows",
     "read_json_file",
 ]
@@ -121,7 +120,7 @@ class TokenInit:
 
     ``method="vectors"``: one given vector per token, ``vectors`` [N, k]. With k equal to the
     embedding width d and ``projection=None`` the vectors are used as they are. Otherwise
-    they are mapped by ``projection`` ([k, d] matrix, e.g. from :func:`fit_linear_map`, or
+    they are mapped by ``projection`` ([k, d] matrix, e.g. from ``prefquant.fit_linear_map``, or
     ``"random"`` for a seeded Gaussian map) and then re-centred on the mean row with their
     spread scaled to the existing rows' spread, so that relative geometry (which users'
     codes are close) is kept while the rows look like ordinary token embeddings. For
@@ -134,19 +133,6 @@ class TokenInit:
     projection: torch.Tensor | Literal["random"] | None = None
     noise: float = 0.1
     seed: int = 0
-
-
-def fit_linear_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
-    """Least-squares linear map ``W`` [k, d] with ``source @ W ≈ target`` (ridge-regularised).
-
-    ``source`` [M, k] and ``target`` [M, d] are paired examples, e.g. item feature vectors
-    and the mean embedding of each item's title tokens. Use as ``TokenInit.projection``.
-    """
-    if source.ndim != 2 or target.ndim != 2 or source.shape[0] != target.shape[0]:
-        raise PreferenceTokenError(f"fit_linear_map needs [M, k] and [M, d] with the same M, got {tuple(source.shape)} and {tuple(target.shape)}")
-    x, y = source.double(), target.double()
-    gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype)
-    return torch.linalg.solve(gram, x.T @ y).to(target.dtype)
 
 
 def initial_token_rows(existing: torch.Tensor, num_new: int, init: TokenInit, *, what: str = "embeddings") -> torch.Tensor:
@@ -169,7 +155,7 @@ def initial_token_rows(existing: torch.Tensor, num_new: int, init: TokenInit, *,
         if vectors.shape[1] != width:
             raise PreferenceTokenError(
                 f"init vectors have width {vectors.shape[1]} but the {what} have width {width}; "
-                "pass TokenInit(projection='random') or a [k, d] matrix (see fit_linear_map)"
+                "pass TokenInit(projection='random') or a [k, d] matrix (e.g. from prefquant.fit_linear_map)"
             )
         return vectors.clone()
     if isinstance(init.projection, str):

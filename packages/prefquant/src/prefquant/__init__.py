@@ -5,13 +5,15 @@ Quantize continuous embeddings [N, d] into a few codes per row with
 token strings for a generator with :class:`PreferenceTokenizer`, and make codes unique
 per item with :func:`append_disambiguation` / ``ResidualQuantizer.encode_unique``, keep
 items and their IDs together across catalog updates with :class:`SemanticIdMap`, and judge
-IDs with :func:`semantic_id_quality`.
+IDs with :func:`semantic_id_quality`. :func:`fit_linear_map` maps one embedding space into
+another (ridge least squares), e.g. codes' vectors into a generator's token-embedding space.
 """
 
 # Defined before the submodule imports: serialization records it in every saved config.
 __version__ = "0.1.0"
 
 from .id_map import SemanticIdMap
+from .linear_map import fit_linear_map
 from .metrics import (
     SemanticIdQuality,
     code_perplexity,
@@ -53,6 +55,7 @@ __all__ = [
     "append_disambiguation",
     "code_perplexity",
     "code_usage",
+    "fit_linear_map",
     "fit_quantizer",
     "homogeneity",
     "load_quantizer",

@@ -25,7 +25,6 @@ from prefreward.rewards import (
     ConsistencyReward,
     PersonalizationReward,
     RankingPersonalizationReward,
-    fit_linear_map,
 )
 
 __version__ = "0.1.0"
@@ -40,7 +39,6 @@ __all__ = [
     "PersonalizationReward",
     "RankingPersonalizationReward",
     "CombinedReward",
-    "fit_linear_map",
     "group_relative_advantages",
     "grpo_loss",
     "reward_backprop_loss",

@@ -25,7 +25,6 @@ __all__ = [
     "PersonalizationReward",
     "RankingPersonalizationReward",
     "CombinedReward",
-    "fit_linear_map",
 ]
 
 
@@ -125,25 +124,6 @@ class ConsistencyReward(nn.Module):
         return _to_unit_interval(cosine) if self.unit_interval else cosine
 
 
-def fit_linear_map(content: torch.Tensor, preference: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """Closed-form ridge regression from content embeddings to preference vectors.
-
-    Args:
-        content: [N, d_c] content embeddings (e.g. CLIP embeddings of the items a user liked).
-        preference: [N, d] the matching preference vectors (e.g. the user's modal preference).
-        ridge: L2 penalty; keeps the solve well posed when N < d_c.
-
-    Returns:
-        weight [d, d_c] such that ``content @ weight.T ≈ preference`` (an ``nn.Linear`` weight).
-    """
-    if content.ndim != 2 or preference.ndim != 2 or content.shape[0] != preference.shape[0]:
-        raise ValueError(f"content [N, d_c] and preference [N, d] expected, got {tuple(content.shape)} and {tuple(preference.shape)}")
-    content, preference = content.double(), preference.double()
-    gram = content.T @ content + ridge * torch.eye(content.shape[1], dtype=content.dtype, device=content.device)
-    weight = torch.linalg.solve(gram, content.T @ preference)  # [d_c, d]
-    return weight.T.float()
-
-
 class PersonalizationReward(nn.Module):
     """Agreement between generated content and the user's modal preference vector.
 
@@ -151,8 +131,9 @@ class PersonalizationReward(nn.Module):
     ``map(content)`` and ``preference``, in [-1, 1] (or [0, 1] with ``unit_interval=True``).
     ``content`` is a CLIP image or text embedding of the generated item (e.g.
     ``ClipEmbedder.embed_images``, differentiable w.r.t. the pixels); the map is a linear layer
-    [d_c → d], learned (``trainable=True``) or given (``weight`` from ``fit_linear_map`` or a
-    checkpoint). With ``content_dim == preference_dim`` and no weight the map is the identity.
+    [d_c → d], learned (``trainable=True``) or given (``weight`` [d, d_c] from a checkpoint, or
+    fitted on the catalog's items as ``prefquant.fit_linear_map(content, preference).T``). With
+    ``content_dim == preference_dim`` and no weight the map is the identity.
 
     Args:
         content_dim: d_c, width of the content embedding.
