@@ -13,10 +13,10 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from prefgen.image_adapter import ImagePreferenceAdapter, UNetLoraOptions, load_preference_embeddings
-from prefgen.offline_tokenizers import train_clip_tokenizer
 from prefgen.prompts import build_image_prompt
 from prefgen.soft_prompt import SoftPromptProjector
-from prefgen.tiny import TinySDXLConfig, build_tiny_sdxl_pipeline
+from prefgen.testing.offline_tokenizers import train_clip_tokenizer
+from prefgen.testing.tiny import TinySDXLConfig, build_tiny_sdxl_pipeline
 from prefgen.token_rows import AdapterFileError, PreferenceTokenError, TokenInit
 
 TEXTS = ["a red striped dress", "a blue polka-dot shoe", "alder casual cotton t-shirt", "a product for"] * 10

@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LogitsProcessorList
 
-from prefgen.offline_tokenizers import train_causal_lm_tokenizer
 from prefgen.prompts import build_text_prompt
 from prefgen.soft_prompt import SoftPromptProjector
+from prefgen.testing.offline_tokenizers import train_causal_lm_tokenizer
+from prefgen.testing.tiny import TinyCausalLMConfig, build_tiny_causal_lm
 from prefgen.text_adapter import LoraOptions, PromptOnlyTokenFilter, TextPreferenceAdapter
-from prefgen.tiny import TinyCausalLMConfig, build_tiny_causal_lm
 from prefgen.token_rows import AdapterFileError, PreferenceTokenError, TokenInit
 
 TEXTS = ["User likes a red striped dress", "a blue polka-dot shoe", "Alder casual cotton t-shirt", "great green tone"] * 5

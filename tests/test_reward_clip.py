@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from prefgen.testing.offline_tokenizers import train_clip_tokenizer
+from prefgen.testing.tiny import TinyClipConfig, build_tiny_clip
 from prefreward import ClipEmbedder, ConsistencyReward, PersonalizationReward, reward_backprop_loss
 
 COLOURS = ["red", "green", "blue"]
@@ -23,9 +25,6 @@ def _solid(colours: torch.Tensor, size: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def clip_and_tokenizer():
     """A tiny CLIP (16×16 images) trained for 40 steps to match solid colours to their names."""
-    from prefgen.offline_tokenizers import train_clip_tokenizer
-    from prefgen.tiny import TinyClipConfig, build_tiny_clip
-
     torch.manual_seed(0)
     tokenizer = train_clip_tokenizer(COLOURS * 4, vocab_size=530, model_max_length=8)
     config = TinyClipConfig(

@@ -11,8 +11,8 @@ from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, CLIPModel
 
-from prefgen.offline_tokenizers import train_causal_lm_tokenizer, train_clip_tokenizer
-from prefgen.tiny import (
+from prefgen.testing.offline_tokenizers import train_causal_lm_tokenizer, train_clip_tokenizer
+from prefgen.testing.tiny import (
     TinyCausalLMConfig,
     TinyClipConfig,
     TinySDXLConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
 
-from prefgen.offline_tokenizers import (
+from prefgen.testing.offline_tokenizers import (
     CLIP_EOS,
     TokenizerError,
     load_tokenizer,

@@ -15,7 +15,7 @@ from pmg.zoo.config import ClipTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
 from pmg.zoo.fitting import fit_steps
 from pmg.zoo.lightning_modules import ClipContrastiveModule
-from prefgen.tiny import build_tiny_clip
+from prefgen.testing.tiny import build_tiny_clip
 
 __all__ = ["tiny_clip_processor", "clip_pixel_values", "build_clip", "train_clip"]
 

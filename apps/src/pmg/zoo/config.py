@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pmg.training import LrScheduleConfig, OptimizerConfig, TrainerConfig
-from prefgen.tiny import TinyCausalLMConfig, TinyClipConfig, TinySDXLConfig
+from prefgen.testing.tiny import TinyCausalLMConfig, TinyClipConfig, TinySDXLConfig
 
 __all__ = [
     "HoldoutConfig",

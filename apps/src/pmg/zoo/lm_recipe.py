@@ -13,7 +13,7 @@ from pmg.zoo.config import CausalLMTrainingConfig
 from pmg.zoo.corpus import ZooCorpus, copy_warmup_documents, keyword_prompted_texts
 from pmg.zoo.fitting import fit_steps
 from pmg.zoo.lightning_modules import CausalLMModule
-from prefgen.tiny import build_tiny_causal_lm
+from prefgen.testing.tiny import build_tiny_causal_lm
 
 __all__ = ["build_lm", "train_lm"]
 

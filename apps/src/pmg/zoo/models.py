@@ -24,7 +24,7 @@ from pmg.zoo.judge_recipe import train_judge
 from pmg.zoo.lm_recipe import build_lm, train_lm
 from pmg.zoo.loading import load_clip, load_lm, load_sdxl
 from pmg.zoo.sdxl_recipe import build_sdxl, train_sdxl
-from prefgen.offline_tokenizers import load_tokenizer, train_causal_lm_tokenizer, train_clip_tokenizer
+from prefgen.testing.offline_tokenizers import load_tokenizer, train_causal_lm_tokenizer, train_clip_tokenizer
 
 __all__ = ["train_models"]
 

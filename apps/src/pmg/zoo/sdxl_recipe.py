@@ -16,7 +16,7 @@ from pmg.zoo.config import SDXLTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
 from pmg.zoo.fitting import fit_steps
 from pmg.zoo.lightning_modules import UNetDiffusionModule, VaeModule, trainable
-from prefgen.tiny import build_tiny_sdxl_pipeline, text_encoders_from_clip
+from prefgen.testing.tiny import build_tiny_sdxl_pipeline, text_encoders_from_clip
 
 __all__ = ["build_sdxl", "pipeline_resolution", "train_sdxl"]
 
