@@ -29,10 +29,11 @@ from pmg.data.dataset_stage import DATA_STAGE, DatasetConfig
 from pmg.data.format import read_dataset
 from pmg.data.records import DatasetError
 from pmg.features import FeatureEncoderSpec, encode_items
-from pmg.pipeline import PipelineConfig
+from pmg.pipeline import PipelineConfig, run_pipeline
 from pmg.preference.stage import PREFERENCE_STAGE
 from pmg.quantize.stage import QUANTIZE_STAGE, load_user_tokens
 from pmg.runs import LOCK_FILE, RunBusy, RunDirectory, RunError, RunWarning
+from pmg.training import RESUME_RECORD
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -304,3 +305,104 @@ def test_a_write_that_fails_leaves_the_previous_outputs_and_a_clear_error(traine
     RunDirectory(root).require("preference")  # what the failed stage read is intact
     assert main(fit) == 0
     assert {p: p.read_bytes() for p in before} == before
+
+
+# ---------------------------------------------------------------- a training stage killed mid-fit
+
+# The preference stage at 8 batches an epoch, 4 epochs, a checkpoint every 3 steps and at each epoch end.
+_RESUME_OVERRIDES = ("preference.batch_size=64", "preference.trainer.max_epochs=4", "preference.trainer.checkpoint_every_n_steps=3")
+
+# `pmg pipeline` (data and preference stages) in a process of its own that stops itself (SIGSTOP)
+# right after training step argv[2], for the test to see it hold the run and then to SIGKILL it.
+_KILLED = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    import pmg.pipeline
+    import pmg.preference.stage as preference
+    from pmg.config import load_config
+
+    run, step, tiny, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    torch.set_num_threads(1)
+
+    class StopAtStep(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGSTOP)
+
+    build_trainer = preference.build_trainer
+
+    def build_with_stop(*args, **kwargs):
+        trainer = build_trainer(*args, **kwargs)
+        trainer.callbacks.append(StopAtStep())  # after every checkpoint callback: step `step` is saved if due
+        return trainer
+
+    preference.build_trainer = build_with_stop
+    pmg.pipeline.STAGES = pmg.pipeline.STAGES[:1] + (preference.PREFERENCE_STAGE,)
+    config = load_config(pmg.pipeline.PipelineConfig, tiny, [f"run_dir={run}", *overrides])
+    pmg.pipeline.run_pipeline(config, command=f"pmg pipeline --run {run} (stops at step {step})")
+""")
+
+
+def _pipeline_to_preference(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pmg pipeline` on ``run`` with the stages up to preference (the zoo left out: model-free features)."""
+    monkeypatch.setattr("pmg.pipeline.STAGES", (DATA_STAGE, PREFERENCE_STAGE))
+    config = load_config(PipelineConfig, TINY_CONFIG, [f"run_dir={run}", f"preference.features.cache_dir={run.parent / 'features'}",
+                                                       *_RESUME_OVERRIDES])
+    run_pipeline(config, log=lambda line: None)
+
+
+def _kill_at_step(run: Path, step: int) -> int:
+    """Start the pipeline on ``run`` in a process of its own, wait until it stops after ``step``,
+    check that it holds the run, SIGKILL it; its pid."""
+    process = subprocess.Popen([sys.executable, "-c", _KILLED, str(run), str(step), str(TINY_CONFIG),
+                                f"preference.features.cache_dir={run.parent / 'features'}", *_RESUME_OVERRIDES],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the pipeline ended (status {status}) before step {step}"
+    try:
+        with pytest.raises(RunBusy, match=f"pid {process.pid} .*stops at step {step}"):
+            with RunDirectory(run).lock("a second pmg pipeline"):
+                pass
+    finally:
+        process.kill()
+        process.wait()
+    return process.pid
+
+
+_RESULT = ("model.safetensors", "user_preferences.safetensors", "item_embeddings.safetensors", "metrics.json")
+
+
+def test_a_killed_training_stage_resumes_from_its_last_checkpoint_to_the_uninterrupted_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = tmp_path / "reference"
+    _pipeline_to_preference(reference, monkeypatch)
+    expected = {name: (reference / "preference" / name).read_bytes() for name in _RESULT}
+    # Step 13 is within epoch 1 (steps 9-16): the fit resumes from step 12's checkpoint, mid-epoch;
+    # step 17 is the first of epoch 2: it resumes from the checkpoint at the end of epoch 1.
+    for step, checkpoint in ((13, "resume-e1-s12.ckpt"), (17, "resume-e1-s16-end.ckpt")):
+        run = tmp_path / f"killed-at-{step}"
+        pid = _kill_at_step(run, step)
+        committed = json.loads((run / "preference" / "checkpoints" / RESUME_RECORD).read_text())
+        assert committed["checkpoint"] == checkpoint and not (run / "preference" / "stage.json").exists()
+        # A checkpoint cut short while being written (the kill came during the next save) is not committed.
+        (run / "preference" / "checkpoints" / "resume-e9-s99.ckpt").write_bytes(b"PK\x03\x04 cut short")
+        with pytest.warns(RunWarning, match=f"stale lock of pid {pid}"):
+            _pipeline_to_preference(run, monkeypatch)
+        for name in _RESULT:  # the same bytes as the fit that was never interrupted
+            assert (run / "preference" / name).read_bytes() == expected[name], (step, name)
+        assert (run / "preference" / "tb" / "version_1").is_dir()  # the second attempt did run, resumed
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_fit_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    _pipeline_to_preference(run, monkeypatch)
+    expected = {name: (run / "preference" / name).read_bytes() for name in _RESULT}
+    (run / "preference" / "stage.json").unlink()  # as if killed after the fit's last checkpoint
+    committed = run / "preference" / "checkpoints" / json.loads((run / "preference" / "checkpoints" / RESUME_RECORD).read_text())["checkpoint"]
+    _flip_byte(committed, committed.stat().st_size // 2)
+    with pytest.warns(RunWarning, match=rf"checkpoint {re.escape(str(committed))} is damaged \(its SHA-256 differs .*\); the fit starts over"):
+        _pipeline_to_preference(run, monkeypatch)
+    for name in _RESULT:
+        assert (run / "preference" / name).read_bytes() == expected[name], name

@@ -147,11 +147,13 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-# Config keys that say where a cache lives, how progress and logs show, how many threads run or
-# whether to rebuild anyway: not what a stage computes, so changing them redoes nothing.
+# Config keys that say where a cache lives, how progress and logs show, how many threads run, how
+# often a fit saves a checkpoint to resume from or whether to rebuild anyway: not what a stage
+# computes, so changing them redoes nothing.
 # ``on_bad_rows`` neither, when no row is bad; the data stage does not reuse a result that set
 # rows aside once it is back to ``error``.
-NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain", "on_bad_rows"})
+NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain", "on_bad_rows",
+                            "checkpoint_every_n_steps"})
 
 
 def config_inputs(config: Any) -> Any:
@@ -276,12 +278,14 @@ class RunDirectory:
         self._intact[stage] = fingerprint
         return None
 
-    def invalidate(self, stage: str) -> None:
-        """Mark ``stage`` incomplete before recomputing it, and drop its training checkpoints:
-        they belong to the inputs it had before and must not be resumed or mixed in."""
+    def invalidate(self, stage: str, *, keep_checkpoints: bool = False) -> None:
+        """Mark ``stage`` incomplete before recomputing it, and drop its training checkpoints
+        unless ``keep_checkpoints`` (a stage that resumes a killed fit keeps them: its
+        ``pmg.training.Resumable`` resumes only a checkpoint of the same inputs)."""
         (self.root / stage / "stage.json").unlink(missing_ok=True)
         self._intact.pop(stage, None)
-        shutil.rmtree(self.root / stage / "checkpoints", ignore_errors=True)
+        if not keep_checkpoints:
+            shutil.rmtree(self.root / stage / "checkpoints", ignore_errors=True)
 
     def require(self, stage: str) -> dict[str, Any]:
         """The completion record of ``stage``; ``RunError`` that says what to run if it is missing

@@ -1,25 +1,41 @@
 """Trainer and optimizer construction from config, shared by every stage.
 
-Lightning's own checkpoints (for resuming inside a stage) are written through fsspec
-transactions, i.e. to a temporary file renamed on completion; the artifacts a stage hands
-to the next are safetensors + JSON written with ``pmg.atomic``.
+The artifacts a stage hands to the next are safetensors + JSON written with ``pmg.atomic``.
+A fit given a ``Resumable`` also keeps a checkpoint to resume from when its process is killed
+(``ResumeCheckpoint``: every ``checkpoint_every_n_steps`` steps and at each epoch end, with
+the global random states, committed by an atomically written ``resume.json`` that records
+its size and SHA-256 and the stage fingerprint it belongs to); ``Resumable.checkpoint()``
+is where the next attempt at the same inputs starts. With a ``ResumableLoader`` for its
+training batches, a fit resumed from within an epoch repeats the uninterrupted one exactly;
+otherwise only a resume from an epoch end does.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from pmg.atomic import atomic_file
+from pmg.integrity import file_digest
+from pmg.runs import RunWarning
 
 __all__ = ["TrainerConfig", "OptimizerConfig", "OPTIMIZERS", "LrScheduleConfig", "LR_SCHEDULES", "build_optimizer",
-           "build_lr_scheduler", "build_trainer"]
+           "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "RESUME_RECORD"]
+
+RESUME_RECORD = "resume.json"
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "bnb.AdamW8bit", "bnb.Adam8bit", "bnb.PagedAdamW8bit")
 
@@ -42,12 +58,18 @@ class TrainerConfig:
     seed: int = 0
     # Early stopping on the stage's monitored metric; 0 turns it off.
     early_stopping_patience: int = 0
+    # A stage that resumes (the preference stage) also checkpoints every this many steps, beside
+    # every epoch end; 0: epoch ends only. Resuming from an epoch end repeats the uninterrupted
+    # fit exactly; from within an epoch, the rest of that epoch draws other batches (docs/faults.md).
+    checkpoint_every_n_steps: int = 0
 
     def validate(self) -> None:
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ValueError("trainer: set max_epochs >= 1 or max_steps >= 1")
         if self.num_nodes < 1:
             raise ValueError("trainer.num_nodes must be >= 1")
+        if self.checkpoint_every_n_steps < 0:
+            raise ValueError("trainer.checkpoint_every_n_steps must be >= 0 (0: at epoch ends only)")
 
     def devices_value(self) -> str | int | list[int]:
         text = str(self.devices).strip()
@@ -131,6 +153,188 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: LrScheduleConfi
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _random_states() -> dict[str, Any]:
+    """Every global random state a fit draws from, as tensors and numbers (``weights_only`` loads them)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` that a fit resumes exactly from within an epoch.
+
+    Lightning saves its ``state_dict`` in every checkpoint and hands it to ``load_state_dict``
+    when a fit resumes. The state is where the epoch stood: the random states when its iterator
+    was made, how many batches the fit had consumed (``position``, kept by ``ResumeCheckpoint``
+    at each batch end; None between epochs), the random states before each batch made but not
+    consumed yet, and the random states at the save. Resuming makes the iterator again from the
+    first (the same order), passes over the consumed batches, makes those in flight again from
+    theirs and goes on from the last: every batch, and every draw after them, is what the
+    uninterrupted fit had. Batches are made as by a ``DataLoader``, drawing what it draws.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position: int | None = None
+        self._epoch_states: dict[str, Any] | None = None
+        self._before: dict[int, dict[str, Any]] = {}  # random states before batch i was made, i not yet consumed
+        self._made = 0
+        self._replay: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.position is None or self._epoch_states is None:
+            return {}  # between epochs: the next one starts from the restored random states
+        return {"epoch": self._epoch_states, "consumed": self.position,
+                "in_flight": [self._before[i] for i in range(self.position, self._made)], "now": _random_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._replay = state_dict or None
+
+    def __iter__(self) -> Iterator[Any]:
+        replay, self._replay = self._replay, None
+        if replay is not None:
+            _restore_random_states(replay["epoch"])
+        self._epoch_states = _random_states()
+        self._before, self._made = {}, 0
+        self.position = replay["consumed"] if replay is not None else 0
+        # Made here, not in the generator: DataLoader draws its base seed when iter() is called.
+        return self._batches(super().__iter__(), replay)
+
+    def _batches(self, batches: Iterator[Any], replay: dict[str, Any] | None) -> Iterator[Any]:
+        if replay is not None:
+            for _ in range(replay["consumed"]):
+                next(batches)  # made again in the epoch's order; the random states are set below
+            self._made = replay["consumed"]
+            for states in replay["in_flight"]:
+                _restore_random_states(states)
+                yield self._make(batches)
+            _restore_random_states(replay["now"])
+        while True:
+            try:
+                batch = self._make(batches)
+            except StopIteration:
+                return
+            yield batch
+
+    def _make(self, batches: Iterator[Any]) -> Any:
+        """The next batch; the random states before it was made are kept until it is consumed."""
+        states = _random_states()
+        batch = next(batches)
+        self._before[self._made] = states
+        self._made += 1
+        for consumed in [i for i in self._before if self.position is not None and i < self.position]:
+            del self._before[consumed]
+        return batch
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """Where a fit keeps the checkpoint it resumes from (``folder``, a stage's ``checkpoints/``),
+    for which inputs (``fingerprint``: a checkpoint of other inputs is never resumed), and how
+    often it saves one beside every epoch end (``every_n_steps``, 0: epoch ends only)."""
+
+    folder: Path
+    fingerprint: str
+    every_n_steps: int = 0
+
+    def checkpoint(self) -> Path | None:
+        """The checkpoint to resume from: the one ``resume.json`` commits, when it was written for
+        these inputs and its size and SHA-256 still match; None otherwise. A damaged one is
+        reported (``RunWarning`` with its path) and not used: the fit starts over."""
+        record_path = self.folder / RESUME_RECORD
+        if not record_path.is_file():
+            return None
+        try:
+            record = json.loads(record_path.read_text())
+            path, size, digest = self.folder / record["checkpoint"], int(record["size"]), str(record["sha256"])
+            fingerprint = record["fingerprint"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"{record_path} is damaged ({err}); the fit starts over", RunWarning, stacklevel=2)
+            return None
+        if fingerprint != self.fingerprint:
+            return None
+        if not path.is_file():
+            problem = "missing"
+        elif path.stat().st_size != size:
+            problem = f"{path.stat().st_size} bytes where {size} were written"
+        elif file_digest(path) != digest:
+            problem = "its SHA-256 differs from the one recorded when it was written"
+        else:
+            return path
+        warnings.warn(f"checkpoint {path} is damaged ({problem}); the fit starts over", RunWarning, stacklevel=2)
+        return None
+
+
+class ResumeCheckpoint(Callback):
+    """Saves the fit to ``<folder>/resume-e<epoch>-s<step>[-end].ckpt`` every ``every_n_steps``
+    steps and at each epoch end, then commits it: ``resume.json`` (written atomically) names it
+    with its size, SHA-256 and the stage fingerprint, and older ones are deleted. A kill at any
+    moment leaves ``resume.json`` naming a complete checkpoint (or none). The callback's own
+    state is the global random states at the save, restored when a fit resumes from it, so
+    that a resumed fit draws what the uninterrupted one drew."""
+
+    def __init__(self, resumable: Resumable) -> None:
+        self.resumable = resumable
+
+    def state_dict(self) -> dict[str, Any]:
+        return _random_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks before the fit loop builds its data iterators: what they
+        # draw comes from the restored states, as in the fit that was interrupted.
+        _restore_random_states(state_dict)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for loader in _resumable_loaders(trainer):
+            loader.position = batch_idx + 1
+        every = self.resumable.every_n_steps
+        if every > 0 and trainer.global_step % every == 0:
+            self._save(trainer, f"resume-e{trainer.current_epoch}-s{trainer.global_step}.ckpt")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for loader in _resumable_loaders(trainer):
+            loader.position = None
+        self._save(trainer, f"resume-e{trainer.current_epoch}-s{trainer.global_step}-end.ckpt")
+
+    def _save(self, trainer: L.Trainer, name: str) -> None:
+        folder = self.resumable.folder
+        path = folder / name
+        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; global rank 0 writes
+        if not trainer.is_global_zero:
+            return
+        record = {"checkpoint": name, "size": path.stat().st_size, "sha256": file_digest(path),
+                  "fingerprint": self.resumable.fingerprint, "epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        with atomic_file(folder / RESUME_RECORD) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        for older in folder.glob("resume-*.ckpt"):
+            if older.name != name:
+                older.unlink(missing_ok=True)
+
+
+def _resumable_loaders(trainer: L.Trainer) -> list[ResumableLoader]:
+    loaders = trainer.train_dataloader
+    found = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, list | tuple) else [loaders]
+    return [loader for loader in found if isinstance(loader, ResumableLoader)]
+
+
 def build_trainer(
     config: TrainerConfig,
     stage_dir: Path,
@@ -139,11 +343,14 @@ def build_trainer(
     mode: str = "max",
     callbacks: Sequence[Callback] = (),
     checkpointing: bool = True,
+    resumable: Resumable | None = None,
     **overrides,
 ) -> L.Trainer:
     """A ``Trainer`` logging to TensorBoard under ``stage_dir/tb`` and checkpointing to
-    ``stage_dir/checkpoints`` (best by ``monitor`` and last, for resuming) unless
-    ``checkpointing`` is off (short fits whose result is saved by the stage itself).
+    ``stage_dir/checkpoints`` (best by ``monitor`` and last) unless ``checkpointing`` is off
+    (short fits whose result is saved by the stage itself); with ``resumable``, also the
+    checkpoints it resumes from (``ResumeCheckpoint``; pass ``resumable.checkpoint()`` as
+    ``ckpt_path`` to ``fit``).
 
     On strategies that all-reduce over gloo (CPU DDP), mixed-precision bf16 is refused here
     with a clear message, since gloo cannot reduce bf16 tensors.
@@ -160,6 +367,8 @@ def build_trainer(
             all_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping_patience))
     if checkpointing:
         all_callbacks.append(ModelCheckpoint(**checkpoint_kwargs))
+    if resumable is not None:
+        all_callbacks.append(ResumeCheckpoint(resumable))
     kwargs = dict(
         max_epochs=config.max_epochs if config.max_epochs > 0 else None,
         max_steps=config.max_steps,

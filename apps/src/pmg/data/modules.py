@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from pmg.data.format import InteractionData
 from pmg.data.records import DatasetError
 from pmg.data.split import Split
+from pmg.training import ResumableLoader
 from prefgraph import InteractionGraph, sample_negatives
 
 __all__ = ["RowIndices", "UserItemSets", "BPRDataModule", "GenerationDataModule", "load_image_tensor"]
@@ -129,7 +130,8 @@ class BPRDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         collate = _BPRCollate(self.data.user[self.split.train], self.data.item[self.split.train], self.train_graph, self.num_negatives)
-        return DataLoader(
+        # The same batches as a DataLoader; a fit killed within an epoch resumes them exactly.
+        return ResumableLoader(
             RowIndices(len(self.split.train)), batch_size=self.batch_size, shuffle=True, collate_fn=collate,
             num_workers=self.num_workers, drop_last=False,
         )

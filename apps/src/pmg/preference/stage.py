@@ -14,7 +14,8 @@ Artifacts in ``<run>/preference/``:
     metrics.json                           test Recall/NDCG/HitRate@K (train + validation items masked),
                                            best validation NDCG, epochs, counts of cold-start users and of
                                            items without interactions / image / text
-    checkpoints/, tb/                      Lightning checkpoints (best by val NDCG, last) and TensorBoard logs
+    checkpoints/, tb/                      Lightning checkpoints (best by val NDCG, last; in a run, also the one a
+                                           killed fit resumes from, ``pmg.training.Resumable``) and TensorBoard logs
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.preference.module import PreferenceModule
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
-from pmg.training import OptimizerConfig, TrainerConfig, build_trainer
+from pmg.training import OptimizerConfig, Resumable, TrainerConfig, build_trainer
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
 
 ZOO_ENCODER = "zoo"  # a feature encoder name: the run's zoo CLIP
@@ -227,7 +228,7 @@ def _data_notes(data: InteractionData, split: Split, masks: dict[str, torch.Tens
 
 def train_preferences(
     config: PreferenceConfig, data: InteractionData, split: Split, out: Path, *, callbacks: Sequence[Callback] = (),
-    validation_users: np.ndarray | None = None,
+    validation_users: np.ndarray | None = None, resume_key: str | None = None,
 ) -> PreferenceArtifacts:
     """Fit the model on ``split.train``, keep the best validation-NDCG checkpoint, write artifacts to ``out``.
 
@@ -242,6 +243,9 @@ def train_preferences(
 
     Under multi-process strategies (``ddp``) only global rank 0 writes the artifacts.
     ``callbacks`` are extra Lightning callbacks (they must be picklable for ``ddp_spawn``).
+    ``resume_key`` (the stage fingerprint, in a run): the fit checkpoints to resume from and
+    resumes a checkpoint left under ``out/checkpoints`` for the same key by a killed fit
+    (``pmg.training.Resumable``); None: a fresh fit, no resume checkpoints.
     """
     config.validate()
     _check_split(config, data, split)
@@ -252,7 +256,7 @@ def train_preferences(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _fit_and_write(config, data, split, out, callbacks, features, masks, validation_users)
+        return _fit_and_write(config, data, split, out, callbacks, features, masks, validation_users, resume_key)
     finally:
         torch.set_num_threads(threads)
 
@@ -260,6 +264,7 @@ def train_preferences(
 def _fit_and_write(
     config: PreferenceConfig, data: InteractionData, split: Split, out: Path, callbacks: Sequence[Callback],
     features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], validation_users: np.ndarray | None,
+    resume_key: str | None,
 ) -> PreferenceArtifacts:
     notes = _data_notes(data, split, masks)
     for modality, mask in masks.items():
@@ -282,10 +287,15 @@ def _fit_and_write(
     )
     module = PreferenceModule(graph, model, config.optimizer, datamodule.val_targets, config.ks)
     monitor = f"val/ndcg@{max(config.ks)}"
-    # A fresh fit: stale checkpoints would make Lightning version the new ones (best-v1.ckpt).
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    trainer = build_trainer(config.trainer, out, monitor=monitor, mode="max", callbacks=callbacks)
-    trainer.fit(module, datamodule=datamodule)
+    resumable = Resumable(out / "checkpoints", resume_key, config.trainer.checkpoint_every_n_steps) if resume_key else None
+    start = resumable.checkpoint() if resumable is not None else None
+    if start is None:
+        # A fresh fit: stale checkpoints would make Lightning version the new ones (best-v1.ckpt).
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    else:
+        rank_zero_info(f"preference: resuming the fit from {start}")
+    trainer = build_trainer(config.trainer, out, monitor=monitor, mode="max", callbacks=callbacks, resumable=resumable)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=start, weights_only=True)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     best_score = None
@@ -329,12 +339,15 @@ def _fit_and_write(
 
 
 def _epochs_in_last_checkpoint(out: Path) -> int:
-    """Epochs completed according to ``last.ckpt``; ``ddp_spawn`` does not carry the epoch counter
-    back to the main process, the checkpoint does."""
+    """Epochs trained according to ``last.ckpt``; ``ddp_spawn`` does not carry the epoch counter
+    back to the main process, the checkpoint does. Its fit loop's count, not its ``epoch``: that
+    is one ahead when ``last.ckpt`` is written at the end of the fit (a resumed fit writes it then)."""
     path = out / "checkpoints" / "last.ckpt"
     if not path.is_file():
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", -1)) + 1
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    progress = saved.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", int(saved.get("epoch", -1)) + 1))
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -387,12 +400,13 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
     if not force and run.is_current("preference", stage_fp):
         record = run.require("preference")
         return StageResult(stage_fp, record["summary"], reused=True)
-    run.invalidate("preference")
+    # A fit of these inputs killed before it completed resumes from its checkpoint (unless forced).
+    run.invalidate("preference", keep_checkpoints=not force)
     data, split = load_prepared(run)
     roles = load_user_roles(run, data)
     resolved = resolve_zoo_encoders(config, run)
     artifacts = train_preferences(resolved, data, split, run.stage_dir("preference"),
-                                  validation_users=np.concatenate([roles.training, roles.selection]))
+                                  validation_users=np.concatenate([roles.training, roles.selection]), resume_key=stage_fp)
     m = artifacts.metrics
     summary = (
         f"test recall@{k} {m[f'test/recall@{k}']:.4f}, ndcg@{k} {m[f'test/ndcg@{k}']:.4f} "
