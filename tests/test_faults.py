@@ -309,59 +309,65 @@ def test_a_write_that_fails_leaves_the_previous_outputs_and_a_clear_error(traine
 
 # ---------------------------------------------------------------- a training stage killed mid-fit
 
-# The preference stage at 8 batches an epoch, 4 epochs, a checkpoint every 3 steps and at each epoch end.
-_RESUME_OVERRIDES = ("preference.batch_size=64", "preference.trainer.max_epochs=4", "preference.trainer.checkpoint_every_n_steps=3")
+# Preference: 8 batches an epoch, 4 epochs; quantize: 3 batches an epoch, 5 epochs; each checkpoints
+# every 3 (preference) or 4 (quantize) batches and at every epoch end.
+_RESUME_OVERRIDES = ("preference.batch_size=64", "preference.trainer.max_epochs=4", "preference.trainer.checkpoint_every_n_steps=3",
+                     "quantize.batch_size=16", "quantize.trainer.checkpoint_every_n_steps=4")
 
-# `pmg pipeline` (data and preference stages) in a process of its own that stops itself (SIGSTOP)
-# right after training step argv[2], for the test to see it hold the run and then to SIGKILL it.
+# `pmg pipeline` (data, preference, quantize) in a process of its own that stops itself (SIGSTOP)
+# right after training batch argv[3] of stage argv[2], for the test to see it hold the run, then SIGKILL it.
 _KILLED = textwrap.dedent("""
-    import os, signal, sys
+    import importlib, os, signal, sys
     import torch
     from lightning.pytorch.callbacks import Callback
     import pmg.pipeline
-    import pmg.preference.stage as preference
     from pmg.config import load_config
+    from pmg.data.dataset_stage import DATA_STAGE
+    from pmg.preference.stage import PREFERENCE_STAGE
+    from pmg.quantize.stage import QUANTIZE_STAGE
 
-    run, step, tiny, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    run, stage, batches, tiny, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
     torch.set_num_threads(1)
 
-    class StopAtStep(Callback):
+    class StopAfterBatch(Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if trainer.global_step == step:
+            if trainer.fit_loop.total_batch_idx + 1 == batches:
                 os.kill(os.getpid(), signal.SIGSTOP)
 
-    build_trainer = preference.build_trainer
+    module = importlib.import_module(f"pmg.{stage}.stage")
+    build_trainer = module.build_trainer
 
     def build_with_stop(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
-        trainer.callbacks.append(StopAtStep())  # after every checkpoint callback: step `step` is saved if due
+        trainer.callbacks.append(StopAfterBatch())  # after the checkpoint callbacks: a batch due for one is saved
         return trainer
 
-    preference.build_trainer = build_with_stop
-    pmg.pipeline.STAGES = pmg.pipeline.STAGES[:1] + (preference.PREFERENCE_STAGE,)
+    module.build_trainer = build_with_stop
+    pmg.pipeline.STAGES = (DATA_STAGE, PREFERENCE_STAGE, QUANTIZE_STAGE)
     config = load_config(pmg.pipeline.PipelineConfig, tiny, [f"run_dir={run}", *overrides])
-    pmg.pipeline.run_pipeline(config, command=f"pmg pipeline --run {run} (stops at step {step})")
+    pmg.pipeline.run_pipeline(config, command=f"pmg pipeline --run {run} (stops after {stage} batch {batches})")
 """)
 
 
-def _pipeline_to_preference(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`pmg pipeline` on ``run`` with the stages up to preference (the zoo left out: model-free features)."""
-    monkeypatch.setattr("pmg.pipeline.STAGES", (DATA_STAGE, PREFERENCE_STAGE))
+def _pipeline_to_quantize(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pmg pipeline` on ``run`` with the data, preference and quantize stages (the zoo left out:
+    these features are model-free)."""
+    monkeypatch.setattr("pmg.pipeline.STAGES", STAGES)
     config = load_config(PipelineConfig, TINY_CONFIG, [f"run_dir={run}", f"preference.features.cache_dir={run.parent / 'features'}",
                                                        *_RESUME_OVERRIDES])
     run_pipeline(config, log=lambda line: None)
 
 
-def _kill_at_step(run: Path, step: int) -> int:
-    """Start the pipeline on ``run`` in a process of its own, wait until it stops after ``step``,
-    check that it holds the run, SIGKILL it; its pid."""
-    process = subprocess.Popen([sys.executable, "-c", _KILLED, str(run), str(step), str(TINY_CONFIG),
+def _kill_after_batch(run: Path, stage: str, batches: int) -> int:
+    """Start the pipeline on ``run`` in a process of its own, wait until it stops after batch
+    ``batches`` of ``stage``, check that it holds the run, SIGKILL it; its pid."""
+    process = subprocess.Popen([sys.executable, "-c", _KILLED, str(run), stage, str(batches), str(TINY_CONFIG),
                                 f"preference.features.cache_dir={run.parent / 'features'}", *_RESUME_OVERRIDES],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status = os.waitpid(process.pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status), f"the pipeline ended (status {status}) before step {step}"
+    assert os.WIFSTOPPED(status), f"the pipeline ended (status {status}) before {stage} batch {batches}"
     try:
-        with pytest.raises(RunBusy, match=f"pid {process.pid} .*stops at step {step}"):
+        with pytest.raises(RunBusy, match=f"pid {process.pid} .*stops after {stage} batch {batches}"):
             with RunDirectory(run).lock("a second pmg pipeline"):
                 pass
     finally:
@@ -370,39 +376,41 @@ def _kill_at_step(run: Path, step: int) -> int:
     return process.pid
 
 
-_RESULT = ("model.safetensors", "user_preferences.safetensors", "item_embeddings.safetensors", "metrics.json")
+_RESULTS = ("preference/model.safetensors", "preference/user_preferences.safetensors", "preference/item_embeddings.safetensors",
+            "preference/metrics.json", "quantize/user_codes.safetensors", "quantize/visual/model.safetensors", "quantize/metrics.json")
 
 
 def test_a_killed_training_stage_resumes_from_its_last_checkpoint_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = tmp_path / "reference"
-    _pipeline_to_preference(reference, monkeypatch)
-    expected = {name: (reference / "preference" / name).read_bytes() for name in _RESULT}
-    # Step 13 is within epoch 1 (steps 9-16): the fit resumes from step 12's checkpoint, mid-epoch;
-    # step 17 is the first of epoch 2: it resumes from the checkpoint at the end of epoch 1.
-    for step, checkpoint in ((13, "resume-e1-s12.ckpt"), (17, "resume-e1-s16-end.ckpt")):
-        run = tmp_path / f"killed-at-{step}"
-        pid = _kill_at_step(run, step)
-        committed = json.loads((run / "preference" / "checkpoints" / RESUME_RECORD).read_text())
-        assert committed["checkpoint"] == checkpoint and not (run / "preference" / "stage.json").exists()
+    _pipeline_to_quantize(reference, monkeypatch)
+    expected = {name: (reference / name).read_bytes() for name in _RESULTS}
+    # Preference batch 13 is within epoch 1 (batches 9-16): the fit resumes from batch 12's checkpoint,
+    # mid-epoch. Quantize batch 10 opens epoch 3 (batches 10-12): it resumes from the end of epoch 2.
+    for stage, batches, checkpoint in (("preference", 13, "resume-e1-b12.ckpt"), ("quantize", 10, "resume-e2-b9-end.ckpt")):
+        run = tmp_path / f"{stage}-killed-after-{batches}"
+        pid = _kill_after_batch(run, stage, batches)
+        committed = json.loads((run / stage / "checkpoints" / RESUME_RECORD).read_text())
+        assert committed["checkpoint"] == checkpoint and not (run / stage / "stage.json").exists()
         # A checkpoint cut short while being written (the kill came during the next save) is not committed.
-        (run / "preference" / "checkpoints" / "resume-e9-s99.ckpt").write_bytes(b"PK\x03\x04 cut short")
+        (run / stage / "checkpoints" / "resume-e9-b99.ckpt").write_bytes(b"PK\x03\x04 cut short")
         with pytest.warns(RunWarning, match=f"stale lock of pid {pid}"):
-            _pipeline_to_preference(run, monkeypatch)
-        for name in _RESULT:  # the same bytes as the fit that was never interrupted
-            assert (run / "preference" / name).read_bytes() == expected[name], (step, name)
-        assert (run / "preference" / "tb" / "version_1").is_dir()  # the second attempt did run, resumed
+            _pipeline_to_quantize(run, monkeypatch)
+        for name in _RESULTS:  # the same bytes as the fits that were never interrupted
+            assert (run / name).read_bytes() == expected[name], (stage, name)
+        assert (run / stage / "tb" / "version_1").is_dir()  # the second attempt did run, resumed
 
 
 def test_a_damaged_checkpoint_is_reported_and_the_fit_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
-    _pipeline_to_preference(run, monkeypatch)
-    expected = {name: (run / "preference" / name).read_bytes() for name in _RESULT}
+    _pipeline_to_quantize(run, monkeypatch)
+    expected = {name: (run / name).read_bytes() for name in _RESULTS}
     (run / "preference" / "stage.json").unlink()  # as if killed after the fit's last checkpoint
-    committed = run / "preference" / "checkpoints" / json.loads((run / "preference" / "checkpoints" / RESUME_RECORD).read_text())["checkpoint"]
+    checkpoints = run / "preference" / "checkpoints"
+    committed = checkpoints / json.loads((checkpoints / RESUME_RECORD).read_text())["checkpoint"]
     _flip_byte(committed, committed.stat().st_size // 2)
     with pytest.warns(RunWarning, match=rf"checkpoint {re.escape(str(committed))} is damaged \(its SHA-256 differs .*\); the fit starts over"):
-        _pipeline_to_preference(run, monkeypatch)
-    for name in _RESULT:
-        assert (run / "preference" / name).read_bytes() == expected[name], name
+        _pipeline_to_quantize(run, monkeypatch)
+    for name in _RESULTS:
+        assert (run / name).read_bytes() == expected[name], name

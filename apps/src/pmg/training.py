@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
 from pmg.atomic import atomic_file
@@ -33,7 +35,7 @@ from pmg.integrity import file_digest
 from pmg.runs import RunWarning
 
 __all__ = ["TrainerConfig", "OptimizerConfig", "OPTIMIZERS", "LrScheduleConfig", "LR_SCHEDULES", "build_optimizer",
-           "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "RESUME_RECORD"]
+           "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "resume_point", "RESUME_RECORD"]
 
 RESUME_RECORD = "resume.json"
 
@@ -58,9 +60,8 @@ class TrainerConfig:
     seed: int = 0
     # Early stopping on the stage's monitored metric; 0 turns it off.
     early_stopping_patience: int = 0
-    # A stage that resumes (the preference stage) also checkpoints every this many steps, beside
-    # every epoch end; 0: epoch ends only. Resuming from an epoch end repeats the uninterrupted
-    # fit exactly; from within an epoch, the rest of that epoch draws other batches (docs/faults.md).
+    # A stage that resumes a killed fit (preference, quantize) checkpoints at every epoch end and,
+    # when > 0, every this many training batches too (docs/faults.md).
     checkpoint_every_n_steps: int = 0
 
     def validate(self) -> None:
@@ -283,9 +284,24 @@ class Resumable:
         return None
 
 
+def resume_point(folder: Path, resume_key: str | None, every_n_steps: int, what: str) -> tuple[Resumable | None, Path | None]:
+    """For a fit whose checkpoints live in ``folder``: its ``Resumable`` (None without a
+    ``resume_key``) and the checkpoint to pass to ``fit`` as ``ckpt_path`` (None: a fresh fit,
+    for which ``folder`` is emptied, since stale checkpoints would make Lightning version the
+    new ones, best-v1.ckpt). ``what`` names the fit in the message that says it resumes."""
+    resumable = Resumable(folder, resume_key, every_n_steps) if resume_key else None
+    start = resumable.checkpoint() if resumable is not None else None
+    if start is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        rank_zero_info(f"{what}: resuming the fit from {start}")
+    return resumable, start
+
+
 class ResumeCheckpoint(Callback):
-    """Saves the fit to ``<folder>/resume-e<epoch>-s<step>[-end].ckpt`` every ``every_n_steps``
-    steps and at each epoch end, then commits it: ``resume.json`` (written atomically) names it
+    """Saves the fit to ``<folder>/resume-e<epoch>-b<batches>[-end].ckpt`` every ``every_n_steps``
+    training batches (steps, unless gradients accumulate; a fit that steps its optimizers by hand
+    may have none) and at each epoch end, then commits it: ``resume.json`` (written atomically) names it
     with its size, SHA-256 and the stage fingerprint, and older ones are deleted. A kill at any
     moment leaves ``resume.json`` naming a complete checkpoint (or none). The callback's own
     state is the global random states at the save, restored when a fit resumes from it, so
@@ -305,14 +321,15 @@ class ResumeCheckpoint(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         for loader in _resumable_loaders(trainer):
             loader.position = batch_idx + 1
+        batches = trainer.fit_loop.total_batch_idx + 1
         every = self.resumable.every_n_steps
-        if every > 0 and trainer.global_step % every == 0:
-            self._save(trainer, f"resume-e{trainer.current_epoch}-s{trainer.global_step}.ckpt")
+        if every > 0 and batches % every == 0:
+            self._save(trainer, f"resume-e{trainer.current_epoch}-b{batches}.ckpt")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for loader in _resumable_loaders(trainer):
             loader.position = None
-        self._save(trainer, f"resume-e{trainer.current_epoch}-s{trainer.global_step}-end.ckpt")
+        self._save(trainer, f"resume-e{trainer.current_epoch}-b{trainer.fit_loop.total_batch_idx + 1}-end.ckpt")
 
     def _save(self, trainer: L.Trainer, name: str) -> None:
         folder = self.resumable.folder
@@ -321,7 +338,8 @@ class ResumeCheckpoint(Callback):
         if not trainer.is_global_zero:
             return
         record = {"checkpoint": name, "size": path.stat().st_size, "sha256": file_digest(path),
-                  "fingerprint": self.resumable.fingerprint, "epoch": trainer.current_epoch, "global_step": trainer.global_step}
+                  "fingerprint": self.resumable.fingerprint, "epoch": trainer.current_epoch,
+                  "batches": trainer.fit_loop.total_batch_idx + 1}
         with atomic_file(folder / RESUME_RECORD) as tmp:
             tmp.write_text(json.dumps(record, indent=2))
         for older in folder.glob("resume-*.ckpt"):

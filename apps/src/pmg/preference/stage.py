@@ -21,7 +21,6 @@ Artifacts in ``<run>/preference/``:
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.preference.module import PreferenceModule
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
-from pmg.training import OptimizerConfig, Resumable, TrainerConfig, build_trainer
+from pmg.training import OptimizerConfig, TrainerConfig, build_trainer, resume_point
 from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
 
 ZOO_ENCODER = "zoo"  # a feature encoder name: the run's zoo CLIP
@@ -287,13 +286,7 @@ def _fit_and_write(
     )
     module = PreferenceModule(graph, model, config.optimizer, datamodule.val_targets, config.ks)
     monitor = f"val/ndcg@{max(config.ks)}"
-    resumable = Resumable(out / "checkpoints", resume_key, config.trainer.checkpoint_every_n_steps) if resume_key else None
-    start = resumable.checkpoint() if resumable is not None else None
-    if start is None:
-        # A fresh fit: stale checkpoints would make Lightning version the new ones (best-v1.ckpt).
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    else:
-        rank_zero_info(f"preference: resuming the fit from {start}")
+    resumable, start = resume_point(out / "checkpoints", resume_key, config.trainer.checkpoint_every_n_steps, "preference")
     trainer = build_trainer(config.trainer, out, monitor=monitor, mode="max", callbacks=callbacks, resumable=resumable)
     trainer.fit(module, datamodule=datamodule, ckpt_path=start, weights_only=True)
     checkpoint = trainer.checkpoint_callback

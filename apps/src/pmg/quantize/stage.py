@@ -8,24 +8,33 @@ Artifacts in ``<run>/quantize/``:
     user_codes.safetensors           {modality: int64 [U, L]}
     user_tokens.jsonl                {"user_id", "tokens": {modality: "<pv_0_3><pv_1_9>…"}} per user
     metrics.json                     usage, perplexity, reconstruction, NMI with true tastes
+    checkpoints/, tb/                the checkpoint a killed fit resumes from (``pmg.training.Resumable``)
+                                     and TensorBoard logs
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 
 from pmg.atomic import atomic_directory, atomic_file
 from pmg.data.dataset_stage import load_prepared
 from pmg.preference.stage import load_preferences
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
-from pmg.training import OptimizerConfig, TrainerConfig, build_optimizer, build_trainer
+from pmg.training import (
+    OptimizerConfig,
+    ResumableLoader,
+    TrainerConfig,
+    build_optimizer,
+    build_trainer,
+    resume_point,
+)
 from prefquant import (
     DEFAULT_PREFIXES,
     ModalitySpec,
@@ -158,14 +167,21 @@ def _report(codes: dict[str, torch.Tensor], quantizers: torch.nn.ModuleDict, emb
     return metrics
 
 
-def train_quantizers(config: QuantizeConfig, embeddings: dict[str, torch.Tensor], out_dir) -> tuple[QuantizeModule, dict[str, torch.Tensor]]:
-    """Fit one quantizer per modality of ``embeddings`` ({m: [U, d]}) and return the codes {m: [U, L]}."""
+def train_quantizers(config: QuantizeConfig, embeddings: dict[str, torch.Tensor], out_dir: Path, *,
+                     resume_key: str | None = None) -> tuple[QuantizeModule, dict[str, torch.Tensor]]:
+    """Fit one quantizer per modality of ``embeddings`` ({m: [U, d]}) and return the codes {m: [U, L]}.
+
+    ``resume_key`` (the stage fingerprint, in a run): the fit checkpoints under
+    ``out_dir/checkpoints`` and resumes a killed fit of the same key (``pmg.training.Resumable``).
+    """
     L.seed_everything(config.trainer.seed, verbose=False)
     module = QuantizeModule(embeddings, config)
     users = torch.arange(next(iter(embeddings.values())).shape[0])
-    loader = DataLoader(users, batch_size=config.batch_size, shuffle=True, drop_last=len(users) > config.batch_size)
-    trainer = build_trainer(config.trainer, out_dir, checkpointing=False)
-    trainer.fit(module, train_dataloaders=loader)
+    # The same batches as a DataLoader; a fit killed within an epoch resumes them exactly.
+    loader = ResumableLoader(users, batch_size=config.batch_size, shuffle=True, drop_last=len(users) > config.batch_size)
+    resumable, start = resume_point(Path(out_dir) / "checkpoints", resume_key, config.trainer.checkpoint_every_n_steps, "quantize")
+    trainer = build_trainer(config.trainer, out_dir, checkpointing=False, resumable=resumable)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=start, weights_only=True)
     module = module.cpu().eval()
     codes = {m: q.encode(embeddings[m]) for m, q in module.quantizers.items()}
     return module, codes
@@ -175,7 +191,8 @@ def _run_quantize_stage(config: QuantizeConfig, run: RunDirectory, upstream: str
     stage_fp = stage_fingerprint("quantize", config, upstream)
     if not force and run.is_current("quantize", stage_fp):
         return StageResult(stage_fp, run.require("quantize")["summary"], reused=True)
-    run.invalidate("quantize")
+    # A fit of these inputs killed before it completed resumes from its checkpoint (unless forced).
+    run.invalidate("quantize", keep_checkpoints=not force)
     config.validate()
     prefs = load_preferences(run)
     data, _ = load_prepared(run)
@@ -183,7 +200,7 @@ def _run_quantize_stage(config: QuantizeConfig, run: RunDirectory, upstream: str
     if not embeddings:
         raise RunError(f"the preference stage produced none of the modalities {config.modalities}")
     out = run.stage_dir("quantize")
-    module, codes = train_quantizers(config, embeddings, out)
+    module, codes = train_quantizers(config, embeddings, out, resume_key=stage_fp)
     tokenizer = PreferenceTokenizer({
         m: ModalitySpec(DEFAULT_PREFIXES[m], (config.codebook_size,) * config.num_levels) for m in embeddings
     })
