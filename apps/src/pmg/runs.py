@@ -18,7 +18,7 @@ import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def _acquire_lock(root: Path, command: str) -> int:
             state = "is no longer running" if isinstance(pid, int) and not _pid_alive(pid) else "does not hold it (its pid was reused)"
             warnings.warn(f"{root}: taking over the stale lock of {_describe_owner(previous)}, which ended without "
                           f"releasing it (the process {state}); its stage resumes or restarts", RunWarning, stacklevel=4)
-        record = {"pid": os.getpid(), "host": host, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        record = {"pid": os.getpid(), "host": host, "started": datetime.now(UTC).isoformat(timespec="seconds"),
                   "command": command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
