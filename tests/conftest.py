@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +30,26 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def fresh_import() -> Callable[[str, Sequence[str]], None]:
+    """``check(package, not_loaded)``: in a fresh interpreter (this one has imported everything),
+    ``import package`` defines every name of its ``__all__`` and leaves the modules ``not_loaded``
+    unimported: what a package's light import promises."""
+
+    def check(package: str, not_loaded: Sequence[str]) -> None:
+        code = ("import importlib, sys\n"
+                "module = importlib.import_module(sys.argv[1])\n"
+                "missing = [n for n in module.__all__ if not hasattr(module, n)]\n"
+                "assert not missing, f'__all__ names not defined: {missing}'\n"
+                "loaded = [m for m in sys.argv[2:] if m in sys.modules]\n"
+                "assert not loaded, f'import {sys.argv[1]} loaded {loaded}'\n")
+        result = subprocess.run([sys.executable, "-c", code, package, *not_loaded], capture_output=True, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr
+
+    return check
 
 
 @pytest.fixture(scope="session")

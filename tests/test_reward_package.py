@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
+import prefreward
+
 README = Path(__file__).resolve().parents[1] / "packages" / "prefreward" / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
 
 
-def test_import_is_light_and_exports_the_api() -> None:
-    code = (
-        "import sys, prefreward\n"
-        "assert prefreward.__version__ == '0.1.0'\n"
-        "missing = [n for n in prefreward.__all__ if not hasattr(prefreward, n)]\n"
-        "assert not missing, missing\n"
-        "assert 'transformers' not in sys.modules, 'import prefreward must not load transformers'\n"
-        "bad = [m for m in ('pmg', 'prefgen', 'prefquant', 'diffusers', 'peft', 'lightning') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr
+def test_import_is_light_and_exports_the_api(fresh_import: Callable[[str, Sequence[str]], None]) -> None:
+    assert prefreward.__version__ == "0.1.0"
+    fresh_import("prefreward", ["transformers", "pmg", "prefgen", "prefquant", "diffusers", "peft", "lightning"])
 
 
 def test_readme_has_runnable_examples() -> None:

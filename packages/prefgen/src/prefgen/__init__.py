@@ -1,39 +1,62 @@
-"""prefgen."""
+"""prefgen: discrete user-preference tokens in Hugging Face causal LMs and diffusers pipelines.
+
+:class:`TextPreferenceAdapter` (new token rows + LoRA in a causal LM) and
+:class:`ImagePreferenceAdapter` (textual inversion in every text encoder of an SDXL or SD
+pipeline, optional UNet LoRA), how their rows start (:class:`TokenInit`), the soft-prompt
+baseline and the prompt builders. Stand-ins for real checkpoints (tiny models, offline
+tokenizers) live apart, in :mod:`prefgen.testing`.
+
+Importing prefgen imports torch (every adapter is an ``nn.Module``), not transformers,
+diffusers or peft: those load when an adapter is built or loaded.
+"""
 
 __version__ = "0.1.0"
 
-# Resolved on first use so that ``import prefgen`` does not load transformers / diffusers.
-_LAZY = {
-    # Preference-token adapters, soft prompts and prompt builders.
-    "TextPreferenceAdapter": "prefgen.text_adapter",
-    "LoraOptions": "prefgen.text_adapter",
-    "DEFAULT_LM_LORA_TARGETS": "prefgen.text_adapter",
-    "ImagePreferenceAdapter": "prefgen.image_adapter",
-    "UNetLoraOptions": "prefgen.image_adapter",
-    "PromptEmbeddings": "prefgen.image_adapter",
-    "load_preference_embeddings": "prefgen.image_adapter",
-    "DEFAULT_UNET_LORA_TARGETS": "prefgen.image_adapter",
-    "TokenInit": "prefgen.token_rows",
-    "PreferenceTokenError": "prefgen.token_rows",
-    "AdapterFileError": "prefgen.token_rows",
-    "add_new_tokens": "prefgen.token_rows",
-    "initial_token_rows": "prefgen.token_rows",
-    "SoftPromptInjector": "prefgen.soft_prompt",
-    "SoftPromptProjector": "prefgen.soft_prompt",
-    "soft_prompt_tokens": "prefgen.soft_prompt",
-    "PromptTemplates": "prefgen.prompts",
-    "build_image_prompt": "prefgen.prompts",
-    "build_text_prompt": "prefgen.prompts",
-    "describe_subject": "prefgen.prompts",
-    "token_fragment": "prefgen.prompts",
-}
+from prefgen.image_adapter import (
+    DEFAULT_UNET_LORA_TARGETS,
+    ImagePreferenceAdapter,
+    PromptEmbeddings,
+    UNetLoraOptions,
+    load_preference_embeddings,
+)
+from prefgen.prompts import (
+    PromptTemplates,
+    build_image_prompt,
+    build_text_prompt,
+    describe_subject,
+    token_fragment,
+)
+from prefgen.soft_prompt import SoftPromptInjector, SoftPromptProjector, soft_prompt_tokens
+from prefgen.text_adapter import DEFAULT_LM_LORA_TARGETS, LoraOptions, TextPreferenceAdapter
+from prefgen.token_rows import (
+    AdapterFileError,
+    PreferenceTokenError,
+    TokenInit,
+    add_new_tokens,
+    initial_token_rows,
+)
 
-__all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'prefgen' has no attribute {name!r}")
+__all__ = [
+    "DEFAULT_LM_LORA_TARGETS",
+    "DEFAULT_UNET_LORA_TARGETS",
+    "AdapterFileError",
+    "ImagePreferenceAdapter",
+    "LoraOptions",
+    "PreferenceTokenError",
+    "PromptEmbeddings",
+    "PromptTemplates",
+    "SoftPromptInjector",
+    "SoftPromptProjector",
+    "TextPreferenceAdapter",
+    "TokenInit",
+    "UNetLoraOptions",
+    "__version__",
+    "add_new_tokens",
+    "build_image_prompt",
+    "build_text_prompt",
+    "describe_subject",
+    "initial_token_rows",
+    "load_preference_embeddings",
+    "soft_prompt_tokens",
+    "token_fragment",
+]
