@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from pmg.zoo.manifest import ZooError
+from pmg.zoo.errors import ZooError
 
 __all__ = ["load_clip", "load_sdxl", "load_lm"]
 

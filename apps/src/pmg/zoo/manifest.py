@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pmg.integrity import find_damage
-from pmg.runs import RunDirectory, RunError
+from pmg.runs import RunDirectory
+from pmg.zoo.errors import ZooError
 
 if TYPE_CHECKING:
     import torch
@@ -33,10 +34,6 @@ __all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "
 ZOO_FORMAT = "pmg-zoo"
 ZOO_VERSION = 2
 MODEL_NAMES = ("clip", "sdxl", "lm", "judge")
-
-
-class ZooError(RunError):
-    """A zoo manifest, cache folder or model that is missing or damaged."""
 
 
 @dataclass(frozen=True)

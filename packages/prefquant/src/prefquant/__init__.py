@@ -9,9 +9,7 @@ IDs with :func:`semantic_id_quality`. :func:`fit_linear_map` maps one embedding 
 another (ridge least squares), e.g. codes' vectors into a generator's token-embedding space.
 """
 
-# Defined before the submodule imports: serialization records it in every saved config.
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .id_map import SemanticIdMap
 from .linear_map import fit_linear_map
 from .metrics import (

@@ -17,10 +17,9 @@ help; see :class:`VectorQuantizer` for the details.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from ._arrays import TensorOrArray, to_tensor
 from ._distributed import all_reduce_sum_, broadcast_
 from .semantic_ids import append_disambiguation
+from .serialization import QuantizerCheckpoint
 
 __all__ = [
     "AssignmentMode",
@@ -147,24 +147,7 @@ def _perplexity(counts: Tensor) -> Tensor:
     return torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
 
 
-class _SafetensorsCheckpoint:
-    """``save_pretrained`` / ``from_pretrained`` for both quantizers (config JSON + safetensors, no pickle)."""
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically, no pickle)."""
-        from .serialization import save_quantizer
-
-        save_quantizer(self, directory)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Self:
-        """Load a quantizer written by :meth:`save_pretrained`, validating config and tensors."""
-        from .serialization import load_quantizer
-
-        return load_quantizer(directory, expected_class=cls, map_location=map_location)  # type: ignore[arg-type,return-value]
-
-
-class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
+class VectorQuantizer(QuantizerCheckpoint):
     """One codebook of K vectors of size d; maps each row of x [N, d] to its nearest code.
 
     Args:
@@ -528,7 +511,7 @@ class VectorQuantizer(_SafetensorsCheckpoint, nn.Module):
 
 
 
-class ResidualQuantizer(_SafetensorsCheckpoint, nn.Module):
+class ResidualQuantizer(QuantizerCheckpoint):
     """L stacked :class:`VectorQuantizer` levels, each quantizing what the previous left over.
 
     Level 0 quantizes x, level l quantizes ``x - sum_{j<l} q_j``; the reconstruction is the

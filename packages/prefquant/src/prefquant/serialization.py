@@ -1,19 +1,25 @@
-"""Saving quantizers as a folder of ``config.json`` + ``model.safetensors`` (never pickle)."""
+"""Saving quantizers as a folder of ``config.json`` + ``model.safetensors`` (never pickle).
+
+:class:`QuantizerCheckpoint` is the base class of the quantizers: it gives them
+``save_pretrained`` / ``from_pretrained`` and registers each under the class name a saved
+config records, so that :func:`load_quantizer` rebuilds the right class without this module
+importing :mod:`prefquant.quantizer` (which imports this one for the base class).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
+from torch import nn
 
-from . import __version__
-from .quantizer import ResidualQuantizer, VectorQuantizer
+from ._version import __version__
 from .safetensors_io import CheckpointError, atomic_write_bytes, load_safetensors, save_safetensors
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load_quantizer", "save_quantizer"]
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "QuantizerCheckpoint", "load_quantizer", "save_quantizer"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -21,11 +27,6 @@ FORMAT = "prefquant.quantizer"
 # Bump when the meaning of saved tensors changes; loaders refuse versions they do not know.
 FORMAT_VERSION = 1
 
-Quantizer = VectorQuantizer | ResidualQuantizer
-_CLASSES: dict[str, type[Quantizer]] = {
-    "VectorQuantizer": VectorQuantizer,
-    "ResidualQuantizer": ResidualQuantizer,
-}
 _DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -34,7 +35,38 @@ _DTYPES = {
 }
 
 
-def save_quantizer(quantizer: Quantizer, directory: str | os.PathLike[str]) -> None:
+class QuantizerCheckpoint(nn.Module):
+    """A quantizer that saves as ``config.json`` + ``model.safetensors``: ``VectorQuantizer``, ``ResidualQuantizer``.
+
+    A subclass defines ``config()``, the keyword arguments that rebuild it. Only the direct
+    subclasses are registered (by class name, as saved configs record it), so a subclass of
+    one of them is not mistaken for it on load; saving one raises ``TypeError``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if QuantizerCheckpoint in cls.__bases__:
+            _CLASSES[cls.__name__] = cls
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's keyword arguments, as JSON values."""
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically, no pickle)."""
+        save_quantizer(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Self:
+        """Load a quantizer written by :meth:`save_pretrained`, validating config and tensors."""
+        return load_quantizer(directory, expected_class=cls, map_location=map_location)  # type: ignore[return-value]
+
+
+# Filled by QuantizerCheckpoint.__init_subclass__ when prefquant.quantizer defines its classes.
+_CLASSES: dict[str, type[QuantizerCheckpoint]] = {}
+
+
+def save_quantizer(quantizer: QuantizerCheckpoint, directory: str | os.PathLike[str]) -> None:
     """Write ``quantizer`` to ``directory``/config.json and ``directory``/model.safetensors.
 
     Each file is written atomically; the weights go first so that a config never
@@ -42,7 +74,7 @@ def save_quantizer(quantizer: Quantizer, directory: str | os.PathLike[str]) -> N
     """
     name = type(quantizer).__name__
     if name not in _CLASSES:
-        raise TypeError(f"can only save VectorQuantizer or ResidualQuantizer, got {name}")
+        raise TypeError(f"can only save {' or '.join(_CLASSES)}, got {name}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = quantizer.state_dict()
@@ -82,10 +114,10 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def load_quantizer(
     directory: str | os.PathLike[str],
-    expected_class: type[Quantizer] | None = None,
+    expected_class: type[QuantizerCheckpoint] | None = None,
     map_location: str | torch.device = "cpu",
-) -> Quantizer:
-    """Rebuild a quantizer saved by :func:`save_quantizer`.
+) -> QuantizerCheckpoint:
+    """Rebuild a quantizer saved by :func:`save_quantizer` (a ``VectorQuantizer`` or ``ResidualQuantizer``).
 
     Validates the format version, the class, the constructor config, and that every
     tensor in the weights file exists with the shape and dtype the config implies.
