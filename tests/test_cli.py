@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,47 @@ def test_every_shipped_config_loads() -> None:
     assert {"pipeline.yaml", "movielens.yaml"} <= {p.name for p in configs}
     for path in configs:
         load_config(schemas.get(path.stem, PipelineConfig), path)
+
+
+# A fresh process, since quietening changes process-wide logging and warning state: one Lightning
+# fit, a known third-party warning and one of our own, with and without what `pmg` does unless --verbose.
+_FIT_AND_WARN = """
+import sys, warnings
+if sys.argv[1] == "quiet":
+    from pmg.cli import quiet_third_party_output
+    quiet_third_party_output("pipeline")
+import lightning.pytorch as pl
+import torch
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(Tiny(), data)
+warnings.warn("Found 3 module(s) in eval mode at the start of training.")
+warnings.warn("a warning of our own")
+print("fit done")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_third_party_boilerplate_is_silenced_unless_verbose(mode: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _FIT_AND_WARN, mode], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "fit done" in output and "a warning of our own" in output
+    boilerplate = ("GPU available", "`Trainer.fit` stopped", "in eval mode at the start of training")
+    if mode == "quiet":
+        assert not [line for line in boilerplate if line in output], output
+    else:
+        assert all(line in output for line in boilerplate), output
+
+
+def test_verbose_is_accepted_anywhere_and_changes_nothing_else(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "catalog", "--out", str(tmp_path / "a"), "--verbose", "num_users=20", "num_items=30"]) == 0
+    assert main(["--verbose", "data", "catalog", "--out", str(tmp_path / "b"), "num_users=20", "num_items=30"]) == 0
+    assert (tmp_path / "a" / "interactions.csv").read_bytes() == (tmp_path / "b" / "interactions.csv").read_bytes()

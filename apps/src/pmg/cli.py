@@ -16,8 +16,12 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import re
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +42,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pmg", description="Personalized multimodal generation from discrete preference tokens.")
     parser.add_argument("--version", action="version", version=f"pmg {__version__}")
+    # main() reads it anywhere on the line (pmg pipeline --verbose too); here for --help.
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep every third-party log line, progress bar and warning (Lightning, transformers, diffusers)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pipeline = commands.add_parser("pipeline", help="run every stage end to end (default: the embedded catalog)")
@@ -210,9 +217,73 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+# Third-party warnings a user can do nothing about: deprecations inside our dependencies, a
+# fallback that changes nothing here, peft's note on tied embeddings (the text adapter's merged and
+# saved weights are tested against the unmerged adapter's logits), and Lightning's notes on what the
+# stages do on purpose (frozen base models in eval mode, the quantizer's EMA codebooks without an
+# optimizer, tiny epochs in tests and --quick).
+_KNOWN_WARNINGS = tuple((category, re.compile(pattern)) for category, pattern in (
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (FutureWarning, r".*steps_offset"),
+    (UserWarning, r"Model has `tie_word_embeddings=True` and a tied layer is part of the adapter"),
+    (Warning, r".*does not have many workers"),
+    (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    (Warning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
+    (Warning, r"Found \d+ module\(s\) in eval mode at the start of training"),
+    (Warning, r"`LightningModule\.configure_optimizers` returned `None`"),
+))
+# Commands that load neither Lightning nor diffusers: they do not pay for importing them (diffusers
+# alone took 12 s to import on this 2-core machine under load).
+_LIGHT_COMMANDS = frozenset({"data", "recommend", "search"})
+
+
+def quiet_third_party_output(command: str) -> None:
+    """Keep a command's output to its own lines and Lightning's training progress bars: silence
+    Lightning's per-trainer boilerplate (accelerator lines, tips, "`Trainer.fit` stopped"),
+    transformers', diffusers' and bitsandbytes' info logs and loading/saving bars, and the known
+    warnings above. The CLI calls it unless ``--verbose``; library code never does, so importing
+    pmg changes nothing.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    shown = warnings.showwarning
+
+    # At display rather than as filters: some imports (torch_geometric's) warn inside their own
+    # warning contexts, where filters added here do not apply.
+    def show_unless_known(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if not any(issubclass(category, known) and pattern.match(str(message)) for known, pattern in _KNOWN_WARNINGS):
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_unless_known
+    if command in _LIGHT_COMMANDS:
+        return
+    # Lightning sets its loggers to INFO when first imported, and diffusers' progress bars have no
+    # environment switch: both must be imported before they can be quietened.
+    import diffusers.utils.logging
+    import lightning.pytorch  # noqa: F401
+    import transformers.utils.logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pmg`` console script; returns the exit status."""
+    """Entry point of the ``pmg`` console script; returns the exit status.
+
+    ``--verbose`` anywhere on the command line keeps every third-party line and warning
+    (:func:`quiet_third_party_output` is skipped).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    if not verbose:
+        # Before the parser is built: building it imports the stages, and with them torch_geometric's warnings.
+        quiet_third_party_output(next((a for a in argv if not a.startswith("-")), ""))
     args = build_parser().parse_args(argv)
     # What the run's lock names to a second writer.
     args.command_line = shlex.join(["pmg", *argv])

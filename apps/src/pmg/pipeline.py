@@ -73,6 +73,7 @@ def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=pri
     upstream = ""
     with run.lock(command):
         for position, stage in enumerate(STAGES):
+            log(f"[{stage.name}] stage {position + 1} of {len(STAGES)}")
             t = time.perf_counter()
             result = stage.run(getattr(config, stage.config_field), run, upstream, position >= first_forced)
             note = "reused" if result.reused else f"{time.perf_counter() - t:.1f}s"
