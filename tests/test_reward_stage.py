@@ -160,7 +160,8 @@ def test_rerun_reuses_the_reward_stage(tiny_run: Path, capsys: pytest.CaptureFix
     before = saved.stat().st_mtime_ns
     capsys.readouterr()
     assert _pipeline(tiny_run) == 0
-    reward_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[reward]"))
+    # The stage's last line is its end line (the first says it starts).
+    reward_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[reward]")][-1]
     assert "(reused)" in reward_line and "validation reward" in reward_line
     assert saved.stat().st_mtime_ns == before
 
