@@ -243,7 +243,7 @@ def test_a_damaged_stage_file_is_named_with_the_command_that_rebuilds_it_and_the
     quantizer = root / "quantize" / "visual" / "model.safetensors"
     _flip_byte(quantizer, quantizer.stat().st_size - 5)  # same size, other bytes
     with pytest.raises(RunError, match=rf"{re.escape(str(quantizer))} is damaged \(its SHA-256 differs from the one stage 'quantize' recorded\); "
-                                       rf"rebuild it with `pmg pipeline --run {re.escape(str(root))} --force quantize`"):
+                                       rf"rebuild the stage with `pmg pipeline --run {re.escape(str(root))} --force quantize`"):
         load_user_tokens(RunDirectory(root))
     model = root / "preference" / "model.safetensors"
     model.write_bytes(model.read_bytes()[:-100])  # cut short, as by a full disk or a copy that stopped
@@ -290,7 +290,10 @@ def _file_too_large_beyond(limit: int) -> None:
 
 def test_a_write_that_fails_leaves_the_previous_outputs_and_a_clear_error(trained_run: Path, tmp_path: Path) -> None:
     root = Path(shutil.copytree(trained_run, tmp_path / "run"))
-    before = {p: p.read_bytes() for p in (root / "quantize").rglob("*") if p.is_file() and "tb" not in p.parts}
+    def results() -> list[Path]:  # the stage's files, less its logs and the checkpoints it resumes from
+        return [p for p in (root / "quantize").rglob("*") if p.is_file() and not {"tb", "checkpoints"} & set(p.parts)]
+
+    before = {p: p.read_bytes() for p in results()}
     fit = ["quantize", "fit", "--run", str(root), *_TINY_QUANTIZE]
     failed = subprocess.run([sys.executable, "-m", "pmg.cli", *fit],
                             capture_output=True, text=True, preexec_fn=lambda: _file_too_large_beyond(2048), timeout=600)
@@ -298,8 +301,8 @@ def test_a_write_that_fails_leaves_the_previous_outputs_and_a_clear_error(traine
     assert re.search(rf"pmg: error: \[Errno 27\] File too large.*: '{re.escape(str(root / 'quantize'))}.*'", failed.stderr)
     assert "atomic writes kept the previous version" in failed.stderr
     assert not (root / LOCK_FILE).exists() and not (root / "quantize" / "stage.json").exists()
-    after = {p for p in (root / "quantize").rglob("*") if p.is_file() and "tb" not in p.parts}
-    assert not [p for p in after if p.name.startswith(".")]  # no temporary file left behind
+    after = set(results())
+    assert not [p for p in (root / "quantize").rglob(".*") if p.is_file()]  # no temporary file left behind
     for path in after:  # each file is its previous version or the rewrite of it (the same bytes), never a part
         assert path in before and path.read_bytes() == before[path], path
     RunDirectory(root).require("preference")  # what the failed stage read is intact
@@ -349,12 +352,12 @@ _KILLED = textwrap.dedent("""
 """)
 
 
-def _pipeline_to_quantize(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _pipeline_to_quantize(run: Path, monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...] = _RESUME_OVERRIDES) -> None:
     """`pmg pipeline` on ``run`` with the data, preference and quantize stages (the zoo left out:
     these features are model-free)."""
     monkeypatch.setattr("pmg.pipeline.STAGES", STAGES)
     config = load_config(PipelineConfig, TINY_CONFIG, [f"run_dir={run}", f"preference.features.cache_dir={run.parent / 'features'}",
-                                                       *_RESUME_OVERRIDES])
+                                                       *overrides])
     run_pipeline(config, log=lambda line: None)
 
 
@@ -386,6 +389,10 @@ def test_a_killed_training_stage_resumes_from_its_last_checkpoint_to_the_uninter
     reference = tmp_path / "reference"
     _pipeline_to_quantize(reference, monkeypatch)
     expected = {name: (reference / name).read_bytes() for name in _RESULTS}
+    # Checkpointing within epochs changes nothing in an uninterrupted run.
+    epoch_ends_only = tmp_path / "epoch-ends-only"
+    _pipeline_to_quantize(epoch_ends_only, monkeypatch, tuple(o for o in _RESUME_OVERRIDES if "checkpoint_every" not in o))
+    assert {name: (epoch_ends_only / name).read_bytes() for name in _RESULTS} == expected
     # Preference batch 13 is within epoch 1 (batches 9-16): the fit resumes from batch 12's checkpoint,
     # mid-epoch. Quantize batch 10 opens epoch 3 (batches 10-12): it resumes from the end of epoch 2.
     for stage, batches, checkpoint in (("preference", 13, "resume-e1-b12.ckpt"), ("quantize", 10, "resume-e2-b9-end.ckpt")):

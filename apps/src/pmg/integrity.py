@@ -3,7 +3,7 @@
 A file cut short by a full disk or a copy that stopped, or bytes changed on the way, loads
 into nonsense or fails far from its cause. What a stage, a cache entry or a checkpoint writes
 is recorded (size and SHA-256 per file, ``file_record``) beside it when it completes; readers
-check the record (``find_damage``) and name the damaged file. (A single safetensors cache
+check the record (``find_damage``) and name each damaged file. (A single safetensors cache
 file carries the digest of its tensors in its own metadata instead: ``pmg.features``.)
 """
 
@@ -39,17 +39,18 @@ def file_record(folder: Path, *, skip: Callable[[Path], bool] = lambda relative:
     return record
 
 
-def find_damage(folder: Path, record: Mapping[str, list], writer: str, *, sizes_only: bool = False) -> tuple[Path, str] | None:
-    """The first file of ``record`` (from ``file_record``) that is missing, of another size or,
-    unless ``sizes_only``, of other bytes under ``folder``: ``(path, what is wrong)``, said of
-    ``writer`` (who recorded it: "stage 'quantize'"); None if every file is intact."""
+def find_damage(folder: Path, record: Mapping[str, list], writer: str, *, sizes_only: bool = False) -> str | None:
+    """What is wrong with the files of ``record`` (from ``file_record``) under ``folder``: each one
+    missing, of another size or, unless ``sizes_only``, of other bytes, said of ``writer`` (who
+    recorded it: "stage 'quantize'"), e.g. ``"<path> is missing (stage 'quantize' wrote it)"``;
+    None if every file is intact."""
+    problems = []
     for relative, (size, digest) in record.items():
         path = folder / relative
         if not path.is_file():
-            return path, f"missing; {writer} wrote it"
-        actual = path.stat().st_size
-        if actual != size:
-            return path, f"{actual} bytes where {writer} wrote {size}"
-        if not sizes_only and file_digest(path) != digest:
-            return path, f"its SHA-256 differs from the one {writer} recorded"
-    return None
+            problems.append(f"{path} is missing ({writer} wrote it)")
+        elif (actual := path.stat().st_size) != size:
+            problems.append(f"{path} is damaged ({actual} bytes where {writer} wrote {size})")
+        elif not sizes_only and file_digest(path) != digest:
+            problems.append(f"{path} is damaged (its SHA-256 differs from the one {writer} recorded)")
+    return "; ".join(problems) or None

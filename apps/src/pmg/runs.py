@@ -267,16 +267,15 @@ class RunDirectory:
         self._intact[stage] = stage_fingerprint
 
     def _damage(self, stage: str, record: dict[str, Any]) -> str | None:
-        """What is wrong with the first damaged file of ``stage`` (None: all intact, or a record
-        from before files were recorded). Checked once per object and fingerprint."""
+        """What is wrong with the files of ``stage`` (None: all intact, or a record from before
+        files were recorded). Checked once per object and fingerprint."""
         fingerprint = str(record.get("fingerprint"))
         if self._intact.get(stage) == fingerprint:
             return None
-        found = find_damage(self.root / stage, record.get("files") or {}, f"stage {stage!r}")
-        if found is not None:
-            return f"{found[0]} is damaged ({found[1]})"
-        self._intact[stage] = fingerprint
-        return None
+        damage = find_damage(self.root / stage, record.get("files") or {}, f"stage {stage!r}")
+        if damage is None:
+            self._intact[stage] = fingerprint
+        return damage
 
     def invalidate(self, stage: str, *, keep_checkpoints: bool = False) -> None:
         """Mark ``stage`` incomplete before recomputing it, and drop its training checkpoints
@@ -297,5 +296,5 @@ class RunDirectory:
             raise RunError(f"stage {stage!r} has not completed in {self.root}; run `pmg pipeline --run {self.root}`{alternative} first")
         damage = self._damage(stage, record)
         if damage is not None:
-            raise RunError(f"{damage}; rebuild it with `pmg pipeline --run {self.root} --force {stage}`{alternative}")
+            raise RunError(f"{damage}; rebuild the stage with `pmg pipeline --run {self.root} --force {stage}`{alternative}")
         return record

@@ -334,9 +334,13 @@ class ResumeCheckpoint(Callback):
     def _save(self, trainer: L.Trainer, name: str) -> None:
         folder = self.resumable.folder
         path = folder / name
-        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; global rank 0 writes
         if not trainer.is_global_zero:
+            trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; global rank 0 writes
             return
+        # Through pmg.atomic: Lightning's own write goes by a temporary file in the system's temp
+        # folder, and an error there (a full disk) names no file.
+        with atomic_file(path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
         record = {"checkpoint": name, "size": path.stat().st_size, "sha256": file_digest(path),
                   "fingerprint": self.resumable.fingerprint, "epoch": trainer.current_epoch,
                   "batches": trainer.fit_loop.total_batch_idx + 1}

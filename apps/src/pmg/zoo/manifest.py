@@ -100,9 +100,9 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
         raise ZooError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')!r}, "
                        f"expected {ZOO_FORMAT!r} v{ZOO_VERSION}; rerun `pmg zoo fit`")
     # Sizes only here (every command reads the zoo); `pmg pipeline` checks the bytes (zoo_damage).
-    found = find_damage(folder, manifest.get("files") or {}, "the zoo build", sizes_only=True)
-    if found is not None:
-        raise ZooError(f"zoo cache file {found[0]} is damaged ({found[1]}); rerun `pmg pipeline`, "
+    damage = find_damage(folder, manifest.get("files") or {}, "the zoo build", sizes_only=True)
+    if damage is not None:
+        raise ZooError(f"zoo cache file {damage}; rerun `pmg pipeline`, "
                        "which rebuilds the cache entry")
     models: dict[str, ZooModel | None] = {}
     for name in MODEL_NAMES:
@@ -142,9 +142,10 @@ def zoo_damage(folder: Path) -> str | None:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return f"{manifest_path} is damaged ({err})"
-    found = (find_damage(folder, manifest.get("files") or {}, "the zoo build") if isinstance(manifest, dict)
-             else (manifest_path, "not a JSON object"))
-    return None if found is None else f"zoo cache file {found[0]} is damaged ({found[1]})"
+    if not isinstance(manifest, dict):
+        return f"{manifest_path} is damaged (not a JSON object)"
+    damage = find_damage(folder, manifest.get("files") or {}, "the zoo build")
+    return None if damage is None else f"zoo cache file {damage}"
 
 
 def load_zoo(run: RunDirectory | str | Path) -> Zoo:
