@@ -8,6 +8,7 @@ Usage:
     uv run --frozen python benchmarks/generation.py --tag tokens --set generator.prompt=tokens   # an ablation
     uv run --frozen python benchmarks/generation.py --check      # then compare with TARGETS, exit 1 on a miss
     uv run --frozen python benchmarks/generation.py --check-file saved.log   # compare a saved output only
+    uv run --frozen python benchmarks/generation.py --timing-only --repeats 5   # only the time, on runs/default
 
 Protocol:
 
@@ -273,6 +274,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a pipeline override for an ablation (e.g. generator.prompt=tokens); needs --tag")
     parser.add_argument("--tag", default="", help="the ablation's name: its runs are runs/<profile>-<tag>")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the three-path timing on the first profile's run (built if missing); no quality "
+                             "figures, which --check then reports as not measured")
     args = parse_args_with_check(parser, TARGETS)
     if bool(args.overrides) != bool(args.tag):
         parser.error("--set and --tag go together: an ablation's runs must not overwrite the default runs")
@@ -280,7 +284,11 @@ def main() -> None:
     started = time.perf_counter()
     profiles: dict[str, object] = {}
     timing_run: tuple[RunDirectory, list[int]] | None = None
-    for profile in args.profiles:
+    if args.timing_only:
+        run = _run(args.profiles[0], args.quick, args.tag, args.overrides)
+        data, _ = load_prepared(run)
+        timing_run = (run, evaluation_users(run, data, load_user_tokens(run), args.timing_users))
+    for profile in [] if args.timing_only else args.profiles:
         profiles[profile], run, users = _profile(profile, args.quick, args.users, args.tag, args.overrides)
         if timing_run is None or profile == "default":
             timing_run = (run, users)
@@ -313,6 +321,7 @@ def main() -> None:
         "seconds_per_user_words": round(seconds["words"], 4),
         "seconds_per_user_generic": round(seconds["generic"], 4),
         "quick": bool(args.quick),
+        "timing_only": bool(args.timing_only),
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "torch_threads": torch.get_num_threads(),
     }
