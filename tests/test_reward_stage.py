@@ -190,7 +190,7 @@ def test_missing_or_damaged_generator_artifacts_say_what_to_run(tiny_run: Path, 
     damaged = Path(shutil.copytree(tiny_run, tmp_path / "damaged"))
     weights = damaged / "generator" / "text_adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
-    with pytest.raises(RunError, match=r"text adapter .* is damaged .* --force generator"):
+    with pytest.raises(RunError, match=r"text_adapter/adapter_model\.safetensors is damaged .* --force generator"):
         run_reward_stage(config, RunDirectory(damaged), "x", True)
     assert RunDirectory(damaged).record("reward") is None  # the stale completion is gone, not kept
 

@@ -44,11 +44,18 @@ def find_damage(folder: Path, record: Mapping[str, list], writer: str, *, sizes_
     missing, of another size or, unless ``sizes_only``, of other bytes, said of ``writer`` (who
     recorded it: "stage 'quantize'"), e.g. ``"<path> is missing (stage 'quantize' wrote it)"``;
     None if every file is intact."""
-    problems = []
+    problems: list[str] = []
     for relative, (size, digest) in record.items():
         path = folder / relative
         if not path.is_file():
-            problems.append(f"{path} is missing ({writer} wrote it)")
+            missing = path
+            for parent in Path(relative).parents[:-1]:  # nearest first; a missing folder is named once, not file by file
+                if (folder / parent).exists():
+                    break
+                missing = folder / parent
+            message = f"{missing} is missing ({writer} wrote it)"
+            if message not in problems:
+                problems.append(message)
         elif (actual := path.stat().st_size) != size:
             problems.append(f"{path} is damaged ({actual} bytes where {writer} wrote {size})")
         elif not sizes_only and file_digest(path) != digest:

@@ -167,8 +167,9 @@ def config_inputs(config: Any) -> Any:
 
 
 # Left out of a stage's file record: logs and resume checkpoints (written while it runs, never
-# read as its result) and what `pmg generate` adds to a finished run.
-_UNRECORDED = frozenset({"tb", "checkpoints", "generated"})
+# read as its result), samples for people to look at (no stage or command reads them; copies of
+# runs leave them out, as benchmarks/reward.py does) and what `pmg generate` adds to a finished run.
+_UNRECORDED = frozenset({"tb", "checkpoints", "samples", "generated"})
 
 
 def _unrecorded(relative: Path) -> bool:
@@ -258,7 +259,7 @@ class RunDirectory:
 
     def mark_complete(self, stage: str, stage_fingerprint: str, summary: dict[str, Any]) -> None:
         """Record ``stage`` complete: its fingerprint, ``summary`` and the size and SHA-256 of every
-        file in its folder (less logs, checkpoints and ``pmg generate``'s outputs)."""
+        file in its folder (less logs, checkpoints, samples and ``pmg generate``'s outputs)."""
         folder = self.stage_dir(stage)
         files = file_record(folder, skip=_unrecorded)
         with atomic_file(folder / "stage.json") as tmp:

@@ -99,11 +99,6 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
     if manifest.get("format") != ZOO_FORMAT or manifest.get("version") != ZOO_VERSION:
         raise ZooError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')!r}, "
                        f"expected {ZOO_FORMAT!r} v{ZOO_VERSION}; rerun `pmg zoo fit`")
-    # Sizes only here (every command reads the zoo); `pmg pipeline` checks the bytes (zoo_damage).
-    damage = find_damage(folder, manifest.get("files") or {}, "the zoo build", sizes_only=True)
-    if damage is not None:
-        raise ZooError(f"zoo cache file {damage}; rerun `pmg pipeline`, "
-                       "which rebuilds the cache entry")
     models: dict[str, ZooModel | None] = {}
     for name in MODEL_NAMES:
         entry = manifest.get("models", {}).get(name)
@@ -120,6 +115,10 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
     for name in ("clip", "sdxl", "lm"):
         if models[name] is None:
             raise ZooError(f"{manifest_path} lists no {name!r} model")
+    # Sizes only here (every command reads the zoo); `pmg pipeline` checks the bytes (zoo_damage).
+    damage = find_damage(folder, manifest.get("files") or {}, "the zoo build", sizes_only=True)
+    if damage is not None:
+        raise ZooError(f"zoo cache file {damage}; rerun `pmg pipeline`, which rebuilds the cache entry")
     return Zoo(
         root=folder,
         clip=models["clip"],  # type: ignore[arg-type]
