@@ -136,7 +136,7 @@ def test_shaded_colours_stay_apart() -> None:
 
 
 def test_profile_is_validated(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"profile 'dense' is not one of \('default', 'sparse'\)"):
+    with pytest.raises(ConfigError, match=r"Invalid value 'dense', expected one of \[default, sparse\] \(key: profile\)"):
         load_config(CatalogConfig, None, ["profile=dense"])
     with pytest.raises(ValueError, match="not one of"):
         generate_catalog(CatalogConfig(profile="Sparse"))

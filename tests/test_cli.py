@@ -113,3 +113,18 @@ def test_verbose_is_accepted_anywhere_and_changes_nothing_else(tmp_path: Path, c
     assert main(["data", "catalog", "--out", str(tmp_path / "a"), "--verbose", "num_users=20", "num_items=30"]) == 0
     assert main(["--verbose", "data", "catalog", "--out", str(tmp_path / "b"), "num_users=20", "num_items=30"]) == 0
     assert (tmp_path / "a" / "interactions.csv").read_bytes() == (tmp_path / "b" / "interactions.csv").read_bytes()
+
+
+@pytest.mark.parametrize(("override", "allowed"), [
+    ("quantize.codebook_mode=adam", "[ema, learned]"),
+    ("reward.consistency_mode=softmax", "[contrastive, cosine]"),
+    ("generator.target=future", "[history, next_item]"),
+    ("generator.prompt=words", "[tokens, keywords_and_tokens]"),
+    ("data.catalog.profile=dense", "[default, sparse]"),
+    ("data.on_bad_rows=ignore", "[error, skip]"),
+])
+def test_a_closed_option_fails_at_config_load_listing_its_values(override: str, allowed: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pipeline", "--print_config", override]) == 2
+    error = capsys.readouterr().err
+    assert f"expected one of {allowed}" in error and override.split("=")[0] in error

@@ -207,8 +207,10 @@ def test_config_checks_name_the_key() -> None:
         load_config(RewardConfig, overrides=["image.backprop_last_k=20"])
     with pytest.raises(ConfigError, match="validation_users must be >= 0"):
         load_config(RewardConfig, overrides=["validation_users=-1"])
-    with pytest.raises(ConfigError, match="consistency_mode must be 'contrastive' or 'cosine'"):
+    with pytest.raises(ConfigError, match=r"Invalid value 'softmax', expected one of \[contrastive, cosine\] \(key: consistency_mode\)"):
         load_config(RewardConfig, overrides=["consistency_mode=softmax"])
+    with pytest.raises(ValueError, match="consistency_mode must be one of"):  # built directly, not loaded
+        RewardConfig(consistency_mode="softmax").validate()  # type: ignore[arg-type]
 
 
 def test_training_order_draws_each_user_once_per_pass_and_is_seeded() -> None:

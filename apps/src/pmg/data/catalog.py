@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "CatalogConfig",
     "SparseProfileConfig",
     "CATALOG_PROFILES",
+    "CatalogProfile",
     "CATEGORIES",
     "COLOURS",
     "PATTERNS",
@@ -63,7 +65,14 @@ PATTERN_ALIASES = {"plain": ("solid", "plain"), "stripes": ("striped",), "dots":
 MATERIALS = ("cotton", "silk", "wool", "denim", "leather", "linen")
 STYLES = ("casual", "formal", "sporty", "vintage", "bohemian", "minimalist")
 BRANDS = ("Alder", "Birchwood", "Cobalt", "Dune", "Ember", "Fjord", "Grove", "Harbor", "Iris", "Juniper", "Kestrel", "Loom")
-CATALOG_PROFILES = ("default", "sparse")
+class CatalogProfile(StrEnum):
+    """The catalog's profile (``data.catalog.profile``; see the module docstring)."""
+
+    default = "default"
+    sparse = "sparse"
+
+
+CATALOG_PROFILES = tuple(profile.value for profile in CatalogProfile)
 # The sparse profile's hidden visual taste. The factors keep all 16 shaded colours apart: the
 # closest pair of different colours (dark blue / dark purple) is 23 CIELAB units apart (the
 # unshaded palette's closest, blue / purple, 30) and each colour's two shades at least 28.
@@ -175,7 +184,7 @@ class CatalogConfig:
     """
 
     seed: int = 0
-    profile: str = "default"
+    profile: CatalogProfile = CatalogProfile.default
     num_users: int = 1000
     num_items: int = 2000
     interactions_per_user: float = 30.0
@@ -198,7 +207,7 @@ class CatalogConfig:
     sparse: SparseProfileConfig = field(default_factory=SparseProfileConfig)
 
     def validate(self) -> None:
-        # A str, not a Literal: OmegaConf reads Literal fields only from 2.4 on, and pmg allows 2.3.
+        # load_config checks the type; a config built directly in Python is checked here.
         if self.profile not in CATALOG_PROFILES:
             raise ValueError(f"catalog.profile {self.profile!r} is not one of {CATALOG_PROFILES}")
         if self.num_users < 1 or self.num_items < 2:

@@ -9,10 +9,18 @@ from enum import StrEnum
 from pmg.training import OptimizerConfig, TrainerConfig
 from prefquant import DEFAULT_PREFIXES
 
-__all__ = ["PromptMode", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig", "GeneratorConfig", "TEXT_TARGETS"]
+__all__ = ["GenerationTarget", "PromptMode", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig", "GeneratorConfig", "TEXT_TARGETS"]
 
 # The item texts the LM can learn to write for a user.
 TEXT_TARGETS = ("title", "description", "review")
+
+
+class GenerationTarget(StrEnum):
+    """What the generators learn to write for a user (``generator.target``): ``history``, the
+    user's liked training items; ``next_item``, the item the user takes next (the test row)."""
+
+    history = "history"
+    next_item = "next_item"
 
 
 class PromptMode(StrEnum):
@@ -169,7 +177,7 @@ class GeneratorConfig:
     its own ``max_steps`` / ``max_epochs``.
     """
 
-    target: str = "history"
+    target: GenerationTarget = GenerationTarget.history
     min_rating: float = 4.0
     prompt: PromptMode = PromptMode.keywords_and_tokens
     item_word_keep: float = 0.5
@@ -184,8 +192,8 @@ class GeneratorConfig:
     def validate(self) -> None:
         if not 0.0 <= self.item_word_keep <= 1.0:
             raise ValueError(f"generator.item_word_keep must be in [0, 1], got {self.item_word_keep}")
-        if self.target not in ("history", "next_item"):
-            raise ValueError(f"generator.target must be 'history' or 'next_item', not {self.target!r}")
+        if self.target not in tuple(GenerationTarget):  # a config built directly in Python
+            raise ValueError(f"generator.target must be one of {[t.value for t in GenerationTarget]}, not {self.target!r}")
         if not (self.text.enabled or self.image.enabled):
             raise ValueError("generator: enable at least one of text and image")
         self.text.validate()

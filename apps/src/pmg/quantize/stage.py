@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import lightning as L
@@ -46,10 +47,19 @@ from prefquant import (
     tuple_ids,
 )
 
-__all__ = ["QuantizeConfig", "QuantizeModule", "UserTokens", "load_user_tokens", "QUANTIZE_STAGE"]
+__all__ = ["CodebookMode", "QuantizeConfig", "QuantizeModule", "UserTokens", "load_user_tokens", "QUANTIZE_STAGE"]
 
 # Which ground-truth tastes each modality should carry (for the NMI report on the catalog).
 _TASTES_OF = {"visual": ("colour", "pattern"), "textual": ("material", "style")}
+
+
+class CodebookMode(StrEnum):
+    """How the quantizer's codebooks learn (``quantize.codebook_mode``): ``ema``, exponential moving
+    averages of the vectors assigned to each code (no optimizer); ``learned``, gradient descent on a
+    codebook loss with the stage's optimizer."""
+
+    ema = "ema"
+    learned = "learned"
 
 
 @dataclass
@@ -58,7 +68,7 @@ class QuantizeConfig:
     num_levels: int = 3
     codebook_size: int = 32
     normalize_input: bool = True
-    codebook_mode: str = "ema"
+    codebook_mode: CodebookMode = CodebookMode.ema
     decay: float = 0.9
     commitment_weight: float = 0.25
     kmeans_init: bool = True
@@ -73,8 +83,8 @@ class QuantizeConfig:
             raise ValueError(f"quantize.modalities {unknown or '[]'} must be among {sorted(DEFAULT_PREFIXES)}")
         if self.num_levels < 1 or self.codebook_size < 2:
             raise ValueError("quantize.num_levels must be >= 1 and codebook_size >= 2")
-        if self.codebook_mode not in ("ema", "learned"):
-            raise ValueError("quantize.codebook_mode must be 'ema' or 'learned'")
+        if self.codebook_mode not in tuple(CodebookMode):  # a config built directly in Python
+            raise ValueError(f"quantize.codebook_mode must be one of {[m.value for m in CodebookMode]}, not {self.codebook_mode!r}")
         self.trainer.validate()
         self.optimizer.validate()
 

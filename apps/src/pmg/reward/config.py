@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from pmg.generator.config import TEXT_TARGETS
 from pmg.training import OptimizerConfig, TrainerConfig
 
-__all__ = ["RewardWeights", "TextRewardConfig", "ImageRewardConfig", "RewardConfig"]
+__all__ = ["ConsistencyMode", "RewardWeights", "TextRewardConfig", "ImageRewardConfig", "RewardConfig"]
 
 
 @dataclass
@@ -94,6 +95,13 @@ class ImageRewardConfig:
             raise ValueError("reward.image.guidance_scale must be >= 1 (1: no classifier-free guidance)")
 
 
+class ConsistencyMode(StrEnum):
+    """The consistency reward (``reward.consistency_mode``; see :class:`RewardConfig`)."""
+
+    contrastive = "contrastive"
+    cosine = "cosine"
+
+
 @dataclass
 class RewardConfig:
     """Stage "reward": fine-tune the generator stage's adapters (token rows + LoRA only) with
@@ -116,7 +124,7 @@ class RewardConfig:
     validation_users: int = 48
     eval_every: int = 10
     map_ridge: float = 1e-2
-    consistency_mode: str = "contrastive"
+    consistency_mode: ConsistencyMode = ConsistencyMode.contrastive
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=60, log_every_n_steps=5))
 
@@ -128,8 +136,9 @@ class RewardConfig:
         self.image.validate()
         if self.validation_users < 0:
             raise ValueError("reward.validation_users must be >= 0 (0: every selection user)")
-        if self.consistency_mode not in ("contrastive", "cosine"):
-            raise ValueError(f"reward.consistency_mode must be 'contrastive' or 'cosine', got {self.consistency_mode!r}")
+        if self.consistency_mode not in tuple(ConsistencyMode):  # a config built directly in Python
+            raise ValueError(f"reward.consistency_mode must be one of {[m.value for m in ConsistencyMode]}, "
+                             f"not {self.consistency_mode!r}")
         if self.eval_every < 1 or self.map_ridge <= 0:
             raise ValueError("reward.eval_every must be >= 1 and map_ridge > 0")
         self.optimizer.validate()
