@@ -27,7 +27,7 @@ from prefgen.prompts import (
     token_fragment,
 )
 from prefgen.soft_prompt import SoftPromptInjector, SoftPromptProjector, soft_prompt_tokens
-from prefgen.text_adapter import DEFAULT_LM_LORA_TARGETS, LoraOptions, TextPreferenceAdapter
+from prefgen.text_adapter import DEFAULT_LM_LORA_TARGETS, LoraOptions, PromptOnlyTokenFilter, TextPreferenceAdapter
 from prefgen.token_rows import (
     AdapterFileError,
     PreferenceTokenError,
@@ -44,6 +44,7 @@ __all__ = [
     "LoraOptions",
     "PreferenceTokenError",
     "PromptEmbeddings",
+    "PromptOnlyTokenFilter",
     "PromptTemplates",
     "SoftPromptInjector",
     "SoftPromptProjector",
