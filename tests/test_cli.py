@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from pmg.cli import main
+from pmg.cli import main, quiet_third_party_output
 from pmg.data import read_dataset
 
 
@@ -128,3 +129,11 @@ def test_a_closed_option_fails_at_config_load_listing_its_values(override: str, 
     assert main(["pipeline", "--print_config", override]) == 2
     error = capsys.readouterr().err
     assert f"expected one of {allowed}" in error and override.split("=")[0] in error
+
+
+def test_quietening_twice_in_one_process_wraps_the_warning_display_once() -> None:
+    # pytest restores warnings.showwarning after each test; "data" touches no logger level.
+    quiet_third_party_output("data")
+    first = warnings.showwarning
+    quiet_third_party_output("data")
+    assert warnings.showwarning is first

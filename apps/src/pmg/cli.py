@@ -256,7 +256,9 @@ def quiet_third_party_output(command: str) -> None:
         if not any(issubclass(category, known) and pattern.match(str(message)) for known, pattern in _KNOWN_WARNINGS):
             shown(message, category, filename, lineno, file, line)
 
-    warnings.showwarning = show_unless_known
+    show_unless_known.quietens_known_warnings = True  # type: ignore[attr-defined]
+    if not getattr(shown, "quietens_known_warnings", False):  # main() called again in one process: wrap once
+        warnings.showwarning = show_unless_known
     if command in _LIGHT_COMMANDS:
         return
     # Lightning sets its loggers to INFO when first imported, and diffusers' progress bars have no
