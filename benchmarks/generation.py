@@ -62,7 +62,13 @@ from pmg.data.keyword_bound import history_majority_hit_rate
 from pmg.evaluate.config import GenerationEvaluationConfig
 from pmg.evaluate.generation import VARIANTS, generation_section, user_keywords
 from pmg.evaluate.intervals import bootstrap_interval
-from pmg.evaluate.stage import evaluation_users, generate_variants, generation_judges, generation_variants
+from pmg.evaluate.stage import (
+    evaluation_users,
+    generate_variants,
+    generation_judges,
+    generation_variants,
+    load_generation_inputs,
+)
 from pmg.evaluate.table import Cell, Section
 from pmg.generator import GeneratorConfig, load_generators, run_generator_stage
 from pmg.generator.evaluation import taste_attributes
@@ -70,7 +76,6 @@ from pmg.generator.prompts import UserPrompts, described_subject, user_prompts
 from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
 from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
-from pmg.zoo.manifest import load_zoo
 from pmg.zoo.sdxl_recipe import pipeline_resolution
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,12 +169,8 @@ def _keyword_hit_rate(data: InteractionData, history: np.ndarray, users: list[in
 
 def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) -> tuple[dict[str, object], RunDirectory, list[int]]:
     run = _with_soft_prompt_baseline(_run(profile, quick, tag, extra), _name(profile, quick, tag))
-    data, split = load_prepared(run)
-    if data.user_tastes is None:
-        raise RunError(f"{run.root}: the dataset has no ground-truth tastes; this benchmark needs the catalog")
-    zoo = load_zoo(run)
-    tokens = load_user_tokens(run)
-    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    inputs = load_generation_inputs(run, tastes_for="benchmarks/generation.py")
+    data, split, zoo, tokens, generator = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     users = evaluation_users(run, data, tokens, limit)
     print(f"[{profile}] judging {len(users)} evaluation users of {run.root}", flush=True)
     variants = generation_variants(run, data, split, zoo, tokens, generator, users)
@@ -294,10 +295,8 @@ def main() -> None:
             timing_run = (run, users)
     assert timing_run is not None
     run, users = timing_run
-    data, split = load_prepared(run)
-    zoo = load_zoo(run)
-    tokens = load_user_tokens(run)
-    config = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    inputs = load_generation_inputs(run, tastes_for=None)
+    data, split, zoo, tokens, config = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     text_adapter, image_adapter = load_generators(run, zoo)
     if text_adapter is None or image_adapter is None:
         raise RunError(f"{run.root}: this benchmark needs both the text and the image generator")

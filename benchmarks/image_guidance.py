@@ -29,16 +29,13 @@ import numpy as np
 import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
-from pmg.config import load_config
-from pmg.data.dataset_stage import load_prepared, load_user_roles
+from pmg.data.dataset_stage import load_user_roles
 from pmg.evaluate.generation import token_variant
 from pmg.evaluate.intervals import bootstrap_interval
-from pmg.generator import GeneratorConfig
+from pmg.evaluate.stage import load_generation_inputs
 from pmg.generator.evaluation import taste_attributes
-from pmg.quantize.stage import load_user_tokens
 from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
-from pmg.zoo.manifest import load_zoo
 
 TARGETS: Targets = {}
 
@@ -54,12 +51,8 @@ def main() -> None:
     args = parse_args_with_check(parser, TARGETS)
 
     run = RunDirectory(args.run)
-    data, split = load_prepared(run)
-    if data.user_tastes is None:
-        raise RunError(f"{run.root}: no ground-truth tastes; this sweep needs the catalog")
-    zoo = load_zoo(run)
-    tokens = load_user_tokens(run)
-    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    inputs = load_generation_inputs(run, tastes_for="benchmarks/image_guidance.py")
+    data, split, zoo, tokens, generator = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     _, image = load_reward_generators(run, zoo)
     if image is None:
         raise RunError(f"{run.root}: no image generator")

@@ -27,18 +27,13 @@ import numpy as np
 import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
-from pmg.config import load_config
-from pmg.data.dataset_stage import load_prepared
 from pmg.evaluate.generation import VariantGenerators
 from pmg.evaluate.intervals import bootstrap_interval
-from pmg.evaluate.stage import evaluation_users
-from pmg.generator import GeneratorConfig
+from pmg.evaluate.stage import evaluation_users, load_generation_inputs
 from pmg.generator.evaluation import named_value, taste_attributes
 from pmg.generator.prompts import joined_fragment, user_prompts
-from pmg.quantize.stage import load_user_tokens
 from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
-from pmg.zoo.manifest import load_zoo
 
 TARGETS: Targets = {}
 
@@ -60,12 +55,8 @@ def main() -> None:
     args = parse_args_with_check(parser, TARGETS)
 
     run = RunDirectory(args.run)
-    data, split = load_prepared(run)
-    if data.user_tastes is None:
-        raise RunError(f"{run.root}: no ground-truth tastes; this benchmark needs the catalog")
-    zoo = load_zoo(run)
-    tokens = load_user_tokens(run)
-    generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
+    inputs = load_generation_inputs(run, tastes_for="benchmarks/token_shuffle.py")
+    data, split, zoo, tokens, generator = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     text, image = load_reward_generators(run, zoo)
     if text is None or image is None:
         raise RunError(f"{run.root}: this benchmark needs both the text and the image generator")

@@ -17,6 +17,7 @@ everything is computed, so a failing evaluation leaves the previous one as it wa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -24,7 +25,7 @@ from pmg.atomic import atomic_directory
 from pmg.config import load_config
 from pmg.evaluate.config import EvaluateConfig
 from pmg.evaluate.table import EvaluationTable, Section
-from pmg.generator.config import PromptMode
+from pmg.generator.config import GeneratorConfig, PromptMode
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
@@ -34,14 +35,13 @@ if TYPE_CHECKING:
     from pmg.data.format import InteractionData
     from pmg.data.split import Split
     from pmg.evaluate.generation import GenerationJudges, RetrievalVariant, VariantGenerators
-    from pmg.generator.config import GeneratorConfig
     from pmg.generator.stage import UserGeneration
     from pmg.quantize.stage import UserTokens
     from pmg.zoo.manifest import Zoo
 
-__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES", "evaluation_users",
-           "generate_variants", "generation_judges", "generation_variants", "load_evaluation", "require_stages",
-           "run_evaluate_stage"]
+__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES", "GenerationInputs",
+           "evaluation_users", "generate_variants", "generation_judges", "generation_variants", "load_evaluation",
+           "load_generation_inputs", "require_stages", "run_evaluate_stage"]
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
@@ -55,6 +55,36 @@ def require_stages(run: RunDirectory, stages: tuple[str, ...]) -> None:
     """``RunError`` naming the first of ``stages`` that has not completed in ``run`` and what to run."""
     for stage in stages:
         run.require(stage)
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """What judging a run's generations reads from it: the prepared data and split, the zoo, the
+    users' tokens and the generator stage's config (which prompts and sampling settings it used)."""
+
+    run: RunDirectory
+    data: InteractionData
+    split: Split
+    zoo: Zoo
+    tokens: UserTokens
+    generator: GeneratorConfig
+
+
+def load_generation_inputs(run: RunDirectory, *, tastes_for: str | None) -> GenerationInputs:
+    """The :class:`GenerationInputs` of ``run`` (``RunError`` naming a stage that has not completed).
+
+    ``tastes_for``: what needs the dataset's ground-truth tastes (a benchmark's name, for the
+    message), or ``None`` when nothing does; a dataset without them is then a ``RunError``.
+    """
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.quantize.stage import load_user_tokens
+    from pmg.zoo.manifest import load_zoo
+
+    data, split = load_prepared(run)
+    if tastes_for is not None and data.user_tastes is None:
+        raise RunError(f"{run.root}: the dataset has no ground-truth tastes; {tastes_for} needs the catalog")
+    return GenerationInputs(run, data, split, load_zoo(run), load_user_tokens(run),
+                            load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml"))
 
 
 def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, limit: int) -> list[int]:
