@@ -443,9 +443,7 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
         logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [N, C, V]: the prediction of each completion token
-        suppressed = self.prompt_only_token_ids
-        if suppressed:
-            logits[..., suppressed] = float("-inf")
+        logits = self.prompt_only_filter(sequences, logits)  # the sampler's own mask ([V], broadcast)
         return F.log_softmax(logits, dim=-1).gather(-1, sequences[:, prompt_length:, None]).squeeze(-1)
 
     # ----------------------------------------------------------------------------------------------------------------
