@@ -188,6 +188,7 @@ def test_sampler_steps_are_the_pipelines_sampler_and_carry_a_graph_to_the_token_
             latents = step(latents)
         images = adapter.decode_latents(latents)
     assert images.shape == (2, 3, 16, 16) and float(images.min()) >= -1 and float(images.max()) <= 1
+    assert adapter.image_size == 16  # 8 latents times the VAE's factor 2
     # The pipeline's own call from the same seed: the same images, but for its rounding to 8 bits.
     expected = adapter.generate(prompts, seed=7, num_inference_steps=2, guidance_scale=3.0)
     ours = ((images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round()

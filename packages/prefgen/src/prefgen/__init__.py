@@ -6,8 +6,8 @@ pipeline, optional UNet LoRA), how their rows start (:class:`TokenInit`), the so
 baseline and the prompt builders. Stand-ins for real checkpoints (tiny models, offline
 tokenizers) live apart, in :mod:`prefgen.testing`.
 
-Importing prefgen imports torch (every adapter is an ``nn.Module``), not transformers,
-diffusers or peft: those load when an adapter is built or loaded.
+Importing prefgen imports torch (every adapter is an ``nn.Module``) and safetensors (their files),
+not transformers, diffusers or peft: those load when an adapter is built or loaded.
 """
 
 __version__ = "0.1.0"
@@ -27,7 +27,12 @@ from prefgen.prompts import (
     token_fragment,
 )
 from prefgen.soft_prompt import SoftPromptInjector, SoftPromptProjector, soft_prompt_tokens
-from prefgen.text_adapter import DEFAULT_LM_LORA_TARGETS, LoraOptions, PromptOnlyTokenFilter, TextPreferenceAdapter
+from prefgen.text_adapter import (
+    DEFAULT_LM_LORA_TARGETS,
+    LoraOptions,
+    PromptOnlyTokenFilter,
+    TextPreferenceAdapter,
+)
 from prefgen.token_rows import (
     AdapterFileError,
     PreferenceTokenError,

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -143,6 +144,7 @@ def _register_output_capture(module: nn.Module) -> None:
     would silently return ``None``. Older transformers have no registry: nothing to do.
     """
     try:
+        # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:
         return
@@ -205,6 +207,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             )
         unet_lora_config: dict[str, Any] | None = None
         if unet_lora is not None:
+            # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
             from peft import LoraConfig
 
             pipeline.unet.requires_grad_(False)
@@ -233,6 +236,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         self._setup(pipeline, meta, train_lora=unet_lora is not None)
 
     def _setup(self, pipeline: DiffusionPipeline, meta: dict[str, Any], *, train_lora: bool) -> None:
+        # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
         from diffusers import DDPMScheduler
 
         self.pipeline = pipeline
@@ -317,8 +321,6 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
 
     def save(self, folder: str | Path) -> Path:
         """Write one textual-inversion file per text encoder, the UNet LoRA (if any) and ``prefgen_image_adapter.json``."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         names = self.meta["tokens"] + self.meta["soft_prompt_tokens"]
@@ -328,6 +330,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             metadata = {"format": _FORMAT, "encoder": enc_attr, "tokens": json.dumps(names)}
             save_file({EMBEDDING_KEY: rows}, str(folder / file), metadata=metadata)
         if self.meta["unet_lora"] is not None:
+            # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
@@ -352,6 +355,12 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
     @property
     def tokenizers(self) -> list[Any]:
         return [getattr(self.pipeline, t) for t, _ in self._slots]
+
+    @property
+    def image_size(self) -> int:
+        """The side in pixels of the pipeline's default images: the UNet's ``default_sample_size``
+        latents times the VAE's scale factor (what :meth:`sampler_steps` samples)."""
+        return int(self.pipeline.default_sample_size) * int(self.pipeline.vae_scale_factor)
 
     @property
     def device(self) -> torch.device:
@@ -523,8 +532,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
                 negative_embeds, negative_pooled = negative.prompt_embeds, negative.pooled
             embeds = torch.cat([negative_embeds, embeds])
             pooled = torch.cat([negative_pooled, pooled]) if pooled is not None else None
-        size = int(pipe.default_sample_size)
-        pixels = size * int(pipe.vae_scale_factor)
+        size, pixels = int(pipe.default_sample_size), self.image_size
         extra: dict[str, Any] = {}
         if pooled is not None:
             time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=embeds.dtype).repeat(len(embeds), 1)
@@ -608,6 +616,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
     def img2img_pipeline(self) -> DiffusionPipeline:
         """The image-to-image pipeline sharing this pipeline's components (built once)."""
         if self._img2img is None:
+            # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
             from diffusers import AutoPipelineForImage2Image
 
             self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipeline)
@@ -625,8 +634,6 @@ def load_preference_embeddings(pipeline: DiffusionPipeline, folder: str | Path) 
     meta = read_json_file(folder / IMAGE_ADAPTER_FILE, ["format", "version", "tokens", "soft_prompt_tokens", "token_ids", "embedding_files", "unet_lora"])
     if meta["format"] != _FORMAT or meta["version"] != _VERSION:
         raise AdapterFileError(f"adapter file {folder / IMAGE_ADAPTER_FILE} has format {meta['format']!r} v{meta['version']}, expected {_FORMAT!r} v{_VERSION}")
-    from safetensors.torch import load_file
-
     _decouple_tokenizers(pipeline)
     slots = _encoder_slots(pipeline)
     if len(slots) != len(meta["embedding_files"]):
@@ -667,6 +674,7 @@ def load_preference_embeddings(pipeline: DiffusionPipeline, folder: str | Path) 
 
 
 def _load_pipeline(path: str | Path, torch_dtype: torch.dtype | None, local_files_only: bool) -> DiffusionPipeline:
+    # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
     from diffusers import DiffusionPipeline
 
     folder = Path(path)

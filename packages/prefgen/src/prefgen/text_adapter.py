@@ -128,6 +128,7 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         soft_prompt_prefix: str = DEFAULT_SOFT_PREFIX,
     ) -> None:
         super().__init__()
+        # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
         from peft import LoraConfig, TrainableTokensConfig, get_peft_model
 
         init = init if init is not None else TokenInit()
@@ -240,6 +241,7 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         resized to the saved number of rows before ``PeftModel.from_pretrained``. Raises
         :class:`AdapterFileError` naming the file that is missing, corrupt or inconsistent.
         """
+        # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
         from peft import PeftModel
         from transformers import AutoTokenizer
 
@@ -480,6 +482,7 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         The :attr:`prompt_only_token_ids` are never generated (:attr:`prompt_only_filter`), unless
         ``suppress_tokens`` is given, which then says what is suppressed (``None``: nothing).
         """
+        # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
         from transformers import LogitsProcessorList
 
         was_training = self.model.training
@@ -523,6 +526,7 @@ def _set_placeholder_rows(model: PreTrainedModel, ids: Sequence[int], known_rows
 
 
 def _load_base(path: str | Path, torch_dtype: torch.dtype | None, trust_remote_code: bool, local_files_only: bool, *, with_tokenizer: bool) -> tuple[Any, Any]:
+    # Here, not at the top: importing prefgen loads no diffusers, transformers or peft (seconds each).
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)

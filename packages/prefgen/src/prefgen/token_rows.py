@@ -9,16 +9,21 @@ quantizer's code vectors mapped into the embedding space.
 It also holds the checks both adapters run on saved folders (:func:`check_safetensors_file`,
 :func:`read_json_file`), which raise :class:`AdapterFileError` naming the offending file.
 
-Only torch is imported at module level; tokenizers are duck-typed (:class:`TokenizerLike`).
+Only torch and safetensors are imported at module level (no transformers); tokenizers are duck-typed
+(:class:`TokenizerLike`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 __all__ = [
     "AdapterFileError",
@@ -182,10 +187,6 @@ class AdapterFileError(ValueError):
 
 def check_safetensors_file(path: object) -> list[str]:
     """The tensor names of a readable safetensors file; :class:`AdapterFileError` naming it otherwise."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
     file = Path(str(path))
     if not file.is_file():
         raise AdapterFileError(f"adapter file {file} is missing")
@@ -197,8 +198,6 @@ def check_safetensors_file(path: object) -> list[str]:
         if not names:
             raise AdapterFileError(f"adapter file {file} holds no tensors")
         # A cheap full read: catches truncation that the header alone does not reveal.
-        from safetensors.torch import load_file
-
         load_file(str(file))
     except AdapterFileError:
         raise
@@ -209,9 +208,6 @@ def check_safetensors_file(path: object) -> list[str]:
 
 def read_json_file(path: object, required: Sequence[str]) -> dict:
     """A JSON object with the ``required`` keys; :class:`AdapterFileError` naming the file otherwise."""
-    import json
-    from pathlib import Path
-
     file = Path(str(path))
     if not file.is_file():
         raise AdapterFileError(f"adapter file {file} is missing")

@@ -98,6 +98,7 @@ class ClipEmbedder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, image_range: ImageRange = "-1,1", **model_kwargs: Any) -> ClipEmbedder:
         """Load a ``save_pretrained`` CLIP folder (model + tokenizer, and processor config if present)."""
+        # Here, not at the top: importing prefreward loads no transformers (CLIP's modelling code alone takes seconds).
         from transformers import AutoTokenizer, CLIPModel
 
         folder = Path(folder)

@@ -6,6 +6,7 @@ whatever continuous input it was given (images, content embeddings, a learned ma
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -264,8 +265,6 @@ class CombinedReward(nn.Module):
         return total, {name: values[name].detach() for name in active}  # type: ignore[return-value]
 
     def forward(self, **inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        import inspect
-
         values: dict[str, torch.Tensor] = {}
         for name in self._active():
             if name not in self.components:

@@ -6,14 +6,16 @@ trains on a CPU in minutes. Saved with ``save_pretrained`` they are indistinguis
 format from real checkpoints, so every consumer loads either by path.
 
 The config dataclasses hold only plain fields (ints, floats, strings, lists) so that an
-application can nest them in its own YAML configuration; importing this module loads no
-model library (the builders import transformers / diffusers when called).
+application can nest them in its own YAML configuration; importing this module loads torch
+alone, as prefgen does, and no model library (the builders import transformers / diffusers when called).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import torch
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline
@@ -82,6 +84,7 @@ def build_tiny_clip(config: TinyClipConfig, tokenizer: PreTrainedTokenizerBase) 
     ``get_image_features(pixel_values [B, 3, S, S])`` and ``get_text_features(input_ids [B, T])``
     give ``[B, projection_dim]`` (S = ``image_size``, T <= ``max_text_length``).
     """
+    # Here, not at the top: importing this module loads no model library (module docstring).
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
     config.validate()
@@ -119,6 +122,7 @@ def text_encoders_from_clip(clip: CLIPModel) -> tuple[CLIPTextModel, CLIPTextMod
     The first is the plain ``CLIPTextModel`` (CLIP-L's role), the second adds the text
     projection (CLIP-G's role, whose projected pooled output conditions the UNet).
     """
+    # Here, not at the top: importing this module loads no model library (module docstring).
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     text_config = CLIPTextConfig.from_dict(clip.config.text_config.to_dict())
@@ -214,6 +218,7 @@ def build_tiny_sdxl_pipeline(
     concatenates their penultimate hidden states, [B, T, h1 + h2]); its ``text_time`` added
     conditioning takes encoder 2's projected pooled output [B, p] and six size/crop ids.
     """
+    # Here, not at the top: importing this module loads no model library (module docstring).
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -322,7 +327,7 @@ def build_tiny_causal_lm(config: TinyCausalLMConfig, tokenizer: PreTrainedTokeni
 
     ``forward(input_ids [B, T])`` gives logits [B, T, len(tokenizer)].
     """
-    import torch
+    # Here, not at the top: importing this module loads no model library (module docstring).
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config.validate()
