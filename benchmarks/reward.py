@@ -9,7 +9,7 @@ with the reward's ablations in one run.
 
 Protocol (same users for every variant: the data stage's evaluation users, never trained on nor
 selected on by any stage, at most ``--users``): each user gets what the pipeline generates
-(``pmg.generator.stage.generate_for_users``, the generator's config): greedy texts of every
+(``pmg.generator.generate.generate_for_users``, the generator's config): greedy texts of every
 ``generator.text.targets`` (the tokens of ``generator.text.modalities`` in the prompt), then one
 seeded image (the visual tokens, the most liked category and the colour the texts name,
 ``generator.image.subject_from_text``). The texts are read joined, as ``pmg evaluate`` reads them.
@@ -49,11 +49,11 @@ TARGETS: Targets = {"consistency_after": at_least(0.80), "personalization_change
 def evaluate(run, data, split, generator, users: list[int], adapters, judge) -> dict[str, float]:
     """Consistency and personalization of ``adapters`` (text, image) for ``users`` (``pmg.generator.evaluation``)."""
     from pmg.generator.evaluation import consistency_hits, named_value
+    from pmg.generator.generate import generate_for_users
     from pmg.generator.prompts import user_prompts
-    from pmg.generator.stage import generate_for_users
     from pmg.quantize.stage import load_user_tokens
 
-    prompts = user_prompts(data, generator, load_user_tokens(run), split.train).of(users)
+    prompts = user_prompts(data, generator, load_user_tokens(run), split.train, users=users)
     colours, materials = data.attributes["colour"].values, data.attributes["material"].values
     results = generate_for_users(data, generator, users=users, text_fragments=prompts.text, image_fragments=prompts.image,
                                  keywords=prompts.subject_words, text_adapter=adapters[0], image_adapter=adapters[1],
@@ -79,7 +79,7 @@ def main() -> None:
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared, load_user_roles
     from pmg.generator.config import GeneratorConfig
-    from pmg.generator.stage import load_generators
+    from pmg.generator.generate import load_generators
     from pmg.reward import RewardConfig, load_reward_generators, run_reward_stage
     from pmg.runs import RunDirectory
     from pmg.zoo.manifest import load_zoo

@@ -200,7 +200,7 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
     from pmg.data.dataset_stage import load_prepared
     from pmg.evaluate.generation import GenerationJudges, generation_section
     from pmg.evaluate.recommendation import quantizer_section
-    from pmg.generator.stage import UserGeneration
+    from pmg.generator.generate import UserGeneration
     from pmg.quantize.stage import load_user_tokens
     from pmg.zoo.manifest import load_zoo
     from prefreward import ConsistencyReward

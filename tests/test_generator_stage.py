@@ -118,7 +118,7 @@ def test_training_prompts_carry_some_of_the_liked_items_own_words(tiny_run: Path
 @pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])
 def test_only_token_rows_and_lora_differ_from_the_zoo_base(tiny_run: Path, variant: str) -> None:
     from pmg.generator import load_generators, load_soft_prompt_generators
-    from pmg.generator.stage import SOFT_PROMPT, TEXT_ADAPTER
+    from pmg.generator.generate import SOFT_PROMPT, TEXT_ADAPTER
     from pmg.zoo.manifest import load_zoo
     from prefgen import TextPreferenceAdapter
 
@@ -479,7 +479,8 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator import GeneratorConfig, load_generators
-    from pmg.generator.stage import generate_for_users, subject_attributes
+    from pmg.generator.generate import generate_for_users
+    from pmg.generator.prompts import subject_attributes
     from pmg.runs import RunError
     from pmg.zoo.manifest import load_zoo
 
@@ -510,7 +511,7 @@ def test_image_training_prompts_name_what_the_items_text_names(tiny_run: Path) -
     """Training captions match generation: the subject carries the colour the liked item's text or review names."""
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator.modules import ImageGeneratorModule
-    from pmg.generator.stage import subject_attributes
+    from pmg.generator.prompts import subject_attributes
     from pmg.training import OptimizerConfig
 
     run = RunDirectory(tiny_run)
@@ -565,6 +566,11 @@ def test_prompts_put_the_history_keywords_before_the_tokens_and_into_the_image_s
     assert empty.text == text_tokens and empty.subject_words == [None] * data.num_users
     picked = hybrid.of([2, None])
     assert picked.text == [hybrid.text[2], None] and picked.subject_words == [hybrid.subject_words[2], None]
+    # Asking for a few users builds theirs alone, and each as it is among everyone's.
+    last = data.num_users - 1
+    for mode in PromptMode:
+        everyone = user_prompts(data, config, tokens, split.train, mode)
+        assert user_prompts(data, config, tokens, split.train, mode, users=[last, None, 2, last]) == everyone.of([last, None, 2, last])
     # The stage trained and sampled with these prompts: the samples' prompts carry the words.
     samples = json.loads((tiny_run / "generator" / "samples" / "samples.json").read_text())
     first = data.user_index()[samples[0]["user_id"]]

@@ -27,8 +27,14 @@ from pathlib import Path
 
 from pmg import __version__
 from pmg.config import ConfigError, config_to_yaml, load_config
+from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
 from pmg.data.records import DatasetError
-from pmg.runs import RunError
+from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
+from pmg.data.split import kcore
+from pmg.runs import RunDirectory, RunError
+
+# pmg.pipeline and pmg.tasks.cli import every stage, and with them torch_geometric, whose import
+# warns: they are imported inside the functions below, after main() has quietened third-party output.
 
 __all__ = ["main", "build_parser"]
 
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--tasks-config", type=Path, help="with --reference: YAML of the history weighting (configs/tasks.yaml)")
     _add_task_parsers(commands)
 
+    # Imported after quietening (the note below the module imports).
     from pmg.pipeline import STAGES
 
     for stage in STAGES[1:]:
@@ -132,8 +139,8 @@ def _add_task_parsers(commands) -> None:
 
 
 def _stage_fit(args: argparse.Namespace) -> int:
+    # Imported after quietening (the note below the module imports).
     from pmg.pipeline import STAGES
-    from pmg.runs import RunDirectory
 
     position = [s.name for s in STAGES].index(args.command)
     stage = STAGES[position]
@@ -156,12 +163,14 @@ def _stage_fit(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pmg.generator.cli import generate_command
+    # Imported after quietening (the note below the module imports).
+    from pmg.tasks.cli import generate_command
 
     return generate_command(args)
 
 
 def _pipeline(args: argparse.Namespace) -> int:
+    # Imported after quietening (the note below the module imports).
     from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
 
     overrides = list(args.overrides)
@@ -181,10 +190,6 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
-    from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
-    from pmg.data.split import kcore
-
     if args.data_command == "catalog":
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         config = load_config(CatalogConfig, args.config, overrides)
@@ -297,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command in TASK_COMMANDS:
+            # Imported after quietening (the note below the module imports).
             from pmg.tasks.cli import tasks_command
 
             return tasks_command(args)

@@ -53,6 +53,7 @@ import torch
 from PIL import Image as PILImage
 
 from pmg.data.keywords import HistoryKeywords, history_keywords
+from pmg.data.modules import load_image_tensor
 from pmg.evaluate.table import Cell, Section
 from pmg.generator.config import PromptMode
 from pmg.generator.evaluation import (
@@ -61,6 +62,7 @@ from pmg.generator.evaluation import (
     taste_attributes,
     text_attribute_hits,
 )
+from pmg.generator.generate import SoftPromptGenerators, UserGeneration, generate_for_users
 from pmg.generator.prompts import keyword_prompts, user_prompts
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
@@ -70,7 +72,6 @@ if TYPE_CHECKING:
     from pmg.data.format import InteractionData
     from pmg.data.split import Split
     from pmg.generator.config import GeneratorConfig
-    from pmg.generator.stage import SoftPromptGenerators, UserGeneration
     from pmg.quantize.stage import UserTokens
     from pmg.zoo.judge import AttributeJudge
     from pmg.zoo.manifest import Zoo
@@ -111,8 +112,6 @@ class VariantGenerators:
 
     def generate_many(self, data: InteractionData, config: GeneratorConfig, users: Sequence[int]) -> list[UserGeneration]:
         """:meth:`generate` for each of ``users``, batched (each user's image and texts as alone)."""
-        from pmg.generator.stage import generate_for_users
-
         if self.soft is not None:
             assert self.preferences is not None
             text_vectors, image_vectors = self.soft.vectors(self.preferences, users)
@@ -141,8 +140,6 @@ class RetrievalVariant:
     image_size: int
 
     def generate_many(self, data: InteractionData, config: GeneratorConfig, users: Sequence[int]) -> list[UserGeneration]:
-        from pmg.generator.stage import UserGeneration
-
         with torch.no_grad():
             scores = self.scorer(torch.as_tensor(list(users), dtype=torch.long)).float().clone()  # [B, I]
         owners = data.user[self.history]
@@ -250,8 +247,6 @@ class GenerationJudges:
 
 def _item_embeddings(data: InteractionData, items: np.ndarray, embedder: ClipEmbedder, modality: str) -> dict[int, torch.Tensor]:
     """Unit CLIP embeddings {item: [d]} of the ``items`` that have the modality (image or text)."""
-    from pmg.data.modules import load_image_tensor
-
     if modality == "image":
         kept = [int(i) for i in items if data.items[i].image is not None]
         embed = lambda chunk: embedder.embed_images(  # noqa: E731

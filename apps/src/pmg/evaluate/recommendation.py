@@ -25,6 +25,7 @@ from pmg.preference.baselines import held_out_ranking, split_graph, tune_lightgc
 from pmg.preference.stage import PreferenceConfig
 from pmg.quantize.stage import UserTokens
 from pmg.runs import RunDirectory, RunError
+from pmg.tasks.state import load_preference_state
 from prefgraph import popularity_scorer
 from prefquant import code_usage, normalized_mutual_information
 
@@ -44,8 +45,6 @@ def _test_users(data: InteractionData, split: Split, max_users: int, seed: int) 
 
 def recommendation_section(run: RunDirectory, data: InteractionData, split: Split, config: EvaluateConfig) -> Section:
     """Recall@k and NDCG@k of popularity, LightGCN and ours on the same test users."""
-    from pmg.tasks.state import load_preference_state
-
     k = config.recommendation.k
     section = Section("recommendation", "Recommendation", list(RECOMMENDERS))
     users = _test_users(data, split, config.recommendation.max_users, config.seed)

@@ -17,27 +17,48 @@ everything is computed, so a failing evaluation leaves the previous one as it wa
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
+
+import torch
 
 from pmg.atomic import atomic_directory
 from pmg.config import load_config
+from pmg.data.dataset_stage import load_prepared, load_user_roles
+from pmg.data.format import InteractionData
+from pmg.data.split import Split
 from pmg.evaluate.config import EvaluateConfig
+from pmg.evaluate.generation import (
+    VARIANT_LABELS,
+    VARIANTS,
+    GenerationJudges,
+    RetrievalVariant,
+    VariantGenerators,
+    generation_record,
+    generation_section,
+    hybrid_variant,
+    keyword_variant,
+    no_token_variant,
+    soft_prompt_variant,
+    token_variant,
+    user_keywords,
+    zoo_generators,
+)
+from pmg.evaluate.recommendation import quantizer_section, recommendation_section
 from pmg.evaluate.table import EvaluationTable, Section
 from pmg.generator.config import GeneratorConfig, PromptMode
+from pmg.generator.generate import UserGeneration, load_generators, load_soft_prompt_generators
+from pmg.preference.stage import load_preferences
+from pmg.quantize.stage import UserTokens, load_user_tokens
+from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-
-    from pmg.data.format import InteractionData
-    from pmg.data.split import Split
-    from pmg.evaluate.generation import GenerationJudges, RetrievalVariant, VariantGenerators
-    from pmg.generator.stage import UserGeneration
-    from pmg.quantize.stage import UserTokens
-    from pmg.zoo.manifest import Zoo
+from pmg.tasks.state import load_preference_state
+from pmg.zoo.manifest import Zoo, ZooError, load_zoo
+from prefreward import ConsistencyReward
 
 __all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES", "GenerationInputs",
            "evaluation_users", "generate_variants", "generation_judges", "generation_variants", "load_evaluation",
@@ -46,7 +67,7 @@ __all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JS
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
 GENERATIONS_JSON = "generations.json"
-GenerationVariant = Union["VariantGenerators", "RetrievalVariant"]
+GenerationVariant = VariantGenerators | RetrievalVariant
 # Every stage the evaluation reads, in pipeline order (the first missing one is named).
 UPSTREAM_STAGES = ("data", "zoo", "preference", "quantize", "generator", "reward")
 
@@ -76,10 +97,6 @@ def load_generation_inputs(run: RunDirectory, *, tastes_for: str | None) -> Gene
     ``tastes_for``: what needs the dataset's ground-truth tastes (a benchmark's name, for the
     message), or ``None`` when nothing does; a dataset without them is then a ``RunError``.
     """
-    from pmg.data.dataset_stage import load_prepared
-    from pmg.quantize.stage import load_user_tokens
-    from pmg.zoo.manifest import load_zoo
-
     data, split = load_prepared(run)
     if tastes_for is not None and data.user_tastes is None:
         raise RunError(f"{run.root}: the dataset has no ground-truth tastes; {tastes_for} needs the catalog")
@@ -90,8 +107,6 @@ def load_generation_inputs(run: RunDirectory, *, tastes_for: str | None) -> Gene
 def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, limit: int) -> list[int]:
     """At most ``limit`` (0: all) of the data stage's evaluation users that have tokens, in index order
     (the roles are a seeded random draw, so the first ``limit`` are a random sample of them)."""
-    from pmg.data.dataset_stage import load_user_roles
-
     with_tokens = set(tokens.user_ids)
     users = [int(u) for u in load_user_roles(run, data).evaluation if data.user_ids[u] in with_tokens]
     return users[:limit] if limit > 0 else users
@@ -107,21 +122,6 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     ``tokens_sft`` and ``tokens_reward`` prompt as the run does (``generator.prompt``); when that is
     ``keywords_and_tokens``, ``hybrid`` is ``tokens_reward`` itself (generated once).
     """
-    from pmg.evaluate.generation import (
-        RetrievalVariant,
-        hybrid_variant,
-        keyword_variant,
-        no_token_variant,
-        soft_prompt_variant,
-        token_variant,
-        user_keywords,
-        zoo_generators,
-    )
-    from pmg.generator.stage import load_generators, load_soft_prompt_generators
-    from pmg.preference.stage import load_preferences
-    from pmg.reward import load_reward_generators
-    from pmg.tasks.state import load_preference_state
-    from pmg.zoo.sdxl_recipe import pipeline_resolution
 
     history = split.train
     sft_text, sft_image = load_generators(run, zoo)
@@ -129,7 +129,7 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     soft = load_soft_prompt_generators(run, zoo)
     keywords = user_keywords(data, history, users)
     state = load_preference_state(run)
-    image_size = pipeline_resolution(sft_image.pipeline) if sft_image is not None else 64
+    image_size = sft_image.image_size if sft_image is not None else 64
     variants: dict[str, GenerationVariant | str] = {
         "no_tokens": no_token_variant(sft_text, sft_image, history),
         "soft_prompt": soft_prompt_variant(soft, load_preferences(run).user_preferences, history) if soft is not None else (
@@ -151,10 +151,6 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
 def generate_variants(variants: Mapping[str, GenerationVariant | str], data: InteractionData, generator: GeneratorConfig,
                       users: Sequence[int], progress: bool = False) -> dict[str, list[UserGeneration] | str]:
     """Every variant's generations for ``users`` (a missing variant keeps its reason)."""
-    import time
-
-    import torch
-
     generations: dict[str, list[UserGeneration] | str] = {}
     made: dict[int, list[UserGeneration]] = {}  # by variant object: one shared by two names is generated once
     with torch.no_grad():
@@ -174,10 +170,6 @@ def generate_variants(variants: Mapping[str, GenerationVariant | str], data: Int
 
 def generation_judges(zoo: Zoo) -> GenerationJudges:
     """The zoo's attribute judge (or why it is missing) and its CLIP embedder."""
-    from pmg.evaluate.generation import GenerationJudges
-    from pmg.zoo.manifest import ZooError
-    from prefreward import ConsistencyReward
-
     try:
         judge, judge_missing = zoo.load_judge(), ""
     except ZooError as err:
@@ -189,10 +181,6 @@ def generation_judges(zoo: Zoo) -> GenerationJudges:
 def _generation(run: RunDirectory, data: InteractionData, split: Split, tokens: UserTokens,
                 config: EvaluateConfig) -> tuple[Section, dict[str, Any], dict[str, list[Any]]]:
     """The generation section, the ``generations.json`` record and the images per variant."""
-    from pmg.evaluate.generation import VARIANTS, generation_record, generation_section
-    from pmg.generator.config import GeneratorConfig
-    from pmg.zoo.manifest import load_zoo
-
     zoo = load_zoo(run)
     generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
     settings = config.generation
@@ -257,11 +245,6 @@ def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str,
     config.validate()
     require_stages(run, UPSTREAM_STAGES)
     run.invalidate("evaluate")
-    from pmg.data.dataset_stage import load_prepared
-    from pmg.evaluate.generation import VARIANT_LABELS
-    from pmg.evaluate.recommendation import quantizer_section, recommendation_section
-    from pmg.quantize.stage import load_user_tokens
-
     data, split = load_prepared(run)
     tokens = load_user_tokens(run)
     generation, record, images = _generation(run, data, split, tokens, config)

@@ -18,18 +18,18 @@ import torch
 
 from pmg.data.format import InteractionData
 from pmg.generator.config import ImageGeneratorConfig, TextGeneratorConfig
-from pmg.generator.evaluation import named_value
-from pmg.generator.prompts import ItemWords, described_subject, item_subject, joined_fragment
+from pmg.generator.prompts import (
+    ItemWords,
+    described_subject,
+    item_subject,
+    joined_fragment,
+    text_named_values,
+)
 from pmg.generator.soft_prompt import SoftPromptBaseline
 from pmg.training import OptimizerConfig, build_optimizer
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
 
-__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "text_named_values", "text_target"]
-
-
-def text_named_values(text: str, attributes: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """{attribute: the value ``text`` names first} for each of ``attributes`` ({name: values}) it names."""
-    return {a: value for a, values in attributes.items() if (value := named_value(text, values))}
+__all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "text_target"]
 
 
 def text_target(data: InteractionData, item: int, review: str, target: str) -> str:

@@ -8,11 +8,16 @@ then use (``generator.prompt``, :class:`pmg.generator.config.PromptMode`):
     prompts.text[u]            # "Loom dress red striped silk bohemian <pv_0_3><pv_1_9><pt_0_5><pt_1_2>" or None
     prompts.image[u]           # "<pv_0_3><pv_1_9>" or None (the subject takes the words)
     prompts.subject_words[u]   # {"colour": "red", "pattern": "stripes"} or None
+
+and, once a user's texts are generated, the image prompt that shows what they name
+(:func:`user_image_prompt`: the subject, described by the text's and the history's words, then
+the user's visual tokens).
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,11 +26,14 @@ import numpy as np
 from pmg.data.format import InteractionData
 from pmg.data.keywords import HistoryKeywords, history_keywords, keyword_attributes
 from pmg.generator.config import GeneratorConfig, PromptMode
+from pmg.generator.evaluation import named_value
 from pmg.quantize.stage import UserTokens
-from prefgen import describe_subject
+from pmg.runs import RunError
+from prefgen import build_image_prompt, describe_subject
 
 __all__ = ["SUBJECT_ATTRIBUTE", "ItemWords", "UserPrompts", "described_subject", "item_subject", "joined_fragment", "keyword_prompts",
-           "prompt_attributes", "user_fragments", "user_prompts"]
+           "liked_subject", "prompt_attributes", "subject_attributes", "text_named_values", "token_rows", "user_fragments",
+           "user_image_prompt", "user_prompts"]
 
 # The item attribute that names an image's subject ("a dress"); words describing it are other attributes'.
 SUBJECT_ATTRIBUTE = "category"
@@ -70,14 +78,25 @@ class UserPrompts:
         return UserPrompts(pick(self.text_words), pick(self.text_tokens), pick(self.image), pick(self.subject_words))
 
 
-def user_fragments(data: InteractionData, tokens: UserTokens, modalities: Sequence[str]) -> list[str | None]:
-    """Per data user, the token fragment of those of ``modalities`` the quantize stage coded;
-    None for a user it has no codes for (cold start)."""
-    position = {user_id: index for index, user_id in enumerate(tokens.user_ids)}
+def token_rows(data: InteractionData, tokens: UserTokens, users: Sequence[int | None]) -> list[int | None]:
+    """The quantize stage's row of each of ``users`` (data user indices); None for a user it
+    has no codes for (added after it: a cold start) and for None (an unknown user)."""
+    position = {user_id: row for row, user_id in enumerate(tokens.user_ids)}
+    return [position.get(data.user_ids[u]) if u is not None else None for u in users]
+
+
+def _fragments(tokens: UserTokens, rows: Sequence[int | None], modalities: Sequence[str]) -> list[str | None]:
     chosen = tuple(m for m in modalities if m in tokens.codes)
     if not chosen:
-        return [None] * data.num_users
-    return [tokens.prompt_fragment(position[u], chosen) if u in position else None for u in data.user_ids]
+        return [None] * len(rows)
+    return [tokens.prompt_fragment(row, chosen) if row is not None else None for row in rows]
+
+
+def user_fragments(data: InteractionData, tokens: UserTokens, modalities: Sequence[str],
+                   users: Sequence[int | None] | None = None) -> list[str | None]:
+    """Per data user (or per entry of ``users``), the token fragment of those of ``modalities``
+    the quantize stage coded; None for a user it has no codes for (cold start)."""
+    return _fragments(tokens, token_rows(data, tokens, range(data.num_users) if users is None else users), modalities)
 
 
 def prompt_attributes(data: InteractionData, config: GeneratorConfig) -> tuple[list[str], list[str]]:
@@ -133,18 +152,60 @@ def joined_fragment(*parts: str | None) -> str | None:
 
 
 def user_prompts(data: InteractionData, config: GeneratorConfig, tokens: UserTokens, history: np.ndarray,
-                 mode: PromptMode | None = None) -> UserPrompts:
-    """Every data user's prompts under ``mode`` (None: ``config.prompt``).
+                 mode: PromptMode | None = None, *, users: Sequence[int | None] | None = None) -> UserPrompts:
+    """The prompts under ``mode`` (None: ``config.prompt``) of every data user, or of ``users``
+    in order (data user indices; None: an unknown user, who gets the no-token prompt).
 
     ``history``: the interaction rows keywords are read from (the split's training rows, so no
     later item leaks into a prompt). With ``keywords_and_tokens`` the keywords come before the
     tokens in the text prompt and describe the image subject; a user without tokens but with a
-    history gets the keywords alone.
+    history gets the keywords alone. A user's prompts do not depend on which others are asked for.
     """
     mode = PromptMode(mode if mode is not None else config.prompt)
-    text = user_fragments(data, tokens, config.text.modalities)
-    image = user_fragments(data, tokens, config.image.modalities)
+    users = list(range(data.num_users)) if users is None else list(users)
+    rows = token_rows(data, tokens, users)
+    text = _fragments(tokens, rows, config.text.modalities)
+    image = _fragments(tokens, rows, config.image.modalities)
     if mode is PromptMode.tokens:
-        return UserPrompts([None] * data.num_users, text, image, [None] * data.num_users)
-    words, subject = keyword_prompts(data, history_keywords(data, history, range(data.num_users)), config)
+        return UserPrompts([None] * len(users), text, image, [None] * len(users))
+    found = iter(history_keywords(data, history, [u for u in users if u is not None]))
+    words, subject = keyword_prompts(data, [next(found) if u is not None else None for u in users], config)
     return UserPrompts(words, text, image, subject)
+
+
+def text_named_values(text: str, attributes: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """{attribute: the value ``text`` names first} for each of ``attributes`` ({name: values}) it names."""
+    return {a: value for a, values in attributes.items() if (value := named_value(text, values))}
+
+
+def liked_subject(data: InteractionData, history: np.ndarray, user: int | None, default: str) -> str:
+    """The subject a user most often liked in ``history`` (interaction rows: the split's training
+    rows, so that no later item leaks into a prompt), ``"a <category>"``, or ``default``."""
+    owners = data.user[history]
+    # A cold-start user (None) gets the catalog's most liked subject.
+    items = (data.item[history] if user is None else data.item[history[owners == user]]).tolist()
+    counts = Counter(item_subject(data, int(i), default) for i in items)
+    return counts.most_common(1)[0][0] if counts else default
+
+
+def subject_attributes(data: InteractionData, config: GeneratorConfig) -> dict[str, Sequence[str]]:
+    """{attribute: its values} for ``config.image.subject_from_text``; a clear error for one the dataset lacks."""
+    unknown = [a for a in config.image.subject_from_text if a not in data.attributes]
+    if unknown:
+        raise RunError(f"generator.image.subject_from_text names {unknown}, which the dataset does not have (its attributes: "
+                       f"{sorted(data.attributes)}); name some of those or set generator.image.subject_from_text=[]")
+    return {a: tuple(data.attributes[a].values) for a in config.image.subject_from_text}
+
+
+def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int | None, text: str, fragment: str | None,
+                      described: Mapping[str, Sequence[str]], history: np.ndarray, subject: str | None = None,
+                      keywords: Mapping[str, str] | None = None) -> str:
+    """The image prompt for ``user``: ``subject`` (None: the user's most liked one in ``history``)
+    described by the values of ``described`` attributes that ``text`` names and by ``keywords``
+    ({attribute: value} from the user's history; where both give a value of one attribute the
+    keyword's wins: it is the user's evidence, the text a generated guess prompted with the same
+    words), then the user's tokens ``fragment``."""
+    subject = subject or liked_subject(data, history, user, config.image.default_subject)
+    chosen = text_named_values(text, described)
+    chosen.update(keywords or {})
+    return build_image_prompt(described_subject(data, subject, chosen), fragment)

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prefgen import AdapterFileError, SoftPromptProjector
@@ -82,8 +84,6 @@ class SoftPromptBaseline(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file; its metadata holds modalities, slots, input size and widths."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         config = {"format": _FORMAT, "modalities": self.modalities, "num_slots": self.num_slots,
                   "in_dim": len(self.mean), "widths": self.widths}
@@ -94,9 +94,6 @@ class SoftPromptBaseline(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> SoftPromptBaseline:
         """Rebuild a baseline written by :meth:`save`; ``AdapterFileError`` naming the file otherwise."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise AdapterFileError(f"soft-prompt baseline file {path} is missing")

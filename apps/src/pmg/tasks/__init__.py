@@ -7,7 +7,10 @@
 - ``reference_tokens``: the user's tokens with the history weighted by similarity to a reference item
   (``pmg generate --reference``).
 
-Each function returns a dataclass; ``pmg.tasks.cli`` prints them.
+Each function returns a dataclass; ``pmg.tasks.cli`` prints them, and handles ``pmg generate``
+(the generator or reward stage's adapters, through ``pmg.generator.generate``). The tasks read what
+the stages up to the reward stage wrote and import their modules; only ``pmg evaluate``, above
+them, imports a task module (``pmg.tasks.state``, for the ranking it evaluates).
 """
 
 from pmg.tasks.config import ExplainConfig, RatingConfig, ReferenceConfig, SearchConfig, TasksConfig

@@ -7,11 +7,20 @@ from dataclasses import dataclass
 import torch
 
 from pmg.config import load_config
+from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
+from pmg.generator.config import GeneratorConfig
+from pmg.generator.generate import load_generators
+from pmg.generator.prompts import user_prompts
+from pmg.preference.stage import load_preferences
+from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
 from pmg.tasks.config import ExplainConfig, ReferenceConfig
 from pmg.tasks.state import history_items, lookup_item, lookup_user
-from prefquant import PreferenceTokenizer
+from pmg.zoo.manifest import load_zoo
+from prefgen import build_text_prompt
+from prefgraph import history_weights, weighted_history
+from prefquant import PreferenceTokenizer, ResidualQuantizer
 
 __all__ = ["Explanation", "explain", "ReferenceTokens", "reference_tokens", "resolve_reference"]
 
@@ -34,14 +43,6 @@ def explain(run: RunDirectory, user_id: str, item_id: str, config: ExplainConfig
     The adapter learnt ``… would love: review:`` → a review of a liked item; the item's title in
     front of the review context points it at that item.
     """
-    from pmg.data.dataset_stage import load_prepared
-    from pmg.generator.config import GeneratorConfig
-    from pmg.generator.prompts import user_prompts
-    from pmg.generator.stage import load_generators
-    from pmg.quantize.stage import load_user_tokens
-    from pmg.zoo.manifest import load_zoo
-    from prefgen import build_text_prompt
-
     config.validate()
     run.require("generator")
     generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")
@@ -50,7 +51,7 @@ def explain(run: RunDirectory, user_id: str, item_id: str, config: ExplainConfig
                        f"'review' in generator.text.targets and rerun `pmg pipeline --run {run.root} --force generator`")
     data, split = load_prepared(run)
     user, item = lookup_user(run, data, user_id), lookup_item(run, data, item_id)
-    fragment = user_prompts(data, generator, load_user_tokens(run), split.train).text[user]
+    fragment = user_prompts(data, generator, load_user_tokens(run), split.train, users=[user]).text[0]
     title = data.items[item].title or item_id
     prompt = build_text_prompt(fragment, f"{title} {generator.text.context_of('review')}")
     text_adapter, _ = load_generators(run, load_zoo(run))
@@ -99,11 +100,6 @@ def reference_tokens(run: RunDirectory, data: InteractionData, user: int, refere
     run's quantizer.
     None when the user has no tokens or no history besides the reference.
     """
-    from pmg.preference.stage import load_preferences
-    from pmg.quantize.stage import load_user_tokens
-    from prefgraph import history_weights, weighted_history
-    from prefquant import ResidualQuantizer
-
     config.validate()
     tokens = load_user_tokens(run)
     user_id = data.user_ids[user]

@@ -1,0 +1,258 @@
+"""Generation with a run's trained generators: users' texts and images, and the adapters reloaded.
+
+The one path from a user to what they get, shared by the generator stage's samples, the reward
+stage, ``pmg generate`` and ``pmg evaluate``:
+
+    text, image = load_generators(run, load_zoo(run))
+    prompts = user_prompts(data, config, tokens, split.train, users=users)     # pmg.generator.prompts
+    results = generate_for_users(data, config, users=users, text_fragments=prompts.text,
+                                 image_fragments=prompts.image, keywords=prompts.subject_words,
+                                 text_adapter=text, image_adapter=image, history=split.train)
+
+Texts come first (one per ``generator.text.targets``); the image prompt then describes the subject
+with the values the texts name (:func:`pmg.generator.prompts.user_image_prompt`).
+The folders the generator stage saves the adapters in (``TEXT_ADAPTER``, ``IMAGE_ADAPTER``,
+``SOFT_PROMPT``) are named here, beside the loaders that read them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pmg.data.format import InteractionData
+from pmg.data.modules import load_image_tensor
+from pmg.data.split import Split
+from pmg.generator.config import GeneratorConfig
+from pmg.generator.prompts import item_subject, subject_attributes, user_image_prompt, user_prompts
+from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
+from pmg.quantize.stage import UserTokens
+from pmg.runs import RunDirectory
+from pmg.zoo.manifest import Zoo
+from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
+
+__all__ = ["IMAGE_ADAPTER", "SOFT_PROMPT", "TEXT_ADAPTER", "SoftPromptGenerators", "UserGeneration", "generate_for_user",
+           "generate_for_users", "joined_text", "load_generators", "load_soft_prompt_generators", "write_samples"]
+
+TEXT_ADAPTER = "text_adapter"
+IMAGE_ADAPTER = "image_adapter"
+SOFT_PROMPT = "soft_prompt"  # the baseline's folder: the same adapter folders + <kind>_projector.safetensors
+
+
+@dataclass
+class UserGeneration:
+    """What one user got: the prompts, the generated texts per target, and the image (PIL)."""
+
+    user_id: str
+    cold_start: bool
+    text_prompt: str
+    texts: dict[str, str]
+    image_prompt: str
+    image: Any
+
+    @property
+    def text(self) -> str:
+        """Every generated text as one (:func:`joined_text`)."""
+        return joined_text(self.texts)
+
+
+def joined_text(texts: Mapping[str, str]) -> str:
+    """A generation's texts (target → text) read as one, in target order: what the image subject
+    takes its words from and what the consistency and personalization checks read."""
+    return " ".join(texts.values())
+
+
+def generate_for_users(
+    data: InteractionData,
+    config: GeneratorConfig,
+    *,
+    users: Sequence[int | None],
+    text_fragments: Sequence[str | None],
+    image_fragments: Sequence[str | None],
+    text_adapter: TextPreferenceAdapter | None,
+    image_adapter: ImagePreferenceAdapter | None,
+    history: np.ndarray,
+    subjects: Sequence[str | None] | None = None,
+    keywords: Sequence[Mapping[str, str] | None] | None = None,
+    text_soft_prompt: torch.Tensor | None = None,
+    image_soft_prompt: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 16,
+) -> list[UserGeneration]:
+    """:func:`generate_for_user` for several users at once (no reference item), ``batch_size`` users
+    per generator call. Every user's image starts from its own noise seeded with ``config.sample.seed``,
+    so it is the image that user gets alone; greedy texts are batched with left padding.
+
+    ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]``, ``subjects[b]`` (None: the
+    user's most liked subject in ``history``, the split's training rows) and ``keywords[b]``
+    (words for the image subject, {attribute: value}) describe user ``b``; soft-prompt vectors are stacked per user:
+    ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
+    Texts come first: the values of ``config.image.subject_from_text`` they name go into the
+    image subject (:func:`pmg.generator.prompts.user_image_prompt`).
+    """
+    if not len(users) == len(text_fragments) == len(image_fragments) or any(
+            extra is not None and len(extra) != len(users) for extra in (subjects, keywords)):
+        raise ValueError(f"{len(users)} users need as many fragments, subjects and keywords")
+    sample, targets = config.sample, config.text.targets
+    described = subject_attributes(data, config) if text_adapter is not None and image_adapter is not None else {}
+    results: list[UserGeneration] = []
+    for start in range(0, len(users), batch_size):
+        chunk = range(start, min(start + batch_size, len(users)))
+        texts: list[dict[str, str]] = [{} for _ in chunk]
+        if text_adapter is not None:
+            prompts = [build_text_prompt(text_fragments[b], config.text.context_of(t)) for b in chunk for t in targets]
+            vectors = (text_soft_prompt[chunk.start : chunk.stop].repeat_interleave(len(targets), dim=0)
+                       if text_soft_prompt is not None else None)
+            outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
+                                            seed=sample.seed, soft_prompt=vectors)
+            texts = [{t: outputs[n * len(targets) + k].strip() for k, t in enumerate(targets)} for n in range(len(chunk))]
+        image_prompts = [user_image_prompt(data, config, users[b], joined_text(texts[n]), image_fragments[b], described, history,
+                                           subjects[b] if subjects is not None else None,
+                                           keywords[b] if keywords is not None else None)
+                         for n, b in enumerate(chunk)]
+        pictures: list[Any] = [None] * len(chunk)
+        if image_adapter is not None:
+            size = image_adapter.image_size
+            soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
+            pictures = image_adapter.generate(image_prompts, seed=[sample.seed] * len(chunk), num_inference_steps=sample.num_inference_steps,
+                                              guidance_scale=sample.guidance_scale, soft_prompt=soft, height=size, width=size)
+        for n, b in enumerate(chunk):
+            user = users[b]
+            results.append(UserGeneration(data.user_ids[user] if user is not None else "(cold start)",
+                                          text_fragments[b] is None and image_fragments[b] is None,
+                                          build_text_prompt(text_fragments[b], config.text.context_of(targets[0])),
+                                          texts[n], image_prompts[n], pictures[n]))
+    return results
+
+
+def generate_for_user(
+    data: InteractionData,
+    config: GeneratorConfig,
+    *,
+    user: int | None,
+    text_fragment: str | None,
+    image_fragment: str | None,
+    text_adapter: TextPreferenceAdapter | None,
+    image_adapter: ImagePreferenceAdapter | None,
+    history: np.ndarray,
+    subject: str | None = None,
+    keywords: Mapping[str, str] | None = None,
+    reference_item: int | None = None,
+    strength: float = 0.6,
+    text_soft_prompt: torch.Tensor | None = None,
+    image_soft_prompt: Sequence[torch.Tensor] | None = None,
+) -> UserGeneration:
+    """Texts (one per ``config.text.targets``) and an image for data user ``user`` (None: an
+    unknown/cold-start user) from the given fragments (None: the no-token prompt).
+
+    ``subject`` defaults to the reference item's subject, else the user's most liked one in
+    ``history`` (interaction rows: the split's training rows); ``keywords`` ({attribute: value},
+    :attr:`pmg.generator.prompts.UserPrompts.subject_words`) describe it.
+    With ``reference_item`` the image is an img2img edit of that item's image.
+    Soft-prompt baseline: the fragments are the adapters' placeholder tokens and
+    ``text_soft_prompt`` [1, S, d] / ``image_soft_prompt`` (one [1, S, d_e] per text encoder)
+    the user's vectors (:meth:`SoftPromptGenerators.vectors`).
+    """
+    reference = data.items[reference_item].image if reference_item is not None else None
+    if subject is None and reference_item is not None:
+        subject = item_subject(data, reference_item, config.image.default_subject)
+    result = generate_for_users(data, config, users=[user], text_fragments=[text_fragment], image_fragments=[image_fragment],
+                                text_adapter=text_adapter, image_adapter=image_adapter if reference is None else None,
+                                history=history, subjects=[subject], keywords=[keywords], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
+    if image_adapter is not None and reference is not None:
+        sample = config.sample
+        size = image_adapter.image_size
+        pixels = (load_image_tensor(str(reference), size).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
+        result.image = image_adapter.generate([result.image_prompt], reference_images=pixels, strength=strength, seed=sample.seed,
+                                              num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
+                                              soft_prompt=image_soft_prompt)[0]
+    return result
+
+
+def write_samples(folder: Path, data: InteractionData, split: Split, config: GeneratorConfig, tokens: UserTokens,
+                   text_adapter: TextPreferenceAdapter | None, image_adapter: ImagePreferenceAdapter | None) -> list[dict]:
+    """A few users' generations (evenly spaced users) and one cold-start generation."""
+    count = min(config.sample.num_users, data.num_users)
+    users: list[int | None] = [round(k * (data.num_users - 1) / max(count - 1, 1)) for k in range(count)] + [None]
+    prompts = user_prompts(data, config, tokens, split.train, users=users)
+    results = generate_for_users(data, config, users=users, text_fragments=prompts.text, image_fragments=prompts.image,
+                                 keywords=prompts.subject_words, text_adapter=text_adapter, image_adapter=image_adapter,
+                                 history=split.train)
+    records = []
+    for n, (user, result) in enumerate(zip(users, results, strict=True)):
+        name = f"{n:02d}_{'cold_start' if user is None else _safe(result.user_id)}"
+        record = {"user_id": None if user is None else result.user_id, "cold_start": user is None,
+                  "text_prompt": result.text_prompt, "texts": result.texts, "image_prompt": result.image_prompt}
+        if result.image is not None:
+            result.image.save(folder / f"{name}.png")
+            record["image"] = f"{name}.png"
+        records.append(record)
+    (folder / "samples.json").write_text(json.dumps(records, indent=2))
+    return records
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40]
+
+
+def load_generators(run: RunDirectory, zoo: Zoo) -> tuple[TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
+    """The trained adapters of ``run`` reloaded onto the zoo's base models (None where not trained)."""
+    run.require("generator")
+    return _load_adapters(run.stage_dir("generator"), zoo)
+
+
+def _load_adapters(folder: Path, zoo: Zoo) -> tuple[TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
+    """Both adapters for inference: the text adapter is merged into its LM (no LoRA cost per decoding step)."""
+    text = image = None
+    if (folder / TEXT_ADAPTER).is_dir():
+        text = TextPreferenceAdapter.load(folder / TEXT_ADAPTER, zoo.lm.path, local_files_only=zoo.local_files_only,
+                                          trust_remote_code=zoo.trust_remote_code).merge_for_inference().eval()
+    if (folder / IMAGE_ADAPTER).is_dir():
+        image = ImagePreferenceAdapter.load(folder / IMAGE_ADAPTER, zoo.load_sdxl()).eval()
+    return text, image
+
+
+@dataclass
+class SoftPromptGenerators:
+    """The soft-prompt baseline of a run: adapters with placeholders and the projectors filling them."""
+
+    text: TextPreferenceAdapter | None
+    text_baseline: SoftPromptBaseline | None
+    image: ImagePreferenceAdapter | None
+    image_baseline: SoftPromptBaseline | None
+
+    def fragment(self, adapter: TextPreferenceAdapter | ImagePreferenceAdapter | None) -> str | None:
+        """The prompt fragment of the baseline: the adapter's placeholder tokens (None without adapter)."""
+        return "".join(adapter.soft_prompt_tokens) if adapter is not None else None
+
+    def vectors(self, preferences: Mapping[str, torch.Tensor], users: int | Sequence[int]) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """The soft prompts of data user(s) ``users`` (B of them; one int: B = 1) from the preference
+        stage's vectors ({modality: [U, d]}): text [B, S, d] and image (one [B, S, d_e] per text
+        encoder); None where not trained."""
+        index = [users] if isinstance(users, int) else list(users)
+
+        def one(baseline: SoftPromptBaseline | None) -> list[torch.Tensor] | None:
+            if baseline is None:
+                return None
+            with torch.no_grad():
+                return baseline(preference_inputs(preferences, baseline.modalities)[index])
+
+        text = one(self.text_baseline)
+        return (text[0] if text else None), one(self.image_baseline)
+
+
+def load_soft_prompt_generators(run: RunDirectory, zoo: Zoo) -> SoftPromptGenerators | None:
+    """The soft-prompt baseline of ``run`` reloaded onto the zoo's models (None if not trained)."""
+    run.require("generator")
+    folder = run.stage_dir("generator") / SOFT_PROMPT
+    if not folder.is_dir():
+        return None
+    text, image = _load_adapters(folder, zoo)
+    projector = {kind: SoftPromptBaseline.load(folder / f"{kind}_projector.safetensors").eval() if adapter else None
+                 for kind, adapter in (("text", text), ("image", image))}
+    return SoftPromptGenerators(text, projector["text"], image, projector["image"])
