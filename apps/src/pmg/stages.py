@@ -8,11 +8,14 @@ recomputes them. So a change to one stage's config redoes that stage and those a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pmg.atomic import atomic_file
+from pmg.config import config_to_yaml
 from pmg.runs import RunDirectory
 
 __all__ = ["Stage", "StageResult", "write_stage_record"]
@@ -40,11 +43,6 @@ class Stage:
 def write_stage_record(folder: Path, metrics: dict[str, float], config: Any) -> None:
     """``metrics.json`` and the stage's ``config.yaml`` in ``folder``, each written atomically
     (``pmg generate`` and the benchmarks read a stage's settings back from that YAML)."""
-    import json
-
-    from pmg.atomic import atomic_file
-    from pmg.config import config_to_yaml
-
     with atomic_file(folder / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     with atomic_file(folder / "config.yaml") as tmp:

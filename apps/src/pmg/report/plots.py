@@ -13,16 +13,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+from matplotlib.patches import Patch
+
 from pmg.evaluate.table import EvaluationTable, Section
 
 __all__ = ["Curve", "evaluation_plots", "read_curves", "training_curves_plot"]
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # before pyplot is imported: headless, file output only
-    import matplotlib.pyplot as plt
+    # Chosen when plotting, not on import: importing pmg leaves matplotlib's backend to its user.
+    matplotlib.use("Agg")  # headless, file output only
+    import matplotlib.pyplot as plt  # after use(), so that pyplot starts on that backend
 
     return plt
 
@@ -40,6 +42,7 @@ class Curve:
 
 def read_curves(run_root: Path, patterns: Mapping[str, list[str]]) -> list[Curve]:
     """The scalars of each stage's ``tb/`` event files whose tags match that stage's patterns."""
+    # 0.4 s to import; only the report stage reads event files, so CLI start-up does not pay for it.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: list[Curve] = []
@@ -87,8 +90,6 @@ def training_curves_plot(curves: list[Curve], path: Path, dpi: int) -> bool:
 def _section_plot(section: Section, labels: Mapping[str, str], path: Path, dpi: int) -> None:
     """Horizontal bars (metric labels are long): a group per metric, top to bottom in table order."""
     plt = _pyplot()
-    from matplotlib.patches import Patch
-
     rows, columns = section.rows, section.columns
     height = 0.8 / len(columns)
     figure, axis = plt.subplots(figsize=(10.0, 0.9 + 0.13 * len(rows) * len(columns) + 0.2 * len(rows)))

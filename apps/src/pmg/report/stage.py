@@ -19,10 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from pmg.atomic import atomic_directory
+from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
+from pmg.evaluate.generation import VARIANT_LABELS, VARIANTS
+from pmg.evaluate.stage import UPSTREAM_STAGES, load_evaluation, require_stages
 from pmg.report.config import ReportConfig
-from pmg.report.page import HistoryItem
+from pmg.report.page import HistoryItem, UserCard, render_page
+from pmg.report.plots import evaluation_plots, read_curves, training_curves_plot
 from pmg.runs import RunDirectory, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
 
@@ -49,12 +53,6 @@ def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, for
     if not force and run.is_current("report", stage_fp):
         return StageResult(stage_fp, run.require("report")["summary"], reused=True)
     config.validate()
-    from pmg.data.dataset_stage import load_prepared
-    from pmg.evaluate.generation import VARIANT_LABELS, VARIANTS
-    from pmg.evaluate.stage import UPSTREAM_STAGES, load_evaluation, require_stages
-    from pmg.report.page import UserCard, render_page
-    from pmg.report.plots import evaluation_plots, read_curves, training_curves_plot
-
     require_stages(run, (*UPSTREAM_STAGES, "evaluate"))
     run.invalidate("report")
     table, record = load_evaluation(run)

@@ -8,6 +8,7 @@ import torch
 
 from pmg.config import load_config
 from pmg.features import FeatureEncoderSpec, encode_texts
+from pmg.preference.stage import PreferenceConfig
 from pmg.runs import RunError
 from pmg.tasks.config import SearchConfig
 from pmg.tasks.state import PreferenceState, history_items, lookup_user
@@ -78,8 +79,6 @@ def _zscore(values: torch.Tensor) -> torch.Tensor:
 
 def query_encoder(state: PreferenceState) -> FeatureEncoderSpec:
     """The textual feature encoder the preference stage used for items (from its ``config.yaml``)."""
-    from pmg.preference.stage import PreferenceConfig
-
     path = state.run.stage_dir("preference") / "config.yaml"
     if not path.is_file():
         raise RunError(f"{path} is missing (runs before pmg recorded it); rerun `pmg pipeline --run {state.run.root} "

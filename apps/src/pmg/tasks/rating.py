@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pmg.atomic import atomic_file
+from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
 from pmg.preference.stage import PreferenceArtifacts, load_preferences
@@ -159,8 +160,6 @@ def rating_model(run: RunDirectory, config: RatingConfig, *, log: Callable[[str]
     """The run's rating head: reloaded when trained with ``config`` on the current preference
     result, else trained now (seeded, so the same inputs give the same head) and saved, under
     the run's lock (``command`` is what it names to another writer)."""
-    from pmg.data.dataset_stage import load_prepared
-
     config.validate()
     stage_fp = stage_fingerprint(RATING_DIR, config, run.require("preference")["fingerprint"])
     prefs = load_preferences(run)
