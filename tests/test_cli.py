@@ -123,6 +123,10 @@ def test_verbose_is_accepted_anywhere_and_changes_nothing_else(tmp_path: Path, c
     ("generator.prompt=words", "[tokens, keywords_and_tokens]"),
     ("data.catalog.profile=dense", "[default, sparse]"),
     ("data.on_bad_rows=ignore", "[error, skip]"),
+    ("generator.text.targets=[title,reveiw]", "[title, description, review]"),
+    ("generator.optimizer.name=adamx", "['adamw', 'adam', 'sgd', 'bnb.AdamW8bit', 'bnb.Adam8bit', 'bnb.PagedAdamW8bit']"),
+    ("preference.optimizer.name=AdamW", "['adamw', 'adam', 'sgd', 'bnb.AdamW8bit', 'bnb.Adam8bit', 'bnb.PagedAdamW8bit']"),
+    ("zoo.sdxl.unet.lr_schedule.name=cosin", "['constant', 'cosine']"),
 ])
 def test_a_closed_option_fails_at_config_load_listing_its_values(override: str, allowed: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:

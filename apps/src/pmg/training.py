@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -34,12 +34,18 @@ from pmg.atomic import atomic_file
 from pmg.integrity import file_digest
 from pmg.runs import RunWarning
 
-__all__ = ["TrainerConfig", "OptimizerConfig", "OPTIMIZERS", "LrScheduleConfig", "LR_SCHEDULES", "build_optimizer",
+__all__ = ["TrainerConfig", "OptimizerConfig", "OptimizerName", "OPTIMIZERS", "LrScheduleConfig", "LrScheduleName", "LR_SCHEDULES", "build_optimizer",
            "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "resume_point", "RESUME_RECORD"]
 
 RESUME_RECORD = "resume.json"
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "bnb.AdamW8bit", "bnb.Adam8bit", "bnb.PagedAdamW8bit")
+# The closed sets of names below are Literals, which load_config checks, rather than enums: an
+# OptimizerConfig goes into LightningModule hyperparameters, and a checkpoint read with
+# ``weights_only`` can hold a plain string but not an enum member.
+
+# An optimizer's name (``optimizer.name``); the ``bnb.*`` ones are bitsandbytes 8-bit optimizers.
+OptimizerName = Literal["adamw", "adam", "sgd", "bnb.AdamW8bit", "bnb.Adam8bit", "bnb.PagedAdamW8bit"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 
 @dataclass
@@ -85,7 +91,7 @@ class TrainerConfig:
 class OptimizerConfig:
     """``name`` is one of ``OPTIMIZERS``; the ``bnb.*`` ones are bitsandbytes 8-bit optimizers."""
 
-    name: str = "adamw"
+    name: OptimizerName = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -118,7 +124,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], confi
         return cls(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas)
 
 
-LR_SCHEDULES = ("constant", "cosine")
+# The learning rate after warm-up (``lr_schedule.name``): ``constant``, or ``cosine`` decay to zero.
+LrScheduleName = Literal["constant", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LrScheduleName)
 
 
 @dataclass
@@ -126,7 +134,7 @@ class LrScheduleConfig:
     """Learning rate over a fit of known length: a linear warm-up over ``warmup_steps``, then
     ``constant`` or ``cosine`` decay to zero at the last step."""
 
-    name: str = "constant"
+    name: LrScheduleName = "constant"
     warmup_steps: int = 0
 
     def validate(self) -> None:

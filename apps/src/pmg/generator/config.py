@@ -9,10 +9,20 @@ from enum import StrEnum
 from pmg.training import OptimizerConfig, TrainerConfig
 from prefquant import DEFAULT_PREFIXES
 
-__all__ = ["GenerationTarget", "PromptMode", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig", "GeneratorConfig", "TEXT_TARGETS"]
+__all__ = ["GenerationTarget", "PromptMode", "TextTarget", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig",
+           "GeneratorConfig", "TEXT_TARGETS"]
 
-# The item texts the LM can learn to write for a user.
-TEXT_TARGETS = ("title", "description", "review")
+
+class TextTarget(StrEnum):
+    """An item text the LM can learn to write for a user (``generator.text.targets``)."""
+
+    title = "title"
+    description = "description"
+    review = "review"
+
+
+# The item texts the LM can learn to write for a user, in the order of ``TextGeneratorConfig.contexts``.
+TEXT_TARGETS = tuple(t.value for t in TextTarget)
 
 
 class GenerationTarget(StrEnum):
@@ -55,7 +65,7 @@ class TextGeneratorConfig:
 
     enabled: bool = True
     modalities: list[str] = field(default_factory=lambda: ["textual", "visual"])
-    targets: list[str] = field(default_factory=lambda: ["title", "review"])
+    targets: list[TextTarget] = field(default_factory=lambda: [TextTarget.title, TextTarget.review])
     contexts: list[str] = field(default_factory=lambda: ["", "description:", "review:"])
     lora_r: int = 8
     lora_alpha: int = 16
