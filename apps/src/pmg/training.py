@@ -7,7 +7,8 @@ the global random states, committed by an atomically written ``resume.json`` tha
 its size and SHA-256 and the stage fingerprint it belongs to); ``Resumable.checkpoint()``
 is where the next attempt at the same inputs starts. With a ``ResumableLoader`` for its
 training batches, a fit resumed from within an epoch repeats the uninterrupted one exactly;
-otherwise only a resume from an epoch end does.
+otherwise only a resume from an epoch end does. A module that trains a small part of large
+frozen models (token rows, LoRA) checkpoints that part alone (``TrainableOnlyCheckpoint``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pmg.integrity import file_digest
 from pmg.runs import RunWarning
 
 __all__ = ["TrainerConfig", "OptimizerConfig", "OptimizerName", "OPTIMIZERS", "LrScheduleConfig", "LrScheduleName", "LR_SCHEDULES", "build_optimizer",
-           "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "resume_point", "RESUME_RECORD"]
+           "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "resume_point", "RESUME_RECORD",
+           "TrainableOnlyCheckpoint", "completed_fit", "rows_saved", "rows_restored"]
 
 RESUME_RECORD = "resume.json"
 
@@ -66,7 +68,7 @@ class TrainerConfig:
     seed: int = 0
     # Early stopping on the stage's monitored metric; 0 turns it off.
     early_stopping_patience: int = 0
-    # A stage that resumes a killed fit (preference, quantize) checkpoints at every epoch end and,
+    # A stage that resumes a killed fit (preference, quantize, reward, the zoo's fits) checkpoints at every epoch end and,
     # when > 0, every this many training batches too (docs/faults.md).
     checkpoint_every_n_steps: int = 0
 
@@ -207,6 +209,7 @@ class ResumableLoader(DataLoader):
         self._before: dict[int, dict[str, Any]] = {}  # random states before batch i was made, i not yet consumed
         self._made = 0
         self._replay: dict[str, Any] | None = None
+        self._replayed = False
 
     def state_dict(self) -> dict[str, Any]:
         if self.position is None or self._epoch_states is None:
@@ -217,8 +220,14 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._replay = state_dict or None
 
+    @property
+    def replayed(self) -> bool:
+        """Whether the current epoch's iterator was made from a state ``load_state_dict`` gave."""
+        return self._replayed
+
     def __iter__(self) -> Iterator[Any]:
         replay, self._replay = self._replay, None
+        self._replayed = replay is not None
         if replay is not None:
             _restore_random_states(replay["epoch"])
         self._epoch_states = _random_states()
@@ -317,6 +326,7 @@ class ResumeCheckpoint(Callback):
 
     def __init__(self, resumable: Resumable) -> None:
         self.resumable = resumable
+        self._loader_states: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
         return _random_states()
@@ -325,6 +335,19 @@ class ResumeCheckpoint(Callback):
         # Lightning restores callbacks before the fit loop builds its data iterators: what they
         # draw comes from the restored states, as in the fit that was interrupted.
         _restore_random_states(state_dict)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._loader_states = [state for state in fit_loop.get("combined_loader", []) if state]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning hands a loader its saved position only when it sets the loader up after
+        # restoring the checkpoint's loops; set up earlier, the fit would silently take another course.
+        if self._loader_states and not any(loader.replayed for loader in _resumable_loaders(trainer)):
+            raise RuntimeError("the fit resumed from within an epoch, but its training loader did not get its position "
+                               "back: Lightning set the loader up before restoring the checkpoint (configure_optimizers "
+                               "reading trainer.estimated_stepping_batches does); the resumed fit would not repeat the "
+                               "interrupted one")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         for loader in _resumable_loaders(trainer):
@@ -363,6 +386,93 @@ def _resumable_loaders(trainer: L.Trainer) -> list[ResumableLoader]:
     loaders = trainer.train_dataloader
     found = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, list | tuple) else [loaders]
     return [loader for loader in found if isinstance(loader, ResumableLoader)]
+
+
+def completed_fit(start: Path | None, max_steps: int) -> dict[str, Any] | None:
+    """The checkpoint ``start`` (``resume_point``'s) when the fit that saved it had reached
+    ``max_steps`` optimizer steps, read without unpickling objects; None otherwise (no
+    checkpoint, or the fit goes on from it). A stage reads a completed fit's outcome from it
+    instead of building the fit again."""
+    if start is None:
+        return None
+    checkpoint = torch.load(start, map_location="cpu", weights_only=True)
+    return checkpoint if int(checkpoint.get("global_step", -1)) >= max_steps else None
+
+
+def rows_saved(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor | dict[str, Any]:
+    """``tensor`` as a checkpoint keeps it: whole (``rows`` None) or only ``rows`` [R] of its
+    first dimension, as ``{"rows": [R], "values": [R, ...], "shape": [...]}``."""
+    if rows is None:
+        return tensor.detach().clone()
+    rows = rows.to(tensor.device)
+    return {"rows": rows.cpu(), "values": tensor.detach().index_select(0, rows).clone(), "shape": list(tensor.shape)}
+
+
+def rows_restored(saved: torch.Tensor | dict[str, Any], base: torch.Tensor) -> torch.Tensor:
+    """The tensor ``rows_saved`` kept: the whole of it, or ``base`` (same shape) with the kept rows put back."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if list(base.shape) != saved["shape"]:
+        raise ValueError(f"a checkpoint's rows of a {saved['shape']} tensor do not fit one of {list(base.shape)}")
+    rows = saved["rows"].to(base.device)
+    return base.detach().clone().index_copy_(0, rows, saved["values"].to(base.device, base.dtype))
+
+
+def _rows_outside_are_zero(tensor: torch.Tensor, rows: torch.Tensor) -> bool:
+    outside = torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
+    outside[rows.to(tensor.device)] = False
+    return not bool(torch.count_nonzero(tensor.reshape(tensor.shape[0], -1), dim=1)[outside].any())
+
+
+class TrainableOnlyCheckpoint:
+    """A ``LightningModule`` mixin (listed before ``LightningModule``) for a fit that trains a
+    small part of large frozen models (new token rows, LoRA): its checkpoints hold that part
+    alone, never a copy of the frozen weights.
+
+    ``checkpointed_parameters()`` gives ``{name: (parameter, rows)}`` of what trains: ``rows``
+    [R] the rows that do of a parameter of which only some train (an embedding matrix whose
+    other rows are kept at their loaded values), or None (all of it). A checkpoint's
+    ``state_dict`` is empty; ``"trainable"`` holds those parameters (``rows_saved``), and the
+    optimizer states of a row-trained parameter hold only its rows when the other rows are all
+    zero (Adam's moments where the gradient is masked), in full otherwise. Resuming puts them
+    back into a module built again from the same inputs, whose frozen weights, and frozen rows,
+    are those the interrupted fit had.
+    """
+
+    def checkpointed_parameters(self) -> dict[str, tuple[torch.nn.Parameter, torch.Tensor | None]]:
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        parts = self.checkpointed_parameters()
+        checkpoint["state_dict"] = {}
+        checkpoint["trainable"] = {name: rows_saved(parameter, rows) for name, (parameter, rows) in parts.items()}
+        row_trained = {id(parameter): rows for parameter, rows in parts.values() if rows is not None}
+        trainer: L.Trainer = self.trainer  # type: ignore[attr-defined]
+        for optimizer, state in zip(trainer.optimizers, checkpoint.get("optimizer_states", ()), strict=False):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            for index, values in state["state"].items():
+                rows = row_trained.get(id(params[index]))
+                if rows is None:
+                    continue
+                # A new dict: the state_dict's per-parameter dicts are the optimizer's own.
+                state["state"][index] = {
+                    key: rows_saved(value, rows) if isinstance(value, torch.Tensor) and value.shape == params[index].shape
+                    and _rows_outside_are_zero(value, rows) else value
+                    for key, value in values.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        parts = self.checkpointed_parameters()
+        saved = checkpoint["trainable"]
+        if saved.keys() != parts.keys():
+            raise ValueError(f"the checkpoint holds the parameters {sorted(saved)[:3]}…, this fit trains {sorted(parts)[:3]}…")
+        with torch.no_grad():
+            for name, (parameter, _) in parts.items():
+                parameter.copy_(rows_restored(saved[name], parameter))
+        for state in checkpoint.get("optimizer_states", ()):
+            for index, values in state["state"].items():
+                state["state"][index] = {key: rows_restored(value, torch.zeros(value["shape"], dtype=value["values"].dtype))
+                                         if isinstance(value, dict) else value for key, value in values.items()}
+        self.strict_loading = False  # the state_dict is empty: the frozen weights are the module's own
 
 
 def build_trainer(

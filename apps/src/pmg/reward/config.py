@@ -126,7 +126,9 @@ class RewardConfig:
     map_ridge: float = 1e-2
     consistency_mode: ConsistencyMode = ConsistencyMode.contrastive
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=60, log_every_n_steps=5))
+    # Each generator's fit is one epoch: a killed one resumes from its checkpoint of every 5 steps.
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=60, log_every_n_steps=5,
+                                                                         checkpoint_every_n_steps=5))
 
     def validate(self) -> None:
         self.weights.validate()

@@ -3,8 +3,10 @@
 Both train on batches of data user indices [B] (users with preference tokens, the
 validation users held out), optimise only the adapter's trainable parameters (new token
 rows + LoRA), evaluate the mean validation reward every ``eval_every`` steps (and before
-the first step) and keep the trainable state with the best one in memory; ``restore_best``
-puts it back after ``fit``.
+the first step; the ``RewardEvaluation`` callback) and keep the trainable state with the best
+one in memory (``RewardProgress``); ``restore_best`` puts it back after ``fit``. Their
+checkpoints hold the trainable part, the optimizer state of its rows and the progress, never
+the frozen models (``pmg.training.TrainableOnlyCheckpoint``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from transformers import LogitsProcessorList
 
 from pmg.reward.config import ImageRewardConfig, TextRewardConfig
-from pmg.training import OptimizerConfig, build_optimizer
+from pmg.training import OptimizerConfig, TrainableOnlyCheckpoint, build_optimizer, rows_restored, rows_saved
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 from prefreward import (
     ClipEmbedder,
@@ -31,7 +34,8 @@ from prefreward import (
     truncated_backprop_loop,
 )
 
-__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "sample_images"]
+__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "RewardEvaluation", "RewardProgress", "trainable_rows",
+           "sample_images"]
 
 
 class GenerationRewards(nn.Module):
@@ -78,37 +82,72 @@ class GenerationRewards(nn.Module):
 # Text: GRPO
 
 
-class _BestState:
-    """The best validation reward so far and a copy of the trainable parameters that gave it."""
+def trainable_rows(adapter: TextPreferenceAdapter | ImagePreferenceAdapter) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+    """What reward training changes in ``adapter``: each of its trainable parameters with the rows
+    of it that train ([R]: the preference tokens' rows of a text encoder's embedding matrix, whose
+    other rows the adapter keeps exact) or None (all of it: LoRA, peft's token-row deltas)."""
+    if isinstance(adapter, ImagePreferenceAdapter):
+        embeddings = {id(encoder.get_input_embeddings().weight) for encoder in adapter.text_encoders}
+        return [(p, adapter.token_ids if id(p) in embeddings else None) for p in adapter.trainable_parameters()]
+    return [(p, None) for p in adapter.trainable_parameters()]
+
+
+class RewardProgress:
+    """A reward fit's validation rewards so far (``history``: one ``{"step", "reward",
+    <component>...}`` per evaluation) and its best state (``reward``, ``step`` and ``values``, a
+    copy of the trainable parameters then)."""
 
     def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
         self.reward = float("-inf")
         self.step = -1
         self.values: list[torch.Tensor] = []
 
-    def offer(self, reward: float, step: int, params: Sequence[nn.Parameter]) -> None:
-        if reward > self.reward:
-            self.reward, self.step = reward, step
+    def record(self, step: int, result: dict[str, float], params: Sequence[nn.Parameter]) -> None:
+        """One evaluation's ``result`` (with ``"reward"``) at ``step``; kept as the best if it is."""
+        self.history.append({"step": step, **result})
+        if result["reward"] > self.reward:
+            self.reward, self.step = result["reward"], step
             self.values = [p.detach().clone() for p in params]
+
+    def evaluated(self, step: int) -> bool:
+        return bool(self.history) and self.history[-1]["step"] == step
 
     @torch.no_grad()
     def restore(self, params: Sequence[nn.Parameter]) -> None:
+        """Put the best state's values into ``params`` (the parameters they were copied from)."""
         for param, value in zip(params, self.values, strict=True):
             param.copy_(value)
 
+    def state_dict(self, trainable: Sequence[tuple[nn.Parameter, torch.Tensor | None]]) -> dict[str, Any]:
+        """For a checkpoint: the best values only in the rows that train (``trainable_rows``)."""
+        return {"history": [dict(h) for h in self.history], "reward": self.reward, "step": self.step,
+                "values": [rows_saved(v, rows) for v, (_, rows) in zip(self.values, trainable, strict=True)]}
 
-class _RewardModule(L.LightningModule):
-    """Shared loop: validation reward at step 0 and every ``eval_every`` steps, best state kept."""
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], trainable: Sequence[tuple[nn.Parameter, torch.Tensor | None]]) -> RewardProgress:
+        """The progress ``state_dict`` saved, its best values completed from the parameters of
+        ``trainable`` (rows that do not train are as loaded)."""
+        progress = cls()
+        progress.history, progress.reward, progress.step = list(state["history"]), float(state["reward"]), int(state["step"])
+        progress.values = [rows_restored(v, p) for v, (p, _) in zip(state["values"], trainable, strict=True)]
+        return progress
+
+
+class _RewardModule(TrainableOnlyCheckpoint, L.LightningModule):
+    """Shared loop: validation reward at step 0 and every ``eval_every`` steps (``RewardEvaluation``), best state kept."""
 
     def __init__(self, val_users: Sequence[int], eval_every: int, eval_batch: int) -> None:
         super().__init__()
         self.val_users = list(val_users)
         self.eval_every, self.eval_batch = eval_every, eval_batch
-        self.best = _BestState()
-        self.history: list[dict[str, float]] = []
+        self.progress = RewardProgress()
+
+    def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+        raise NotImplementedError
 
     def trainable(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        return [p for p, _ in self.trainable_rows()]
 
     def validation_rewards(self, users: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -127,23 +166,49 @@ class _RewardModule(L.LightningModule):
         result.update({name: float(torch.cat(values).mean()) for name, values in parts.items()})
         return result
 
-    def _validate(self) -> None:
-        result = self.evaluate()
+    def evaluate_if_due(self) -> None:
+        """Evaluate the current state when its step is due (0, every ``eval_every``, the last)
+        and not evaluated yet (a fit resumed from a checkpoint was, before the save)."""
         step = self.global_step
-        self.history.append({"step": step, **result})
-        self.best.offer(result["reward"], step, self.trainable())
+        due = step == 0 or step % self.eval_every == 0 or step >= self.trainer.max_steps
+        if not due or self.progress.evaluated(step):
+            return
+        result = self.evaluate()
+        self.progress.record(step, result, self.trainable())
         if self.logger is not None:
             self.logger.log_metrics({f"val/{k}": v for k, v in result.items()}, step=step)
 
-    def on_train_start(self) -> None:
-        self._validate()  # the SFT adapter is the state to beat
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.global_step % self.eval_every == 0 or self.global_step >= self.trainer.max_steps:
-            self._validate()
-
     def restore_best(self) -> None:
-        self.best.restore(self.trainable())
+        self.progress.restore(self.trainable())
+
+    def checkpointed_parameters(self) -> dict[str, tuple[nn.Parameter, torch.Tensor | None]]:
+        names = {id(p): name for name, p in self.named_parameters()}
+        return {names[id(p)]: (p, rows) for p, rows in self.trainable_rows()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["reward_progress"] = self.progress.state_dict(self.trainable_rows())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.progress = RewardProgress.from_state_dict(checkpoint["reward_progress"], self.trainable_rows())
+
+
+class RewardEvaluation(Callback):
+    """Evaluates a reward module (``evaluate_if_due``) before its first step and after each one.
+
+    A callback rather than the module's own hooks: Lightning calls the callbacks' hooks first,
+    and the evaluation must come before ``pmg.training.ResumeCheckpoint`` saves the step (pass
+    it first in ``build_trainer``'s ``callbacks``), so that a fit resumed from that checkpoint
+    has the step's evaluation, as the uninterrupted fit had."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, _RewardModule)
+        pl_module.evaluate_if_due()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        assert isinstance(pl_module, _RewardModule)
+        pl_module.evaluate_if_due()
 
 
 class TextRewardModule(_RewardModule):
@@ -163,8 +228,8 @@ class TextRewardModule(_RewardModule):
         self.images, self.preferences = images, preferences
         self.config, self.optimizer_config = config, optimizer
 
-    def trainable(self) -> list[nn.Parameter]:
-        return self.policy.trainable_parameters()
+    def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+        return trainable_rows(self.policy)
 
     @torch.no_grad()
     def sample(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
@@ -256,8 +321,8 @@ class ImageRewardModule(_RewardModule):
         self.config, self.optimizer_config, self.seed = config, optimizer, seed
         self._row_guard = None  # the optimizer hook of protect_frozen_rows, kept alive with the module
 
-    def trainable(self) -> list[nn.Parameter]:
-        return self.adapter.trainable_parameters()
+    def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+        return trainable_rows(self.adapter)
 
     def _images(self, users: list[int], seed: int, backprop_last_k: int) -> torch.Tensor:
         return sample_images(self.adapter, [self.prompts[u] for u in users], num_inference_steps=self.config.num_inference_steps,

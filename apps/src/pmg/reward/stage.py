@@ -11,10 +11,15 @@ new token rows and LoRA weights change. Artifacts in ``<run>/reward/``:
     metrics.json         validation reward (total and components) before, best and per evaluation
     config.yaml          the stage's config
     tb/                  TensorBoard logs (train/*: rewards, KL; val/*: validation rewards)
+    checkpoints/text/, checkpoints/image/
+                         what a killed fit resumes from (``pmg.training.Resumable``): the trainable
+                         part, optimizer and random states, evaluations so far; every
+                         ``trainer.checkpoint_every_n_steps`` steps and at the end
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +37,7 @@ from prefquant import fit_linear_map
 if TYPE_CHECKING:
     from pmg.data.format import InteractionData
     from pmg.generator.config import GeneratorConfig
+    from pmg.reward.modules import RewardProgress
     from pmg.zoo.manifest import Zoo
     from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
@@ -155,23 +161,37 @@ def _training_order(users: list[int], draws: int, seed: int) -> list[int]:
     return order[:draws]
 
 
-def _fit(module: Any, config: RewardConfig, order: list[int], batch_size: int, steps: int, out: Path) -> None:
-    from torch.utils.data import DataLoader
+def _train_phase(kind: str, adapter: TextPreferenceAdapter | ImagePreferenceAdapter, build_module: Callable[[], Any],
+                 config: RewardConfig, order: list[int], batch_size: int, steps: int, out: Path, resume_key: str) -> dict[str, float]:
+    """One generator's reward fit, resumable: it checkpoints to ``out/checkpoints/<kind>``
+    (``pmg.training.Resumable``) and a fit of these inputs that was killed goes on from there.
+    A fit that had reached its last step is not built again (``build_module`` makes its
+    consistency partners): its best state and evaluations are read from its checkpoint. Leaves
+    ``adapter`` in its best validation state; its metrics."""
+    from pmg.reward.modules import RewardEvaluation, RewardProgress, trainable_rows
+    from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
 
-    from pmg.training import build_trainer
-
-    loader = DataLoader(order, batch_size=batch_size, shuffle=False)
-    trainer = build_trainer(config.trainer_for(steps), out, checkpointing=False)
-    trainer.fit(module, train_dataloaders=loader)
+    resumable, start = resume_point(out / "checkpoints" / kind, resume_key, config.trainer.checkpoint_every_n_steps, f"reward ({kind})")
+    completed = completed_fit(start, steps)
+    if completed is not None:
+        progress = RewardProgress.from_state_dict(completed["reward_progress"], trainable_rows(adapter))
+        progress.restore([p for p, _ in trainable_rows(adapter)])
+        return _phase_metrics(kind, progress)
+    module = build_module()
+    # A DataLoader's batches, which a fit killed within its one epoch (the whole phase) resumes exactly.
+    loader = ResumableLoader(order, batch_size=batch_size, shuffle=False)
+    trainer = build_trainer(config.trainer_for(steps), out, checkpointing=False, resumable=resumable, callbacks=[RewardEvaluation()])
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=start, weights_only=True)
     module.restore_best()
+    return _phase_metrics(kind, module.progress)
 
 
-def _phase_metrics(kind: str, module: Any) -> dict[str, float]:
-    first, best = module.history[0], module.best
-    best_values = next(h for h in module.history if h["step"] == best.step)
+def _phase_metrics(kind: str, progress: RewardProgress) -> dict[str, float]:
+    first = progress.history[0]
+    best_values = next(h for h in progress.history if h["step"] == progress.step)
     metrics = {f"{kind}/val_{k}_before": v for k, v in first.items() if k != "step"}
     metrics.update({f"{kind}/val_{k}_best": v for k, v in best_values.items() if k != "step"})
-    metrics[f"{kind}/best_step"] = float(best.step)
+    metrics[f"{kind}/best_step"] = float(progress.step)
     return metrics
 
 
@@ -236,7 +256,8 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     stage_fp = stage_fingerprint("reward", config, upstream)
     if not force and run.is_current("reward", stage_fp):
         return StageResult(stage_fp, run.require("reward")["summary"], reused=True)
-    run.invalidate("reward")
+    # A fit of these inputs killed before the stage completed resumes from its checkpoint (unless forced).
+    run.invalidate("reward", keep_checkpoints=not force)
     config.validate()
     import lightning as L
 
@@ -292,33 +313,43 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
 
     if text_policy is not None:
         if config.text.enabled:
-            partners = sorted(set(text_order) | set(scored))
-            if image_adapter is not None:
-                # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
-                sft_texts = (_user_texts(text_policy, data, split.train, generator, prompts, partners)
-                             if generator.image.subject_from_text else [""] * data.num_users)
-                images = _user_images(image_adapter, _image_prompts(data, split.train, generator, prompts, sft_texts), partners, data.num_users,
-                                      config, seed)
-            else:
-                images = torch.zeros(data.num_users, 3, 8, 8)
-            reference = load_text_adapter(text_folder, zoo, trainable=False)
-            module = TextRewardModule(text_policy, reference, rewards, text_prompts, images, user_prefs.get("textual", zeros),
-                                      config.text, config.optimizer_for(config.text.lr), scored, config.eval_every)
-            _fit(module, config, text_order, config.text.users_per_step, config.text.max_steps, out)
-            metrics.update(_phase_metrics("text", module))
+            def text_module() -> TextRewardModule:
+                assert text_policy is not None and text_folder is not None
+                partners = sorted(set(text_order) | set(scored))
+                if image_adapter is not None:
+                    # The images the SFT texts lead to (generator.image.subject_from_text): the text is written first.
+                    sft_texts = (_user_texts(text_policy, data, split.train, generator, prompts, partners)
+                                 if generator.image.subject_from_text else [""] * data.num_users)
+                    images = _user_images(image_adapter, _image_prompts(data, split.train, generator, prompts, sft_texts), partners,
+                                          data.num_users, config, seed)
+                else:
+                    images = torch.zeros(data.num_users, 3, 8, 8)
+                reference = load_text_adapter(text_folder, zoo, trainable=False)
+                return TextRewardModule(text_policy, reference, rewards, text_prompts, images, user_prefs.get("textual", zeros),
+                                        config.text, config.optimizer_for(config.text.lr), scored, config.eval_every)
+
+            metrics.update(_train_phase("text", text_policy, text_module, config, text_order, config.text.users_per_step,
+                                        config.text.max_steps, out, stage_fp))
         text_policy = text_policy.cpu().eval()
         with atomic_directory(out / "text_adapter") as tmp:
             text_policy.save(tmp)
     if image_adapter is not None:
         if config.image.enabled:
-            partners = sorted(set(image_order) | set(scored))
-            texts = (_user_texts(text_policy, data, split.train, generator, prompts, partners)
-                     if text_policy is not None else [""] * data.num_users)
-            module = ImageRewardModule(image_adapter, rewards, _image_prompts(data, split.train, generator, prompts, texts), texts,
-                                       user_prefs.get("visual", zeros), config.image,
-                                       config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
-            _fit(module, config, image_order, config.image.users_per_step, config.image.max_steps, out)
-            metrics.update(_phase_metrics("image", module))
+            # Seeded again: the image fit draws the same whether the text fit ran in this process or
+            # was read from its checkpoint after a kill.
+            L.seed_everything(seed + 1, verbose=False)
+
+            def image_module() -> ImageRewardModule:
+                assert image_adapter is not None
+                partners = sorted(set(image_order) | set(scored))
+                texts = (_user_texts(text_policy, data, split.train, generator, prompts, partners)
+                         if text_policy is not None else [""] * data.num_users)
+                return ImageRewardModule(image_adapter, rewards, _image_prompts(data, split.train, generator, prompts, texts), texts,
+                                         user_prefs.get("visual", zeros), config.image,
+                                         config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
+
+            metrics.update(_train_phase("image", image_adapter, image_module, config, image_order, config.image.users_per_step,
+                                        config.image.max_steps, out, stage_fp))
         image_adapter = image_adapter.cpu().eval()
         with atomic_directory(out / "image_adapter") as tmp:
             image_adapter.save(tmp)

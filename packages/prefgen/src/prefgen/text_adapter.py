@@ -291,6 +291,12 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         # Only the new rows changed, and they are saved as trainable-token values: never the whole matrix.
         self.model.save_pretrained(str(folder), save_embedding_layers=False)
+        # A fast tokenizer's backend keeps the padding and truncation of its last call and would save
+        # them: the file would depend on what ran before. Every call sets its own, so clearing is free.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
         self.tokenizer.save_pretrained(str(folder / TOKENIZER_FOLDER))
         (folder / TEXT_ADAPTER_FILE).write_text(json.dumps(self.meta, indent=2), encoding="utf-8")
         return folder
