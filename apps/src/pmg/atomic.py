@@ -7,6 +7,7 @@ artifact or nothing, never a partial one that looks complete.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -44,35 +45,64 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], *, resumable: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``path``; on success it becomes ``path``.
 
     If ``path`` already exists it is swapped out only after the new directory is
     complete, and deleted only after the swap succeeded, so a crash at any point keeps one
     complete copy (the old one is left as ``.<name>.old-*`` if the final delete is cut). An
     ``OSError`` that names no file is raised naming ``path``, as in ``atomic_file``.
+
+    With ``resumable`` the directory is ``.<name>.partial`` beside ``path`` and outlives a body
+    that fails or a process that dies: the next ``atomic_directory(path, resumable=True)`` yields
+    it again with what was written in it, for a long build to go on from its finished parts
+    (which the body must tell from unfinished ones). One process writes it at a time (an
+    exclusive ``flock`` on ``.<name>.partial.lock``, which the kernel drops when its holder
+    dies); another one meanwhile gets a fresh temporary directory of its own.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    lock = _partial_lock(target) if resumable else None
+    if lock is not None:
+        tmp = target.parent / f".{target.name}.partial"
+        tmp.mkdir(mode=0o700, exist_ok=True)  # as mkdtemp makes it
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if err.filename is not None:
+        try:
+            yield tmp
+        except OSError as err:
+            if lock is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if err.filename is not None:
+                raise
+            raise _naming(err, target) from err
+        except BaseException:
+            if lock is None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
-        raise _naming(err, target) from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old: Path | None = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        old.rmdir()
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        old: Path | None = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if lock is not None:
+            os.close(lock)  # closing drops the flock; the file stays (unlinking it would race a new holder)
+
+
+def _partial_lock(target: Path) -> int | None:
+    """The flock-ed descriptor of ``.<name>.partial.lock`` beside ``target``; None while another process holds it."""
+    fd = os.open(target.parent / f".{target.name}.partial.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _naming(err: OSError, target: Path) -> OSError:

@@ -13,7 +13,7 @@ from transformers import CLIPModel, CLIPProcessor, PreTrainedTokenizerBase
 
 from pmg.zoo.config import ClipTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
-from pmg.zoo.fitting import fit_steps
+from pmg.zoo.fitting import FitCheckpoints, fit_steps
 from pmg.zoo.lightning_modules import ClipContrastiveModule
 from prefgen.testing.tiny import build_tiny_clip
 
@@ -91,8 +91,10 @@ def train_clip(
     model: CLIPModel,
     processor: CLIPProcessor,
     log_dir: Path,
+    checkpoints: FitCheckpoints | None = None,
 ) -> CLIPModel:
-    """Contrastive training of ``model`` on the corpus's training items that have images."""
+    """Contrastive training of ``model`` on the corpus's training items that have images
+    (resumable from ``checkpoints``: ``fit_steps``)."""
     items = corpus.image_items(corpus.train_items)
     if len(items) < 2:
         raise ValueError("CLIP training needs at least two training items with images")
@@ -101,7 +103,7 @@ def train_clip(
     collate = _ClipCollate(corpus, items, pixels, processor.tokenizer, config.caption_probability, max_length)
     model.train()
     fit_steps(ClipContrastiveModule(model, config.optimizer), _ClipPairs(items), trainer_config=config.trainer,
-              batch_size=min(config.batch_size, len(items)), log_dir=log_dir, collate=collate)
+              batch_size=min(config.batch_size, len(items)), log_dir=log_dir, collate=collate, checkpoints=checkpoints)
     return model.eval()
 
 

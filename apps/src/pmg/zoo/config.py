@@ -32,7 +32,8 @@ __all__ = [
 
 
 def _trainer(steps: int, log_every: int = 10) -> TrainerConfig:
-    return TrainerConfig(max_epochs=1, max_steps=steps, log_every_n_steps=log_every)
+    # A fit is one epoch: a killed one resumes from its checkpoint of every 100 steps (a few MB each).
+    return TrainerConfig(max_epochs=1, max_steps=steps, log_every_n_steps=log_every, checkpoint_every_n_steps=100)
 
 
 def _check_steps(name: str, trainer: TrainerConfig, batch_size: int) -> None:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from pmg.zoo.config import JudgeTrainingConfig
 from pmg.zoo.corpus import ZooCorpus
-from pmg.zoo.fitting import fit_steps, seed_init
+from pmg.zoo.fitting import FitCheckpoints, fit_steps, seed_init
 from pmg.zoo.judge import AttributeJudge
 from pmg.zoo.lightning_modules import JudgeModule
 
@@ -48,8 +48,10 @@ class _Labelled(Dataset):
         return {"image": self.images[index], **{k: v[index] for k, v in self.labels.items()}}
 
 
-def train_judge(config: JudgeTrainingConfig, corpus: ZooCorpus, log_dir: Path) -> AttributeJudge:
-    """A judge trained on the training items whose image and every judged attribute are known."""
+def train_judge(config: JudgeTrainingConfig, corpus: ZooCorpus, log_dir: Path,
+                checkpoints: FitCheckpoints | None = None) -> AttributeJudge:
+    """A judge trained on the training items whose image and every judged attribute are known
+    (resumable from ``checkpoints``: ``fit_steps``)."""
     attributes = judge_attributes(config, corpus)
     labels = judge_labels(corpus, list(attributes))
     items = corpus.image_items(corpus.train_items)
@@ -60,5 +62,5 @@ def train_judge(config: JudgeTrainingConfig, corpus: ZooCorpus, log_dir: Path) -
     judge = AttributeJudge(attributes, config.model.channels, config.model.image_size)
     dataset = _Labelled(corpus.images[torch.from_numpy(items)], {n: torch.from_numpy(labels[n][items]) for n in attributes})
     fit_steps(JudgeModule(judge, config.optimizer, augment=config.augment), dataset, trainer_config=config.trainer,
-              batch_size=min(config.batch_size, len(items)), log_dir=log_dir)
+              batch_size=min(config.batch_size, len(items)), log_dir=log_dir, checkpoints=checkpoints)
     return judge.eval()

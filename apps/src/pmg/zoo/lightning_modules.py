@@ -36,7 +36,9 @@ class _OptimizedModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, object]:
         optimizer = build_optimizer([p for p in self.parameters() if p.requires_grad], self.optimizer_config)
-        scheduler = build_lr_scheduler(optimizer, self.lr_schedule, int(self.trainer.estimated_stepping_batches))
+        # The zoo trains by steps (max_steps batches, one epoch). Not estimated_stepping_batches: it sets
+        # the training loader up before a resumed fit restores the loader's position, which is then lost.
+        scheduler = build_lr_scheduler(optimizer, self.lr_schedule, int(self.trainer.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pmg.zoo.config import CausalLMTrainingConfig
 from pmg.zoo.corpus import ZooCorpus, copy_warmup_documents, keyword_prompted_texts
-from pmg.zoo.fitting import fit_steps
+from pmg.zoo.fitting import FitCheckpoints, fit_steps
 from pmg.zoo.lightning_modules import CausalLMModule
 from prefgen.testing.tiny import build_tiny_causal_lm
 
@@ -50,9 +50,10 @@ class _LMCollate:
 
 
 def train_lm(config: CausalLMTrainingConfig, corpus: ZooCorpus, model: PreTrainedModel,
-             tokenizer: PreTrainedTokenizerBase, log_dir: Path) -> PreTrainedModel:
+             tokenizer: PreTrainedTokenizerBase, log_dir: Path, checkpoints: FitCheckpoints | None = None) -> PreTrainedModel:
     """Next-token training of ``model``: ``config.copy_warmup_steps`` batches of copy documents,
-    then ``config.trainer.max_steps`` batches of the corpus texts (``keyword_fraction`` of them prompted)."""
+    then ``config.trainer.max_steps`` batches of the corpus texts (``keyword_fraction`` of them
+    prompted); each fit resumable from its part of ``checkpoints`` (``fit_steps``)."""
     if not corpus.lm_texts:
         raise ValueError("causal-LM training needs texts (titles, descriptions or reviews)")
     model.train()
@@ -62,8 +63,10 @@ def train_lm(config: CausalLMTrainingConfig, corpus: ZooCorpus, model: PreTraine
     if warmup:
         fit_steps(CausalLMModule(model, config.optimizer), _Texts(warmup),
                   trainer_config=dataclasses.replace(config.trainer, max_steps=config.copy_warmup_steps),
-                  batch_size=config.batch_size, log_dir=log_dir / "copy_warmup", collate=collate)
+                  batch_size=config.batch_size, log_dir=log_dir / "copy_warmup", collate=collate,
+                  checkpoints=checkpoints.part("copy_warmup") if checkpoints else None)
     texts = keyword_prompted_texts(corpus, config.keyword_fraction, config.keyword_contexts, seed)
     fit_steps(CausalLMModule(model, config.optimizer), _Texts(texts), trainer_config=config.trainer,
-              batch_size=min(config.batch_size, len(texts)), log_dir=log_dir, collate=collate)
+              batch_size=min(config.batch_size, len(texts)), log_dir=log_dir, collate=collate,
+              checkpoints=checkpoints.part("texts") if checkpoints else None)
     return model.eval()

@@ -1,24 +1,35 @@
 """Building every zoo model in order: tokenizers → CLIP → judge → SDXL (text encoders from
 CLIP) → causal LM → held-out evaluation. Each model is either trained (tiny), loaded
 (``base_model``) or loaded then fine-tuned (``finetune: true``), and saved with
-``save_pretrained`` into the cache folder when trained or fine-tuned."""
+``save_pretrained`` into the cache folder when trained or fine-tuned.
+
+A build killed halfway goes on from where it stopped (``ZooProgress``): each model saved is
+recorded as finished, and the next build of the same entry loads it rather than training it
+again; a fit killed midway resumes from its last checkpoint (``pmg.zoo.fitting``)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
+from pmg.integrity import file_record, find_damage
+from pmg.runs import RunWarning
 from pmg.zoo.clip_recipe import build_clip, train_clip
 from pmg.zoo.config import ZooConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus, build_corpus
 from pmg.zoo.evaluation import clip_retrieval_top1, judge_accuracy, text_to_image_accuracy
-from pmg.zoo.fitting import seed_init
+from pmg.zoo.fitting import FitCheckpoints, seed_init
 from pmg.zoo.judge import AttributeJudge, load_judge, save_judge
 from pmg.zoo.judge_recipe import train_judge
 from pmg.zoo.lm_recipe import build_lm, train_lm
@@ -26,7 +37,57 @@ from pmg.zoo.loading import load_clip, load_lm, load_sdxl
 from pmg.zoo.sdxl_recipe import build_sdxl, train_sdxl
 from prefgen.testing.offline_tokenizers import load_tokenizer, train_causal_lm_tokenizer, train_clip_tokenizer
 
-__all__ = ["train_models"]
+__all__ = ["train_models", "ZooProgress", "PROGRESS_FOLDER"]
+
+# In the folder being built: what a killed build goes on from. Hidden (left out of zoo.json's
+# file record) and deleted once the build completes.
+PROGRESS_FOLDER = ".progress"
+
+
+class ZooProgress:
+    """The finished models of a zoo build in ``out`` (the folder being built, for cache key
+    ``key``), for a build killed halfway to go on from: ``.progress/<model>.json`` records the
+    size and SHA-256 of each file a finished model wrote, and ``.progress/checkpoints/<model>/``
+    holds its fits' checkpoints (``pmg.zoo.fitting.FitCheckpoints``)."""
+
+    def __init__(self, out: Path, key: str, log: Callable[[str], None]) -> None:
+        self.out, self.key, self.log = out, key, log
+        self.folder = out / PROGRESS_FOLDER
+
+    def finished(self, model: str, folders: list[str]) -> bool:
+        """Whether ``model`` was finished by an earlier attempt and its files are intact. If not,
+        its ``folders`` are emptied for it to be trained again (a damaged one with a warning)."""
+        record_path = self.folder / f"{model}.json"
+        if record_path.is_file():
+            try:
+                record = json.loads(record_path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                damage: str | None = f"{record_path} is damaged ({err})"
+            else:
+                damage = find_damage(self.out, record, f"the interrupted zoo build's {model}")
+                if damage is None:
+                    self.log(f"[zoo] {model}: kept from the interrupted build ({self.out})")
+                    return True
+            warnings.warn(f"{damage}; the {model} is trained again", RunWarning, stacklevel=2)
+            record_path.unlink()
+        for folder in folders:
+            shutil.rmtree(self.out / folder, ignore_errors=True)
+        return False
+
+    def finish(self, model: str, folders: list[str]) -> None:
+        """Record ``model`` finished: the files under its ``folders``, written before this call."""
+        record = {f"{folder}/{name}": entry for folder in folders for name, entry in file_record(self.out / folder).items()}
+        with atomic_file(self.folder / f"{model}.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        shutil.rmtree(self.folder / "checkpoints" / model, ignore_errors=True)
+
+    def checkpoints(self, model: str) -> FitCheckpoints:
+        return FitCheckpoints(self.folder / "checkpoints" / model, self.key)
+
+    def clear(self) -> None:
+        """Forget the finished models and checkpoints: before a build that starts over
+        (``retrain``), and once the build completed (nothing is left to resume)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _entry(path: str, source: str) -> dict[str, Any]:
@@ -58,8 +119,10 @@ def _lm_tokenizer(config: ZooConfig, corpus: ZooCorpus) -> PreTrainedTokenizerBa
 
 
 def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Path, log_dir: Path,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build the zoo into ``out``; returns the manifest (models, metrics, held-out data)."""
+                 progress: ZooProgress, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build the zoo into ``out``; returns the manifest (models, metrics, held-out data). Models
+    an earlier attempt finished in ``out`` are loaded, not trained (``progress``), and each one
+    trained here is recorded finished once saved."""
     hub = {"local_files_only": config.local_files_only, "trust_remote_code": config.trust_remote_code}
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -74,21 +137,31 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     lap("corpus")
     models: dict[str, Any] = {}
     clip_source = "trained" if config.clip.base_model is None else ("finetuned" if config.clip.finetune else "base")
+    clip_folders = ["clip"] + (["tokenizers/clip"] if config.clip.base_model is None else [])
+    clip_finished = clip_source != "base" and progress.finished("clip", clip_folders)
+    # The processor is made as for training even when the CLIP is finished: one loaded from its
+    # folder would carry its loading options into the SDXL pipeline's saved tokenizers.
     if config.clip.base_model is None:
         tokenizer = _clip_tokenizer(config, corpus)
-        tokenizer.save_pretrained(out / "tokenizers" / "clip")
+        if not clip_finished:
+            tokenizer.save_pretrained(out / "tokenizers" / "clip")
         seed_init(config.clip.trainer.seed)
         clip, processor = build_clip(config.clip, tokenizer)
     else:
         clip, processor = load_clip(config.clip.base_model, **hub)
     lap("clip tokenizer")
-    if clip_source != "base":
-        clip = train_clip(config.clip, corpus, clip, processor, log_dir / "clip")
+    if clip_finished:
+        clip = load_clip(out / "clip")[0]
+        # Saved (and thrown away) for what saving does to the processor, as the uninterrupted build
+        # saved it: it marks the tokenizer with its processor class, which the SDXL tokenizers carry.
+        with tempfile.TemporaryDirectory() as scratch:
+            processor.save_pretrained(scratch)
+    elif clip_source != "base":
+        clip = train_clip(config.clip, corpus, clip, processor, log_dir / "clip", progress.checkpoints("clip"))
         clip.save_pretrained(out / "clip")
         processor.save_pretrained(out / "clip")
-        models["clip"] = _entry("clip", clip_source)
-    else:
-        models["clip"] = _entry(config.clip.base_model, "base")  # type: ignore[arg-type]
+        progress.finish("clip", clip_folders)
+    models["clip"] = _entry("clip", clip_source) if clip_source != "base" else _entry(config.clip.base_model, "base")  # type: ignore[arg-type]
     lap("clip")
 
     judge: AttributeJudge | None = None
@@ -96,8 +169,12 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
         judge = load_judge(config.judge.base_model)
         models["judge"] = _entry(str(Path(config.judge.base_model).expanduser().resolve()), "base")
     elif all(name in data.attributes for name in config.judge.attributes):
-        judge = train_judge(config.judge, corpus, log_dir / "judge")
-        save_judge(judge, out / "judge")
+        if progress.finished("judge", ["judge"]):
+            judge = load_judge(out / "judge")
+        else:
+            judge = train_judge(config.judge, corpus, log_dir / "judge", progress.checkpoints("judge"))
+            save_judge(judge, out / "judge")
+            progress.finish("judge", ["judge"])
         models["judge"] = _entry("judge", "trained")
     else:
         log(f"[zoo] no judge: dataset {data.name!r} lacks attributes {config.judge.attributes}")
@@ -105,34 +182,39 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     lap("judge")
 
     sdxl_source = "trained" if config.sdxl.base_model is None else ("finetuned" if config.sdxl.finetune else "base")
-    if config.sdxl.base_model is None:
-        seed_init(config.sdxl.unet.trainer.seed)
-        pipe = build_sdxl(config.sdxl, processor.tokenizer, clip)
+    if sdxl_source != "base" and progress.finished("sdxl", ["sdxl"]):
+        pipe = load_sdxl(out / "sdxl")
     else:
-        pipe = load_sdxl(config.sdxl.base_model, **hub)
-    if sdxl_source != "base":
-        pipe = train_sdxl(config.sdxl, corpus, pipe, log_dir / "sdxl", train_vae=sdxl_source == "trained")
-        pipe.save_pretrained(out / "sdxl")
-        models["sdxl"] = _entry("sdxl", sdxl_source)
-    else:
-        models["sdxl"] = _entry(config.sdxl.base_model, "base")  # type: ignore[arg-type]
+        if config.sdxl.base_model is None:
+            seed_init(config.sdxl.unet.trainer.seed)
+            pipe = build_sdxl(config.sdxl, processor.tokenizer, clip)
+        else:
+            pipe = load_sdxl(config.sdxl.base_model, **hub)
+        if sdxl_source != "base":
+            pipe = train_sdxl(config.sdxl, corpus, pipe, log_dir / "sdxl", train_vae=sdxl_source == "trained",
+                              checkpoints=progress.checkpoints("sdxl"))
+            pipe.save_pretrained(out / "sdxl")
+            progress.finish("sdxl", ["sdxl"])
+    models["sdxl"] = _entry("sdxl", sdxl_source) if sdxl_source != "base" else _entry(config.sdxl.base_model, "base")  # type: ignore[arg-type]
     lap("sdxl")
 
     lm_source = "trained" if config.lm.base_model is None else ("finetuned" if config.lm.finetune else "base")
-    if config.lm.base_model is None:
-        lm_tokenizer = _lm_tokenizer(config, corpus)
-        lm_tokenizer.save_pretrained(out / "tokenizers" / "lm")
-        seed_init(config.lm.trainer.seed)
-        lm = build_lm(config.lm, lm_tokenizer)
-    else:
-        lm, lm_tokenizer = load_lm(config.lm.base_model, **hub)
-    if lm_source != "base":
-        lm = train_lm(config.lm, corpus, lm, lm_tokenizer, log_dir / "lm")
-        lm.save_pretrained(out / "lm")
-        lm_tokenizer.save_pretrained(out / "lm")
-        models["lm"] = _entry("lm", lm_source)
-    else:
-        models["lm"] = _entry(config.lm.base_model, "base")  # type: ignore[arg-type]
+    lm_folders = ["lm"] + (["tokenizers/lm"] if config.lm.base_model is None else [])
+    # Nothing below reads the LM: a finished one is left as it is, not even loaded.
+    if not (lm_source != "base" and progress.finished("lm", lm_folders)):
+        if config.lm.base_model is None:
+            lm_tokenizer = _lm_tokenizer(config, corpus)
+            lm_tokenizer.save_pretrained(out / "tokenizers" / "lm")
+            seed_init(config.lm.trainer.seed)
+            lm = build_lm(config.lm, lm_tokenizer)
+        else:
+            lm, lm_tokenizer = load_lm(config.lm.base_model, **hub)
+        if lm_source != "base":
+            lm = train_lm(config.lm, corpus, lm, lm_tokenizer, log_dir / "lm", progress.checkpoints("lm"))
+            lm.save_pretrained(out / "lm")
+            lm_tokenizer.save_pretrained(out / "lm")
+            progress.finish("lm", lm_folders)
+    models["lm"] = _entry("lm", lm_source) if lm_source != "base" else _entry(config.lm.base_model, "base")  # type: ignore[arg-type]
     lap("lm")
 
     metrics: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from transformers import CLIPModel, PreTrainedTokenizerBase
 from pmg.data.modules import RowIndices
 from pmg.zoo.config import SDXLTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
-from pmg.zoo.fitting import fit_steps
+from pmg.zoo.fitting import FitCheckpoints, fit_steps
 from pmg.zoo.lightning_modules import UNetDiffusionModule, VaeModule, trainable
 from prefgen.testing.tiny import build_tiny_sdxl_pipeline, text_encoders_from_clip
 
@@ -82,8 +82,9 @@ def _encode_prompts(pipe: StableDiffusionXLPipeline, prompts: list[str], batch: 
 
 
 def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffusionXLPipeline, log_dir: Path, *,
-               train_vae: bool) -> StableDiffusionXLPipeline:
-    """Train the VAE (``train_vae``, tiny models only) and the UNet on the training items.
+               train_vae: bool, checkpoints: FitCheckpoints | None = None) -> StableDiffusionXLPipeline:
+    """Train the VAE (``train_vae``, tiny models only) and the UNet on the training items (each fit
+    resumable from its part of ``checkpoints``: ``fit_steps``).
 
     Images [N, 3, R, R] at the pipeline's resolution R; the VAE's scaling factor is set to
     1 / std of the training latents when the VAE was trained here.
@@ -102,7 +103,7 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
         module = VaeModule(pipe.vae, config.vae.optimizer, crop_size=config.vae.crop_size, kl_weight=config.vae.kl_weight,
                            colour_weight=config.vae.colour_weight, colour_pool=config.vae.colour_pool, lr_schedule=config.vae.lr_schedule)
         fit_steps(module, RowIndices(len(items)), trainer_config=config.vae.trainer, batch_size=min(config.vae.batch_size, len(items)),
-                  log_dir=log_dir / "vae", collate=_ImageCollate(images))
+                  log_dir=log_dir / "vae", collate=_ImageCollate(images), checkpoints=checkpoints.part("vae") if checkpoints else None)
     trainable(pipe.vae, False).eval()
     mean, std = _encode_images(pipe, images)
     if train_vae:
@@ -126,6 +127,6 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
                                  noise_offset=config.unet.noise_offset, lr_schedule=config.unet.lr_schedule)
     collate = _LatentCollate(mean, std, scaling, torch.from_numpy(prompt_index), prompt_embeds, pooled)
     fit_steps(module, RowIndices(len(items)), trainer_config=config.unet.trainer, batch_size=min(config.unet.batch_size, len(items)),
-              log_dir=log_dir / "unet", collate=collate)
+              log_dir=log_dir / "unet", collate=collate, checkpoints=checkpoints.part("unet") if checkpoints else None)
     trainable(pipe.unet, False).eval()
     return pipe

@@ -7,8 +7,10 @@ directory with the same inputs shares one entry. Each entry holds ``save_pretrai
 (``clip``, ``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
 ``t2i_samples.png`` (held-out text-to-image samples with the judge's readings); ``zoo.json``
 records the size and SHA-256 of every file, and an entry whose files no longer match is
-rebuilt, not trusted. The run's ``zoo/stage.json`` records the entry; TensorBoard logs land
-in ``<run>/zoo/<model>/tb``.
+rebuilt, not trusted. An entry is built in ``<cache_dir>/.<key>.partial/``, renamed into place
+once complete; a build that was killed goes on there from its finished models and its last
+checkpoint. The run's ``zoo/stage.json`` records the entry; TensorBoard logs land in
+``<run>/zoo/<model>/tb``.
 """
 
 from __future__ import annotations
@@ -56,13 +58,20 @@ def build_zoo(config: ZooConfig, data: InteractionData, split: Split, folder: Pa
               log=print) -> dict[str, Any]:
     """Train / load every model and write them, with ``zoo.json``, to ``folder`` atomically.
 
-    Returns the manifest. Heavy imports happen here so that loading the stage stays cheap.
+    A build that was killed goes on from the models it had finished and the fit it was in
+    (``pmg.zoo.models.ZooProgress``, in the ``.<key>.partial`` folder it builds in), unless
+    ``config.retrain``. Returns the manifest. Heavy imports happen here so that loading the
+    stage stays cheap.
     """
-    from pmg.zoo.models import train_models
+    from pmg.zoo.models import ZooProgress, train_models
 
     started = time.perf_counter()
-    with atomic_directory(folder) as tmp:
-        manifest = train_models(config, data, split, tmp, log_dir, log=log)
+    with atomic_directory(folder, resumable=True) as tmp:
+        progress = ZooProgress(tmp, folder.name, log)  # the entry's name is its cache key
+        if config.retrain:
+            progress.clear()
+        manifest = train_models(config, data, split, tmp, log_dir, progress, log=log)
+        progress.clear()
         manifest.update(format=ZOO_FORMAT, version=ZOO_VERSION, seconds=round(time.perf_counter() - started, 1),
                         config=config_to_dict(config), files=file_record(tmp, skip=lambda relative: relative.as_posix() == "zoo.json"))
         (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
