@@ -28,7 +28,7 @@ from pathlib import Path
 from pmg import __version__
 from pmg.config import ConfigError, config_to_yaml, load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
-from pmg.data.records import DatasetError
+from pmg.data.records import DatasetError, OnBadRows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import kcore
 from pmg.runs import RunDirectory, RunError
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--map", nargs="*", default=[], metavar="field=column", help="table: column mapping")
     convert.add_argument("--kcore", nargs=2, type=int, metavar=("USER_K", "ITEM_K"))
     convert.add_argument("--duplicates", choices=("error", "drop"), default="error")
+    convert.add_argument("--on-bad-rows", choices=[policy.value for policy in OnBadRows], default=OnBadRows.error.value,
+                         help="an interaction row that cannot be used: stop at it (error) or set it aside in <out>/rejected.csv (skip)")
 
     info = data_commands.add_parser("info", help="summarise a dataset folder")
     info.add_argument("path", type=Path)
@@ -190,6 +192,9 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    from pmg.data.dataset_stage import REJECTED_FILE
+    from pmg.data.records import write_rejected_rows
+
     if args.data_command == "catalog":
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         config = load_config(CatalogConfig, args.config, overrides)
@@ -201,18 +206,23 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "convert":
         if args.kind == "movielens":
-            data = load_movielens(args.src, posters=args.images, duplicates=args.duplicates)
+            data = load_movielens(args.src, posters=args.images, duplicates=args.duplicates, on_bad_rows=args.on_bad_rows)
         elif args.kind == "amazon2023":
             if args.meta is None:
                 raise ConfigError("amazon2023 needs --meta (the meta_<category>.jsonl file)")
-            data = load_amazon2023(args.src, args.meta, images=args.images, duplicates=args.duplicates)
+            data = load_amazon2023(args.src, args.meta, images=args.images, duplicates=args.duplicates, on_bad_rows=args.on_bad_rows)
         else:
             mapping = load_config(TableMapping, None, args.map)
-            data = load_table(args.src, items=args.items, images=args.images, mapping=mapping, duplicates=args.duplicates)
+            data = load_table(args.src, items=args.items, images=args.images, mapping=mapping, duplicates=args.duplicates,
+                              on_bad_rows=args.on_bad_rows)
         if args.kcore:
             data = kcore(data, *args.kcore)
         write_dataset(data, args.out)
+        # After the folder: write_dataset replaced all of it, an earlier list included.
+        write_rejected_rows(args.out / REJECTED_FILE, data.report.rejected)
         print(f"{args.kind} converted to {args.out}: {data.report.summary()}")
+        if data.report.rejected:
+            print(f"{len(data.report.rejected)} interaction rows set aside, each with its file, line and reason: {args.out / REJECTED_FILE}")
         return 0
     data = read_dataset(args.path)
     print(data.report.summary())

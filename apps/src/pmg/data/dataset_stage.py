@@ -8,7 +8,6 @@ Every later stage reads ``<run>/data/dataset`` (the one format), ``<run>/data/sp
 
 from __future__ import annotations
 
-import csv
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from pmg.atomic import atomic_file
 from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.format import InteractionData, read_dataset, write_dataset
-from pmg.data.records import OnBadRows, RejectedRow
+from pmg.data.records import OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
 from pmg.data.user_roles import UserRoles, UserRolesConfig, assign_user_roles
@@ -99,17 +98,6 @@ def _load_source(config: DatasetConfig) -> InteractionData:
     return load_table(path, items=config.items, images=config.images, mapping=config.mapping, **rows)
 
 
-def _write_rejected(path: Path, rows: list[RejectedRow]) -> None:
-    """``rejected.csv``: one line per interaction row set aside (file, line, reason); none: no file."""
-    if not rows:
-        path.unlink(missing_ok=True)
-        return
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("file", "line", "reason"))
-        writer.writerows((row.file, "" if row.line is None else row.line, row.reason) for row in rows)
-
-
 def _is_current(config: DatasetConfig, run: RunDirectory, stage_fp: str) -> bool:
     """Whether the data stage's result can be reused. ``on_bad_rows`` is not in the fingerprint
     (a load without bad rows gives the same data either way), so a result that set rows aside
@@ -154,7 +142,7 @@ def prepare_dataset(
         roles = assign_user_roles(data.num_users, config.users)
         roles.save(out / USER_ROLES_FILE, data)
         data.report.rejected, data.report.duplicate_interactions_dropped = rejected, duplicates
-        _write_rejected(out / REJECTED_FILE, rejected)
+        write_rejected_rows(out / REJECTED_FILE, rejected)
         if rejected:
             warnings.warn(f"data: {len(rejected)} interaction rows of {config.path} set aside (on_bad_rows: skip), "
                           f"each with its file, line and reason in {out / REJECTED_FILE}", RunWarning, stacklevel=2)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DatasetError", "OnBadRows", "RejectedRow", "RowRejections", "read_text", "read_delimited", "read_json_lines",
-           "parse_number", "check_image"]
+from pmg.atomic import atomic_file
+
+__all__ = ["DatasetError", "OnBadRows", "RejectedRow", "RowRejections", "write_rejected_rows", "read_text", "read_delimited",
+           "read_json_lines", "parse_number", "check_image"]
 
 
 class DatasetError(ValueError):
@@ -60,6 +62,18 @@ class RejectedRow:
     file: str
     line: int | None
     reason: str
+
+
+def write_rejected_rows(path: Path, rows: Sequence[RejectedRow]) -> None:
+    """``rejected.csv`` at ``path`` (atomically): a header, then one line per row set aside (file,
+    line, reason); with no rows, no file (a previous one is deleted)."""
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("file", "line", "reason"))
+        writer.writerows((row.file, "" if row.line is None else row.line, row.reason) for row in rows)
 
 
 class RowRejections:
