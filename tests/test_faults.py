@@ -1,5 +1,6 @@
 """Faults, injected for real: two writers on one run directory, a writer killed while holding it,
-bad input rows, damaged artefacts, a write that fails, a training stage killed mid-fit.
+bad input rows (in a run and in `pmg data convert`), damaged artefacts, a write that fails, a
+training stage killed mid-fit (preference, quantize, the zoo's models, the reward stage's fits).
 
 docs/faults.md has the table of what survives what, with the test of each row.
 """
@@ -421,3 +422,201 @@ def test_a_damaged_checkpoint_is_reported_and_the_fit_starts_over(tmp_path: Path
         _pipeline_to_quantize(run, monkeypatch)
     for name in _RESULTS:
         assert (run / name).read_bytes() == expected[name], name
+
+
+# ---------------------------------------------------------------- the zoo and the reward stage killed mid-fit
+
+_STAGE_NAMES = ("data", "zoo", "preference", "quantize", "generator", "reward")
+
+# `pmg pipeline` in a process of its own with the stages of argv[2] (comma-separated) that kills itself
+# (SIGKILL) right after training batch argv[4] of a fit of the LightningModule class argv[3].
+_KILLED_IN_FIT = textwrap.dedent("""
+    import os, signal, sys
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    import pmg.pipeline
+    from pmg.config import load_config
+
+    run, stages, module_class, batches, tiny, overrides = (sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4]),
+                                                           sys.argv[5], sys.argv[6:])
+    torch.set_num_threads(1)
+
+    class KillAfterBatch(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if type(module).__name__ == module_class and trainer.fit_loop.total_batch_idx + 1 == batches:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    fit = pl.Trainer.fit
+
+    def fit_and_kill(self, *args, **kwargs):
+        self.callbacks.append(KillAfterBatch())  # after the checkpoint callbacks: a batch due for one is saved
+        return fit(self, *args, **kwargs)
+
+    pl.Trainer.fit = fit_and_kill
+    pmg.pipeline.STAGES = tuple(s for s in pmg.pipeline.STAGES if s.name in stages)
+    config = load_config(pmg.pipeline.PipelineConfig, tiny, [f"run_dir={run}", *overrides])
+    pmg.pipeline.run_pipeline(config, log=lambda line: None)
+""")
+
+
+def _generation_overrides(root: Path) -> list[str]:
+    return [f"zoo.cache_dir={root / 'zoo-cache'}", f"preference.features.cache_dir={root / 'features'}"]
+
+
+def _pipeline_through(run: Path, last: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pmg pipeline` on ``run``, in this process, with the stages up to ``last``."""
+    from pmg.pipeline import STAGES as ALL_STAGES
+
+    names = _STAGE_NAMES[: _STAGE_NAMES.index(last) + 1]
+    monkeypatch.setattr("pmg.pipeline.STAGES", tuple(s for s in ALL_STAGES if s.name in names))
+    run_pipeline(load_config(PipelineConfig, TINY_CONFIG, [f"run_dir={run}", *overrides]), log=lambda line: None)
+
+
+class _Stopped(Exception):
+    """Raised by a test hook to end a fit at a given batch."""
+
+
+def _stopped_in_fit(run: Path, last: str, module_class: str, batches: int, overrides: list[str],
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``_killed_in_fit``, in this process: a hook raises right after that batch (and its checkpoint)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+
+    class StopAfterBatch(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            if type(module).__name__ == module_class and trainer.fit_loop.total_batch_idx + 1 == batches:
+                raise _Stopped
+
+    fit = pl.Trainer.fit
+
+    def fit_and_stop(self: pl.Trainer, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        self.callbacks.append(StopAfterBatch())
+        fit(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pl.Trainer, "fit", fit_and_stop)
+        with pytest.raises(_Stopped):
+            _pipeline_through(run, last, overrides, patch)
+
+
+def _killed_in_fit(run: Path, last: str, module_class: str, batches: int, overrides: list[str]) -> None:
+    """The pipeline with the stages up to ``last`` on ``run`` in a process of its own, killed
+    (SIGKILL) right after training batch ``batches`` of its ``module_class`` fit."""
+    names = ",".join(_STAGE_NAMES[: _STAGE_NAMES.index(last) + 1])
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_FIT, str(run), names, module_class, str(batches), str(TINY_CONFIG),
+                             *overrides], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, f"not killed in {module_class} (status {killed.returncode}): {killed.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def generator_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose stages up to the generator completed, its zoo in ``<root>/zoo-cache`` (read-only: copy it)."""
+    root = tmp_path_factory.mktemp("generation")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _pipeline_through(root / "run", "generator", _generation_overrides(root), monkeypatch)
+    return root / "run"
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_killed_zoo_build_keeps_its_finished_models_and_resumes_its_fit_to_the_same_entry(
+    generator_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, cache = tmp_path / "run", tmp_path / "zoo-cache"
+    shutil.copytree(generator_run / "data", run / "data")
+    shutil.copy(generator_run / "run.json", run)
+    (reference,) = [p for p in (generator_run.parent / "zoo-cache").iterdir() if not p.name.startswith(".")]
+    # Checkpoints every step of the UNet fit (NON_INPUT_KEYS: the same cache entry); killed after its first.
+    overrides = [f"zoo.cache_dir={cache}", "zoo.sdxl.unet.trainer.checkpoint_every_n_steps=1"]
+    _killed_in_fit(run, "zoo", "UNetDiffusionModule", 1, overrides)
+    partial = cache / f".{reference.name}.partial"
+    assert not (cache / reference.name).exists() and partial.is_dir()
+    assert sorted(p.name for p in (partial / ".progress").glob("*.json")) == ["clip.json", "judge.json"]  # finished before the kill
+    committed = json.loads((partial / ".progress" / "checkpoints" / "sdxl" / "unet" / RESUME_RECORD).read_text())
+    assert committed["checkpoint"] == "resume-e0-b1.ckpt"
+
+    _pipeline_through(run, "zoo", overrides, monkeypatch)
+    out = capsys.readouterr().out
+    assert f"[zoo] clip: kept from the interrupted build ({partial})" in out and "[zoo] judge: kept" in out
+    assert [p.name for p in (run / "zoo" / "clip" / "tb").iterdir()] == ["version_0"]  # not trained again
+    assert sorted(p.name for p in (run / "zoo" / "sdxl" / "unet" / "tb").iterdir()) == ["version_0", "version_1"]  # resumed
+    entry = cache / reference.name
+    assert not partial.exists() and _files(entry) == _files(reference)
+    for name in _files(reference):  # the same bytes as the build that was never interrupted
+        if name.name == "zoo.json":  # less its timings and the config as given (another cache_dir)
+            built, expected = (json.loads((root / name).read_text()) for root in (entry, reference))
+            for key in ("seconds", "timings", "config"):
+                built.pop(key), expected.pop(key)
+            assert built == expected
+        else:
+            assert (entry / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """Files with the same content: safetensors with the same tensors and metadata (safetensors
+    writes its metadata keys in an order of its own each time), other files the same bytes."""
+    if a.suffix != ".safetensors":
+        return a.read_bytes() == b.read_bytes()
+    from safetensors import safe_open
+
+    with safe_open(a, "pt") as x, safe_open(b, "pt") as y:
+        return (x.metadata() == y.metadata() and set(x.keys()) == set(y.keys())
+                and all(torch.equal(x.get_tensor(k), y.get_tensor(k)) for k in x.keys()))
+
+
+def test_a_killed_reward_stage_resumes_each_fit_from_its_last_checkpoint_to_the_uninterrupted_result(
+    generator_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every step checkpointed (tiny.yaml: 2 steps per fit); not an input, so the stages before are reused.
+    overrides = [*_generation_overrides(generator_run.parent), "reward.trainer.checkpoint_every_n_steps=1"]
+    reference = Path(shutil.copytree(generator_run, tmp_path / "reference"))
+    _pipeline_through(reference, "reward", overrides, monkeypatch)
+    run = Path(shutil.copytree(generator_run, tmp_path / "run"))
+    checkpoints = run / "reward" / "checkpoints"
+
+    _stopped_in_fit(run, "reward", "TextRewardModule", 1, overrides, monkeypatch)  # within the text fit, by a hook
+    assert json.loads((checkpoints / "text" / RESUME_RECORD).read_text())["checkpoint"] == "resume-e0-b1.ckpt"
+    _killed_in_fit(run, "reward", "ImageRewardModule", 1, overrides)  # the text fit resumed and ended; within the image fit, SIGKILL
+    assert json.loads((checkpoints / "text" / RESUME_RECORD).read_text())["checkpoint"] == "resume-e0-b2-end.ckpt"
+    committed = checkpoints / "image" / json.loads((checkpoints / "image" / RESUME_RECORD).read_text())["checkpoint"]
+    assert committed.name == "resume-e0-b1.ckpt" and not (run / "reward" / "stage.json").exists()
+    # The checkpoint holds what trains, not the frozen pipeline: of each text encoder's embedding matrix, the token rows.
+    saved = torch.load(committed, map_location="cpu", weights_only=True)
+    tokens = len(json.loads((run / "generator" / "image_adapter" / "prefgen_image_adapter.json").read_text())["token_ids"])
+    embeddings = [v for k, v in saved["trainable"].items() if k.endswith("token_embedding.weight")]
+    assert saved["state_dict"] == {} and len(embeddings) == 2
+    assert all(e["values"].shape[0] == tokens < e["shape"][0] for e in embeddings)
+
+    _pipeline_through(run, "reward", overrides, monkeypatch)
+    # One TensorBoard run each: text, text resumed, image, image resumed.
+    assert sorted(p.name for p in (run / "reward" / "tb").iterdir()) == [f"version_{n}" for n in range(4)]
+    results = [name for name in _files(reference / "reward") if name.parts[0] in ("text_adapter", "image_adapter", "samples")
+               or name.name == "metrics.json"]
+    assert results == [name for name in _files(run / "reward") if name in results] and len(results) > 10
+    for name in results:  # the result of the fits that were never interrupted
+        assert _same_content(run / "reward" / name, reference / "reward" / name), name
+
+
+def test_data_convert_stops_at_a_bad_row_or_sets_it_aside_with_on_bad_rows_skip(
+    ml_latest_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, good = _movielens_with_bad_rows(ml_latest_small, tmp_path / "ml")
+    convert = ["data", "convert", "movielens", "--src", str(folder), "--out"]
+    assert main([*convert, str(tmp_path / "strict")]) == 2
+    assert "ratings.csv, line 1502: unknown item id '99999999'" in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+    out = tmp_path / "skipped"
+    assert main([*convert, str(out), "--on-bad-rows", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{good} interactions" in printed and "4 rows rejected" in printed and str(out / "rejected.csv") in printed
+    with open(out / "rejected.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(Path(r["file"]).name, int(r["line"])) for r in rows] == [("ratings.csv", n) for n in (1502, 1503, 1504, 1505)]
+    assert rows[0]["reason"] == "unknown item id '99999999' (not in the item file)"
+    assert read_dataset(out).num_interactions == good
+    with pytest.raises(SystemExit):
+        main([*convert, str(tmp_path / "typo"), "--on-bad-rows", "sometimes"])
+    assert re.search(r"--on-bad-rows: invalid choice: 'sometimes' \(choose from '?error'?, '?skip'?\)", capsys.readouterr().err)
