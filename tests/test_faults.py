@@ -21,6 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -34,7 +35,7 @@ from pmg.pipeline import PipelineConfig, run_pipeline
 from pmg.preference.stage import PREFERENCE_STAGE
 from pmg.quantize.stage import QUANTIZE_STAGE, load_user_tokens
 from pmg.runs import LOCK_FILE, RunBusy, RunDirectory, RunError, RunWarning
-from pmg.training import RESUME_RECORD
+from pmg.training import RESUME_RECORD, TrainableOnlyCheckpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -620,3 +621,73 @@ def test_data_convert_stops_at_a_bad_row_or_sets_it_aside_with_on_bad_rows_skip(
     with pytest.raises(SystemExit):
         main([*convert, str(tmp_path / "typo"), "--on-bad-rows", "sometimes"])
     assert re.search(r"--on-bad-rows: invalid choice: 'sometimes' \(choose from '?error'?, '?skip'?\)", capsys.readouterr().err)
+
+
+class _RowModule(TrainableOnlyCheckpoint, L.LightningModule):
+    """An embedding matrix [10, 4] of which rows 1 and 2 train (the others' gradient masked), and a bias."""
+
+    ROWS = torch.tensor([1, 2])
+
+    def __init__(self, optimizer: str) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.bias = torch.nn.Parameter(torch.zeros(4))
+        self.optimizer = optimizer
+        mask = torch.zeros(10, 1)
+        mask[self.ROWS] = 1
+        self.embedding.weight.register_hook(lambda grad: grad * mask)
+
+    def checkpointed_parameters(self) -> dict[str, tuple[torch.nn.Parameter, torch.Tensor | None]]:
+        return {"embedding.weight": (self.embedding.weight, self.ROWS), "bias": (self.bias, None)}
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return (self.embedding(batch) + self.bias + torch.randn(4)).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [self.embedding.weight, self.bias]  # the embedding's state is the optimizer's first
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=0.1)
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1)  # decay moves every row's momentum
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_trainable_only_checkpoint_keeps_the_training_rows_and_resumes_to_the_uninterrupted_weights(
+    optimizer: str, tmp_path: Path
+) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from pmg.training import ResumableLoader, TrainerConfig, build_trainer, resume_point
+
+    class StopAfterBatch(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            if trainer.global_step == 2:
+                raise _Stopped
+
+    def fit(folder: Path, stop: bool) -> torch.Tensor:
+        L.seed_everything(0, verbose=False)
+        module = _RowModule(optimizer)
+        frozen = module.embedding.weight.detach().clone()
+        resumable, start = resume_point(folder / "checkpoints", "key", 1, "test")
+        trainer = build_trainer(TrainerConfig(max_epochs=1, accelerator="cpu", enable_progress_bar=False), folder,
+                                checkpointing=False, resumable=resumable, callbacks=[StopAfterBatch()] if stop else [])
+        trainer.fit(module, train_dataloaders=ResumableLoader(torch.tensor([1, 2, 1, 2, 2, 1]), batch_size=2, shuffle=True),
+                    ckpt_path=start, weights_only=True)
+        others = torch.ones(10, dtype=torch.bool)
+        others[_RowModule.ROWS] = False
+        # The masked rows never move under Adam; SGD's weight decay moves them (the same in every run).
+        assert torch.equal(module.embedding.weight[others], frozen[others]) == (optimizer == "adam")
+        return torch.cat([module.embedding.weight.detach().flatten(), module.bias.detach()])
+
+    expected = fit(tmp_path / "uninterrupted", stop=False)
+    with pytest.raises(_Stopped):
+        fit(tmp_path / "run", stop=True)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    saved = torch.load(checkpoints / json.loads((checkpoints / RESUME_RECORD).read_text())["checkpoint"], weights_only=True)
+    moments = saved["optimizer_states"][0]["state"][0]  # the embedding's
+    assert saved["state_dict"] == {}
+    if optimizer == "adam":  # the other rows as built, their moments zero: the rows alone
+        assert saved["trainable"]["embedding.weight"]["values"].shape == (2, 4)
+        assert all(isinstance(moments[k], dict) and moments[k]["values"].shape == (2, 4) for k in ("exp_avg", "exp_avg_sq"))
+    else:  # weight decay moved the other rows and their momentum: kept whole
+        assert saved["trainable"]["embedding.weight"].shape == moments["momentum_buffer"].shape == (10, 4)
+    assert torch.equal(fit(tmp_path / "run", stop=False), expected)

@@ -13,6 +13,7 @@ frozen models (token rows, LoRA) checkpoints that part alone (``TrainableOnlyChe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -424,6 +425,17 @@ def _rows_outside_are_zero(tensor: torch.Tensor, rows: torch.Tensor) -> bool:
     return not bool(torch.count_nonzero(tensor.reshape(tensor.shape[0], -1), dim=1)[outside].any())
 
 
+def _rows_outside_digest(tensor: torch.Tensor, rows: torch.Tensor, block: int = 4096) -> str:
+    """SHA-256 of the bytes of ``tensor``'s rows other than ``rows``, read in blocks of rows (no copy of the whole)."""
+    digest = hashlib.sha256()
+    outside = torch.ones(tensor.shape[0], dtype=torch.bool)
+    outside[rows.cpu()] = False
+    for start in range(0, tensor.shape[0], block):
+        kept = tensor.detach()[start : start + block][outside[start : start + block].to(tensor.device)]
+        digest.update(kept.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class TrainableOnlyCheckpoint:
     """A ``LightningModule`` mixin (listed before ``LightningModule``) for a fit that trains a
     small part of large frozen models (new token rows, LoRA): its checkpoints hold that part
@@ -432,20 +444,33 @@ class TrainableOnlyCheckpoint:
     ``checkpointed_parameters()`` gives ``{name: (parameter, rows)}`` of what trains: ``rows``
     [R] the rows that do of a parameter of which only some train (an embedding matrix whose
     other rows are kept at their loaded values), or None (all of it). A checkpoint's
-    ``state_dict`` is empty; ``"trainable"`` holds those parameters (``rows_saved``), and the
-    optimizer states of a row-trained parameter hold only its rows when the other rows are all
-    zero (Adam's moments where the gradient is masked), in full otherwise. Resuming puts them
-    back into a module built again from the same inputs, whose frozen weights, and frozen rows,
-    are those the interrupted fit had.
+    ``state_dict`` is empty; ``"trainable"`` holds those parameters: a row-trained one by its
+    rows alone while its other rows are as the module was built (a SHA-256 of them taken before
+    the fit says so), in full once they moved (weight decay of an optimizer that does not keep
+    them). The optimizer states of a row-trained parameter hold only its rows when the other
+    rows are all zero (Adam's moments where the gradient is masked), in full otherwise.
+    Resuming puts them back into a module built again from the same inputs, whose frozen
+    weights, and rows as built, are those the interrupted fit had.
     """
 
     def checkpointed_parameters(self) -> dict[str, tuple[torch.nn.Parameter, torch.Tensor | None]]:
         raise NotImplementedError
 
+    def _note_rows_as_built(self) -> None:
+        if getattr(self, "_rows_as_built", None) is None:
+            self._rows_as_built = {name: _rows_outside_digest(parameter, rows)
+                                   for name, (parameter, rows) in self.checkpointed_parameters().items() if rows is not None}
+
+    def on_fit_start(self) -> None:
+        self._note_rows_as_built()  # a resumed fit noted them in on_load_checkpoint, before restoring
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         parts = self.checkpointed_parameters()
+        built: dict[str, str] = getattr(self, "_rows_as_built", None) or {}
         checkpoint["state_dict"] = {}
-        checkpoint["trainable"] = {name: rows_saved(parameter, rows) for name, (parameter, rows) in parts.items()}
+        checkpoint["trainable"] = {
+            name: rows_saved(parameter, rows if rows is not None and built.get(name) == _rows_outside_digest(parameter, rows) else None)
+            for name, (parameter, rows) in parts.items()}
         row_trained = {id(parameter): rows for parameter, rows in parts.values() if rows is not None}
         trainer: L.Trainer = self.trainer  # type: ignore[attr-defined]
         for optimizer, state in zip(trainer.optimizers, checkpoint.get("optimizer_states", ()), strict=False):
@@ -461,6 +486,7 @@ class TrainableOnlyCheckpoint:
                     for key, value in values.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._note_rows_as_built()
         parts = self.checkpointed_parameters()
         saved = checkpoint["trainable"]
         if saved.keys() != parts.keys():
