@@ -34,6 +34,37 @@ def test_adjacency_matches_dense_symmetric_normalisation():
     torch.testing.assert_close(normalized_bipartite_adjacency(USERS, ITEMS, 4, 5).to_dense(), expected)
 
 
+def test_weighted_adjacency_matches_dense_weighted_normalisation():
+    # the duplicate (0, 2) keeps its larger weight; user 2's only edge weighs 0, so user 2 is isolated
+    weights = torch.tensor([1.0, 0.5, 2.0, 3.0, 1.0, 0.0, 1.5])
+    graph = InteractionGraph(USERS, ITEMS, 4, 5, edge_weight=weights)
+    n = 9
+    a = torch.zeros(n, n)
+    for u, i, w in zip(USERS.tolist(), ITEMS.tolist(), weights.tolist(), strict=True):
+        a[u, 4 + i] = a[4 + i, u] = max(w, a[u, 4 + i].item())
+    deg = a.sum(1)
+    inv = torch.where(deg > 0, deg.pow(-0.5), torch.zeros_like(deg))
+    expected = inv[:, None] * a * inv[None, :]
+    torch.testing.assert_close(graph.adjacency.to_dense(), expected)
+    assert graph.edge_weight.tolist() == [1.0, 1.5, 2.0, 3.0, 1.0, 0.0]  # sorted by (user, item), max of (0, 2)
+    assert graph.adjacency.to_dense()[2].abs().sum() == 0
+    assert graph.user_degree.tolist() == [2, 3, 1, 0]  # degrees still count edges
+    # all-ones weights are the binary graph, value for value
+    ones = InteractionGraph(USERS, ITEMS, 4, 5, edge_weight=torch.ones(7))
+    assert torch.equal(ones.adjacency.to_dense(), InteractionGraph(USERS, ITEMS, 4, 5).adjacency.to_dense())
+    assert torch.equal(graph.to("cpu").adjacency.to_dense(), graph.adjacency.to_dense())
+
+
+@pytest.mark.parametrize("weights, message", [
+    (torch.ones(6), "7 weights"),
+    (torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), ">= 0"),
+    (torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0, 1.0]), "finite"),
+])
+def test_bad_edge_weights_are_refused(weights, message):
+    with pytest.raises(ValueError, match=message):
+        InteractionGraph(USERS, ITEMS, 4, 5, edge_weight=weights)
+
+
 def test_degrees_dedup_and_cold_start():
     graph = InteractionGraph(USERS, ITEMS, 4, 5)
     assert graph.num_interactions == 6  # the duplicate (0, 2) is merged

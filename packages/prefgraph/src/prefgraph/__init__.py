@@ -17,6 +17,7 @@ Typical training step::
 """
 
 from .baselines import lightgcn_scorer, popularity_scorer
+from .content import content_preferences, principal_components
 from .graph import InteractionGraph, normalized_bipartite_adjacency
 from .losses import bpr_loss, info_nce_loss, l2_regularization, modality_dropout_mask
 from .metrics import (
@@ -47,6 +48,9 @@ __all__ = [
     "UserPreferences",
     "LossTerms",
     "ID_MODALITY",
+    # content preferences
+    "content_preferences",
+    "principal_components",
     # training
     "bpr_loss",
     "l2_regularization",

@@ -19,19 +19,23 @@ __all__ = ["InteractionGraph", "normalized_bipartite_adjacency"]
 
 
 def normalized_bipartite_adjacency(
-    user_index: Tensor, item_index: Tensor, num_users: int, num_items: int
+    user_index: Tensor, item_index: Tensor, num_users: int, num_items: int, edge_weight: Tensor | None = None
 ) -> Tensor:
     r"""Symmetric-normalised adjacency :math:`D^{-1/2} A D^{-1/2}` of the bipartite graph.
 
-    ``A`` is the binary, undirected (U + I) x (U + I) adjacency with a user–item block and its
-    transpose and no self-loops (as in LightGCN). Isolated nodes (cold-start users, unseen
-    items) have an all-zero row and column instead of a division by zero.
+    ``A`` is the undirected (U + I) x (U + I) adjacency with a user–item block and its
+    transpose and no self-loops: binary as in LightGCN, or holding ``edge_weight`` (then ``D``
+    is the weighted degree, so a node's neighbours count in proportion to their weights).
+    Isolated nodes (cold-start users, unseen items, nodes whose every weight is 0) have an
+    all-zero row and column instead of a division by zero.
 
     Args:
         user_index: LongTensor [E], user of each interaction (duplicates are merged).
         item_index: LongTensor [E], item of each interaction, in ``0 .. I-1``.
         num_users: U.
         num_items: I.
+        edge_weight: optional FloatTensor [E] >= 0, e.g. from ratings; a repeated pair keeps its
+            largest weight. None: binary.
 
     Returns:
         Coalesced sparse COO float tensor [U + I, U + I] with 2E non-zeros. It is symmetric,
@@ -39,16 +43,22 @@ def normalized_bipartite_adjacency(
         for speed, not correctness).
     """
     num_nodes = num_users + num_items
-    # Binary graph: repeated (user, item) pairs count once, in the degrees as in the values.
-    keys = torch.unique(user_index.long() * num_items + item_index.long())
+    # Repeated (user, item) pairs count once, in the degrees as in the values.
+    keys, inverse = torch.unique(user_index.long() * num_items + item_index.long(), return_inverse=True)
     user_index, item_index = keys // num_items, keys % num_items
     item_nodes = item_index + num_users
     rows = torch.cat([user_index, item_nodes])
     cols = torch.cat([item_nodes, user_index])
-    degree = torch.bincount(rows, minlength=num_nodes).to(torch.float32)
+    if edge_weight is None:
+        weight = torch.ones(keys.numel(), device=keys.device)
+    else:
+        weight = torch.zeros(keys.numel(), device=keys.device).scatter_reduce(
+            0, inverse, _check_edge_weight(edge_weight, inverse.numel()), reduce="amax")
+    weight = torch.cat([weight, weight])
+    degree = torch.zeros(num_nodes, device=keys.device).index_add_(0, rows, weight)
     inv_sqrt_degree = degree.pow(-0.5)
-    inv_sqrt_degree[degree == 0] = 0.0  # isolated nodes: no edges, so the value is never used
-    values = inv_sqrt_degree[rows] * inv_sqrt_degree[cols]
+    inv_sqrt_degree[degree == 0] = 0.0  # isolated nodes: no weighted edges, so the value is never used
+    values = weight * inv_sqrt_degree[rows] * inv_sqrt_degree[cols]
     adjacency = torch.sparse_coo_tensor(
         torch.stack([rows, cols]), values, (num_nodes, num_nodes), check_invariants=False
     )
@@ -72,6 +82,9 @@ class InteractionGraph:
             no such feature (no image, no text). For a modality without a given mask the mask is
             derived from the features: rows that contain a NaN/inf are treated as missing. Missing
             rows are zeroed so they can never leak NaN into a projection.
+        edge_weight: optional FloatTensor [E] >= 0 per interaction (e.g. from its rating): how
+            much the edge counts in propagation (:attr:`adjacency`); a repeated pair keeps its
+            largest weight. Sampling, masks and metrics ignore it. None: binary, as in LightGCN.
 
     Raises:
         ValueError: on empty graphs, ids out of range, mismatched lengths, feature row counts
@@ -83,7 +96,8 @@ class InteractionGraph:
         user_index, item_index: LongTensor [E], sorted by (user, item), deduplicated.
         item_features: ``dict[str, FloatTensor [I, d_m]]``.
         item_feature_masks: ``dict[str, BoolTensor [I]]`` (one per feature modality).
-        user_degree: LongTensor [U]; item_degree: LongTensor [I].
+        user_degree: LongTensor [U]; item_degree: LongTensor [I] (edge counts, unweighted).
+        edge_weight: FloatTensor [E] aligned with ``user_index``, or None (binary).
         seen_indptr: LongTensor [U + 1]; the items of user ``u`` are
             ``user_seen_items = item_index[seen_indptr[u]:seen_indptr[u + 1]]`` (a CSR).
     """
@@ -96,6 +110,7 @@ class InteractionGraph:
         num_items: int,
         item_features: Mapping[str, Tensor] | None = None,
         item_feature_masks: Mapping[str, Tensor] | None = None,
+        edge_weight: Tensor | None = None,
     ) -> None:
         num_users, num_items = int(num_users), int(num_items)
         if num_users <= 0 or num_items <= 0:
@@ -113,7 +128,11 @@ class InteractionGraph:
         _check_range(item_index, num_items, "item_index", "num_items")
 
         # Deduplicate and sort by (user, item) in one go; the sorted order is the seen-items CSR.
-        keys = torch.unique(user_index * num_items + item_index)  # sorted
+        keys, inverse = torch.unique(user_index * num_items + item_index, return_inverse=True)  # sorted
+        self.edge_weight: Tensor | None = None
+        if edge_weight is not None:
+            self.edge_weight = torch.zeros(keys.numel(), device=keys.device).scatter_reduce(
+                0, inverse, _check_edge_weight(edge_weight, user_index.numel()), reduce="amax")
         self._edge_keys = keys  # user * I + item, sorted: membership tests by binary search
         self.user_index: Tensor = keys // num_items
         self.item_index: Tensor = keys % num_items
@@ -169,7 +188,7 @@ class InteractionGraph:
         r"""Sparse COO [U + I, U + I]: :math:`D^{-1/2} A D^{-1/2}`, built once and cached."""
         if self._adjacency is None:
             self._adjacency = normalized_bipartite_adjacency(
-                self.user_index, self.item_index, self.num_users, self.num_items
+                self.user_index, self.item_index, self.num_users, self.num_items, self.edge_weight
             )
         return self._adjacency
 
@@ -226,6 +245,7 @@ class InteractionGraph:
             setattr(other, name, getattr(self, name).to(device))
         other.item_features = {m: x.to(device) for m, x in self.item_features.items()}
         other.item_feature_masks = {m: x.to(device) for m, x in self.item_feature_masks.items()}
+        other.edge_weight = None if self.edge_weight is None else self.edge_weight.to(device)
         other._adjacency = None if self._adjacency is None else self._adjacency.to(device)
         return other
 
@@ -291,6 +311,17 @@ def _as_index_vector(index: Tensor, name: str) -> Tensor:
     if index.is_floating_point() or index.dtype == torch.bool or index.is_complex():
         raise ValueError(f"{name} must hold integer ids, got dtype {index.dtype}")
     return index.long()
+
+
+def _check_edge_weight(edge_weight: Tensor, num_edges: int) -> Tensor:
+    if not isinstance(edge_weight, Tensor):
+        edge_weight = torch.as_tensor(edge_weight)
+    if edge_weight.shape != (num_edges,):
+        raise ValueError(f"edge_weight must be a 1-D tensor of {num_edges} weights, got shape {tuple(edge_weight.shape)}")
+    edge_weight = edge_weight.float()
+    if not torch.isfinite(edge_weight).all() or (edge_weight < 0).any():
+        raise ValueError("edge_weight must hold finite weights >= 0")
+    return edge_weight
 
 
 def _check_range(index: Tensor, size: int, name: str, size_name: str) -> None:
