@@ -145,6 +145,38 @@ def test_cold_start_users_are_flagged_and_get_a_preference(small_catalog: Path, 
         torch.testing.assert_close(saved[modality][1], warm_mean, rtol=1e-4, atol=1e-5)
 
 
+def test_content_user_vectors_and_rating_weighted_edges(small_catalog: Path, tmp_path: Path) -> None:
+    data = read_dataset(small_catalog)
+    split = temporal_split(data)
+    gnn = train_preferences(tiny_config(tmp_path, "trainer.max_epochs=1"), data, split, tmp_path / "gnn")
+    content = train_preferences(tiny_config(tmp_path, "trainer.max_epochs=1", "user_vector=content"), data, split,
+                                tmp_path / "content")
+    features = load_file(tmp_path / "content" / "item_features.safetensors")
+    ratings = torch.from_numpy(data.rating[split.train]).float()
+    weights = (ratings - 2).clamp_min(0)
+    for modality in ("visual", "textual"):
+        items = content.item_embeddings[modality]
+        assert items.shape == (data.num_items, 16)  # the top 16 principal components of the raw features
+        # a warm user's vector is the rating-weighted mean of its training items' components
+        user = int(data.user[split.train][0])
+        rows = data.user[split.train] == user
+        w = weights[torch.from_numpy(rows)]
+        expected = (items[torch.from_numpy(data.item[split.train][rows])] * w[:, None]).sum(0) / w.sum()
+        torch.testing.assert_close(content.user_preferences[modality][user], expected, rtol=1e-4, atol=1e-5)
+        assert features[modality].shape[0] == data.num_items
+    # the id modality and the recommender are the model's either way (same seed, same fit)
+    torch.testing.assert_close(content.user_preferences["id"], gnn.user_preferences["id"])
+    assert content.metrics["test/recall@20"] == gnn.metrics["test/recall@20"]
+    # rating-weighted propagation changes what the model learns; a dataset without ratings says what to change
+    weighted = train_preferences(tiny_config(tmp_path, "trainer.max_epochs=1", "edge_weight=rating"), data, split,
+                                 tmp_path / "weighted")
+    assert not torch.allclose(weighted.user_preferences["visual"], gnn.user_preferences["visual"])
+    unrated = data.subset(np.ones(data.num_interactions, dtype=bool))
+    unrated.rating[:] = np.nan
+    with pytest.raises(ValueError, match="no ratings"):
+        train_preferences(tiny_config(tmp_path, "user_vector=content"), unrated, split, tmp_path / "unrated")
+
+
 def test_items_without_image_or_text(tmp_path: Path) -> None:
     folder = write_catalog(tmp_path / "catalog", CatalogConfig(
         seed=3, num_users=60, num_items=90, interactions_per_user=12, missing_image_rate=0.3, missing_text_rate=0.2,
@@ -197,3 +229,6 @@ def test_config_file_has_every_key_and_typos_are_errors(tmp_path: Path, capsys: 
         load_config(PreferenceConfig, None, ["optimizer.name=adamw9bit"])
     with pytest.raises(ConfigError, match="visual encoder"):
         load_config(PreferenceConfig, None, ["features.visual=minilm"])
+    for key in ("user_vector", "content_weight", "edge_weight"):
+        with pytest.raises(ConfigError, match=key):
+            load_config(PreferenceConfig, None, [f"{key}=ratting"])

@@ -76,14 +76,27 @@ def _documents(data: InteractionData, rows: np.ndarray, attributes: Sequence[str
     return documents
 
 
-def history_keywords(data: InteractionData, rows: np.ndarray, users: Sequence[int], *, top_terms: int = 3) -> list[HistoryKeywords]:
+def history_keywords(data: InteractionData, rows: np.ndarray, users: Sequence[int], *, top_terms: int = 3,
+                     weights: np.ndarray | None = None) -> list[HistoryKeywords]:
     """Keywords of each of ``users`` (data user indices) from their interactions among ``rows``
     (int64 interaction rows, the split's training rows: never a later one). One per user, in order;
-    a user without a history row gets empty keywords."""
+    a user without a history row gets empty keywords.
+
+    ``weights`` (float [len(rows)], e.g. :func:`pmg.data.ratings.rating_weights`): how much each
+    row's document counts in the vote (None: each counts once); a user whose rows all weigh 0
+    falls back to counting them once each."""
     attributes = keyword_attributes(data)
     rows = np.asarray(rows, dtype=np.int64)
     documents = _documents(data, rows, attributes)
     owners = data.user[rows]
+    if weights is None:
+        weight = np.ones(len(rows))
+    else:
+        weight = np.asarray(weights, dtype=np.float64)
+        if weight.shape != (len(rows),) or not np.isfinite(weight).all() or (weight < 0).any():
+            raise ValueError(f"weights must be {len(rows)} finite values >= 0, one per row")
+        weighted_total = np.bincount(owners, weights=weight, minlength=data.num_users)
+        weight = np.where(weighted_total[owners] > 0, weight, 1.0)
     wanted = set(int(u) for u in users)
     by_user: dict[int, list[int]] = {u: [] for u in wanted}
     for position, owner in enumerate(owners.tolist()):
@@ -98,7 +111,10 @@ def history_keywords(data: InteractionData, rows: np.ndarray, users: Sequence[in
         for user in users:
             chosen: dict[str, str] = {}
             for a in attributes:
-                counts = Counter(v for position in by_user[int(user)] for v in named[position][a])
+                counts: Counter[str] = Counter()
+                for position in by_user[int(user)]:
+                    for v in named[position][a]:
+                        counts[v] += weight[position]
                 if counts:
                     order = data.attributes[a].values
                     chosen[a] = max(counts, key=lambda v: (counts[v] * idf[(a, v)], -order.index(v)))  # noqa: B023
@@ -108,7 +124,10 @@ def history_keywords(data: InteractionData, rows: np.ndarray, users: Sequence[in
     frequency = Counter(w for doc in tokens for w in set(doc))
     out = []
     for user in users:
-        counts = Counter(w for position in by_user[int(user)] for w in tokens[position])
+        counts = Counter()
+        for position in by_user[int(user)]:
+            for w in tokens[position]:
+                counts[w] += weight[position]
         score = {w: c * (math.log((1 + len(documents)) / (1 + frequency[w])) + 1) for w, c in counts.items()}
         out.append(HistoryKeywords({}, tuple(sorted(score, key=lambda w: (-score[w], w))[:top_terms])))
     return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 import lightning as L
@@ -37,13 +38,20 @@ from pmg.config import config_to_yaml
 from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
+from pmg.data.ratings import rating_weights
 from pmg.data.split import Split
 from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.preference.module import PreferenceModule
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_trainer, resume_point
-from prefgraph import InteractionGraph, ModalSpecificGNN, evaluate_ranking
+from prefgraph import (
+    InteractionGraph,
+    ModalSpecificGNN,
+    content_preferences,
+    evaluate_ranking,
+    principal_components,
+)
 
 ZOO_ENCODER = "zoo"  # a feature encoder name: the run's zoo CLIP
 
@@ -51,6 +59,10 @@ __all__ = [
     "PreferenceModelConfig",
     "PreferenceFeaturesConfig",
     "PreferenceConfig",
+    "EdgeWeight",
+    "UserVector",
+    "preference_graph",
+    "interaction_pairs",
     "PreferenceArtifacts",
     "train_preferences",
     "load_preferences",
@@ -90,10 +102,38 @@ class PreferenceFeaturesConfig:
     trust_remote_code: bool = False
 
 
+class EdgeWeight(StrEnum):
+    """How much an interaction counts (``preference.edge_weight`` in the graph's propagation,
+    ``preference.content_weight`` in a content vector): ``binary``, every one alike (LightGCN);
+    ``rating``, ``max(rating - rating_offset, 0)``, so a user's vector leans on what they rated
+    high, and an interaction without a rating weighs the median of the known weights. BPR's
+    positives and the metrics count every interaction either way."""
+
+    binary = "binary"
+    rating = "rating"
+
+
+class UserVector(StrEnum):
+    """What the stage hands on as a user's visual and textual preference (``preference.user_vector``):
+    ``gnn``, the trained model's propagated user vector; ``content``, the edge-weighted mean of the
+    history items' content vectors (the top ``model.embedding_dim`` principal components of the raw
+    item features; :func:`prefgraph.content_preferences`), which keeps what the items show and say
+    where short histories leave BPR little to learn it from. With ``content`` the item vectors saved
+    for those modalities are the same components, so users and items share a space. The ``id``
+    modality and the recommender's scores are the model's either way."""
+
+    gnn = "gnn"
+    content = "content"
+
+
 @dataclass
 class PreferenceConfig:
     model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     features: PreferenceFeaturesConfig = field(default_factory=PreferenceFeaturesConfig)
+    user_vector: UserVector = UserVector.gnn
+    content_weight: EdgeWeight = EdgeWeight.rating
+    edge_weight: EdgeWeight = EdgeWeight.binary
+    rating_offset: float = 2.0
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-3))
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=40, early_stopping_patience=6))
     batch_size: int = 2048
@@ -109,6 +149,9 @@ class PreferenceConfig:
     def validate(self) -> None:
         self.optimizer.validate()
         self.trainer.validate()
+        for key, kind in (("user_vector", UserVector), ("content_weight", EdgeWeight), ("edge_weight", EdgeWeight)):
+            if getattr(self, key) not in tuple(kind):  # a config built directly in Python
+                raise ValueError(f"preference.{key} must be one of {[m.value for m in kind]}, not {getattr(self, key)!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError("preference.ks must be positive cut-offs")
         if self.batch_size < 1 or self.num_negatives < 1:
@@ -189,9 +232,33 @@ def build_model(config: PreferenceModelConfig, num_users: int, num_items: int, f
     )
 
 
-def _pairs(data: InteractionData, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def interaction_pairs(data: InteractionData, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(user_index [P], item_index [P]) of the interaction rows ``rows``."""
     return torch.from_numpy(data.user[rows]), torch.from_numpy(data.item[rows])
+
+
+def edge_weights(kind: EdgeWeight, rating_offset: float, data: InteractionData, rows: np.ndarray) -> torch.Tensor | None:
+    """Float [P] weights of the interaction rows ``rows`` (None: binary); see :class:`EdgeWeight`.
+
+    Raises:
+        ValueError: ``rating`` weights on a dataset none of whose ``rows`` has a rating.
+    """
+    if kind is EdgeWeight.binary:
+        return None
+    try:
+        return torch.from_numpy(rating_weights(data, rows, rating_offset))
+    except ValueError as err:
+        raise ValueError(f"preference.edge_weight or content_weight is rating, but {err}; set both to binary") from err
+
+
+def preference_graph(config: PreferenceConfig, data: InteractionData, rows: np.ndarray,
+                     features: dict[str, torch.Tensor] | None = None,
+                     masks: dict[str, torch.Tensor] | None = None) -> InteractionGraph:
+    """The graph the preference model propagates over: the interaction rows ``rows`` (the training
+    split), their :func:`edge_weights`, and the item features. Training and every later use of the
+    trained model (scoring, tasks) build it here, so they propagate alike."""
+    return InteractionGraph(*interaction_pairs(data, rows), data.num_users, data.num_items, features, masks,
+                            edge_weight=edge_weights(config.edge_weight, config.rating_offset, data, rows))
 
 
 def _check_split(config: PreferenceConfig, data: InteractionData, split: Split) -> None:
@@ -278,7 +345,7 @@ def _fit_and_write(
             f"{int(notes['users_only_in_val_or_test'])} only held-out ones; they are flagged cold_start and get "
             "a preference from their validation items or the population prior"
         )
-    graph = InteractionGraph(*_pairs(data, split.train), data.num_users, data.num_items, features, masks)
+    graph = preference_graph(config, data, split.train, features, masks)
     model = build_model(config.model, data.num_users, data.num_items, {m: v.shape[1] for m, v in features.items()})
     datamodule = BPRDataModule(
         data, split, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_negatives=config.num_negatives,
@@ -305,14 +372,23 @@ def _fit_and_write(
 
     with torch.no_grad():
         emb = model(graph)
-        val_pairs = _pairs(data, split.val)
+        val_pairs = interaction_pairs(data, split.val)
         # Validation items fold in users who have no training edge; warm users' pairs are ignored.
         prefs = model.user_preferences(graph, emb, cold_start_history=val_pairs)
         history = np.concatenate([split.train, split.val])
-        history_graph = InteractionGraph(*_pairs(data, history), data.num_users, data.num_items)
+        history_graph = InteractionGraph(*interaction_pairs(data, history), data.num_users, data.num_items)
         test_metrics = evaluate_ranking(
-            model.scorer(graph, emb, cold_start_history=val_pairs), history_graph, _pairs(data, split.test), config.ks
+            model.scorer(graph, emb, cold_start_history=val_pairs), history_graph, interaction_pairs(data, split.test), config.ks
         )
+        user_vectors = {m: prefs[m] for m in model.modalities}
+        item_vectors = {m: emb.items[m] for m in model.modalities}
+        if config.user_vector is UserVector.content:
+            components = {m: principal_components(features[m], masks[m], min(model.embedding_dim, *features[m].shape))
+                          for m in model.feature_dims}
+            weighted = InteractionGraph(*interaction_pairs(data, split.train), data.num_users, data.num_items,
+                                        edge_weight=edge_weights(config.content_weight, config.rating_offset, data, split.train))
+            user_vectors |= content_preferences(weighted, components, cold_start_history=val_pairs).embeddings
+            item_vectors |= components
     metrics = {f"test/{k}": float(v) for k, v in test_metrics.items()}
     metrics["best_val_score"] = float(best_score) if best_score is not None else float("nan")
     metrics["epochs"] = float(max(trainer.current_epoch, _epochs_in_last_checkpoint(out)))
@@ -320,9 +396,9 @@ def _fit_and_write(
     metrics["prior_users"] = float(prefs.from_prior.sum())
     metrics.update(notes)
     artifacts = PreferenceArtifacts(
-        user_preferences={m: prefs[m].contiguous() for m in model.modalities},
+        user_preferences={m: v.contiguous() for m, v in user_vectors.items()},
         cold_start=prefs.cold_start,
-        item_embeddings={m: emb.items[m].contiguous() for m in model.modalities},
+        item_embeddings={m: v.contiguous() for m, v in item_vectors.items()},
         metrics=metrics,
         from_prior=prefs.from_prior,
     )

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
+from pmg.preference.stage import PreferenceConfig, interaction_pairs, preference_graph
 from pmg.runs import RunDirectory, RunError
 from prefgraph import InteractionGraph, ModalEmbeddings, ModalSpecificGNN
 
@@ -75,10 +77,6 @@ class PreferenceState:
         return bool(self.graph.cold_start_users[user])
 
 
-def _pairs(data: InteractionData, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(data.user[rows]), torch.from_numpy(data.item[rows])
-
-
 @torch.no_grad()
 def load_preference_state(run: RunDirectory) -> PreferenceState:
     """The run's data and its ``ModalSpecificGNN`` rebuilt from ``model_config.json`` + ``model.safetensors``
@@ -95,5 +93,6 @@ def load_preference_state(run: RunDirectory) -> PreferenceState:
     model.eval()
     features = {m: stored[m] for m in model.feature_dims}
     masks = {m: stored[f"{m}_mask"].bool() for m in model.feature_dims}
-    graph = InteractionGraph(*_pairs(data, split.train), data.num_users, data.num_items, features, masks)
-    return PreferenceState(run, data, split, model, graph, model(graph), _pairs(data, split.val))
+    config = load_config(PreferenceConfig, out / "config.yaml")
+    graph = preference_graph(config, data, split.train, features, masks)
+    return PreferenceState(run, data, split, model, graph, model(graph), interaction_pairs(data, split.val))
