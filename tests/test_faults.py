@@ -427,8 +427,6 @@ def test_a_damaged_checkpoint_is_reported_and_the_fit_starts_over(tmp_path: Path
 
 # ---------------------------------------------------------------- the zoo and the reward stage killed mid-fit
 
-_STAGE_NAMES = ("data", "zoo", "preference", "quantize", "generator", "reward")
-
 # `pmg pipeline` in a process of its own with the stages of argv[2] (comma-separated) that kills itself
 # (SIGKILL) right after training batch argv[4] of a fit of the LightningModule class argv[3].
 _KILLED_IN_FIT = textwrap.dedent("""
@@ -465,12 +463,17 @@ def _generation_overrides(root: Path) -> list[str]:
     return [f"zoo.cache_dir={root / 'zoo-cache'}", f"preference.features.cache_dir={root / 'features'}"]
 
 
-def _pipeline_through(run: Path, last: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """`pmg pipeline` on ``run``, in this process, with the stages up to ``last``."""
+def _stages_through(last: str) -> tuple:
+    """`pmg pipeline`'s stages up to ``last``."""
     from pmg.pipeline import STAGES as ALL_STAGES
 
-    names = _STAGE_NAMES[: _STAGE_NAMES.index(last) + 1]
-    monkeypatch.setattr("pmg.pipeline.STAGES", tuple(s for s in ALL_STAGES if s.name in names))
+    names = [stage.name for stage in ALL_STAGES]
+    return ALL_STAGES[: names.index(last) + 1]
+
+
+def _pipeline_through(run: Path, last: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pmg pipeline` on ``run``, in this process, with the stages up to ``last``."""
+    monkeypatch.setattr("pmg.pipeline.STAGES", _stages_through(last))
     run_pipeline(load_config(PipelineConfig, TINY_CONFIG, [f"run_dir={run}", *overrides]), log=lambda line: None)
 
 
@@ -504,7 +507,7 @@ def _stopped_in_fit(run: Path, last: str, module_class: str, batches: int, overr
 def _killed_in_fit(run: Path, last: str, module_class: str, batches: int, overrides: list[str]) -> None:
     """The pipeline with the stages up to ``last`` on ``run`` in a process of its own, killed
     (SIGKILL) right after training batch ``batches`` of its ``module_class`` fit."""
-    names = ",".join(_STAGE_NAMES[: _STAGE_NAMES.index(last) + 1])
+    names = ",".join(stage.name for stage in _stages_through(last))
     killed = subprocess.run([sys.executable, "-c", _KILLED_IN_FIT, str(run), names, module_class, str(batches), str(TINY_CONFIG),
                              *overrides], capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, f"not killed in {module_class} (status {killed.returncode}): {killed.stderr[-3000:]}"
