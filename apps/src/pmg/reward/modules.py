@@ -34,8 +34,7 @@ from prefreward import (
     truncated_backprop_loop,
 )
 
-__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "RewardEvaluation", "RewardProgress", "trainable_rows",
-           "sample_images"]
+__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "RewardEvaluation", "RewardProgress", "sample_images"]
 
 
 class GenerationRewards(nn.Module):
@@ -82,16 +81,6 @@ class GenerationRewards(nn.Module):
 # Text: GRPO
 
 
-def trainable_rows(adapter: TextPreferenceAdapter | ImagePreferenceAdapter) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
-    """What reward training changes in ``adapter``: each of its trainable parameters with the rows
-    of it that train ([R]: the preference tokens' rows of a text encoder's embedding matrix, whose
-    other rows the adapter keeps exact) or None (all of it: LoRA, peft's token-row deltas)."""
-    if isinstance(adapter, ImagePreferenceAdapter):
-        embeddings = {id(encoder.get_input_embeddings().weight) for encoder in adapter.text_encoders}
-        return [(p, adapter.token_ids if id(p) in embeddings else None) for p in adapter.trainable_parameters()]
-    return [(p, None) for p in adapter.trainable_parameters()]
-
-
 class RewardProgress:
     """A reward fit's validation rewards so far (``history``: one ``{"step", "reward",
     <component>...}`` per evaluation) and its best state (``reward``, ``step`` and ``values``, a
@@ -120,7 +109,7 @@ class RewardProgress:
             param.copy_(value)
 
     def state_dict(self, trainable: Sequence[tuple[nn.Parameter, torch.Tensor | None]]) -> dict[str, Any]:
-        """For a checkpoint: the best values only in the rows that train (``trainable_rows``)."""
+        """For a checkpoint: the best values only in the rows that train (the adapter's ``trainable_rows()``)."""
         return {"history": [dict(h) for h in self.history], "reward": self.reward, "step": self.step,
                 "values": [rows_saved(v, rows) for v, (_, rows) in zip(self.values, trainable, strict=True)]}
 
@@ -229,7 +218,7 @@ class TextRewardModule(_RewardModule):
         self.config, self.optimizer_config = config, optimizer
 
     def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
-        return trainable_rows(self.policy)
+        return self.policy.trainable_rows()
 
     @torch.no_grad()
     def sample(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
@@ -322,7 +311,7 @@ class ImageRewardModule(_RewardModule):
         self._row_guard = None  # the optimizer hook of protect_frozen_rows, kept alive with the module
 
     def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
-        return trainable_rows(self.adapter)
+        return self.adapter.trainable_rows()
 
     def _images(self, users: list[int], seed: int, backprop_last_k: int) -> torch.Tensor:
         return sample_images(self.adapter, [self.prompts[u] for u in users], num_inference_steps=self.config.num_inference_steps,

@@ -168,14 +168,14 @@ def _train_phase(kind: str, adapter: TextPreferenceAdapter | ImagePreferenceAdap
     A fit that had reached its last step is not built again (``build_module`` makes its
     consistency partners): its best state and evaluations are read from its checkpoint. Leaves
     ``adapter`` in its best validation state; its metrics."""
-    from pmg.reward.modules import RewardEvaluation, RewardProgress, trainable_rows
+    from pmg.reward.modules import RewardEvaluation, RewardProgress
     from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
 
     resumable, start = resume_point(out / "checkpoints" / kind, resume_key, config.trainer.checkpoint_every_n_steps, f"reward ({kind})")
     completed = completed_fit(start, steps)
     if completed is not None:
-        progress = RewardProgress.from_state_dict(completed["reward_progress"], trainable_rows(adapter))
-        progress.restore([p for p, _ in trainable_rows(adapter)])
+        progress = RewardProgress.from_state_dict(completed["reward_progress"], adapter.trainable_rows())
+        progress.restore([p for p, _ in adapter.trainable_rows()])
         return _phase_metrics(kind, progress)
     module = build_module()
     # A DataLoader's batches, which a fit killed within its one epoch (the whole phase) resumes exactly.

@@ -385,6 +385,13 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         params = [enc.get_input_embeddings().weight for enc in self.text_encoders]
         return params + [p for p in self.unet.parameters() if p.requires_grad]
 
+    def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+        """Each of :meth:`trainable_parameters` with the rows of it that train: the preference tokens'
+        ids [N] of a text encoder's embedding matrix [V, d_e] (its other rows are kept at their
+        original values), None (all of it) for a UNet LoRA weight; for a checkpoint that keeps only what trains."""
+        embeddings = {id(encoder.get_input_embeddings().weight) for encoder in self.text_encoders}
+        return [(p, self.token_ids if id(p) in embeddings else None) for p in self.trainable_parameters()]
+
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Put every embedding row but the preference tokens' back to its original value (after an optimizer step)."""

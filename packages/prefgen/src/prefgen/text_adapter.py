@@ -352,6 +352,12 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         """LoRA weights and the new token rows: what the optimizer should get."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+        """Each of :meth:`trainable_parameters` with the rows of it that train: None (all of it) for
+        every one, LoRA and peft's token-row deltas [N, d] alike; the form of
+        ``ImagePreferenceAdapter.trainable_rows``, for a checkpoint that keeps only what trains."""
+        return [(p, None) for p in self.trainable_parameters()]
+
     def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """:meth:`trainable_parameters` split into ``"tokens"`` (the new rows: peft's trainable-token
         deltas, [N, d] per embedding layer) and ``"lora"`` (every other trainable weight), so that
