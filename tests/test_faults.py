@@ -604,6 +604,43 @@ def test_a_killed_reward_stage_resumes_each_fit_from_its_last_checkpoint_to_the_
         assert _same_content(run / "reward" / name, reference / "reward" / name), name
 
 
+def test_a_killed_generator_stage_resumes_each_fit_from_its_last_checkpoint_to_the_uninterrupted_result(
+    generator_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # generator_run's stage is the uninterrupted result (checkpoints at epoch ends only, tiny.yaml: 3 steps per fit);
+    # here every step is checkpointed (not an input: the stages before are reused).
+    overrides = [*_generation_overrides(generator_run.parent), "generator.trainer.checkpoint_every_n_steps=1"]
+    reference = generator_run / "generator"
+    run = Path(shutil.copytree(generator_run, tmp_path / "run"))
+    shutil.rmtree(run / "generator")
+    checkpoints = run / "generator" / "checkpoints"
+
+    _stopped_in_fit(run, "generator", "TextGeneratorModule", 2, overrides, monkeypatch)  # within the text fit, by a hook
+    assert json.loads((checkpoints / "text" / RESUME_RECORD).read_text())["checkpoint"] == "resume-e0-b2.ckpt"
+    _killed_in_fit(run, "generator", "ImageGeneratorModule", 2, overrides)  # the text fit resumed and ended; within the image fit, SIGKILL
+    assert json.loads((checkpoints / "text" / RESUME_RECORD).read_text())["checkpoint"] == "resume-e0-b3-end.ckpt"
+    committed = checkpoints / "image" / json.loads((checkpoints / "image" / RESUME_RECORD).read_text())["checkpoint"]
+    assert committed.name == "resume-e0-b2.ckpt" and not (run / "generator" / "stage.json").exists()
+    # What trains, not the frozen models: of each text encoder's embedding matrix the token rows, with the
+    # UNet LoRA (tiny.yaml), the losses and the random generators the module draws from itself.
+    saved = torch.load(committed, map_location="cpu", weights_only=True)
+    tokens = len(json.loads((reference / "image_adapter" / "prefgen_image_adapter.json").read_text())["token_ids"])
+    embeddings = [v for k, v in saved["trainable"].items() if k.endswith("token_embedding.weight")]
+    assert saved["state_dict"] == {} and len(embeddings) == 2 and all(e["values"].shape[0] == tokens < e["shape"][0] for e in embeddings)
+    assert all("lora_" in k for k in saved["trainable"] if not k.endswith("token_embedding.weight"))
+    assert saved["generator"]["losses"].shape == (2,) and saved["generator"]["words_rng"] is not None
+
+    # The text fit is read back from its end, the image fit resumes, the soft-prompt baseline's two fits run.
+    _pipeline_through(run, "generator", overrides, monkeypatch)
+    assert sorted(p.relative_to(checkpoints).as_posix() for p in checkpoints.rglob(RESUME_RECORD)) == [
+        f"{fit}/{RESUME_RECORD}" for fit in ("image", "soft_prompt/image", "soft_prompt/text", "text")]
+    results = [name for name in _files(reference) if name.parts[0] in ("text_adapter", "image_adapter", "soft_prompt", "samples")
+               or name.name == "metrics.json"]
+    assert results == [name for name in _files(run / "generator") if name in results] and len(results) > 20
+    for name in results:  # the result of the fits that were never interrupted
+        assert _same_content(run / "generator" / name, reference / name), name
+
+
 def test_data_convert_stops_at_a_bad_row_or_sets_it_aside_with_on_bad_rows_skip(
     ml_latest_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

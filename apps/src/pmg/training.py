@@ -8,7 +8,8 @@ its size and SHA-256 and the stage fingerprint it belongs to); ``Resumable.check
 is where the next attempt at the same inputs starts. With a ``ResumableLoader`` for its
 training batches, a fit resumed from within an epoch repeats the uninterrupted one exactly;
 otherwise only a resume from an epoch end does. A module that trains a small part of large
-frozen models (token rows, LoRA) checkpoints that part alone (``TrainableOnlyCheckpoint``).
+frozen models (token rows, LoRA) checkpoints that part alone (``TrainableOnlyCheckpoint``), and
+one that draws from a ``random.Random`` of its own keeps its state there (``python_rng_state``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pmg.runs import RunWarning
 
 __all__ = ["TrainerConfig", "OptimizerConfig", "OptimizerName", "OPTIMIZERS", "LrScheduleConfig", "LrScheduleName", "LR_SCHEDULES", "build_optimizer",
            "build_lr_scheduler", "build_trainer", "Resumable", "ResumeCheckpoint", "ResumableLoader", "resume_point", "RESUME_RECORD",
-           "TrainableOnlyCheckpoint", "completed_fit", "rows_saved", "rows_restored"]
+           "TrainableOnlyCheckpoint", "completed_fit", "rows_saved", "rows_restored", "python_rng_state", "restore_python_rng"]
 
 RESUME_RECORD = "resume.json"
 
@@ -165,15 +166,34 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: LrScheduleConfi
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _python_state_saved(state: tuple[Any, ...]) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_state_restored(saved: dict[str, Any]) -> tuple[Any, ...]:
+    return saved["version"], tuple(saved["state"].tolist()), saved["gauss"]
+
+
+def python_rng_state(rng: random.Random) -> dict[str, Any]:
+    """The state of ``rng`` as a checkpoint holds it and ``weights_only`` loads it:
+    ``{"version", "state" [625] int64, "gauss"}``; ``restore_python_rng`` puts it back."""
+    return _python_state_saved(rng.getstate())
+
+
+def restore_python_rng(rng: random.Random, saved: dict[str, Any]) -> None:
+    """Put ``python_rng_state``'s ``saved`` back into ``rng``: it draws what the saved one would have."""
+    rng.setstate(_python_state_restored(saved))
+
+
 def _random_states() -> dict[str, Any]:
     """Every global random state a fit draws from, as tensors and numbers (``weights_only`` loads them)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    version, python_state, gauss = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+        "python": _python_state_saved(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -184,8 +204,7 @@ def _restore_random_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached_gaussian"]))
-    p = states["python"]
-    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    random.setstate(_python_state_restored(states["python"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 

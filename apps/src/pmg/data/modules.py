@@ -229,7 +229,8 @@ class GenerationDataModule(L.LightningDataModule):
         rows = self.train_rows()
         if len(rows) == 0:
             raise ValueError(f"no training examples for target {self.target!r} (min_rating {self.min_rating})")
-        return DataLoader(
+        # The same batches as a DataLoader; a fit killed within an epoch resumes them exactly.
+        return ResumableLoader(
             _GenerationSet(self.data, rows, self.image_size, self.with_images),
             batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
         )

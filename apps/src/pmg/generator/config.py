@@ -196,7 +196,9 @@ class GeneratorConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=200, log_every_n_steps=10))
+    # A killed fit resumes from its last checkpoint: every checkpoint_every_n_steps batches and at each epoch end.
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=-1, max_steps=200, log_every_n_steps=10,
+                                                                         checkpoint_every_n_steps=50))
     num_workers: int = 0
 
     def validate(self) -> None:

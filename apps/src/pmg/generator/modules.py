@@ -5,13 +5,16 @@ Both take batches of ``pmg.data.modules.GenerationDataModule`` (``user`` [B], ``
 user's preference-token fragment (precomputed per data user index; ``None`` for a user
 without tokens, who gets the no-token prompt). For the soft-prompt baseline the fragment is the
 adapter's placeholder tokens and a ``SoftPromptBaseline`` maps the users' preference vectors
-to the vectors that fill them.
+to the vectors that fill them. Their checkpoints hold what trains (the adapter's LoRA and token
+rows, the projector) with the losses and the modules' own random generators, never the frozen
+models (``pmg.training.TrainableOnlyCheckpoint``).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,7 +29,13 @@ from pmg.generator.prompts import (
     text_named_values,
 )
 from pmg.generator.soft_prompt import SoftPromptBaseline
-from pmg.training import OptimizerConfig, build_optimizer
+from pmg.training import (
+    OptimizerConfig,
+    TrainableOnlyCheckpoint,
+    build_optimizer,
+    python_rng_state,
+    restore_python_rng,
+)
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
 
 __all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "text_target"]
@@ -57,9 +66,9 @@ class _TokenDropout:
         return None if fragment is None or self.rng.random() < self.fraction else fragment
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(TrainableOnlyCheckpoint, L.LightningModule):
     """What both generators share: an adapter, the users' prompt fragments (with token dropout),
-    the optional soft-prompt baseline, loss bookkeeping and the optimizer.
+    the optional soft-prompt baseline, loss bookkeeping, the optimizer and what a checkpoint keeps.
 
     ``fragments[u]`` is data user ``u``'s fragment (or None). With ``words``
     (``generator.prompt=keywords_and_tokens``) each example's prompt also carries some of the
@@ -68,6 +77,11 @@ class GeneratorModule(L.LightningModule):
     The optimizer sees the adapter's trainable parameters (LoRA + new token rows) and the
     baseline's projectors. ``losses`` [2] (first, last training loss; NaN before any step) is
     a buffer, so it comes back from ``ddp_spawn`` workers with the weights.
+
+    A checkpoint keeps the adapter's trainable parameters (a text encoder's embedding matrix by
+    its token rows) and the projectors, under ``"trainable"``, and under ``"generator"`` the
+    losses and the states of the token dropout's and the item words' random generators, which
+    draw in ``training_step``: a fit resumed from it draws what the uninterrupted one drew.
     """
 
     kind = ""  # "text" / "image": the name of the logged loss
@@ -121,6 +135,27 @@ class GeneratorModule(L.LightningModule):
         if self.soft_prompt is not None:
             params += list(self.soft_prompt.parameters())
         return build_optimizer(params, self.optimizer_config)
+
+    def checkpointed_parameters(self) -> dict[str, tuple[torch.nn.Parameter, torch.Tensor | None]]:
+        parts = self.adapter.trainable_rows()
+        if self.soft_prompt is not None:
+            parts += [(p, None) for p in self.soft_prompt.parameters()]
+        names = {id(p): name for name, p in self.named_parameters()}
+        return {names[id(p)]: (p, rows) for p, rows in parts}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["generator"] = {"losses": self.losses.detach().cpu().clone(), "dropout_rng": python_rng_state(self.dropout.rng),
+                                   "words_rng": python_rng_state(self.words.rng) if self.words is not None else None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint["generator"]
+        with torch.no_grad():
+            self.losses.copy_(saved["losses"])
+        restore_python_rng(self.dropout.rng, saved["dropout_rng"])
+        if self.words is not None:
+            restore_python_rng(self.words.rng, saved["words_rng"])
 
 
 class TextGeneratorModule(GeneratorModule):

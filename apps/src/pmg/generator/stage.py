@@ -15,6 +15,10 @@ user's history keywords beside the tokens (``pmg.generator.prompts``). Artifacts
     metrics.json         first and final training losses and training examples of each generator
     config.yaml          the stage's config (``pmg generate`` reads prompts and sampling settings from it)
     tb/                  TensorBoard logs
+    checkpoints/text/, checkpoints/image/, checkpoints/soft_prompt/{text,image}/
+                         what a killed fit resumes from (``pmg.training.Resumable``): the trainable
+                         part, optimizer and random states, losses; every
+                         ``trainer.checkpoint_every_n_steps`` steps and at each epoch end
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
-from pmg.training import build_trainer
+from pmg.training import build_trainer, resume_point
 from pmg.zoo.manifest import Zoo, load_zoo
 from prefgen import ImagePreferenceAdapter, LoraOptions, TextPreferenceAdapter, TokenInit, UNetLoraOptions
 
@@ -74,11 +78,14 @@ def _datamodule(config: GeneratorConfig, data: InteractionData, split: Split, *,
 
 
 def _fit(module: GeneratorModule, config: GeneratorConfig, datamodule: GenerationDataModule, steps: int, epochs: int, out: Path,
-         callbacks: Sequence[Callback]) -> dict[str, float]:
-    """Fit one generator module; its first/final loss and number of training examples."""
+         callbacks: Sequence[Callback], checkpoints: Path | None, resume_key: str | None) -> dict[str, float]:
+    """Fit one generator module, resumable with ``checkpoints`` and ``resume_key`` (see
+    :func:`train_text_generator`); its first/final loss and number of training examples."""
     loader = datamodule.train_dataloader()
-    trainer = build_trainer(config.trainer_for(steps, epochs), out, checkpointing=False, callbacks=callbacks)
-    trainer.fit(module, train_dataloaders=loader)
+    resumable, start = (resume_point(checkpoints, resume_key, config.trainer.checkpoint_every_n_steps, f"generator ({module.kind})")
+                        if checkpoints is not None else (None, None))
+    trainer = build_trainer(config.trainer_for(steps, epochs), out, checkpointing=False, callbacks=callbacks, resumable=resumable)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=start, weights_only=True)
     return {"first_loss": module.first_loss, "final_loss": module.last_loss, "examples": float(len(loader.dataset))}
 
 
@@ -98,13 +105,17 @@ def _item_words(data: InteractionData, config: GeneratorConfig, kind: str) -> It
 
 
 def train_text_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
-                         out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None,
-                         callbacks: Sequence[Callback] = ()) -> tuple[TextPreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
+                         out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None, callbacks: Sequence[Callback] = (),
+                         checkpoints: Path | None = None, resume_key: str | None = None,
+                         ) -> tuple[TextPreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
     """Fit the text adapter on (prompt with the user's textual tokens → liked item's texts).
 
     With ``preferences`` ({modality: [U, d]}), the soft-prompt baseline instead: the same
     adapter (tokens added, never prompted) with placeholders filled by a projector of the
     users' preference vectors of ``config.text.modalities``, trained with the same budget.
+    With ``checkpoints`` (a folder) and ``resume_key`` (the fingerprint of the fit's inputs) the
+    fit checkpoints there (``pmg.training.Resumable``), and one of the same inputs that was
+    killed goes on from its last checkpoint to the result of an uninterrupted fit.
     Returns the adapter (CPU, eval), the baseline's projector (None for tokens) and metrics
     (``first_loss``, ``final_loss``, ``examples``).
     """
@@ -123,18 +134,19 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
     module = TextGeneratorModule(adapter, data, fragments, text, config.optimizer_for(text.lr), seed=config.trainer.seed,
                                  soft_prompt=baseline, preferences=inputs, words=None if baseline else _item_words(data, config, "text"))
     datamodule = _datamodule(config, data, split, batch_size=text.batch_size, image_size=8, with_images=False)
-    metrics = _fit(module, config, datamodule, text.max_steps, text.max_epochs, out, callbacks)
+    metrics = _fit(module, config, datamodule, text.max_steps, text.max_epochs, out, callbacks, checkpoints, resume_key)
     return module.adapter.cpu().eval(), baseline.cpu().eval() if baseline else None, metrics
 
 
 def train_image_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
-                          out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None,
-                          callbacks: Sequence[Callback] = ()) -> tuple[ImagePreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
+                          out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None, callbacks: Sequence[Callback] = (),
+                          checkpoints: Path | None = None, resume_key: str | None = None,
+                          ) -> tuple[ImagePreferenceAdapter, SoftPromptBaseline | None, dict[str, float]]:
     """Fit the image adapter on liked items' images with prompts carrying the user's visual tokens
     and the values of ``config.image.subject_from_text`` the item's text names.
 
     ``preferences`` as in :func:`train_text_generator`: the soft-prompt baseline, with one
-    projector per CLIP text encoder.
+    projector per CLIP text encoder; ``checkpoints`` and ``resume_key`` as there too.
     """
     image = config.image
     modalities = _available(image.modalities, tokens, "image")
@@ -151,7 +163,7 @@ def train_image_generator(config: GeneratorConfig, data: InteractionData, split:
                                   words=None if baseline else _item_words(data, config, "image"))
     datamodule = _datamodule(config, data, split, batch_size=image.batch_size, image_size=adapter.image_size,
                              with_images=True)
-    metrics = _fit(module, config, datamodule, image.max_steps, image.max_epochs, out, callbacks)
+    metrics = _fit(module, config, datamodule, image.max_steps, image.max_epochs, out, callbacks, checkpoints, resume_key)
     return module.adapter.cpu().eval(), baseline.cpu().eval() if baseline else None, metrics
 
 
@@ -178,7 +190,8 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
     stage_fp = stage_fingerprint("generator", config, upstream)
     if not force and run.is_current("generator", stage_fp):
         return StageResult(stage_fp, run.require("generator")["summary"], reused=True)
-    run.invalidate("generator")
+    # A fit of these inputs killed before the stage completed resumes from its checkpoint (unless forced).
+    run.invalidate("generator", keep_checkpoints=not force)
     config.validate()
     tokens = load_user_tokens(run)
     data, split = load_prepared(run)
@@ -198,11 +211,14 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
     text_adapter = image_adapter = None
     for prefix, preferences in variants:
         text = image = None
+        # One checkpoint folder per fit: checkpoints/text, checkpoints/soft_prompt/image, ...
         if config.text.enabled:
-            *text, text_metrics = train_text_generator(config, data, train_split, zoo, tokens, out, preferences=preferences)
+            *text, text_metrics = train_text_generator(config, data, train_split, zoo, tokens, out, preferences=preferences,
+                                                       checkpoints=out / "checkpoints" / f"{prefix}text", resume_key=stage_fp)
             metrics.update({f"{prefix}text/{k}": v for k, v in text_metrics.items()})
         if config.image.enabled:
-            *image, image_metrics = train_image_generator(config, data, train_split, zoo, tokens, out, preferences=preferences)
+            *image, image_metrics = train_image_generator(config, data, train_split, zoo, tokens, out, preferences=preferences,
+                                                          checkpoints=out / "checkpoints" / f"{prefix}image", resume_key=stage_fp)
             metrics.update({f"{prefix}image/{k}": v for k, v in image_metrics.items()})
         _save_generators(out / prefix if prefix else out, text, image)
         if not prefix:
