@@ -28,7 +28,8 @@ from pathlib import Path
 from pmg import __version__
 from pmg.config import ConfigError, config_to_yaml, load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
-from pmg.data.records import DatasetError, OnBadRows
+from pmg.data.dataset_stage import REJECTED_FILE
+from pmg.data.records import DatasetError, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import kcore
 from pmg.runs import RunDirectory, RunError
@@ -192,9 +193,6 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from pmg.data.dataset_stage import REJECTED_FILE
-    from pmg.data.records import write_rejected_rows
-
     if args.data_command == "catalog":
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         config = load_config(CatalogConfig, args.config, overrides)

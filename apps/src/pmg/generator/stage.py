@@ -40,12 +40,8 @@ from pmg.data.modules import GenerationDataModule
 from pmg.data.split import Split
 from pmg.generator.config import GeneratorConfig, PromptMode
 from pmg.generator.generate import IMAGE_ADAPTER, SOFT_PROMPT, TEXT_ADAPTER, write_samples
-
-# Re-exported for pmg.reward.stage until it imports them from their homes (generate, prompts).
-from pmg.generator.generate import generate_for_users as generate_for_users
 from pmg.generator.modules import GeneratorModule, ImageGeneratorModule, TextGeneratorModule
 from pmg.generator.prompts import ItemWords, prompt_attributes, subject_attributes, user_fragments
-from pmg.generator.prompts import user_image_prompt as user_image_prompt
 from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens

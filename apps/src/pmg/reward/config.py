@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pmg.generator.config import TEXT_TARGETS
+from pmg.generator.config import TEXT_TARGETS, TextTarget
 from pmg.training import OptimizerConfig, TrainerConfig
 
 __all__ = ["ConsistencyMode", "RewardWeights", "TextRewardConfig", "ImageRewardConfig", "RewardConfig"]
@@ -46,7 +46,7 @@ class TextRewardConfig:
     """
 
     enabled: bool = True
-    target: str = "review"
+    target: TextTarget = TextTarget.review
     lr: float = 2e-3
     max_steps: int = 30
     users_per_step: int = 8

@@ -28,7 +28,8 @@ import torch
 
 from pmg.atomic import atomic_directory
 from pmg.config import load_config
-from pmg.generator.prompts import UserPrompts, user_prompts
+from pmg.generator.generate import generate_for_users, write_samples
+from pmg.generator.prompts import UserPrompts, subject_attributes, user_image_prompt, user_prompts
 from pmg.reward.config import RewardConfig
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
@@ -218,8 +219,6 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
     """Each data user's text as the pipeline writes it (every ``generator.text.targets``, read as
     one by ``joined_text``): what the image subject takes its words from and what an image's
     consistency is scored against; "" for users not in ``users``."""
-    from pmg.generator.stage import generate_for_users
-
     chosen = prompts.of(users)
     made = generate_for_users(data, generator, users=users, text_fragments=chosen.text,
                               image_fragments=[None] * len(users), text_adapter=adapter, image_adapter=None,
@@ -244,8 +243,6 @@ def _image_prompts(data: InteractionData, history: np.ndarray, generator: Genera
                    texts: list[str]) -> list[str]:
     """Each data user's image prompt with what ``texts[user]`` names (``generator.image.subject_from_text``);
     the subject from the user's ``history`` (the split's training rows)."""
-    from pmg.generator.stage import subject_attributes, user_image_prompt
-
     described = subject_attributes(data, generator) if any(texts) else {}
     return [user_image_prompt(data, generator, u, texts[u], fragment, described, history, keywords=words)
             for u, (fragment, words) in enumerate(zip(prompts.image, prompts.subject_words, strict=True))]
@@ -263,12 +260,10 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
 
     from pmg.data.dataset_stage import load_prepared, load_user_roles
     from pmg.generator.config import GeneratorConfig
-    from pmg.generator.stage import write_samples
     from pmg.preference.stage import load_preferences
     from pmg.quantize.stage import load_user_tokens
     from pmg.reward.modules import GenerationRewards, ImageRewardModule, TextRewardModule
     from pmg.zoo.manifest import load_zoo
-    from pmg.zoo.sdxl_recipe import pipeline_resolution
     from prefreward import ConsistencyReward
 
     text_folder = _generator_folder(run, "text_adapter")
@@ -287,7 +282,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     image_adapter = load_image_adapter(image_folder, zoo, trainable=True) if image_folder is not None else None
     clip, processor = zoo.load_clip()
     embedder = ConsistencyReward.from_model(clip, processor).embedder  # the processor's mean/std
-    image_size = pipeline_resolution(image_adapter.pipeline) if image_adapter is not None else 64
+    image_size = image_adapter.image_size if image_adapter is not None else 64
     maps = fit_content_maps(data, preferences.item_embeddings, embedder, image_size=image_size,
                             text_target=config.text.target, ridge=config.map_ridge)
     rewards = GenerationRewards(embedder, maps, config.weights.as_dict(), config.consistency_mode)
