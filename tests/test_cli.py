@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import warnings
@@ -37,7 +39,8 @@ def test_config_typo_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  kind: parquet\n")
     assert main(["pipeline", "--config", str(bad)]) == 2
-    assert "data.kind 'parquet' is not one of" in capsys.readouterr().err
+    assert f"config file {bad}: Invalid value 'parquet', expected one of [catalog, pmg, movielens, amazon2023, table] (key: data.kind)" \
+        in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "not a pmg dataset directory" in capsys.readouterr().err
 
@@ -133,6 +136,31 @@ def test_a_closed_option_fails_at_config_load_listing_its_values(override: str, 
     assert main(["pipeline", "--print_config", override]) == 2
     error = capsys.readouterr().err
     assert f"expected one of {allowed}" in error and override.split("=")[0] in error
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("data.kind", "parquet", "[catalog, pmg, movielens, amazon2023, table]"),
+    ("data.duplicates", "dropp", "[error, drop]"),
+    ("data.split.scheme", "random", "[leave_last_out, ratio, global_time]"),
+])
+def test_a_data_option_typo_names_the_key_the_value_and_the_allowed_values(key: str, value: str, allowed: str, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    expected = f"Invalid value '{value}', expected one of {allowed} (key: {key})"
+    assert main(["pipeline", "--print_config", f"{key}={value}"]) == 2
+    assert f"pmg: error: override '{key}={value}': {expected}" in capsys.readouterr().err
+    nested: object = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    config = tmp_path / "typo.yaml"
+    config.write_text(json.dumps(nested))  # JSON is YAML
+    assert main(["pipeline", "--config", str(config), "--print_config"]) == 2
+    assert f"pmg: error: config file {config}: {expected}" in capsys.readouterr().err
+
+
+def test_data_convert_duplicates_takes_the_values_of_data_duplicates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "convert", "movielens", "--src", str(tmp_path), "--out", str(tmp_path / "out"), "--duplicates", "dropp"])
+    assert re.search(r"--duplicates: invalid choice: 'dropp' \(choose from '?error'?, '?drop'?\)", capsys.readouterr().err)
 
 
 def test_quietening_twice_in_one_process_wraps_the_warning_display_once() -> None:

@@ -29,7 +29,7 @@ from pmg import __version__
 from pmg.config import ConfigError, config_to_yaml, load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
 from pmg.data.dataset_stage import REJECTED_FILE
-from pmg.data.records import DatasetError, OnBadRows, write_rejected_rows
+from pmg.data.records import DatasetError, Duplicates, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import kcore
 from pmg.runs import RunDirectory, RunError
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--items", type=Path, help="table: item file (CSV/JSONL)")
     convert.add_argument("--map", nargs="*", default=[], metavar="field=column", help="table: column mapping")
     convert.add_argument("--kcore", nargs=2, type=int, metavar=("USER_K", "ITEM_K"))
-    convert.add_argument("--duplicates", choices=("error", "drop"), default="error")
+    convert.add_argument("--duplicates", choices=[policy.value for policy in Duplicates], default=Duplicates.error.value,
+                         help="an interaction repeating an earlier one's user, item and timestamp: a bad row (error) or dropped (drop)")
     convert.add_argument("--on-bad-rows", choices=[policy.value for policy in OnBadRows], default=OnBadRows.error.value,
                          help="an interaction row that cannot be used: stop at it (error) or set it aside in <out>/rejected.csv (skip)")
 

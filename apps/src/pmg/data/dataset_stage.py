@@ -11,37 +11,50 @@ from __future__ import annotations
 import shutil
 import warnings
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from pmg.atomic import atomic_file
 from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.format import InteractionData, read_dataset, write_dataset
-from pmg.data.records import OnBadRows, write_rejected_rows
+from pmg.data.records import Duplicates, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
-from pmg.data.split import SPLIT_SCHEMES, Split, kcore, temporal_split
+from pmg.data.split import Split, SplitScheme, kcore, temporal_split
 from pmg.data.user_roles import UserRoles, UserRolesConfig, assign_user_roles
 from pmg.runs import RunDirectory, RunError, RunWarning, stage_fingerprint
 from pmg.stages import Stage, StageResult
 
-__all__ = ["DatasetConfig", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE",
+__all__ = ["DatasetConfig", "DatasetKind", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE",
            "REJECTED_FILE", "DATA_STAGE"]
 
-DATASET_KINDS = ("catalog", "pmg", "movielens", "amazon2023", "table")
 USER_ROLES_FILE = "user_roles.json"
 REJECTED_FILE = "rejected.csv"
 
 
+class DatasetKind(StrEnum):
+    """Where the data comes from (``data.kind``; :class:`DatasetConfig` says what each reads)."""
+
+    catalog = "catalog"
+    pmg = "pmg"
+    movielens = "movielens"
+    amazon2023 = "amazon2023"
+    table = "table"
+
+
 @dataclass
 class SplitConfig:
-    scheme: str = "leave_last_out"
+    """``scheme``: how interactions are split by time (``SplitScheme``); ``user_k``/``item_k``:
+    the k-core filter applied first (1: none)."""
+
+    scheme: SplitScheme = SplitScheme.leave_last_out
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     user_k: int = 1
     item_k: int = 1
 
     def validate(self) -> None:
-        if self.scheme not in SPLIT_SCHEMES:
-            raise ValueError(f"split.scheme {self.scheme!r} is not one of {SPLIT_SCHEMES}")
+        if self.scheme not in tuple(SplitScheme):  # a config built directly in Python
+            raise ValueError(f"data.split.scheme {self.scheme!r} is not one of {[s.value for s in SplitScheme]}")
         if self.user_k < 1 or self.item_k < 1:
             raise ValueError("split.user_k and split.item_k must be >= 1")
 
@@ -55,32 +68,33 @@ class DatasetConfig:
     ``images`` folder of posters), ``amazon2023`` (reviews JSONL at ``path``, ``meta`` JSONL,
     optional ``images``), ``table`` (interactions CSV/JSONL at ``path``, optional ``items``
     file, ``mapping`` of columns). ``users``: the shares of users held out for evaluation and
-    for model selection (``pmg.data.user_roles``). ``on_bad_rows``: ``error`` stops at an
+    for model selection (``pmg.data.user_roles``). ``duplicates``: what a repeated (user, item,
+    timestamp) row does (``pmg.data.records.Duplicates``). ``on_bad_rows``: ``error`` stops at an
     interaction row that cannot be used, ``skip`` sets it aside in ``<run>/data/rejected.csv``
     (``pmg.data.records.OnBadRows``).
     """
 
-    kind: str = "catalog"
+    kind: DatasetKind = DatasetKind.catalog
     path: str | None = None
     images: str | None = None
     meta: str | None = None
     items: str | None = None
     mapping: TableMapping = field(default_factory=TableMapping)
-    duplicates: str = "error"
+    duplicates: Duplicates = Duplicates.error
     on_bad_rows: OnBadRows = OnBadRows.error
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     users: UserRolesConfig = field(default_factory=UserRolesConfig)
 
     def validate(self) -> None:
-        if self.kind not in DATASET_KINDS:
-            raise ValueError(f"data.kind {self.kind!r} is not one of {DATASET_KINDS}")
-        if self.kind != "catalog" and not self.path:
-            raise ValueError(f"data.path is required for data.kind {self.kind!r}")
-        if self.kind == "amazon2023" and not self.meta:
+        if self.kind not in tuple(DatasetKind):  # a config built directly in Python
+            raise ValueError(f"data.kind {self.kind!r} is not one of {[k.value for k in DatasetKind]}")
+        if self.kind != DatasetKind.catalog and not self.path:
+            raise ValueError(f"data.path is required for data.kind '{self.kind}'")
+        if self.kind == DatasetKind.amazon2023 and not self.meta:
             raise ValueError("data.meta (the meta_<category>.jsonl file) is required for amazon2023")
-        if self.duplicates not in ("error", "drop"):
-            raise ValueError("data.duplicates must be 'error' or 'drop'")
+        if self.duplicates not in tuple(Duplicates):
+            raise ValueError(f"data.duplicates {self.duplicates!r} is not one of {[d.value for d in Duplicates]}")
         self.catalog.validate()
         self.split.validate()
         self.users.validate()
@@ -89,11 +103,11 @@ class DatasetConfig:
 def _load_source(config: DatasetConfig) -> InteractionData:
     path = Path(config.path or "")
     rows = {"duplicates": config.duplicates, "on_bad_rows": config.on_bad_rows}
-    if config.kind == "pmg":
+    if config.kind == DatasetKind.pmg:
         return read_dataset(path, **rows)
-    if config.kind == "movielens":
+    if config.kind == DatasetKind.movielens:
         return load_movielens(path, posters=config.images, **rows)
-    if config.kind == "amazon2023":
+    if config.kind == DatasetKind.amazon2023:
         return load_amazon2023(path, config.meta or "", images=config.images, **rows)
     return load_table(path, items=config.items, images=config.images, mapping=config.mapping, **rows)
 
@@ -120,7 +134,7 @@ def prepare_dataset(
     if force or not _is_current(config, run, stage_fp):
         run.invalidate("data")
         filtered = config.split.user_k > 1 or config.split.item_k > 1
-        if config.kind == "catalog":
+        if config.kind == DatasetKind.catalog:
             # Without filtering the generated folder is the final dataset; with it, a filtered copy is.
             generated = out / ("generated" if filtered else "dataset")
             write_catalog(generated, config.catalog)
@@ -131,7 +145,7 @@ def prepare_dataset(
         rejected, duplicates = data.report.rejected, data.report.duplicate_interactions_dropped
         if filtered:
             data = kcore(data, config.split.user_k, config.split.item_k)
-        if filtered or config.kind != "catalog":
+        if filtered or config.kind != DatasetKind.catalog:
             write_dataset(data, out / "dataset")
             data = read_dataset(out / "dataset")
         shutil.rmtree(out / "generated", ignore_errors=True)

@@ -34,6 +34,7 @@ import numpy as np
 from pmg.atomic import atomic_directory
 from pmg.data.records import (
     DatasetError,
+    Duplicates,
     OnBadRows,
     RejectedRow,
     RowRejections,
@@ -341,14 +342,14 @@ def write_dataset(
 # ---------------------------------------------------------------- reading
 
 
-def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str = "error",
+def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Duplicates | str = Duplicates.error,
                  on_bad_rows: OnBadRows | str = OnBadRows.error) -> InteractionData:
     """Read a dataset directory written by ``write_dataset`` (or by hand, following the format).
 
     Args:
         root: the dataset directory.
         check_images: verify that every referenced image exists and Pillow can read it.
-        duplicates: ``"error"`` (default) or ``"drop"`` for repeated (user, item, timestamp) rows.
+        duplicates: ``error`` (default) or ``drop`` for repeated (user, item, timestamp) rows (``Duplicates``).
         on_bad_rows: ``error`` (default) or ``skip``: interaction rows that cannot be used are set
             aside in ``report.rejected`` (``OnBadRows``).
 
@@ -357,6 +358,7 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str
             id, a missing or unreadable image; the message names the file and line.
     """
     root = Path(root)
+    duplicates = Duplicates(duplicates)
     if not root.is_dir():
         raise DatasetError(root, "dataset directory does not exist")
     meta_path = root / "dataset.json"
@@ -411,7 +413,7 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: str
         # A duplicate repeats a user seen before; a user only gets an index with a row that is kept.
         key = (user_index.get(row["user_id"], -1), item, t)
         if key in seen:
-            if duplicates == "error":
+            if duplicates is Duplicates.error:
                 rejections.reject(DatasetError(
                     inter_path,
                     f"duplicate interaction (same user, item and timestamp as line {seen[key]}); "

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pmg.atomic import atomic_file
 
-__all__ = ["DatasetError", "OnBadRows", "RejectedRow", "RowRejections", "write_rejected_rows", "read_text", "read_delimited",
+__all__ = ["DatasetError", "Duplicates", "OnBadRows", "RejectedRow", "RowRejections", "write_rejected_rows", "read_text", "read_delimited",
            "read_json_lines", "parse_number", "check_image"]
 
 
@@ -38,6 +38,15 @@ class DatasetError(ValueError):
         if column is not None:
             where += f", column {column!r}"
         super().__init__(f"{where}: {problem}")
+
+
+class Duplicates(StrEnum):
+    """What a load does with an interaction that repeats an earlier one's user, item and
+    timestamp (``data.duplicates``): ``error`` (the default) treats it as a bad row
+    (``OnBadRows``), ``drop`` keeps the first and counts the others in the load report."""
+
+    error = "error"
+    drop = "drop"
 
 
 class OnBadRows(StrEnum):

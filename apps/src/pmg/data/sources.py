@@ -27,6 +27,7 @@ import numpy as np
 from pmg.data.format import InteractionData, Item, LoadReport
 from pmg.data.records import (
     DatasetError,
+    Duplicates,
     OnBadRows,
     RowRejections,
     check_image,
@@ -58,12 +59,10 @@ def _find_image(folder: Path | None, stem: str) -> Path | None:
 class _Builder:
     """Collects interactions with raw ids, then assigns contiguous indices in first-seen order."""
 
-    def __init__(self, source: Path, items: dict[str, Item], duplicates: str, rejections: RowRejections) -> None:
-        if duplicates not in ("error", "drop"):
-            raise ValueError(f"duplicates must be 'error' or 'drop', not {duplicates!r}")
+    def __init__(self, source: Path, items: dict[str, Item], duplicates: Duplicates | str, rejections: RowRejections) -> None:
         self.source = source
         self.items = items
-        self.duplicates = duplicates
+        self.duplicates = Duplicates(duplicates)
         self.rejections = rejections
         self.report = LoadReport(rejected=rejections.rows)
         self.rows: list[tuple[str, str, int, float, str]] = []
@@ -75,7 +74,7 @@ class _Builder:
             raise DatasetError(path, f"unknown item id {item!r} (not in the item file)", line=line)
         key = (user, item, timestamp)
         if key in self.seen:
-            if self.duplicates == "error":
+            if self.duplicates is Duplicates.error:
                 raise DatasetError(
                     path,
                     f"duplicate interaction (same user, item and timestamp as line {self.seen[key]}); "
@@ -114,7 +113,7 @@ class _Builder:
 
 
 def load_movielens(
-    root: str | Path, *, posters: str | Path | None = None, duplicates: str = "error", max_tags: int = 8,
+    root: str | Path, *, posters: str | Path | None = None, duplicates: Duplicates | str = Duplicates.error, max_tags: int = 8,
     on_bad_rows: OnBadRows | str = OnBadRows.error,
 ) -> InteractionData:
     """Read a MovieLens release (latest/latest-small, 100k or 1m, detected from its files).
@@ -147,7 +146,7 @@ def _movie_item(movie_id: str, title: str, genres: list[str], tags: list[str], p
     )
 
 
-def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: str, max_tags: int,
+def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: Duplicates | str, max_tags: int,
                       rejections: RowRejections) -> InteractionData:
     tags_by_movie: dict[str, Counter[str]] = defaultdict(Counter)
     tags_by_rating: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -179,7 +178,7 @@ def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: str, max_
     return builder.build(root.name)
 
 
-def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: str, rejections: RowRejections) -> InteractionData:
+def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
     item_path = root / "u.item"
     fields = ["movie_id", "title", "release", "video_release", "url", *_ML100K_GENRES]
     items: dict[str, Item] = {}
@@ -201,7 +200,7 @@ def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: str, reject
     return builder.build(root.name)
 
 
-def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str, rejections: RowRejections) -> InteractionData:
+def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
     movies_path = root / "movies.dat"
     items: dict[str, Item] = {}
     fields = ["movie_id", "title", "genres"]
@@ -227,7 +226,7 @@ def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: str, rejectio
 
 
 def load_amazon2023(
-    reviews: str | Path, meta: str | Path, *, images: str | Path | None = None, duplicates: str = "error",
+    reviews: str | Path, meta: str | Path, *, images: str | Path | None = None, duplicates: Duplicates | str = Duplicates.error,
     on_bad_rows: OnBadRows | str = OnBadRows.error,
 ) -> InteractionData:
     """Read Amazon Reviews 2023 JSONL files (one category's ``<cat>.jsonl`` and ``meta_<cat>.jsonl``).
@@ -320,7 +319,7 @@ def load_table(
     items: str | Path | None = None,
     images: str | Path | None = None,
     mapping: TableMapping | None = None,
-    duplicates: str = "error",
+    duplicates: Duplicates | str = Duplicates.error,
     on_bad_rows: OnBadRows | str = OnBadRows.error,
 ) -> InteractionData:
     """Read any CSV/TSV/JSONL interaction table (and optional item table) through ``mapping``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,15 @@ import numpy as np
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
 
-__all__ = ["kcore", "Split", "temporal_split", "SPLIT_SCHEMES"]
+__all__ = ["kcore", "Split", "SplitScheme", "temporal_split"]
 
-SPLIT_SCHEMES = ("leave_last_out", "ratio", "global_time")
+
+class SplitScheme(StrEnum):
+    """How interactions are split by time (``data.split.scheme``; :func:`temporal_split` says how each cuts)."""
+
+    leave_last_out = "leave_last_out"
+    ratio = "ratio"
+    global_time = "global_time"
 
 
 def kcore(data: InteractionData, user_k: int = 5, item_k: int = 5) -> InteractionData:
@@ -98,7 +105,7 @@ class Split:
 
 def temporal_split(
     data: InteractionData,
-    scheme: str = "leave_last_out",
+    scheme: SplitScheme | str = SplitScheme.leave_last_out,
     *,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
@@ -118,13 +125,14 @@ def temporal_split(
     Raises:
         ValueError: an unknown scheme, bad fractions, or a dataset with no validation or test rows.
     """
-    if scheme not in SPLIT_SCHEMES:
-        raise ValueError(f"unknown split scheme {scheme!r}; expected one of {SPLIT_SCHEMES}")
+    if scheme not in tuple(SplitScheme):
+        raise ValueError(f"unknown split scheme {scheme!r}; expected one of {[s.value for s in SplitScheme]}")
+    scheme = SplitScheme(scheme)
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in [0, 1) with a sum below 1")
     n = data.num_interactions
     part = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test
-    if scheme == "global_time":
+    if scheme is SplitScheme.global_time:
         order = np.lexsort((np.arange(n), data.timestamp))
         n_test = int(round(n * test_fraction))
         n_val = int(round(n * val_fraction))
@@ -137,7 +145,7 @@ def temporal_split(
         ends = np.r_[starts[1:], n]
         for s, e in zip(starts, ends, strict=True):
             count = e - s
-            if scheme == "leave_last_out":
+            if scheme is SplitScheme.leave_last_out:
                 n_test, n_val = 1, 1
             else:
                 n_test = int(round(count * test_fraction))
@@ -149,9 +157,9 @@ def temporal_split(
             if n_val:
                 part[order[e - n_test - n_val:e - n_test]] = 1
     split = Split(
-        train=np.flatnonzero(part == 0), val=np.flatnonzero(part == 1), test=np.flatnonzero(part == 2), scheme=scheme
+        train=np.flatnonzero(part == 0), val=np.flatnonzero(part == 1), test=np.flatnonzero(part == 2), scheme=scheme.value
     )
-    if len(split.train) == 0 or len(split.test) == 0 or (val_fraction > 0 or scheme == "leave_last_out") and len(split.val) == 0:
+    if len(split.train) == 0 or len(split.test) == 0 or (val_fraction > 0 or scheme is SplitScheme.leave_last_out) and len(split.val) == 0:
         raise ValueError(
             f"dataset {data.name!r} is too small for a {scheme} split "
             f"({n} interactions, {data.num_users} users): train {len(split.train)}, "
