@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pmg.data import AttributeSpec, CatalogConfig, InteractionData, Item, generate_catalog
 from pmg.data.keywords import history_keywords, keyword_attributes
+from pmg.data.ratings import rating_weights
 from pmg.data.split import temporal_split
 
 
@@ -76,3 +78,28 @@ def test_catalog_keywords_mostly_find_the_true_taste() -> None:
     for attribute in ("colour", "pattern", "material", "style"):
         hits = np.mean([k.values.get(attribute) == data.user_tastes[attribute][u] for k, u in zip(found, users, strict=True)])
         assert hits > 0.6, (attribute, hits)  # chance is 1/4 to 1/8
+
+
+def test_weighted_rows_decide_the_vote_and_all_zero_weights_count_alike() -> None:
+    data = _history()
+    rows = np.arange(len(data.user))
+    # User 0's one denim row outweighs three silk rows; user 1's rows weigh nothing, so each counts once.
+    weights = np.array([0.5, 0.0, 0.5, 3.0, 0.0, 0.0])
+    first, second = history_keywords(data, rows, [0, 1], weights=weights)
+    assert first.values["material"] == "denim" and first.values["colour"] == "green"
+    assert second.values == history_keywords(data, rows, [1])[0].values
+    with pytest.raises(ValueError, match="one per row"):
+        history_keywords(data, rows, [0], weights=weights[:3])
+    with pytest.raises(ValueError, match="finite values >= 0"):
+        history_keywords(data, rows, [0], weights=-weights)
+
+
+def test_rating_weights_count_what_was_rated_above_the_offset() -> None:
+    data = _history()
+    data.rating[:] = [5.0, 2.0, 1.0, np.nan, 4.0, 3.0]
+    # max(rating - 2, 0); the unrated row takes the median of the known weights (0, 0, 1, 2, 3 -> 1)
+    assert rating_weights(data, np.arange(6)).tolist() == [3.0, 0.0, 0.0, 1.0, 2.0, 1.0]
+    assert rating_weights(data, np.array([0, 4]), offset=3.0).tolist() == [2.0, 1.0]
+    data.rating[:] = np.nan
+    with pytest.raises(ValueError, match="no ratings"):
+        rating_weights(data, np.arange(6))

@@ -115,8 +115,8 @@ class EdgeWeight(StrEnum):
 
 class UserVector(StrEnum):
     """What the stage hands on as a user's visual and textual preference (``preference.user_vector``):
-    ``gnn``, the trained model's propagated user vector; ``content``, the edge-weighted mean of the
-    history items' content vectors (the top ``model.embedding_dim`` principal components of the raw
+    ``gnn``, the trained model's propagated user vector; ``content``, the mean of the history
+    items' content vectors weighted by ``content_weight`` (the top ``model.embedding_dim`` principal components of the raw
     item features; :func:`prefgraph.content_preferences`), which keeps what the items show and say
     where short histories leave BPR little to learn it from. With ``content`` the item vectors saved
     for those modalities are the same components, so users and items share a space. The ``id``
@@ -385,8 +385,9 @@ def _fit_and_write(
         if config.user_vector is UserVector.content:
             components = {m: principal_components(features[m], masks[m], min(model.embedding_dim, *features[m].shape))
                           for m in model.feature_dims}
-            weighted = InteractionGraph(*interaction_pairs(data, split.train), data.num_users, data.num_items,
-                                        edge_weight=edge_weights(config.content_weight, config.rating_offset, data, split.train))
+            weighted = graph if config.content_weight is config.edge_weight else InteractionGraph(
+                *interaction_pairs(data, split.train), data.num_users, data.num_items,
+                edge_weight=edge_weights(config.content_weight, config.rating_offset, data, split.train))
             user_vectors |= content_preferences(weighted, components, cold_start_history=val_pairs).embeddings
             item_vectors |= components
     metrics = {f"test/{k}": float(v) for k, v in test_metrics.items()}
