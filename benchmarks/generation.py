@@ -159,9 +159,10 @@ def _paired(section: Section, variant: str, baseline: str) -> dict[str, object]:
     return out
 
 
-def _keyword_hit_rate(data: InteractionData, history: np.ndarray, users: list[int]) -> dict[str, float]:
-    """Per taste, the share of ``users`` whose history keyword is their true value (no keyword: a miss)."""
-    keywords = [k for k in user_keywords(data, history, users) if k is not None]
+def _keyword_hit_rate(data: InteractionData, generator: GeneratorConfig, history: np.ndarray, users: list[int]) -> dict[str, float]:
+    """Per taste, the share of ``users`` whose history keyword (read as the run's prompts read it) is their
+    true value (no keyword: a miss)."""
+    keywords = [k for k in user_keywords(data, generator, history, users) if k is not None]
     assert data.user_tastes is not None
     return {a: round(float(np.mean([k.values.get(a) == data.user_tastes[a][u] for k, u in zip(keywords, users, strict=True)])), 4)
             for a in data.user_tastes}
@@ -184,7 +185,8 @@ def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) 
     figures = {
         "n_users": len(users),
         "run": str(run.root),
-        "history_keyword_hit_rate": _keyword_hit_rate(data, split.train, users),
+        "keyword_weight": str(generator.keywords.weight),
+        "history_keyword_hit_rate": _keyword_hit_rate(data, generator, split.train, users),
         "history_majority_hit_rate": {a: round(v, 4) for a, v in history_majority_hit_rate(data, split.train, users).items()},
         "visual_tastes": list(taste_attributes(data, "visual")),
         "variants": {name: _variant_figures(section, name) for name in VARIANTS},

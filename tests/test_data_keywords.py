@@ -7,8 +7,10 @@ import pytest
 
 from pmg.data import AttributeSpec, CatalogConfig, InteractionData, Item, generate_catalog
 from pmg.data.keywords import history_keywords, keyword_attributes
-from pmg.data.ratings import rating_weights
+from pmg.data.ratings import InteractionWeight, interaction_weights, rating_weights
 from pmg.data.split import temporal_split
+from pmg.generator.config import GeneratorConfig, KeywordConfig
+from pmg.generator.prompts import prompt_keywords
 
 
 def _history() -> InteractionData:
@@ -103,3 +105,25 @@ def test_rating_weights_count_what_was_rated_above_the_offset() -> None:
     data.rating[:] = np.nan
     with pytest.raises(ValueError, match="no ratings"):
         rating_weights(data, np.arange(6))
+
+
+def test_the_prompts_read_keywords_as_generator_keywords_says_and_a_rating_vote_needs_ratings() -> None:
+    data = _history()
+    rows = np.arange(len(data.user))
+    # User 0 rated the silk/red rows 4 and 4 and the one denim/green row 5. A plain majority says silk;
+    # a rating vote with offset 3.5 (0.5 + 0.5 against 1.5) says denim and green, with offset 2 (2 + 2 against 3) silk.
+    data.rating[:] = [4.0, 1.0, 4.0, 5.0, 4.0, 4.0]
+    plain = GeneratorConfig()
+    rated = GeneratorConfig(keywords=KeywordConfig(weight=InteractionWeight.rating, rating_offset=3.5))
+    assert prompt_keywords(data, plain, rows, [0])[0].values["material"] == "silk"
+    found = prompt_keywords(data, rated, rows, [0, 1])
+    assert (found[0].values["material"], found[0].values["colour"]) == ("denim", "green")
+    assert found[1].values == prompt_keywords(data, plain, rows, [1])[0].values  # user 1's rows weigh alike
+    rated_at_2 = GeneratorConfig(keywords=KeywordConfig(weight=InteractionWeight.rating))
+    assert prompt_keywords(data, rated_at_2, rows, [0])[0].values["material"] == "silk"
+    assert interaction_weights(InteractionWeight.binary, data, rows) is None
+    data.rating[:] = np.nan
+    with pytest.raises(ValueError, match="generator.keywords.weight is rating, but .*no ratings"):
+        prompt_keywords(data, rated, rows, [0])
+    with pytest.raises(ValueError, match="generator.keywords.weight must be one of"):
+        KeywordConfig(weight="ratings").validate()  # type: ignore[arg-type]

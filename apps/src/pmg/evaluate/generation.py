@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from pmg.data.keywords import HistoryKeywords, history_keywords
+from pmg.data.keywords import HistoryKeywords
 from pmg.data.modules import load_image_tensor
 from pmg.evaluate.table import Cell, Section
 from pmg.generator.config import PromptMode
@@ -63,7 +63,7 @@ from pmg.generator.evaluation import (
     text_attribute_hits,
 )
 from pmg.generator.generate import SoftPromptGenerators, UserGeneration, generate_for_users
-from pmg.generator.prompts import keyword_prompts, user_prompts
+from pmg.generator.prompts import keyword_prompts, prompt_keywords, user_prompts
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
 if TYPE_CHECKING:
@@ -169,10 +169,12 @@ def zoo_generators(zoo: Zoo) -> tuple[TextPreferenceAdapter, ImagePreferenceAdap
     return TextPreferenceAdapter(lm, tokenizer, [_UNUSED_TOKEN]).eval(), ImagePreferenceAdapter(zoo.load_sdxl(), [_UNUSED_TOKEN]).eval()
 
 
-def user_keywords(data: InteractionData, history: np.ndarray, users: Sequence[int]) -> list[HistoryKeywords | None]:
-    """Per data user, the keywords of their ``history`` rows (None for users not in ``users``)."""
+def user_keywords(data: InteractionData, config: GeneratorConfig, history: np.ndarray,
+                  users: Sequence[int]) -> list[HistoryKeywords | None]:
+    """Per data user, the keywords of their ``history`` rows read as the run's prompts read them
+    (``config.keywords``; None for users not in ``users``)."""
     found: list[HistoryKeywords | None] = [None] * data.num_users
-    for user, keywords in zip(users, history_keywords(data, history, users), strict=True):
+    for user, keywords in zip(users, prompt_keywords(data, config, history, users), strict=True):
         found[user] = keywords
     return found
 

@@ -127,7 +127,7 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     sft_text, sft_image = load_generators(run, zoo)
     reward_text, reward_image = load_reward_generators(run, zoo)
     soft = load_soft_prompt_generators(run, zoo)
-    keywords = user_keywords(data, history, users)
+    keywords = user_keywords(data, generator, history, users)
     state = load_preference_state(run)
     image_size = sft_image.image_size if sft_image is not None else 64
     variants: dict[str, GenerationVariant | str] = {

@@ -6,11 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pmg.data.ratings import InteractionWeight
 from pmg.training import OptimizerConfig, TrainerConfig
 from prefquant import DEFAULT_PREFIXES
 
 __all__ = ["GenerationTarget", "PromptMode", "TextTarget", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig",
-           "GeneratorConfig", "TEXT_TARGETS"]
+           "KeywordConfig", "GeneratorConfig", "TEXT_TARGETS"]
 
 
 class TextTarget(StrEnum):
@@ -170,6 +171,24 @@ class BaselinesConfig:
 
 
 @dataclass
+class KeywordConfig:
+    """How a user's history keywords are read (``generator.keywords``), wherever words stand for
+    the user: the ``keywords_and_tokens`` prompts the generators train and generate with, and the
+    keyword baselines of ``pmg evaluate``, which read them the same way so that the comparison is
+    fair. ``weight``: how much each training interaction counts in the vote
+    (:class:`pmg.data.ratings.InteractionWeight`): ``binary``, a plain majority; ``rating``, what
+    the user rated high counts more (``max(rating - rating_offset, 0)``).
+    """
+
+    weight: InteractionWeight = InteractionWeight.binary
+    rating_offset: float = 2.0
+
+    def validate(self) -> None:
+        if self.weight not in tuple(InteractionWeight):  # a config built directly in Python
+            raise ValueError(f"generator.keywords.weight must be one of {[w.value for w in InteractionWeight]}, not {self.weight!r}")
+
+
+@dataclass
 class GeneratorConfig:
     """Stage "generator": train the text adapter, then the image adapter, on the users' tokens.
 
@@ -191,6 +210,7 @@ class GeneratorConfig:
     min_rating: float = 4.0
     prompt: PromptMode = PromptMode.keywords_and_tokens
     item_word_keep: float = 0.5
+    keywords: KeywordConfig = field(default_factory=KeywordConfig)
     text: TextGeneratorConfig = field(default_factory=TextGeneratorConfig)
     image: ImageGeneratorConfig = field(default_factory=ImageGeneratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -208,6 +228,7 @@ class GeneratorConfig:
             raise ValueError(f"generator.target must be one of {[t.value for t in GenerationTarget]}, not {self.target!r}")
         if not (self.text.enabled or self.image.enabled):
             raise ValueError("generator: enable at least one of text and image")
+        self.keywords.validate()
         self.text.validate()
         self.image.validate()
         self.baselines.validate()

@@ -25,6 +25,7 @@ import numpy as np
 
 from pmg.data.format import InteractionData
 from pmg.data.keywords import HistoryKeywords, history_keywords, keyword_attributes
+from pmg.data.ratings import interaction_weights
 from pmg.generator.config import GeneratorConfig, PromptMode
 from pmg.generator.evaluation import named_value
 from pmg.quantize.stage import UserTokens
@@ -32,7 +33,7 @@ from pmg.runs import RunError
 from prefgen import build_image_prompt, describe_subject
 
 __all__ = ["SUBJECT_ATTRIBUTE", "ItemWords", "UserPrompts", "described_subject", "item_subject", "joined_fragment", "keyword_prompts",
-           "liked_subject", "prompt_attributes", "subject_attributes", "text_named_values", "token_rows", "user_fragments",
+           "liked_subject", "prompt_attributes", "prompt_keywords", "subject_attributes", "text_named_values", "token_rows", "user_fragments",
            "user_image_prompt", "user_prompts"]
 
 # The item attribute that names an image's subject ("a dress"); words describing it are other attributes'.
@@ -151,6 +152,16 @@ def joined_fragment(*parts: str | None) -> str | None:
     return " ".join(kept) if kept else None
 
 
+def prompt_keywords(data: InteractionData, config: GeneratorConfig, history: np.ndarray,
+                    users: Sequence[int]) -> list[HistoryKeywords]:
+    """The history keywords of each of ``users`` (data user indices) from the interaction rows
+    ``history``, read as ``config.keywords`` says (a plain or a rating-weighted vote): the one
+    reading that the prompts and the keyword baselines share."""
+    weights = interaction_weights(config.keywords.weight, data, history, config.keywords.rating_offset,
+                                  key="generator.keywords.weight")
+    return history_keywords(data, history, users, weights=weights)
+
+
 def user_prompts(data: InteractionData, config: GeneratorConfig, tokens: UserTokens, history: np.ndarray,
                  mode: PromptMode | None = None, *, users: Sequence[int | None] | None = None) -> UserPrompts:
     """The prompts under ``mode`` (None: ``config.prompt``) of every data user, or of ``users``
@@ -168,7 +179,7 @@ def user_prompts(data: InteractionData, config: GeneratorConfig, tokens: UserTok
     image = _fragments(tokens, rows, config.image.modalities)
     if mode is PromptMode.tokens:
         return UserPrompts([None] * len(users), text, image, [None] * len(users))
-    found = iter(history_keywords(data, history, [u for u in users if u is not None]))
+    found = iter(prompt_keywords(data, config, history, [u for u in users if u is not None]))
     words, subject = keyword_prompts(data, [next(found) if u is not None else None for u in users], config)
     return UserPrompts(words, text, image, subject)
 

@@ -38,7 +38,7 @@ from pmg.config import config_to_yaml
 from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.format import InteractionData
 from pmg.data.modules import BPRDataModule
-from pmg.data.ratings import rating_weights
+from pmg.data.ratings import InteractionWeight, interaction_weights
 from pmg.data.split import Split
 from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.preference.module import PreferenceModule
@@ -59,7 +59,6 @@ __all__ = [
     "PreferenceModelConfig",
     "PreferenceFeaturesConfig",
     "PreferenceConfig",
-    "EdgeWeight",
     "UserVector",
     "preference_graph",
     "interaction_pairs",
@@ -102,17 +101,6 @@ class PreferenceFeaturesConfig:
     trust_remote_code: bool = False
 
 
-class EdgeWeight(StrEnum):
-    """How much an interaction counts (``preference.edge_weight`` in the graph's propagation,
-    ``preference.content_weight`` in a content vector): ``binary``, every one alike (LightGCN);
-    ``rating``, ``max(rating - rating_offset, 0)``, so a user's vector leans on what they rated
-    high, and an interaction without a rating weighs the median of the known weights. BPR's
-    positives and the metrics count every interaction either way."""
-
-    binary = "binary"
-    rating = "rating"
-
-
 class UserVector(StrEnum):
     """What the stage hands on as a user's visual and textual preference (``preference.user_vector``):
     ``gnn``, the trained model's propagated user vector; ``content``, the mean of the history
@@ -131,8 +119,10 @@ class PreferenceConfig:
     model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     features: PreferenceFeaturesConfig = field(default_factory=PreferenceFeaturesConfig)
     user_vector: UserVector = UserVector.gnn
-    content_weight: EdgeWeight = EdgeWeight.rating
-    edge_weight: EdgeWeight = EdgeWeight.binary
+    # How much each interaction counts (pmg.data.ratings.InteractionWeight) in a content vector and
+    # in the graph's propagation. BPR's positives and the metrics count every interaction either way.
+    content_weight: InteractionWeight = InteractionWeight.rating
+    edge_weight: InteractionWeight = InteractionWeight.binary
     rating_offset: float = 2.0
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-3))
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=40, early_stopping_patience=6))
@@ -149,7 +139,7 @@ class PreferenceConfig:
     def validate(self) -> None:
         self.optimizer.validate()
         self.trainer.validate()
-        for key, kind in (("user_vector", UserVector), ("content_weight", EdgeWeight), ("edge_weight", EdgeWeight)):
+        for key, kind in (("user_vector", UserVector), ("content_weight", InteractionWeight), ("edge_weight", InteractionWeight)):
             if getattr(self, key) not in tuple(kind):  # a config built directly in Python
                 raise ValueError(f"preference.{key} must be one of {[m.value for m in kind]}, not {getattr(self, key)!r}")
         if not self.ks or min(self.ks) < 1:
@@ -237,18 +227,14 @@ def interaction_pairs(data: InteractionData, rows: np.ndarray) -> tuple[torch.Te
     return torch.from_numpy(data.user[rows]), torch.from_numpy(data.item[rows])
 
 
-def edge_weights(kind: EdgeWeight, rating_offset: float, data: InteractionData, rows: np.ndarray) -> torch.Tensor | None:
-    """Float [P] weights of the interaction rows ``rows`` (None: binary); see :class:`EdgeWeight`.
+def edge_weights(kind: InteractionWeight, rating_offset: float, data: InteractionData, rows: np.ndarray) -> torch.Tensor | None:
+    """Float [P] weights of the interaction rows ``rows`` (None: binary); see :class:`pmg.data.ratings.InteractionWeight`.
 
     Raises:
         ValueError: ``rating`` weights on a dataset none of whose ``rows`` has a rating.
     """
-    if kind is EdgeWeight.binary:
-        return None
-    try:
-        return torch.from_numpy(rating_weights(data, rows, rating_offset))
-    except ValueError as err:
-        raise ValueError(f"preference.edge_weight or content_weight is rating, but {err}; set both to binary") from err
+    weights = interaction_weights(kind, data, rows, rating_offset, key="preference.edge_weight or content_weight")
+    return torch.from_numpy(weights) if weights is not None else None
 
 
 def preference_graph(config: PreferenceConfig, data: InteractionData, rows: np.ndarray,
