@@ -69,7 +69,7 @@ def test_stage_writes_every_model_in_its_real_format(built) -> None:
     assert (sdxl / "model_index.json").is_file()
     assert (Path(zoo.clip.path) / "model.safetensors").is_file()
     assert len(zoo.heldout_combos) == 4 and zoo.heldout_items
-    for key in ("clip_top1", "judge_colour_acc", "t2i_colour_acc"):
+    for key in ("clip_top1", "judge_colour_acc", "vae_colour_acc", "t2i_colour_acc"):
         assert 0.0 <= zoo.metrics[key] <= 1.0
     with Image.open(zoo.root / "t2i_samples.png") as sheet:  # one row per held-out combination
         assert sheet.height >= 4 * 32 and sheet.width >= 32

@@ -1,5 +1,6 @@
-"""Quality checks of the zoo on held-out data: judge accuracy, CLIP retrieval, and
-text-to-image attribute accuracy on attribute combinations no model trained on."""
+"""Quality checks of the zoo on held-out data: judge accuracy, CLIP retrieval, the VAE's
+round trip (what any image the pipeline draws can show at best), and text-to-image attribute
+accuracy on attribute combinations no model trained on."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pmg.zoo.clip_features import image_embeddings, text_embeddings
 from pmg.zoo.clip_recipe import clip_pixel_values
 from pmg.zoo.corpus import ZooCorpus, attribute_caption
 from pmg.zoo.judge import AttributeJudge
+from pmg.zoo.sdxl_recipe import pipeline_images
 
-__all__ = ["judge_accuracy", "clip_retrieval_top1", "text_to_image_accuracy", "generate_images", "write_contact_sheet"]
+__all__ = ["judge_accuracy", "vae_round_trip_accuracy", "clip_retrieval_top1", "text_to_image_accuracy", "generate_images", "write_contact_sheet"]
 
 
 @torch.no_grad()
@@ -31,6 +33,28 @@ def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) 
         known = truth >= 0
         hits = found[name].numpy()[known] == truth[known]
         result[name] = float(hits.mean()) if known.any() else float("nan")
+    return result
+
+
+@torch.no_grad()
+def vae_round_trip_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray,
+                            batch: int = 64) -> dict[str, float]:
+    """Per-attribute accuracy of ``judge`` on ``items``' images encoded and decoded by the
+    pipeline's VAE (posterior mean): every generated image passes through this decoder, so an
+    attribute it loses here no prompt or token can bring back."""
+    items = corpus.image_items(items)
+    if len(items) == 0:
+        return {}
+    images = pipeline_images(pipe, corpus.images[torch.from_numpy(items)])
+    pipe.vae.eval()
+    decoded = torch.cat([pipe.vae.decode(pipe.vae.encode(images[start:start + batch]).latent_dist.mean).sample
+                         for start in range(0, len(images), batch)]).clamp(-1, 1)
+    found = judge.predict(decoded)
+    result = {}
+    for name in judge.attributes:
+        truth = corpus.data.item_labels(name)[items]
+        known = truth >= 0
+        result[name] = float((found[name].numpy()[known] == truth[known]).mean()) if known.any() else float("nan")
     return result
 
 

@@ -28,7 +28,7 @@ from pmg.runs import RunWarning
 from pmg.zoo.clip_recipe import build_clip, train_clip
 from pmg.zoo.config import ZooConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus, build_corpus
-from pmg.zoo.evaluation import clip_retrieval_top1, judge_accuracy, text_to_image_accuracy
+from pmg.zoo.evaluation import clip_retrieval_top1, judge_accuracy, text_to_image_accuracy, vae_round_trip_accuracy
 from pmg.zoo.fitting import FitCheckpoints, seed_init
 from pmg.zoo.judge import AttributeJudge, load_judge, save_judge
 from pmg.zoo.judge_recipe import train_judge
@@ -224,6 +224,8 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     if judge is not None:
         for name, accuracy in judge_accuracy(judge, corpus, corpus.heldout_items).items():
             metrics[f"judge_{name}_acc"] = accuracy
+        for name, accuracy in vae_round_trip_accuracy(pipe, judge, corpus, corpus.heldout_items).items():
+            metrics[f"vae_{name}_acc"] = accuracy
         if config.eval.t2i_images_per_combo > 0 and corpus.heldout_combos:
             t2i = text_to_image_accuracy(pipe, judge, corpus.heldout_combos, images_per_combo=config.eval.t2i_images_per_combo,
                                          steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale,

@@ -18,7 +18,7 @@ from pmg.zoo.fitting import FitCheckpoints, fit_steps
 from pmg.zoo.lightning_modules import UNetDiffusionModule, VaeModule, trainable
 from prefgen.testing.tiny import build_tiny_sdxl_pipeline, text_encoders_from_clip
 
-__all__ = ["build_sdxl", "pipeline_resolution", "train_sdxl"]
+__all__ = ["build_sdxl", "pipeline_images", "pipeline_resolution", "train_sdxl"]
 
 
 def build_sdxl(config: SDXLTrainingConfig, tokenizer: PreTrainedTokenizerBase, clip: CLIPModel | None) -> StableDiffusionXLPipeline:
@@ -34,6 +34,14 @@ def build_sdxl(config: SDXLTrainingConfig, tokenizer: PreTrainedTokenizerBase, c
 def pipeline_resolution(pipe: StableDiffusionXLPipeline) -> int:
     """The pipeline's default image side in pixels (UNet sample size × VAE factor)."""
     return int(pipe.default_sample_size * pipe.vae_scale_factor)
+
+
+def pipeline_images(pipe: StableDiffusionXLPipeline, images: torch.Tensor) -> torch.Tensor:
+    """``images`` [N, 3, S, S] in [-1, 1] resized (bicubic, antialiased) to the pipeline's resolution [N, 3, R, R]."""
+    resolution = pipeline_resolution(pipe)
+    if images.shape[-1] == resolution:
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bicubic", antialias=True).clamp(-1, 1)
 
 
 class _ImageCollate:
@@ -93,9 +101,7 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     if len(items) < 1:
         raise ValueError("text-to-image training needs training items with images")
     resolution = pipeline_resolution(pipe)
-    images = corpus.images[torch.from_numpy(items)]
-    if images.shape[-1] != resolution:
-        images = F.interpolate(images, size=(resolution, resolution), mode="bicubic", antialias=True).clamp(-1, 1)
+    images = pipeline_images(pipe, corpus.images[torch.from_numpy(items)])
     for part in (pipe.text_encoder, pipe.text_encoder_2):
         trainable(part, False).eval()
     if train_vae:
