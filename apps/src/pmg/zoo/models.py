@@ -28,7 +28,12 @@ from pmg.runs import RunWarning
 from pmg.zoo.clip_recipe import build_clip, train_clip
 from pmg.zoo.config import ZooConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus, build_corpus
-from pmg.zoo.evaluation import clip_retrieval_top1, judge_accuracy, text_to_image_accuracy, vae_round_trip_accuracy
+from pmg.zoo.evaluation import (
+    clip_retrieval_top1,
+    judge_accuracy,
+    text_to_image_accuracy,
+    vae_round_trip_accuracy,
+)
 from pmg.zoo.fitting import FitCheckpoints, seed_init
 from pmg.zoo.judge import AttributeJudge, load_judge, save_judge
 from pmg.zoo.judge_recipe import train_judge
