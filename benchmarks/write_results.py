@@ -399,15 +399,18 @@ def this_machine() -> str:
     return f"{os.cpu_count()}-core CPU{model}"
 
 
-def save_record(name: str, output: str, command: str, machine: str, *, ablation: bool = False, folder: Path = RECORDS) -> Path:
-    """The last JSON line of a benchmark's ``output`` saved as record ``name``, dated now, with the
-    commit checked out (``+changes`` when tracked files differ from it)."""
+def save_record(name: str, output: str, command: str, machine: str, *, ablation: bool = False, folder: Path = RECORDS,
+                commit: str | None = None) -> Path:
+    """The last JSON line of a benchmark's ``output`` saved as record ``name``, dated now, with
+    ``commit`` (the code that ran), by default the commit checked out (``+changes`` when tracked
+    files differ from it)."""
     benchmark = name.split("-", 1)[0]
     if benchmark not in benchmark_names():
         raise ValueError(f"record {name!r}: its name must start with a benchmark's ({', '.join(benchmark_names())})")
-    commit = _git("rev-parse", "--short", "HEAD")
-    if commit is not None and _git("status", "--porcelain", "--untracked-files=no"):
-        commit += "+changes"
+    if commit is None:
+        commit = _git("rev-parse", "--short", "HEAD")
+        if commit is not None and _git("status", "--porcelain", "--untracked-files=no"):
+            commit += "+changes"
     record = {"benchmark": benchmark, "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": machine, "commit": commit, **({"ablation": True} if ablation else {}), "result": last_json_line(output)}
     path = folder / f"{name}.json"
@@ -424,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine", default=this_machine(), help="with --record: the machine it ran on, in words")
     parser.add_argument("--ablation", action="store_true",
                         help="with --record: the run changed the benchmark's default settings (its figures do not count against TARGETS)")
+    parser.add_argument("--commit", help="with --record: the commit the benchmark ran at, when the checkout has moved on since "
+                                         "(default: the checkout's)")
     parser.add_argument("output", nargs="?", type=Path, help="with --record: the benchmark's saved output")
     args = parser.parse_args(argv)
     if args.record is not None:
@@ -431,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--record needs --command and the saved OUTPUT")
         try:
             saved = save_record(args.record, args.output.read_text(encoding="utf-8"), args.command, args.machine,
-                                ablation=args.ablation)
+                                ablation=args.ablation, commit=args.commit)
             print(f"saved {saved.relative_to(REPO)}")
         except (OSError, ValueError) as err:
             parser.error(str(err))

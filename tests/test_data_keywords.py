@@ -107,13 +107,13 @@ def test_rating_weights_count_what_was_rated_above_the_offset() -> None:
         rating_weights(data, np.arange(6))
 
 
-def test_the_prompts_read_keywords_as_generator_keywords_says_and_a_rating_vote_needs_ratings() -> None:
+def test_the_prompts_read_keywords_as_generator_keywords_says_and_without_ratings_by_a_plain_vote() -> None:
     data = _history()
     rows = np.arange(len(data.user))
     # User 0 rated the silk/red rows 4 and 4 and the one denim/green row 5. A plain majority says silk;
     # a rating vote with offset 3.5 (0.5 + 0.5 against 1.5) says denim and green, with offset 2 (2 + 2 against 3) silk.
     data.rating[:] = [4.0, 1.0, 4.0, 5.0, 4.0, 4.0]
-    plain = GeneratorConfig()
+    plain = GeneratorConfig(keywords=KeywordConfig(weight=InteractionWeight.binary))
     rated = GeneratorConfig(keywords=KeywordConfig(weight=InteractionWeight.rating, rating_offset=3.5))
     assert prompt_keywords(data, plain, rows, [0])[0].values["material"] == "silk"
     found = prompt_keywords(data, rated, rows, [0, 1])
@@ -122,8 +122,9 @@ def test_the_prompts_read_keywords_as_generator_keywords_says_and_a_rating_vote_
     rated_at_2 = GeneratorConfig(keywords=KeywordConfig(weight=InteractionWeight.rating))
     assert prompt_keywords(data, rated_at_2, rows, [0])[0].values["material"] == "silk"
     assert interaction_weights(InteractionWeight.binary, data, rows) is None
-    data.rating[:] = np.nan
-    with pytest.raises(ValueError, match="generator.keywords.weight is rating, but .*no ratings"):
-        prompt_keywords(data, rated, rows, [0])
+    data.rating[:] = np.nan  # implicit feedback: a rating vote falls back to the plain one
+    assert [k.values for k in prompt_keywords(data, rated, rows, [0, 1])] == [k.values for k in prompt_keywords(data, plain, rows, [0, 1])]
+    with pytest.raises(ValueError, match="preference.edge_weight is rating, but .*no ratings"):  # where ratings are required
+        interaction_weights(InteractionWeight.rating, data, rows, key="preference.edge_weight")
     with pytest.raises(ValueError, match="generator.keywords.weight must be one of"):
         KeywordConfig(weight="ratings").validate()  # type: ignore[arg-type]

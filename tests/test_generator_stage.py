@@ -539,9 +539,8 @@ def test_image_training_prompts_name_what_the_items_text_names(tiny_run: Path) -
 def test_prompts_put_the_history_keywords_before_the_tokens_and_into_the_image_subject(tiny_run: Path) -> None:
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared
-    from pmg.data.keywords import history_keywords
     from pmg.generator.config import GeneratorConfig, PromptMode
-    from pmg.generator.prompts import user_fragments, user_prompts
+    from pmg.generator.prompts import prompt_keywords, user_fragments, user_prompts
     from pmg.quantize.stage import load_user_tokens
 
     run = RunDirectory(tiny_run)
@@ -553,7 +552,7 @@ def test_prompts_put_the_history_keywords_before_the_tokens_and_into_the_image_s
     plain = user_prompts(data, config, tokens, split.train, PromptMode.tokens)
     text_tokens = user_fragments(data, tokens, config.text.modalities)
     assert plain.text == text_tokens and plain.image == hybrid.image and plain.subject_words == [None] * data.num_users
-    keywords = history_keywords(data, split.train, range(data.num_users))
+    keywords = prompt_keywords(data, config, split.train, range(data.num_users))  # read as generator.keywords says
     text_attributes = [a for a, spec in data.attributes.items() if spec.modality in config.text.modalities]
     for user in range(data.num_users):
         words = " ".join(keywords[user].words(data, text_attributes))

@@ -99,6 +99,8 @@ def test_record_keeps_a_benchmarks_last_json_line_with_its_command(writer: Modul
     assert record.result == {"minutes": 9.7, "peak_rss_gb": 1.8, "quick_minutes": 1.4}
     assert record.command == "uv run python benchmarks/pipeline.py" and record.source is None
     assert datetime.fromisoformat(record.date).tzinfo is not None
+    writer.save_record("pipeline-then", output, "x", "2-core CPU", folder=tmp_path, commit="892a7ab")
+    assert json.loads((tmp_path / "pipeline-then.json").read_text())["commit"] == "892a7ab"  # the code that ran, not the checkout
     with pytest.raises(ValueError, match="must start with a benchmark's"):
         writer.save_record("nothing", output, "x", "2-core CPU", folder=tmp_path)
     with pytest.raises(ValueError, match="not JSON"):

@@ -177,10 +177,12 @@ class KeywordConfig:
     keyword baselines of ``pmg evaluate``, which read them the same way so that the comparison is
     fair. ``weight``: how much each training interaction counts in the vote
     (:class:`pmg.data.ratings.InteractionWeight`): ``binary``, a plain majority; ``rating``, what
-    the user rated high counts more (``max(rating - rating_offset, 0)``).
+    the user rated high counts more (``max(rating - rating_offset, 0)``), the default: on the sparse
+    catalog it lifts every keyword variant (docs/results.md); a dataset without ratings gets a
+    plain vote either way.
     """
 
-    weight: InteractionWeight = InteractionWeight.binary
+    weight: InteractionWeight = InteractionWeight.rating
     rating_offset: float = 2.0
 
     def validate(self) -> None:

@@ -156,9 +156,11 @@ def prompt_keywords(data: InteractionData, config: GeneratorConfig, history: np.
                     users: Sequence[int]) -> list[HistoryKeywords]:
     """The history keywords of each of ``users`` (data user indices) from the interaction rows
     ``history``, read as ``config.keywords`` says (a plain or a rating-weighted vote): the one
-    reading that the prompts and the keyword baselines share."""
-    weights = interaction_weights(config.keywords.weight, data, history, config.keywords.rating_offset,
-                                  key="generator.keywords.weight")
+    reading that the prompts and the keyword baselines share. A dataset without a rating on any
+    of ``history`` (implicit feedback) is read by a plain vote whatever the weight."""
+    weights = None
+    if np.isfinite(data.rating[np.asarray(history, dtype=np.int64)]).any():
+        weights = interaction_weights(config.keywords.weight, data, history, config.keywords.rating_offset)
     return history_keywords(data, history, users, weights=weights)
 
 
