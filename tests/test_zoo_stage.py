@@ -185,8 +185,10 @@ def test_default_yaml_is_the_full_default_config() -> None:
 def test_bad_config_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="clip.modle"):
         load_config(ZooConfig, None, ["clip.modle.text_layers=2"])
-    with pytest.raises(ConfigError, match="not an existing folder"):
+    with pytest.raises(ConfigError, match=r"zoo\.sdxl\.base_model '.*missing' is not an existing folder"):  # the key, once
         load_config(ZooConfig, None, [f"sdxl.base_model={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match=r"zoo\.tokenizers\.lm_base is empty"):
+        load_config(ZooConfig, None, ["tokenizers.lm_base=' '"])
     with pytest.raises(ConfigError, match="max_steps"):
         load_config(ZooConfig, None, ["lm.trainer.max_steps=-1"])
     with pytest.raises(ConfigError, match="crop_size"):

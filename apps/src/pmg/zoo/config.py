@@ -44,14 +44,15 @@ def _check_steps(name: str, trainer: TrainerConfig, batch_size: int) -> None:
         raise ValueError(f"zoo.{name}.batch_size must be >= 1")
 
 
-def _check_base(name: str, base_model: str | None) -> None:
+def _check_base(key: str, base_model: str | None) -> None:
+    """``key``: the option's path under ``zoo`` (``sdxl.base_model``), as the errors name it."""
     if base_model is None:
         return
     if not base_model.strip():
-        raise ValueError(f"zoo.{name}.base_model is empty; use null for a tiny model trained on the catalog")
+        raise ValueError(f"zoo.{key} is empty; use null for a tiny model trained on the catalog")
     looks_local = base_model.startswith((".", "/", "~")) or Path(base_model).expanduser().exists()
     if looks_local and not Path(base_model).expanduser().is_dir():
-        raise ValueError(f"zoo.{name}.base_model {base_model!r} is not an existing folder")
+        raise ValueError(f"zoo.{key} {base_model!r} is not an existing folder")
     # A hub id is checked when loaded: with local_files_only it must be in the local HF cache.
 
 
