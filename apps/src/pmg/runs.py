@@ -24,6 +24,7 @@ from typing import Any
 
 from pmg import __version__
 from pmg.atomic import atomic_file
+from pmg.config import config_to_dict
 from pmg.integrity import file_record, find_damage
 
 __all__ = ["RunError", "RunBusy", "RunWarning", "RunDirectory", "LOCK_FILE", "fingerprint", "stage_fingerprint",
@@ -179,8 +180,6 @@ def _unrecorded(relative: Path) -> bool:
 def stage_fingerprint(stage: str, config: Any, upstream: str) -> str:
     """What a stage's completion is recorded with: its name, its config dataclass (less
     ``NON_INPUT_KEYS``) and the fingerprint of the stages before it."""
-    from pmg.config import config_to_dict
-
     return fingerprint(stage, config_inputs(config_to_dict(config)), upstream)
 
 

@@ -119,6 +119,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], confi
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas)
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay, momentum=betas[0])
+    # Lazy: bitsandbytes takes 4 s to import (and logs about its CPU kernels); only its optimizers need it.
     import bitsandbytes as bnb
 
     cls = getattr(bnb.optim, config.name.split(".", 1)[1])

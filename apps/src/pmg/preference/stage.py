@@ -45,6 +45,7 @@ from pmg.preference.module import PreferenceModule
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.training import OptimizerConfig, TrainerConfig, build_trainer, resume_point
+from pmg.zoo import load_zoo
 from prefgraph import (
     InteractionGraph,
     ModalSpecificGNN,
@@ -158,8 +159,6 @@ def resolve_zoo_encoders(config: PreferenceConfig, run: RunDirectory) -> Prefere
     """``config`` with each ``zoo`` feature encoder replaced by ``clip:<the run's zoo CLIP folder>``."""
     if ZOO_ENCODER not in (config.features.visual, config.features.textual):
         return config
-    from pmg.zoo import load_zoo
-
     clip = f"clip:{load_zoo(run).clip.path}"
     features = replace(
         config.features,

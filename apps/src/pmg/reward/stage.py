@@ -23,24 +23,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import numpy as np
 import torch
 
 from pmg.atomic import atomic_directory
 from pmg.config import load_config
+from pmg.data.dataset_stage import load_prepared, load_user_roles
+from pmg.data.modules import load_image_tensor
+from pmg.generator.config import GeneratorConfig
 from pmg.generator.generate import generate_for_users, write_samples
 from pmg.generator.prompts import UserPrompts, subject_attributes, user_image_prompt, user_prompts
+from pmg.preference.stage import load_preferences
+from pmg.quantize.stage import load_user_tokens
 from pmg.reward.config import RewardConfig
+from pmg.reward.modules import (
+    GenerationRewards,
+    ImageRewardModule,
+    RewardEvaluation,
+    RewardProgress,
+    TextRewardModule,
+    sample_images,
+)
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, write_stage_record
+from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
+from pmg.zoo.manifest import load_zoo
+from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 from prefquant import fit_linear_map
+from prefreward import ConsistencyReward
 
 if TYPE_CHECKING:
     from pmg.data.format import InteractionData
-    from pmg.generator.config import GeneratorConfig
-    from pmg.reward.modules import RewardProgress
     from pmg.zoo.manifest import Zoo
-    from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
 __all__ = ["REWARD_STAGE", "run_reward_stage", "load_reward_generators", "fit_content_maps"]
 
@@ -49,8 +64,6 @@ _SAMPLE_BATCH = 16  # users per batch when generating the consistency partners
 
 def _generator_folder(run: RunDirectory, name: str) -> Path | None:
     """The generator stage's adapter folder ``name`` (None if that generator was disabled)."""
-    from pmg.generator.config import GeneratorConfig
-
     run.require("generator")
     out = run.stage_dir("generator")
     try:
@@ -68,8 +81,6 @@ def _generator_folder(run: RunDirectory, name: str) -> Path | None:
 def load_text_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> TextPreferenceAdapter:
     """A saved text adapter on the zoo's LM (merged into it unless ``trainable``: frozen uses only
     generate and score); ``RunError`` naming the stage to redo if damaged."""
-    from prefgen import TextPreferenceAdapter
-
     try:
         adapter = TextPreferenceAdapter.load(folder, zoo.lm.path, is_trainable=trainable, local_files_only=zoo.local_files_only,
                                              trust_remote_code=zoo.trust_remote_code)
@@ -81,8 +92,6 @@ def load_text_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> TextPrefere
 def load_image_adapter(folder: Path, zoo: Zoo, *, trainable: bool) -> ImagePreferenceAdapter:
     """A saved image adapter on the zoo's SDXL pipeline; with ``trainable`` its UNet LoRA trains
     too (diffusers loads a LoRA frozen). ``RunError`` naming the stage to redo if damaged."""
-    from prefgen import ImagePreferenceAdapter
-
     try:
         adapter = ImagePreferenceAdapter.load(folder, zoo.load_sdxl())
     except (ValueError, OSError) as err:
@@ -114,8 +123,6 @@ def fit_content_maps(data: InteractionData, item_embeddings: dict[str, torch.Ten
     """Ridge maps from the zoo CLIP's content embeddings to the preference stage's item space:
     ``visual`` [d, d_c] from item images, ``textual`` [d, d_c] from item texts (``text_target``),
     each the transpose of ``fit_linear_map``'s [d_c, d]: a ``PersonalizationReward`` weight."""
-    from pmg.data.modules import load_image_tensor
-
     maps: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if "visual" in item_embeddings:
@@ -169,9 +176,6 @@ def _train_phase(kind: str, adapter: TextPreferenceAdapter | ImagePreferenceAdap
     A fit that had reached its last step is not built again (``build_module`` makes its
     consistency partners): its best state and evaluations are read from its checkpoint. Leaves
     ``adapter`` in its best validation state; its metrics."""
-    from pmg.reward.modules import RewardEvaluation, RewardProgress
-    from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
-
     resumable, start = resume_point(out / "checkpoints" / kind, resume_key, config.trainer.checkpoint_every_n_steps, f"reward ({kind})")
     completed = completed_fit(start, steps)
     if completed is not None:
@@ -199,8 +203,6 @@ def _phase_metrics(kind: str, progress: RewardProgress) -> dict[str, float]:
 def _user_images(adapter: ImagePreferenceAdapter, prompts: list[str], users: list[int], num_users: int,
                  config: RewardConfig, seed: int) -> torch.Tensor:
     """[U, 3, S, S] in [-1, 1]: the image of each of ``users`` (zeros for the others), seeded per batch."""
-    from pmg.reward.modules import sample_images
-
     images: torch.Tensor | None = None
     with torch.no_grad():
         for start in range(0, len(users), _SAMPLE_BATCH):
@@ -231,8 +233,6 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
 
 def _prompts(data: InteractionData, prompts: UserPrompts, generator: GeneratorConfig, config: RewardConfig) -> tuple[list[str], list[int]]:
     """Text prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
-    from prefgen import build_text_prompt
-
     context = generator.text.context_of(config.text.target)
     text_prompts = [build_text_prompt(f, context) for f in prompts.text]
     users = [u for u in range(data.num_users) if prompts.text_tokens[u] is not None or prompts.image[u] is not None]
@@ -256,16 +256,6 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     # A fit of these inputs killed before the stage completed resumes from its checkpoint (unless forced).
     run.invalidate("reward", keep_checkpoints=not force)
     config.validate()
-    import lightning as L
-
-    from pmg.data.dataset_stage import load_prepared, load_user_roles
-    from pmg.generator.config import GeneratorConfig
-    from pmg.preference.stage import load_preferences
-    from pmg.quantize.stage import load_user_tokens
-    from pmg.reward.modules import GenerationRewards, ImageRewardModule, TextRewardModule
-    from pmg.zoo.manifest import load_zoo
-    from prefreward import ConsistencyReward
-
     text_folder = _generator_folder(run, "text_adapter")
     image_folder = _generator_folder(run, "image_adapter")
     generator = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml")

@@ -17,17 +17,18 @@ from pmg.zoo.fitting import FitCheckpoints, fit_steps
 from pmg.zoo.lightning_modules import ClipContrastiveModule
 from prefgen.testing.tiny import build_tiny_clip
 
+try:  # transformers 5 without torchvision: the PIL backend, named explicitly to avoid a warning
+    from transformers import CLIPImageProcessorPil as _ImageProcessor
+except ImportError:  # pragma: no cover - transformers 4.x
+    from transformers import CLIPImageProcessor as _ImageProcessor
+
 __all__ = ["tiny_clip_processor", "clip_pixel_values", "build_clip", "train_clip"]
 
 
 def tiny_clip_processor(tokenizer: PreTrainedTokenizerBase, image_size: int) -> CLIPProcessor:
     """A ``CLIPProcessor`` mapping RGB images to [-1, 1] at ``image_size`` (the catalog's own
     normalisation; real CLIP checkpoints bring their processor with OpenAI's mean/std)."""
-    try:  # transformers 5 without torchvision: the PIL backend, named explicitly to avoid a warning
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:  # pragma: no cover - transformers 4.x
-        from transformers import CLIPImageProcessor as ImageProcessor
-    image_processor = ImageProcessor(
+    image_processor = _ImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],

@@ -8,7 +8,7 @@
 
 Each model is a folder or hub id loaded with ``from_pretrained``, whether the zoo trained a
 tiny model or ``base_model`` named a real checkpoint. This module imports no model library
-(the ``load_*`` methods do, when called), so the CLI stays quick to start.
+(``load_clip``, ``load_sdxl`` and ``load_lm`` do, when called), so the CLI stays quick to start.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from pmg.integrity import find_damage
 from pmg.runs import RunDirectory
 from pmg.zoo.errors import ZooError
+from pmg.zoo.judge import AttributeJudge, load_judge
 
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPModel, CLIPProcessor, PreTrainedModel, PreTrainedTokenizerBase
-
-    from pmg.zoo.judge import AttributeJudge
 
 __all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "Zoo", "read_zoo_folder", "zoo_damage", "load_zoo"]
 
@@ -62,17 +61,20 @@ class Zoo:
     heldout_items: list[str] = field(default_factory=list)
 
     def load_clip(self) -> tuple[CLIPModel, CLIPProcessor]:
+        # Lazy: pmg.zoo.loading imports diffusers and the model classes (7 s at CLI start-up).
         from pmg.zoo.loading import load_clip
 
         return load_clip(self.clip.path, local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code)
 
     def load_sdxl(self, torch_dtype: torch.dtype | None = None) -> StableDiffusionXLPipeline:
+        # Lazy: pmg.zoo.loading imports diffusers and the model classes (7 s at CLI start-up).
         from pmg.zoo.loading import load_sdxl
 
         return load_sdxl(self.sdxl.path, local_files_only=self.local_files_only,
                          trust_remote_code=self.trust_remote_code, torch_dtype=torch_dtype)
 
     def load_lm(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        # Lazy: pmg.zoo.loading imports diffusers and the model classes (7 s at CLI start-up).
         from pmg.zoo.loading import load_lm
 
         return load_lm(self.lm.path, local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code)
@@ -80,8 +82,6 @@ class Zoo:
     def load_judge(self) -> AttributeJudge:
         if self.judge is None:
             raise ZooError(f"the zoo in {self.root} has no attribute judge (the dataset lacks the judged attributes)")
-        from pmg.zoo.judge import load_judge
-
         return load_judge(self.judge.path)
 
 

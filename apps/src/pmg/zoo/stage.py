@@ -63,6 +63,7 @@ def build_zoo(config: ZooConfig, data: InteractionData, split: Split, folder: Pa
     ``config.retrain``. Returns the manifest. Heavy imports happen here so that loading the
     stage stays cheap.
     """
+    # Lazy: pmg.zoo.models imports every recipe, diffusers among them (6 s at CLI start-up).
     from pmg.zoo.models import ZooProgress, train_models
 
     started = time.perf_counter()

@@ -256,6 +256,7 @@ class InteractionGraph:
         ``x_<modality>`` and masks as ``mask_<modality>``); edge types
         ``("user", "interacts", "item")`` and its reverse ``("item", "rev_interacts", "user")``.
         """
+        # Lazy: PyG takes seconds to import and only this view needs it (see TYPE_CHECKING above).
         from torch_geometric.data import HeteroData
 
         data = HeteroData()

@@ -14,15 +14,12 @@ Per-user functions return NaN for users without relevant items (their metric is 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .graph import InteractionGraph
-
-if TYPE_CHECKING:
-    from .model import ModalSpecificGNN
+from .model import ModalSpecificGNN
 
 __all__ = [
     "topk_items",
@@ -120,8 +117,6 @@ def _test_pairs(test_user_items: TestInteractions, graph: InteractionGraph) -> t
 
 
 def _make_scorer(model_or_scores: ModalSpecificGNN | Scorer | Tensor, graph: InteractionGraph) -> Scorer:
-    from .model import ModalSpecificGNN
-
     if isinstance(model_or_scores, ModalSpecificGNN):
         # Cold-start users are scored from their inferred preference (see ModalSpecificGNN.scorer).
         return model_or_scores.scorer(graph)
