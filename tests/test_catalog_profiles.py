@@ -152,7 +152,7 @@ def test_profile_is_validated(tmp_path: Path) -> None:
 
 def test_the_judge_reads_the_hidden_shade_and_the_zoo_never_names_it() -> None:
     from pmg.data.split import temporal_split
-    from pmg.zoo.config import HoldoutConfig, JudgeTrainingConfig
+    from pmg.zoo.config import HoldoutConfig, JudgeTrainingConfig, ZooConfig
     from pmg.zoo.corpus import attribute_caption, build_corpus, copy_warmup_documents
     from pmg.zoo.judge_recipe import judge_attributes
 
@@ -165,6 +165,12 @@ def test_the_judge_reads_the_hidden_shade_and_the_zoo_never_names_it() -> None:
 
     item = sparse.items[0].attributes
     assert item["shade"] in SHADES and not re.search("light|dark", attribute_caption(item) or "")
+    # Only when asked (zoo.sdxl.unet.hidden_visual_words, off by default) a caption names the shade, before the colour.
+    named = attribute_caption(item, 0, ("shade",))
+    assert named is not None and f"{item['shade']} {item['colour']}" in named
+    article = re.compile(r"^an? ")
+    assert article.sub("", named.replace(f"{item['shade']} ", "", 1)) == article.sub("", attribute_caption(item) or "")
+    assert not ZooConfig().sdxl.unet.hidden_visual_words
     corpus = build_corpus(sparse, temporal_split(sparse), HoldoutConfig(combos=0), image_size=8)
     documents = corpus.lm_texts + copy_warmup_documents(corpus, 300, seed=0)
     assert not [d for d in documents if re.search(r"\b(light|dark)\b", d)]

@@ -3,8 +3,9 @@
 Text-to-image and CLIP learn from *attribute captions* built from the ground truth ("a red
 striped dress"), since catalog texts name colour and pattern in only about half the items;
 CLIP also sees the real titles and descriptions, the LM sees titles, descriptions and
-training-split reviews. Captions never name a hidden attribute (the sparse catalog's shade):
-a pretrained model has never been told a user's unnamed taste either.
+training-split reviews. CLIP's captions never name a hidden attribute (the sparse catalog's
+shade); the text-to-image captions may (``zoo.sdxl.unet.hidden_visual_words``), since a pretrained
+SDXL knows what "light" and "dark" look like. No item text a stage reads names it either way.
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ CAPTION_TEMPLATES = (
 )
 
 
-def attribute_caption(attributes: dict[str, str], template: int = 0) -> str | None:
-    """The caption naming an item's colour, pattern and category, or None if one is unknown."""
+def attribute_caption(attributes: dict[str, str], template: int = 0, colour_words: tuple[str, ...] = ()) -> str | None:
+    """The caption naming an item's colour, pattern and category, or None if one is unknown.
+
+    ``colour_words``: the attributes whose values qualify the colour ("a light red striped dress").
+    """
     if not all(attributes.get(k) for k in ("category", "colour", "pattern")):
         return None
     pattern = PATTERN_WORDS.get(attributes["pattern"], attributes["pattern"])
+    colour = " ".join([attributes[k] for k in colour_words if attributes.get(k)] + [attributes["colour"]])
     text = CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(
-        colour=attributes["colour"], pattern=pattern, category=attributes["category"]
+        colour=colour, pattern=pattern, category=attributes["category"]
     )
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
@@ -64,9 +69,10 @@ class ZooCorpus:
     # Per LM text: (item index, kind) with kind 0 title, 1 description, 2 review.
     lm_sources: list[tuple[int, int]]
 
-    def caption(self, item: int, template: int = 0) -> str:
-        """Item ``item``'s attribute caption, or its title when attributes are unknown."""
-        found = attribute_caption(self.data.items[item].attributes, template)
+    def caption(self, item: int, template: int = 0, colour_words: tuple[str, ...] = ()) -> str:
+        """Item ``item``'s attribute caption (``colour_words`` as in :func:`attribute_caption`),
+        or its title when attributes are unknown."""
+        found = attribute_caption(self.data.items[item].attributes, template, colour_words)
         return found if found is not None else (self.data.items[item].title or self.data.items[item].text)
 
     def catalog_texts(self, item: int) -> list[str]:

@@ -106,14 +106,14 @@ def generate_images(pipe: StableDiffusionXLPipeline, prompts: Sequence[str], *, 
 
 def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudge, combos: Sequence[dict[str, str]], *,
                            images_per_combo: int, steps: int, guidance_scale: float, seed: int = 0,
-                           sheet: Path | None = None) -> dict[str, float]:
+                           sheet: Path | None = None, colour_words: tuple[str, ...] = ()) -> dict[str, float]:
     """How often the judge finds each prompted attribute in images generated for ``combos``
-    (prompt "a {colour} {pattern} {category}"). Keys: the judged attributes the combinations
-    name, plus ``images``.
+    (prompt "a {colour} {pattern} {category}", with the ``colour_words`` attributes before the
+    colour). Keys: the judged attributes the combinations name, plus ``images``.
     ``sheet``: also write the images, one row per prompt, with the judge's readings as a PNG."""
     prompts, wanted = [], []
     for combo in combos:
-        caption = attribute_caption(combo)
+        caption = attribute_caption(combo, 0, colour_words)
         if caption is None:
             continue
         prompts += [caption] * images_per_combo

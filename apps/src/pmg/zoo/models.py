@@ -9,6 +9,7 @@ again; a fit killed midway resumes from its last checkpoint (``pmg.zoo.fitting``
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -236,6 +237,16 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
                                          steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale,
                                          seed=config.eval.seed, sheet=out / "t2i_samples.png")
             metrics.update({f"t2i_{k}_acc" if k != "images" else "t2i_images": v for k, v in t2i.items()})
+            hidden = [n for n in judge.attributes if data.attributes[n].hidden and data.attributes[n].modality == "visual"]
+            if config.sdxl.unet.hidden_visual_words and hidden:
+                # Whether the UNet draws a hidden attribute when a prompt names it ("a light red ..."):
+                # what a token row that carries the user's shade can ask for at best.
+                named = [{**combo, **dict(zip(hidden, values, strict=True))} for combo in corpus.heldout_combos
+                         for values in itertools.product(*(data.attributes[n].values for n in hidden))]
+                t2i = text_to_image_accuracy(pipe, judge, named, images_per_combo=max(1, config.eval.t2i_images_per_combo // 2),
+                                             steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale,
+                                             seed=config.eval.seed, colour_words=tuple(hidden))
+                metrics.update({f"t2i_named_{n}_acc": t2i[n] for n in hidden if n in t2i})
     lap("evaluation")
     return {
         "models": models,

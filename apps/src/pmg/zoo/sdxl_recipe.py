@@ -118,10 +118,16 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
 
     prompts: list[str] = []
     lookup: dict[str, int] = {}
-    prompt_index = np.zeros((len(items), len(CAPTION_TEMPLATES)), dtype=np.int64)
+    # Each template once plain and, with hidden visual words, once naming them: half the examples
+    # say "a light red ...", so the UNet learns the words and still draws from a prompt without them.
+    hidden = tuple(name for name, spec in corpus.data.attributes.items() if spec.hidden and spec.modality == "visual")
+    variants = [()] + ([hidden] if config.unet.hidden_visual_words and hidden else [])
+    prompt_index = np.zeros((len(items), len(CAPTION_TEMPLATES) * len(variants)), dtype=np.int64)
     for row, item in enumerate(items):
-        for t in range(len(CAPTION_TEMPLATES)):
-            prompt_index[row, t] = lookup.setdefault(corpus.caption(int(item), t), len(lookup))
+        for v, words in enumerate(variants):
+            for t in range(len(CAPTION_TEMPLATES)):
+                caption = corpus.caption(int(item), t, words)
+                prompt_index[row, v * len(CAPTION_TEMPLATES) + t] = lookup.setdefault(caption, len(lookup))
     prompts = list(lookup)
     prompt_embeds, pooled = _encode_prompts(pipe, prompts)
 
