@@ -22,6 +22,7 @@ from pmg.data.format import InteractionData
 from pmg.data.modules import load_image_tensor
 from pmg.data.split import Split
 from pmg.zoo.config import HoldoutConfig
+from prefgen import build_text_prompt
 
 __all__ = ["CAPTION_TEMPLATES", "attribute_caption", "ZooCorpus", "build_corpus", "copy_warmup_documents", "keyword_prompted_texts"]
 
@@ -174,8 +175,6 @@ def keyword_prompted_texts(corpus: ZooCorpus, fraction: float, contexts: list[st
     description, review). A random non-empty subset of the named values is used, shuffled;
     texts that name none stay plain.
     """
-    from prefgen import build_text_prompt
-
     rng = np.random.default_rng(seed)
     out = []
     for text, (item, kind) in zip(corpus.lm_texts, corpus.lm_sources, strict=True):
@@ -198,8 +197,6 @@ def copy_warmup_documents(corpus: ZooCorpus, count: int, seed: int) -> list[str]
     other tokens than the prompt's " minimalist".
     Empty when the dataset has no attributes or no titles.
     """
-    from prefgen import build_text_prompt
-
     words = _attribute_words(corpus.data)
     titles = [corpus.data.items[int(i)].title for i in corpus.train_items if corpus.data.items[int(i)].title]
     if not words or not titles or count <= 0:
