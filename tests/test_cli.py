@@ -126,6 +126,8 @@ def test_verbose_is_accepted_anywhere_and_changes_nothing_else(tmp_path: Path, c
     ("generator.prompt=words", "[tokens, keywords_and_tokens]"),
     ("data.catalog.profile=dense", "[default, sparse]"),
     ("data.on_bad_rows=ignore", "[error, skip]"),
+    ("preference.model.contrastive_mode=cross", "[within_modality, cross_modality]"),
+    ("preference.user_vector=mean", "[gnn, content]"),
     ("generator.text.targets=[title,reveiw]", "[title, description, review]"),
     ("generator.optimizer.name=adamx", "['adamw', 'adam', 'sgd', 'bnb.AdamW8bit', 'bnb.Adam8bit', 'bnb.PagedAdamW8bit']"),
     ("preference.optimizer.name=AdamW", "['adamw', 'adam', 'sgd', 'bnb.AdamW8bit', 'bnb.Adam8bit', 'bnb.PagedAdamW8bit']"),

@@ -57,6 +57,7 @@ from prefgraph import (
 ZOO_ENCODER = "zoo"  # a feature encoder name: the run's zoo CLIP
 
 __all__ = [
+    "ContrastiveMode",
     "PreferenceModelConfig",
     "PreferenceFeaturesConfig",
     "PreferenceConfig",
@@ -68,6 +69,15 @@ __all__ = [
     "load_preferences",
     "PREFERENCE_STAGE",
 ]
+
+
+class ContrastiveMode(StrEnum):
+    """``preference.model.contrastive_mode``, the values :class:`prefgraph.ModalSpecificGNN` takes:
+    ``within_modality`` contrasts each modality's user vector with the same modality's positive
+    item (views stay specific); ``cross_modality`` aligns one user's modalities."""
+
+    within_modality = "within_modality"
+    cross_modality = "cross_modality"
 
 
 @dataclass
@@ -82,7 +92,12 @@ class PreferenceModelConfig:
     id_l2_weight: float = 1e-2  # < 0: the same as l2_weight
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.2
-    contrastive_mode: str = "within_modality"
+    contrastive_mode: ContrastiveMode = ContrastiveMode.within_modality
+
+    def validate(self) -> None:
+        if self.contrastive_mode not in tuple(ContrastiveMode):  # a config built directly in Python
+            raise ValueError(f"preference.model.contrastive_mode must be one of {[m.value for m in ContrastiveMode]}, "
+                             f"not {self.contrastive_mode!r}")
 
 
 @dataclass
@@ -138,6 +153,7 @@ class PreferenceConfig:
     num_threads: int = 1
 
     def validate(self) -> None:
+        self.model.validate()
         self.optimizer.validate()
         self.trainer.validate()
         for key, kind in (("user_vector", UserVector), ("content_weight", InteractionWeight), ("edge_weight", InteractionWeight)):
@@ -217,7 +233,7 @@ def build_model(config: PreferenceModelConfig, num_users: int, num_items: int, f
         id_l2_weight=None if config.id_l2_weight < 0 else config.id_l2_weight,
         contrastive_weight=config.contrastive_weight,
         contrastive_temperature=config.contrastive_temperature,
-        contrastive_mode=config.contrastive_mode,  # type: ignore[arg-type]
+        contrastive_mode=config.contrastive_mode.value,
     )
 
 
