@@ -18,7 +18,7 @@ from pmg.atomic import atomic_file
 from pmg.config import config_to_yaml
 from pmg.runs import RunDirectory
 
-__all__ = ["Stage", "StageResult", "write_stage_record"]
+__all__ = ["Stage", "StageResult", "reuse_or_clear", "complete_stage", "write_stage_record"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,24 @@ class Stage:
     config_type: type
     run: Callable[[Any, RunDirectory, str, bool], StageResult]
     help: str = ""
+
+
+def reuse_or_clear(run: RunDirectory, stage: str, stage_fp: str, force: bool, *, resumable: bool = False) -> StageResult | None:
+    """The start of every stage: its recorded result when ``run`` holds a complete, undamaged
+    output of these inputs (``stage_fp``) and ``force`` is off; otherwise None, after clearing the
+    stage's earlier outputs. A ``resumable`` stage keeps its checkpoints unless forced, so a fit
+    of the same inputs killed before it completed resumes from them."""
+    if not force and run.is_current(stage, stage_fp):
+        return StageResult(stage_fp, run.require(stage)["summary"], reused=True)
+    run.invalidate(stage, keep_checkpoints=resumable and not force)
+    return None
+
+
+def complete_stage(run: RunDirectory, stage: str, stage_fp: str, summary: str, **record: Any) -> StageResult:
+    """The end of every stage: record it complete for ``stage_fp`` with its ``summary`` line and
+    ``record`` (e.g. ``metrics``) in ``run.json``, after its outputs are written."""
+    run.mark_complete(stage, stage_fp, {"summary": summary, **record})
+    return StageResult(stage_fp, summary)
 
 
 def write_stage_record(folder: Path, metrics: dict[str, float], config: Any) -> None:

@@ -55,7 +55,7 @@ from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens
 from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
-from pmg.stages import Stage, StageResult, write_stage_record
+from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.tasks.state import load_preference_state
 from pmg.zoo.manifest import Zoo, ZooError, load_zoo
 from prefreward import ConsistencyReward
@@ -240,11 +240,11 @@ def _summary(table: EvaluationTable, out: Path) -> str:
 def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """Compute the evaluation table of ``run`` and write it (JSON + Markdown) with the generations."""
     stage_fp = stage_fingerprint("evaluate", config, upstream)
-    if not force and run.is_current("evaluate", stage_fp):
-        return StageResult(stage_fp, run.require("evaluate")["summary"], reused=True)
+    # Checked before anything is cleared: a bad config or a missing stage loses no earlier evaluation.
     config.validate()
     require_stages(run, UPSTREAM_STAGES)
-    run.invalidate("evaluate")
+    if (reused := reuse_or_clear(run, "evaluate", stage_fp, force)) is not None:
+        return reused
     data, split = load_prepared(run)
     tokens = load_user_tokens(run)
     generation, record, images = _generation(run, data, split, tokens, config)
@@ -263,8 +263,7 @@ def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str,
                     picture.save(folder / f"{n:03d}.png")
         write_stage_record(tmp, table.flat_metrics(), config)
     summary = _summary(table, out)
-    run.mark_complete("evaluate", stage_fp, {"summary": summary})
-    return StageResult(stage_fp, summary)
+    return complete_stage(run, "evaluate", stage_fp, summary)
 
 
 def load_evaluation(run: RunDirectory) -> tuple[EvaluationTable, dict[str, Any]]:

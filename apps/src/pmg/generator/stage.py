@@ -46,7 +46,7 @@ from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
-from pmg.stages import Stage, StageResult, write_stage_record
+from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.training import build_trainer, resume_point
 from pmg.zoo.manifest import Zoo, load_zoo
 from prefgen import ImagePreferenceAdapter, LoraOptions, TextPreferenceAdapter, TokenInit, UNetLoraOptions
@@ -184,10 +184,8 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
     """Train text then image adapter on the training users' tokens (then the soft-prompt
     baseline, when enabled); save them, the held-out users, samples and metrics."""
     stage_fp = stage_fingerprint("generator", config, upstream)
-    if not force and run.is_current("generator", stage_fp):
-        return StageResult(stage_fp, run.require("generator")["summary"], reused=True)
-    # A fit of these inputs killed before the stage completed resumes from its checkpoint (unless forced).
-    run.invalidate("generator", keep_checkpoints=not force)
+    if (reused := reuse_or_clear(run, "generator", stage_fp, force, resumable=True)) is not None:
+        return reused
     config.validate()
     tokens = load_user_tokens(run)
     data, split = load_prepared(run)
@@ -227,8 +225,7 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
         f"{kind} loss {metrics[f'{kind}/first_loss']:.3f} → {metrics[f'{kind}/final_loss']:.3f}"
         for kind in ("text", "image", f"{SOFT_PROMPT}/text", f"{SOFT_PROMPT}/image") if f"{kind}/final_loss" in metrics
     ) + f"; trained on {len(roles.training)} users; samples in {out / 'samples'}"
-    run.mark_complete("generator", stage_fp, {"summary": summary, "metrics": metrics})
-    return StageResult(stage_fp, summary)
+    return complete_stage(run, "generator", stage_fp, summary, metrics=metrics)
 
 
 GENERATOR_STAGE = Stage("generator", "generator", GeneratorConfig, run_generator_stage,

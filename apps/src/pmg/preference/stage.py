@@ -43,7 +43,7 @@ from pmg.data.split import Split
 from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.preference.module import PreferenceModule
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
-from pmg.stages import Stage, StageResult
+from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear
 from pmg.training import OptimizerConfig, TrainerConfig, build_trainer, resume_point
 from pmg.zoo import load_zoo
 from prefgraph import (
@@ -468,11 +468,8 @@ def load_preferences(run: RunDirectory) -> PreferenceArtifacts:
 def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     stage_fp = stage_fingerprint("preference", config, upstream)
     k = max(config.ks)
-    if not force and run.is_current("preference", stage_fp):
-        record = run.require("preference")
-        return StageResult(stage_fp, record["summary"], reused=True)
-    # A fit of these inputs killed before it completed resumes from its checkpoint (unless forced).
-    run.invalidate("preference", keep_checkpoints=not force)
+    if (reused := reuse_or_clear(run, "preference", stage_fp, force, resumable=True)) is not None:
+        return reused
     data, split = load_prepared(run)
     roles = load_user_roles(run, data)
     resolved = resolve_zoo_encoders(config, run)
@@ -488,7 +485,7 @@ def _run_preference_stage(config: PreferenceConfig, run: RunDirectory, upstream:
         # The resolved config names the item feature encoders, which `pmg search` applies to queries.
         with atomic_file(run.stage_dir("preference") / "config.yaml") as tmp:
             tmp.write_text(config_to_yaml(resolved))
-        run.mark_complete("preference", stage_fp, {"summary": summary, "metrics": m})
+        return complete_stage(run, "preference", stage_fp, summary, metrics=m)
     return StageResult(stage_fp, summary)
 
 

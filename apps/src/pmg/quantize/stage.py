@@ -27,7 +27,7 @@ from pmg.atomic import atomic_directory, atomic_file
 from pmg.data.dataset_stage import load_prepared
 from pmg.preference.stage import load_preferences
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
-from pmg.stages import Stage, StageResult
+from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear
 from pmg.training import (
     OptimizerConfig,
     ResumableLoader,
@@ -199,10 +199,8 @@ def train_quantizers(config: QuantizeConfig, embeddings: dict[str, torch.Tensor]
 
 def _run_quantize_stage(config: QuantizeConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     stage_fp = stage_fingerprint("quantize", config, upstream)
-    if not force and run.is_current("quantize", stage_fp):
-        return StageResult(stage_fp, run.require("quantize")["summary"], reused=True)
-    # A fit of these inputs killed before it completed resumes from its checkpoint (unless forced).
-    run.invalidate("quantize", keep_checkpoints=not force)
+    if (reused := reuse_or_clear(run, "quantize", stage_fp, force, resumable=True)) is not None:
+        return reused
     config.validate()
     prefs = load_preferences(run)
     data, _ = load_prepared(run)
@@ -242,8 +240,7 @@ def _run_quantize_stage(config: QuantizeConfig, run: RunDirectory, upstream: str
             f"; NMI visual–colour {metrics['visual/nmi_colour']:.2f}, textual–material {metrics['textual/nmi_material']:.2f}"
             f" (random {metrics['random/nmi_colour']:.2f})"
         )
-    run.mark_complete("quantize", stage_fp, {"summary": summary, "metrics": metrics})
-    return StageResult(stage_fp, summary)
+    return complete_stage(run, "quantize", stage_fp, summary, metrics=metrics)
 
 
 def load_user_tokens(run: RunDirectory) -> UserTokens:

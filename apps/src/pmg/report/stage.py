@@ -28,7 +28,7 @@ from pmg.report.config import ReportConfig
 from pmg.report.page import HistoryItem, UserCard, render_page
 from pmg.report.plots import evaluation_plots, read_curves, training_curves_plot
 from pmg.runs import RunDirectory, stage_fingerprint
-from pmg.stages import Stage, StageResult, write_stage_record
+from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 
 __all__ = ["REPORT_HTML", "REPORT_STAGE", "report_path", "run_report_stage"]
 
@@ -50,11 +50,11 @@ def _history(data: InteractionData, split: Split, user: int, count: int) -> list
 def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """Write ``<run>/report/report.html`` and its PNG plots from the evaluation and the training logs."""
     stage_fp = stage_fingerprint("report", config, upstream)
-    if not force and run.is_current("report", stage_fp):
-        return StageResult(stage_fp, run.require("report")["summary"], reused=True)
+    # Checked before anything is cleared: a bad config or a missing stage loses no earlier report.
     config.validate()
     require_stages(run, (*UPSTREAM_STAGES, "evaluate"))
-    run.invalidate("report")
+    if (reused := reuse_or_clear(run, "report", stage_fp, force)) is not None:
+        return reused
     table, record = load_evaluation(run)
     data, split = load_prepared(run)
     index = data.user_index()
@@ -78,8 +78,7 @@ def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, for
         write_stage_record(tmp, metrics, config)
     path = out / REPORT_HTML
     summary_line = f"{len(cards)} users, {len(plots)} plots; report: {path.resolve()}"
-    run.mark_complete("report", stage_fp, {"summary": summary_line, "report": str(path.resolve())})
-    return StageResult(stage_fp, summary_line)
+    return complete_stage(run, "report", stage_fp, summary_line, report=str(path.resolve()))
 
 
 REPORT_STAGE = Stage("report", "report", ReportConfig, run_report_stage,

@@ -46,7 +46,7 @@ from pmg.reward.modules import (
     sample_images,
 )
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
-from pmg.stages import Stage, StageResult, write_stage_record
+from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
 from pmg.zoo.manifest import load_zoo
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
@@ -251,10 +251,8 @@ def _image_prompts(data: InteractionData, history: np.ndarray, generator: Genera
 def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     """GRPO on the text adapter, then reward backprop on the image adapter; save the best validation states."""
     stage_fp = stage_fingerprint("reward", config, upstream)
-    if not force and run.is_current("reward", stage_fp):
-        return StageResult(stage_fp, run.require("reward")["summary"], reused=True)
-    # A fit of these inputs killed before the stage completed resumes from its checkpoint (unless forced).
-    run.invalidate("reward", keep_checkpoints=not force)
+    if (reused := reuse_or_clear(run, "reward", stage_fp, force, resumable=True)) is not None:
+        return reused
     config.validate()
     text_folder = _generator_folder(run, "text_adapter")
     image_folder = _generator_folder(run, "image_adapter")
@@ -348,8 +346,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
         f" (best at step {int(metrics[f'{kind}/best_step'])})"
         for kind in ("text", "image") if f"{kind}/val_reward_best" in metrics
     ) + f"; {len(scored)} of {len(val_users)} selection users scored; samples in {out / 'samples'}"
-    run.mark_complete("reward", stage_fp, {"summary": summary, "metrics": metrics})
-    return StageResult(stage_fp, summary)
+    return complete_stage(run, "reward", stage_fp, summary, metrics=metrics)
 
 
 REWARD_STAGE = Stage("reward", "reward", RewardConfig, run_reward_stage,
