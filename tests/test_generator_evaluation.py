@@ -4,17 +4,20 @@ projector (``pmg.generator.soft_prompt``): what counts as a hit, save/load round
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pmg.generator.evaluation import (
+    image_taste_hits,
     judge_attribute_hits,
     judge_colour_accuracy,
     named_value,
     taste_attributes,
     text_attribute_accuracy,
     text_attribute_hits,
+    text_taste_hits,
 )
 from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
 from pmg.zoo.judge import AttributeJudge
@@ -75,6 +78,34 @@ def test_judge_hits_compare_the_judges_reading_with_the_truth() -> None:
         judge_colour_accuracy(images, ["red", "red", "mauve"], judge)
     with pytest.raises(ValueError, match="not 'pattern'"):
         judge_attribute_hits(images, ["red"] * 3, judge, "pattern")
+
+
+def test_taste_hits_are_the_share_of_a_users_tastes_shown() -> None:
+    def attribute(modality: str, values: tuple[str, ...]) -> SimpleNamespace:
+        return SimpleNamespace(modality=modality, values=values)
+
+    data = SimpleNamespace(
+        attributes={"material": attribute("textual", MATERIALS), "style": attribute("textual", ("casual", "formal")),
+                    "colour": attribute("visual", ("red", "blue")), "pattern": attribute("visual", ("plain", "dots"))},
+        user_tastes={"material": ["wool", "silk", "denim"], "style": ["formal", "casual", "casual"],
+                     "colour": ["red", "blue", "red"], "pattern": ["dots", "dots", "plain"]},
+    )
+    texts = ["a formal wool coat", "silk, formal", "nothing named"]
+    # Users 0, 1, 2 in a different order than the rows of ``data``: the truth follows ``users``.
+    assert text_taste_hits(texts, [0, 1, 2], data).tolist() == [1.0, 0.5, 0.0]  # type: ignore[arg-type]
+    assert text_taste_hits(texts[:1], [1], data).tolist() == [0.0]  # type: ignore[arg-type]
+    judge = _colour_judge()  # reads colour only: pattern is not counted
+    red = torch.full((1, 3, 8, 8), -1.0)
+    red[:, 0] = 1.0
+    red[:, :, :4] = -1.0
+    blue = red[:, [2, 1, 0]]
+    hits = image_taste_hits(torch.cat([red, red, blue]), [0, 1, 2], data, judge)  # type: ignore[arg-type]
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+    data.attributes = {"pattern": data.attributes["pattern"]}
+    with pytest.raises(ValueError, match="reads none"):
+        image_taste_hits(red, [0], data, judge)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no ground-truth textual"):
+        text_taste_hits(["x"], [0], data)  # type: ignore[arg-type]
 
 
 def test_taste_attributes_of_the_catalog(small_catalog: Path) -> None:

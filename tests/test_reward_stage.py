@@ -50,8 +50,10 @@ def test_reward_stage_writes_adapters_metrics_samples_and_logs(tiny_run: Path) -
             assert 0.0 <= metrics[f"{kind}/val_consistency_{when}"] <= 1.0
             assert 0.0 <= metrics[f"{kind}/val_personalization_{when}"] <= 1.0
             assert 0.0 <= metrics[f"{kind}/val_reward_{when}"] <= 2.0
-        # The kept state is the best evaluated one, the SFT state (step 0) included.
+        # The kept state is the best evaluated one, the SFT state (step 0) included, among those
+        # showing the users' tastes at least as often as it (reward.keep: reward_keeping_taste).
         assert metrics[f"{kind}/val_reward_best"] >= metrics[f"{kind}/val_reward_before"]
+        assert 0.0 <= metrics[f"{kind}/val_taste_before"] <= metrics[f"{kind}/val_taste_best"] <= 1.0
     events = list((out / "tb").rglob("events.out.tfevents.*"))
     assert len(events) == 2  # one TensorBoard run per generator
     logged = b"".join(path.read_bytes() for path in events)
@@ -211,6 +213,29 @@ def test_config_checks_name_the_key() -> None:
         load_config(RewardConfig, overrides=["consistency_mode=softmax"])
     with pytest.raises(ValueError, match="consistency_mode must be one of"):  # built directly, not loaded
         RewardConfig(consistency_mode="softmax").validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"'keep=best': Invalid value 'best', expected one of \[reward, reward_keeping_taste\]"):
+        load_config(RewardConfig, overrides=["keep=best"])
+
+
+def test_a_state_that_shows_less_taste_than_the_first_is_not_kept_whatever_its_reward() -> None:
+    from pmg.reward.modules import RewardProgress
+
+    param = nn.Parameter(torch.zeros(2))
+    trainable = [(param, None)]
+    for keep_taste, kept_step in ((True, 10), (False, 20)):
+        progress = RewardProgress(keep_taste=keep_taste)
+        for step, reward, taste in ((0, 1.0, 0.5), (10, 1.2, 0.5), (20, 1.5, 0.4), (30, 0.9, 0.9)):
+            with torch.no_grad():
+                param.fill_(step)
+            progress.record(step, {"reward": reward, "taste": taste}, [param])
+        assert progress.step == kept_step and progress.values[0].tolist() == [kept_step] * 2
+        restored = RewardProgress.from_state_dict(progress.state_dict(trainable), trainable)
+        assert restored.keep_taste is keep_taste and restored.step == kept_step and len(restored.history) == 4
+    # Without a taste in the results (a dataset without ground-truth tastes) the reward alone decides.
+    progress = RewardProgress(keep_taste=True)
+    progress.record(0, {"reward": 1.0}, [param])
+    progress.record(10, {"reward": 2.0}, [param])
+    assert progress.step == 10
 
 
 def test_training_order_draws_each_user_once_per_pass_and_is_seeded() -> None:

@@ -39,12 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "consistency_hits",
+    "image_taste_hits",
     "judge_attribute_hits",
     "judge_colour_accuracy",
     "named_value",
     "taste_attributes",
     "text_attribute_accuracy",
     "text_attribute_hits",
+    "text_taste_hits",
 ]
 
 
@@ -135,3 +137,28 @@ def consistency_hits(texts: Sequence[str], read_values: Sequence[str], values: S
         raise ValueError(f"{len(texts)} texts but {len(read_values)} judged images")
     return torch.tensor([named_value(text, values) == seen for text, seen in zip(texts, read_values, strict=True)],
                         dtype=torch.bool)
+
+
+def text_taste_hits(texts: Sequence[str], users: Sequence[int], data: InteractionData) -> torch.Tensor:
+    """Float [B]: the share of ``data``'s textual taste attributes whose user's value ``texts[b]``
+    names first (``users[b]`` its data user); what ``text_personalization`` averages."""
+    attributes = taste_attributes(data, "textual")
+    if not attributes:
+        raise ValueError("the dataset has no ground-truth textual tastes")
+    tastes = data.user_tastes
+    assert tastes is not None
+    hits = [text_attribute_hits(texts, [tastes[name][u] for u in users], values) for name, values in attributes.items()]
+    return torch.stack(hits).float().mean(dim=0)
+
+
+def image_taste_hits(images: Sequence[Image] | torch.Tensor, users: Sequence[int], data: InteractionData,
+                     judge: AttributeJudge) -> torch.Tensor:
+    """Float [B]: the share of ``data``'s visual taste attributes that ``judge`` reads (and
+    reads as ``users[b]``'s value) off image ``b``; what ``image_personalization`` averages."""
+    attributes = [name for name in taste_attributes(data, "visual") if name in judge.attributes]
+    if not attributes:
+        raise ValueError("the judge reads none of the dataset's ground-truth visual tastes")
+    tastes = data.user_tastes
+    assert tastes is not None
+    hits = [judge_attribute_hits(images, [tastes[name][u] for u in users], judge, name) for name in attributes]
+    return torch.stack(hits).float().mean(dim=0)

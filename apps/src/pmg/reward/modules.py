@@ -3,7 +3,8 @@
 Both train on batches of data user indices [B] (users with preference tokens, the
 validation users held out), optimise only the adapter's trainable parameters (new token
 rows + LoRA), evaluate the mean validation reward every ``eval_every`` steps (and before
-the first step; the ``RewardEvaluation`` callback) and keep the trainable state with the best
+the first step; the ``RewardEvaluation`` callback), with the share of the users' tastes their
+generations show where a ``taste`` scorer is given, and keep the trainable state with the best
 one in memory (``RewardProgress``); ``restore_best`` puts it back after ``fit``. Their
 checkpoints hold the trainable part, the optimizer state of its rows and the progress, never
 the frozen models (``pmg.training.TrainableOnlyCheckpoint``).
@@ -11,7 +12,7 @@ the frozen models (``pmg.training.TrainableOnlyCheckpoint``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -34,7 +35,12 @@ from prefreward import (
     truncated_backprop_loop,
 )
 
-__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "RewardEvaluation", "RewardProgress", "sample_images"]
+__all__ = ["GenerationRewards", "TextRewardModule", "ImageRewardModule", "RewardEvaluation", "RewardProgress", "TasteScore",
+           "sample_images"]
+
+# (users [B], their generations: B texts or images [B, 3, S, S] in [-1, 1]) -> float [B], the share
+# of each user's ground-truth tastes the generation shows (pmg.generator.evaluation).
+TasteScore = Callable[[list[int], Any], torch.Tensor]
 
 
 class GenerationRewards(nn.Module):
@@ -83,10 +89,14 @@ class GenerationRewards(nn.Module):
 
 class RewardProgress:
     """A reward fit's validation rewards so far (``history``: one ``{"step", "reward",
-    <component>...}`` per evaluation) and its best state (``reward``, ``step`` and ``values``, a
-    copy of the trainable parameters then)."""
+    <component>..., ["taste"]}`` per evaluation) and its best state (``reward``, ``step`` and
+    ``values``, a copy of the trainable parameters then).
 
-    def __init__(self) -> None:
+    ``keep_taste``: a state whose ``"taste"`` (the share of the users' tastes its generations
+    show) is below the first evaluation's is never the best, whatever its reward."""
+
+    def __init__(self, keep_taste: bool = False) -> None:
+        self.keep_taste = keep_taste
         self.history: list[dict[str, float]] = []
         self.reward = float("-inf")
         self.step = -1
@@ -95,6 +105,8 @@ class RewardProgress:
     def record(self, step: int, result: dict[str, float], params: Sequence[nn.Parameter]) -> None:
         """One evaluation's ``result`` (with ``"reward"``) at ``step``; kept as the best if it is."""
         self.history.append({"step": step, **result})
+        if self.keep_taste and "taste" in result and result["taste"] < self.history[0]["taste"]:
+            return
         if result["reward"] > self.reward:
             self.reward, self.step = result["reward"], step
             self.values = [p.detach().clone() for p in params]
@@ -110,27 +122,31 @@ class RewardProgress:
 
     def state_dict(self, trainable: Sequence[tuple[nn.Parameter, torch.Tensor | None]]) -> dict[str, Any]:
         """For a checkpoint: the best values only in the rows that train (the adapter's ``trainable_rows()``)."""
-        return {"history": [dict(h) for h in self.history], "reward": self.reward, "step": self.step,
+        return {"history": [dict(h) for h in self.history], "reward": self.reward, "step": self.step, "keep_taste": self.keep_taste,
                 "values": [rows_saved(v, rows) for v, (_, rows) in zip(self.values, trainable, strict=True)]}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], trainable: Sequence[tuple[nn.Parameter, torch.Tensor | None]]) -> RewardProgress:
         """The progress ``state_dict`` saved, its best values completed from the parameters of
         ``trainable`` (rows that do not train are as loaded)."""
-        progress = cls()
+        progress = cls(keep_taste=bool(state.get("keep_taste", False)))
         progress.history, progress.reward, progress.step = list(state["history"]), float(state["reward"]), int(state["step"])
         progress.values = [rows_restored(v, p) for v, (p, _) in zip(state["values"], trainable, strict=True)]
         return progress
 
 
 class _RewardModule(TrainableOnlyCheckpoint, L.LightningModule):
-    """Shared loop: validation reward at step 0 and every ``eval_every`` steps (``RewardEvaluation``), best state kept."""
+    """Shared loop: validation reward at step 0 and every ``eval_every`` steps (``RewardEvaluation``), best state kept.
+    With ``taste``, each evaluation also scores the share of the users' tastes the generations
+    show (``"taste"``), and ``keep_taste`` keeps no state that shows less of it than the first."""
 
-    def __init__(self, val_users: Sequence[int], eval_every: int, eval_batch: int) -> None:
+    def __init__(self, val_users: Sequence[int], eval_every: int, eval_batch: int, taste: TasteScore | None = None,
+                 keep_taste: bool = False) -> None:
         super().__init__()
         self.val_users = list(val_users)
         self.eval_every, self.eval_batch = eval_every, eval_batch
-        self.progress = RewardProgress()
+        self.taste = taste
+        self.progress = RewardProgress(keep_taste=keep_taste)
 
     def trainable_rows(self) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
         raise NotImplementedError
@@ -210,8 +226,9 @@ class TextRewardModule(_RewardModule):
 
     def __init__(self, policy: TextPreferenceAdapter, reference: TextPreferenceAdapter, rewards: GenerationRewards,
                  prompts: Sequence[str], images: torch.Tensor, preferences: torch.Tensor, config: TextRewardConfig,
-                 optimizer: OptimizerConfig, val_users: Sequence[int], eval_every: int) -> None:
-        super().__init__(val_users, eval_every, config.users_per_step)
+                 optimizer: OptimizerConfig, val_users: Sequence[int], eval_every: int, taste: TasteScore | None = None,
+                 keep_taste: bool = False) -> None:
+        super().__init__(val_users, eval_every, config.users_per_step, taste, keep_taste)
         self.policy, self.reference = policy, reference.eval().requires_grad_(False)
         self.rewards, self.prompts = rewards, list(prompts)
         self.images, self.preferences = images, preferences
@@ -268,9 +285,12 @@ class TextRewardModule(_RewardModule):
         return loss
 
     def validation_rewards(self, users: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        texts = self.policy.generate([self.prompts[u] for u in users], max_new_tokens=self.config.max_new_tokens)
+        texts = [t.strip() for t in self.policy.generate([self.prompts[u] for u in users], max_new_tokens=self.config.max_new_tokens)]
         index = torch.tensor(users)
-        return self.rewards.text([t.strip() for t in texts], self.images[index].to(self.device), self.preferences[index].to(self.device))
+        total, components = self.rewards.text(texts, self.images[index].to(self.device), self.preferences[index].to(self.device))
+        if self.taste is not None:
+            components = {**components, "taste": self.taste(users, texts).to(total.device)}
+        return total, components
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.trainable(), self.optimizer_config)
@@ -303,8 +323,9 @@ class ImageRewardModule(_RewardModule):
 
     def __init__(self, adapter: ImagePreferenceAdapter, rewards: GenerationRewards, prompts: Sequence[str],
                  texts: Sequence[str], preferences: torch.Tensor, config: ImageRewardConfig, optimizer: OptimizerConfig,
-                 val_users: Sequence[int], eval_every: int, seed: int) -> None:
-        super().__init__(val_users, eval_every, config.users_per_step)
+                 val_users: Sequence[int], eval_every: int, seed: int, taste: TasteScore | None = None,
+                 keep_taste: bool = False) -> None:
+        super().__init__(val_users, eval_every, config.users_per_step, taste, keep_taste)
         self.adapter, self.rewards = adapter, rewards
         self.prompts, self.texts, self.preferences = list(prompts), list(texts), preferences
         self.config, self.optimizer_config, self.seed = config, optimizer, seed
@@ -329,7 +350,10 @@ class ImageRewardModule(_RewardModule):
 
     def validation_rewards(self, users: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = self._images(users, self.seed, 0)
-        return self.rewards.image(images, [self.texts[u] for u in users], self.preferences[torch.tensor(users)].to(self.device))
+        total, components = self.rewards.image(images, [self.texts[u] for u in users], self.preferences[torch.tensor(users)].to(self.device))
+        if self.taste is not None:
+            components = {**components, "taste": self.taste(users, images.cpu()).to(total.device)}
+        return total, components
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = build_optimizer(self.trainable(), self.optimizer_config)

@@ -8,7 +8,8 @@ new token rows and LoRA weights change. Artifacts in ``<run>/reward/``:
     text_adapter/        prefgen text adapter (same format as the generator's; the best validation state)
     image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
     samples/             <n>_<user_id>.png + samples.json, as the generator stage writes them
-    metrics.json         validation reward (total and components) before, best and per evaluation
+    metrics.json         validation reward (total and components, and the share of the users' tastes
+                         shown where the dataset has them) before and in the kept state
     config.yaml          the stage's config
     tb/                  TensorBoard logs (train/*: rewards, KL; val/*: validation rewards)
     checkpoints/text/, checkpoints/image/
@@ -20,6 +21,7 @@ new token rows and LoRA weights change. Artifacts in ``<run>/reward/``:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,22 +34,25 @@ from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.modules import load_image_tensor
 from pmg.generator.config import GeneratorConfig
+from pmg.generator.evaluation import image_taste_hits, taste_attributes, text_taste_hits
 from pmg.generator.generate import generate_for_users, write_samples
 from pmg.generator.prompts import UserPrompts, subject_attributes, user_image_prompt, user_prompts
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
-from pmg.reward.config import RewardConfig
+from pmg.reward.config import KeptState, RewardConfig
 from pmg.reward.modules import (
     GenerationRewards,
     ImageRewardModule,
     RewardEvaluation,
     RewardProgress,
+    TasteScore,
     TextRewardModule,
     sample_images,
 )
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
+from pmg.zoo.errors import ZooError
 from pmg.zoo.manifest import load_zoo
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 from prefquant import fit_linear_map
@@ -55,6 +60,7 @@ from prefreward import ConsistencyReward
 
 if TYPE_CHECKING:
     from pmg.data.format import InteractionData
+    from pmg.zoo.judge import AttributeJudge
     from pmg.zoo.manifest import Zoo
 
 __all__ = ["REWARD_STAGE", "run_reward_stage", "load_reward_generators", "fit_content_maps"]
@@ -231,6 +237,36 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
     return texts
 
 
+def _taste_scores(data: InteractionData, zoo: Zoo, keep: KeptState) -> tuple[TasteScore | None, TasteScore | None, str]:
+    """The text and image taste scorers of ``reward.keep: reward_keeping_taste`` (None where the
+    dataset has no ground-truth tastes of that modality or, for images, the zoo no judge that
+    reads them) and a note of what is kept by."""
+    if keep is not KeptState.reward_keeping_taste:
+        return None, None, "kept by validation reward"
+    text = partial(_text_taste, data=data) if taste_attributes(data, "textual") else None
+    image: TasteScore | None = None
+    visual = taste_attributes(data, "visual")
+    if visual:
+        try:
+            judge = zoo.load_judge()
+        except ZooError:
+            judge = None
+        if judge is not None and set(visual) & set(judge.attributes):
+            image = partial(_image_taste, data=data, judge=judge)
+    kept = [kind for kind, score in (("text", text), ("image", image)) if score is not None]
+    note = (f"{' and '.join(kept)} kept by validation reward among states keeping the SFT taste share" if kept
+            else "kept by validation reward (no ground-truth tastes to keep)")
+    return text, image, note
+
+
+def _text_taste(users: list[int], texts: list[str], *, data: InteractionData) -> torch.Tensor:
+    return text_taste_hits(texts, users, data)
+
+
+def _image_taste(users: list[int], images: torch.Tensor, *, data: InteractionData, judge: AttributeJudge) -> torch.Tensor:
+    return image_taste_hits(images, users, data, judge)
+
+
 def _prompts(data: InteractionData, prompts: UserPrompts, generator: GeneratorConfig, config: RewardConfig) -> tuple[list[str], list[int]]:
     """Text prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
     context = generator.text.context_of(config.text.target)
@@ -290,6 +326,7 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     scored = _seeded_sample(val_users, config.validation_users, seed)
     text_order = _training_order(train_users, config.text.max_steps * config.text.users_per_step, seed)
     image_order = _training_order(train_users, config.image.max_steps * config.image.users_per_step, seed + 1)
+    text_taste, image_taste, kept_by = _taste_scores(data, zoo, config.keep)
     user_prefs = {m: p.float() for m, p in preferences.user_preferences.items()}
     zeros = torch.zeros(data.num_users, 1)
     metrics: dict[str, float] = {}
@@ -309,7 +346,8 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
                     images = torch.zeros(data.num_users, 3, 8, 8)
                 reference = load_text_adapter(text_folder, zoo, trainable=False)
                 return TextRewardModule(text_policy, reference, rewards, text_prompts, images, user_prefs.get("textual", zeros),
-                                        config.text, config.optimizer_for(config.text.lr), scored, config.eval_every)
+                                        config.text, config.optimizer_for(config.text.lr), scored, config.eval_every,
+                                        text_taste, keep_taste=text_taste is not None)
 
             metrics.update(_train_phase("text", text_policy, text_module, config, text_order, config.text.users_per_step,
                                         config.text.max_steps, out, stage_fp))
@@ -329,7 +367,8 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
                          if text_policy is not None else [""] * data.num_users)
                 return ImageRewardModule(image_adapter, rewards, _image_prompts(data, split.train, generator, prompts, texts), texts,
                                          user_prefs.get("visual", zeros), config.image,
-                                         config.optimizer_for(config.image.lr), scored, config.eval_every, seed)
+                                         config.optimizer_for(config.image.lr), scored, config.eval_every, seed,
+                                         image_taste, keep_taste=image_taste is not None)
 
             metrics.update(_train_phase("image", image_adapter, image_module, config, image_order, config.image.users_per_step,
                                         config.image.max_steps, out, stage_fp))
@@ -343,9 +382,11 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     write_stage_record(out, metrics, config)
     summary = "; ".join(
         f"{kind} validation reward {metrics[f'{kind}/val_reward_before']:.3f} → {metrics[f'{kind}/val_reward_best']:.3f}"
-        f" (best at step {int(metrics[f'{kind}/best_step'])})"
+        + (f", taste {metrics[f'{kind}/val_taste_before']:.3f} → {metrics[f'{kind}/val_taste_best']:.3f}"
+           if f"{kind}/val_taste_best" in metrics else "")
+        + f" (kept step {int(metrics[f'{kind}/best_step'])})"
         for kind in ("text", "image") if f"{kind}/val_reward_best" in metrics
-    ) + f"; {len(scored)} of {len(val_users)} selection users scored; samples in {out / 'samples'}"
+    ) + f"; {kept_by}; {len(scored)} of {len(val_users)} selection users scored; samples in {out / 'samples'}"
     return complete_stage(run, "reward", stage_fp, summary, metrics=metrics)
 
 
