@@ -178,6 +178,29 @@ def test_saved_embeddings_load_into_a_fresh_pipeline_with_identical_images(sdxl_
     assert np.array_equal(np.asarray(reloaded.generate(prompts, seed=7, **GEN)[0]), np.asarray(expected))
 
 
+def test_an_adapter_saved_by_another_process_has_the_same_bytes(sdxl_folder: Path, tmp_path: Path) -> None:
+    """safetensors metadata and the LoRA's target modules come out in one order (prefgen.reproducible_files)."""
+    import os
+    import subprocess
+    import sys
+
+    adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS, unet_lora=UNetLoraOptions(r=2))
+    _train(adapter, [build_image_prompt("a dress", TOKENS[:2]), build_image_prompt("a shoe", TOKENS[2:4])], steps=1)
+    here = adapter.save(tmp_path / "here")
+    worker = ("import sys; from prefgen.image_adapter import ImagePreferenceAdapter; "
+              "ImagePreferenceAdapter.load(sys.argv[1], sys.argv[2]).save(sys.argv[3])")
+    for seed in (1, 2):
+        there = tmp_path / f"there{seed}"
+        subprocess.run([sys.executable, "-c", worker, str(here), str(sdxl_folder), str(there)], check=True, timeout=300,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        files = sorted(p.relative_to(here) for p in here.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(there) for p in there.rglob("*") if p.is_file())
+        assert any(f.parts[0] == "unet_lora" for f in files) and len(files) >= 4
+        for name in files:
+            if name.name != "prefgen_image_adapter.json":  # it names the LoRA "default" here, "default_0" reloaded
+                assert (here / name).read_bytes() == (there / name).read_bytes(), name
+
+
 def test_sampler_steps_are_the_pipelines_sampler_and_carry_a_graph_to_the_token_rows(sdxl_folder: Path) -> None:
     adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS)
     prompts = [build_image_prompt("a dress", TOKENS[:2]), build_image_prompt("a shoe", None)]

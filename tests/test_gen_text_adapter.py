@@ -229,6 +229,28 @@ def test_save_load_round_trip_gives_identical_logits(base_folders: dict[str, Pat
     torch.testing.assert_close(again.logits(prompts), adapter.logits(prompts), rtol=0, atol=0)
 
 
+def test_an_adapter_saved_by_another_process_has_the_same_bytes(base_folders: dict[str, Path], tmp_path: Path) -> None:
+    """peft's target modules (a set) and safetensors metadata come out in one order (prefgen.reproducible_files)."""
+    import os
+    import subprocess
+    import sys
+
+    adapter = _adapter(base_folders["tied"])
+    _train(adapter, ["User <pt_0_2><pt_1_3> would love:"], [" blue shoe"], steps=1)
+    here = adapter.save(tmp_path / "here")
+    worker = ("import sys; from prefgen.text_adapter import TextPreferenceAdapter; "
+              "TextPreferenceAdapter.load(sys.argv[1], sys.argv[2]).save(sys.argv[3])")
+    files = sorted(p.relative_to(here) for p in here.rglob("*") if p.is_file())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {f.name for f in files}
+    for seed in (1, 2, 3):
+        there = tmp_path / f"there{seed}"
+        subprocess.run([sys.executable, "-c", worker, str(here), str(base_folders["tied"]), str(there)], check=True, timeout=300,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        assert files == sorted(p.relative_to(there) for p in there.rglob("*") if p.is_file())
+        for name in files:
+            assert (here / name).read_bytes() == (there / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("head", ["tied", "untied"])
 def test_merged_for_inference_generates_as_the_adapter_does_and_is_frozen(base_folders: dict[str, Path], head: str, tmp_path: Path) -> None:
     adapter = _adapter(base_folders[head], soft_prompt_slots=1)

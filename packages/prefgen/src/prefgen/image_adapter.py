@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from prefgen.reproducible_files import sort_safetensors_metadata
 from prefgen.soft_prompt import DEFAULT_SOFT_PREFIX, SoftPromptInjector, soft_prompt_tokens
 from prefgen.token_rows import (
     AdapterFileError,
@@ -337,10 +338,14 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             # One LoRA on the UNet: "default" when built here, "default_0" when reloaded by diffusers.
             (adapter_name,) = self.unet.peft_config
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=adapter_name))
-            lora_metadata = self.unet.peft_config[adapter_name].to_dict()
+            # Sets (target_modules) sorted: diffusers would write them in the order of this process's string hashes.
+            lora_metadata = {key: sorted(value) if isinstance(value, set) else value
+                             for key, value in self.unet.peft_config[adapter_name].to_dict().items()}
             type(self.pipeline).save_lora_weights(
                 str(folder / UNET_LORA_FOLDER), unet_lora_layers=layers, unet_lora_adapter_metadata=lora_metadata
             )
+        for written in sorted(folder.rglob("*.safetensors")):
+            sort_safetensors_metadata(written)
         (folder / IMAGE_ADAPTER_FILE).write_text(json.dumps(self.meta, indent=2), encoding="utf-8")
         return folder
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prefgen.reproducible_files import sort_peft_config_lists, sort_safetensors_metadata
 from prefgen.soft_prompt import DEFAULT_SOFT_PREFIX, SoftPromptInjector, soft_prompt_tokens
 from prefgen.token_rows import (
     AdapterFileError,
@@ -291,6 +292,9 @@ class TextPreferenceAdapter(AddedTokensView, nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         # Only the new rows changed, and they are saved as trainable-token values: never the whole matrix.
         self.model.save_pretrained(str(folder), save_embedding_layers=False)
+        sort_peft_config_lists(folder / "adapter_config.json")
+        for written in sorted(folder.glob("*.safetensors")):
+            sort_safetensors_metadata(written)
         # A fast tokenizer's backend keeps the padding and truncation of its last call and would save
         # them: the file would depend on what ran before. Every call sets its own, so clearing is free.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
