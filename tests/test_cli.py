@@ -59,6 +59,9 @@ def test_force_names_an_unknown_stage(tmp_path: Path, capsys: pytest.CaptureFixt
     # Reuse and --force on real stages are checked on the tiny run in test_pipeline_stages.
     assert main(["pipeline", "--run", str(tmp_path / "run"), "--force", "nonsense"]) == 2
     assert "unknown stage(s) ['nonsense']" in capsys.readouterr().err
+    assert main(["pipeline", "--run", str(tmp_path / "run"), "--until", "zo"]) == 2
+    assert "--until names unknown stage 'zo'; stages are ['data', 'zoo'," in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing was started
 
 
 def test_every_shipped_config_loads() -> None:

@@ -3,7 +3,7 @@
 Conventions follow LightningCLI: ``--config FILE`` (YAML), then ``key=value`` overrides
 with dotted keys, and ``--print_config`` to show the merged configuration and exit.
 
-    pmg pipeline [--config FILE] [--run DIR] [--quick] [--force STAGE ...] [key=value ...]
+    pmg pipeline [--config FILE] [--run DIR] [--quick] [--force STAGE ...] [--until STAGE] [key=value ...]
     pmg data catalog --out DIR [--seed N] [--config FILE] [key=value ...]
     pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
     pmg data info DIR
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--run", type=Path, help="run directory (overrides run_dir)")
     pipeline.add_argument("--quick", action="store_true", help="the small smoke profile")
     pipeline.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="redo these stages (or 'all')")
+    pipeline.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. zoo, before a multi-node fit)")
 
     data = commands.add_parser("data", help="datasets: generate the catalog, convert, inspect")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -189,7 +190,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
-    run_pipeline(config, force=tuple(args.force), command=args.command_line)
+    run_pipeline(config, force=tuple(args.force), until=args.until, command=args.command_line)
     return 0
 
 

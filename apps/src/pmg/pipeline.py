@@ -56,8 +56,10 @@ def quick_profile() -> Path:
     return Path(str(resources.files("pmg.profiles").joinpath("quick.yaml")))
 
 
-def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=print, command: str = "pmg pipeline") -> RunDirectory:
-    """Run every stage on ``config.run_dir``; a stage whose inputs are unchanged is reused.
+def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), until: str | None = None, log=print,
+                 command: str = "pmg pipeline") -> RunDirectory:
+    """Run every stage on ``config.run_dir`` (up to and including ``until`` if given); a stage
+    whose inputs are unchanged is reused.
 
     ``force`` names stages to redo ("all" for every one); a forced stage also invalidates
     the stages after it, since their inputs change. The run's lock is held throughout
@@ -67,13 +69,16 @@ def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), log=pri
     unknown = [s for s in force if s not in names and s != "all"]
     if unknown:
         raise ValueError(f"--force names unknown stage(s) {unknown}; stages are {names}")
+    if until is not None and until not in names:
+        raise ValueError(f"--until names unknown stage {until!r}; stages are {names}")
+    stages = STAGES[: names.index(until) + 1] if until is not None else STAGES
     first_forced = 0 if "all" in force else min((names.index(s) for s in force), default=len(names))
     run = RunDirectory(config.run_dir)
     started = time.perf_counter()
     upstream = ""
     with run.lock(command):
-        for position, stage in enumerate(STAGES):
-            log(f"[{stage.name}] stage {position + 1} of {len(STAGES)}")
+        for position, stage in enumerate(stages):
+            log(f"[{stage.name}] stage {position + 1} of {len(stages)}")
             t = time.perf_counter()
             result = stage.run(getattr(config, stage.config_field), run, upstream, position >= first_forced)
             note = "reused" if result.reused else f"{time.perf_counter() - t:.1f}s"
