@@ -6,6 +6,7 @@ occupy rows ``0 .. U-1`` and items rows ``U .. U+I-1`` (item ``i`` is node ``U +
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -156,6 +157,7 @@ class InteractionGraph:
             self.item_feature_masks[modality] = mask
 
         self._adjacency: Tensor | None = None  # built on first use, then reused
+        self._adjacency_csr: Tensor | None = None
 
     # ------------------------------------------------------------------ sizes and degrees
     @property
@@ -191,6 +193,27 @@ class InteractionGraph:
                 self.user_index, self.item_index, self.num_users, self.num_items, self.edge_weight
             )
         return self._adjacency
+
+    @property
+    def adjacency_csr(self) -> Tensor:
+        r"""Sparse CSR [U + I, U + I]: the same matrix as :attr:`adjacency`, built once and cached.
+
+        What :class:`ModalSpecificGNN` propagates with: the product reads each row's entries
+        contiguously, 1.2x faster than over COO on one CPU thread at 10^5 users
+        (``benchmarks/scale.py``). Not pickled: a graph sent to another process rebuilds it on
+        first use.
+        """
+        if self._adjacency_csr is None:
+            with warnings.catch_warnings():
+                # torch's "sparse CSR is in beta" notice: a product with a dense matrix is all it is used for.
+                warnings.simplefilter("ignore", UserWarning)
+                self._adjacency_csr = self.adjacency.to_sparse_csr()
+        return self._adjacency_csr
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_adjacency_csr"] = None
+        return state
 
     def bipartite_edge_index(self) -> Tensor:
         """LongTensor [2, 2E] over U + I nodes, both directions (items shifted by U).
@@ -247,6 +270,7 @@ class InteractionGraph:
         other.item_feature_masks = {m: x.to(device) for m, x in self.item_feature_masks.items()}
         other.edge_weight = None if self.edge_weight is None else self.edge_weight.to(device)
         other._adjacency = None if self._adjacency is None else self._adjacency.to(device)
+        other._adjacency_csr = None  # rebuilt from the moved COO on first use
         return other
 
     def to_hetero_data(self) -> HeteroData:
