@@ -64,6 +64,18 @@ def test_force_names_an_unknown_stage(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+def test_max_steps_cannot_bound_a_fit_of_ema_codebooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # EMA codebooks take no optimizer step, so Lightning's step count stays 0 and the fit would never stop.
+    from pmg.config import ConfigError, load_config
+    from pmg.quantize.stage import QuantizeConfig
+
+    with pytest.raises(ConfigError, match="max_steps cannot bound a fit of EMA codebooks"):
+        load_config(QuantizeConfig, overrides=["trainer.max_steps=100"])
+    assert load_config(QuantizeConfig, overrides=["trainer.max_steps=100", "codebook_mode=learned"]).trainer.max_steps == 100
+    assert main(["pipeline", "--run", str(tmp_path / "run"), "quantize.trainer.max_steps=100"]) == 2
+    assert "set quantize.trainer.max_epochs instead" in capsys.readouterr().err
+
+
 def test_every_shipped_config_loads() -> None:
     """configs/*.yaml stay in step with the config dataclasses (a renamed key fails here)."""
     from pmg.config import load_config

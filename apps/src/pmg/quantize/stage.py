@@ -86,6 +86,10 @@ class QuantizeConfig:
         if self.codebook_mode not in tuple(CodebookMode):  # a config built directly in Python
             raise ValueError(f"quantize.codebook_mode must be one of {[m.value for m in CodebookMode]}, not {self.codebook_mode!r}")
         self.trainer.validate()
+        if self.codebook_mode == CodebookMode.ema and self.trainer.max_steps > 0:
+            # Lightning counts optimizer steps, and EMA codebooks take none: max_steps would never stop the fit.
+            raise ValueError("quantize.trainer.max_steps cannot bound a fit of EMA codebooks (they take no optimizer "
+                             "step); set quantize.trainer.max_epochs instead, or codebook_mode: learned")
         self.optimizer.validate()
 
 
