@@ -21,6 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pmg.cli import quiet_third_party_output
+
 __all__ = ["Comparison", "Target", "Targets", "at_least", "at_most", "check_targets", "figure", "last_json_line",
            "parse_args_with_check", "print_result", "report_check"]
 
@@ -117,8 +119,11 @@ def last_json_line(text: str) -> dict[str, Any]:
 
 def parse_args_with_check(parser: argparse.ArgumentParser, targets: Targets,
                           argv: list[str] | None = None) -> argparse.Namespace:
-    """``parser``'s arguments plus ``--check`` and ``--check-file``; with ``--check-file`` the saved
-    output is checked and the process exits here, without running the benchmark."""
+    """``parser``'s arguments plus ``--check``, ``--check-file`` and ``--verbose``; with ``--check-file``
+    the saved output is checked and the process exits here, without running the benchmark. Unless
+    ``--verbose``, third-party boilerplate is quietened as the ``pmg`` command does, so that the
+    output is the benchmark's progress lines and its JSON."""
+    parser.add_argument("--verbose", action="store_true", help="keep Lightning's and the libraries' own log lines")
     parser.add_argument("--check", action="store_true",
                         help="after the run, compare the figures with the benchmark's TARGETS; exit 1 if any is missed")
     parser.add_argument("--check-file", type=Path, metavar="PATH",
@@ -130,6 +135,8 @@ def parse_args_with_check(parser: argparse.ArgumentParser, targets: Targets,
         except (OSError, ValueError) as err:
             parser.error(f"--check-file {args.check_file}: {err}")
         raise SystemExit(report_check(result, targets))
+    if not args.verbose:
+        quiet_third_party_output("benchmark")
     return args
 
 
