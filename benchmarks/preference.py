@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from torch_geometric.nn.models import LightGCN
 
-from pmg.benchmark_targets import Targets, at_least, parse_args_with_check, print_result
+from pmg.benchmark_targets import Targets, at_least, parse_args_with_check, print_result, rounded
 from pmg.config import load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog
 from pmg.data.format import InteractionData
@@ -305,17 +305,6 @@ def run_dataset(config: PreferenceConfig, lightgcn_config: LightGCNConfig, prep:
         log(f"  margin ours - lightgcn, {metric}@{k}: {mean:+.4f} (95% t-interval over {len(seeds)} seeds "
             f"[{low:+.4f}, {high:+.4f}])")
     return result, preferences
-
-
-def rounded(value: Any) -> Any:
-    """``value`` with every float rounded to 5 digits, through lists and dicts (for the JSON line)."""
-    if isinstance(value, float):
-        return round(value, 5)
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,7 +87,7 @@ import numpy as np
 import torch
 from torch_geometric.nn.models import LightGCN
 
-from pmg.benchmark_targets import Targets, at_most, parse_args_with_check, print_result
+from pmg.benchmark_targets import Targets, at_most, parse_args_with_check, print_result, rounded
 from pmg.data.catalog import BRANDS, CATEGORIES, COLOURS, MATERIALS, PATTERNS, STYLES
 from pmg.data.format import InteractionData, Item
 from pmg.data.modules import BPRDataModule
@@ -347,17 +347,6 @@ def summarise(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def rounded(value: Any) -> Any:
-    """``value`` with every float rounded to 5 significant digits, through lists and dicts."""
-    if isinstance(value, float):
-        return float(f"{value:.5g}") if math.isfinite(value) else value
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} (smoke check)")
@@ -397,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = time.perf_counter() - started
     log(f"epoch time vs training interactions, log-log slope: ours {result['slope_ours']:.2f}, "
         f"lightgcn {result['slope_lightgcn']:.2f}; ours / lightgcn on {sizes[-1]} users {result['epoch_ratio_largest']:.2f}")
-    print_result(rounded(result), TARGETS, args.check)
+    print_result(rounded(result, significant=True), TARGETS, args.check)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from pmg.cli import quiet_third_party_output
 
 __all__ = ["Comparison", "Target", "Targets", "at_least", "at_most", "check_targets", "figure", "last_json_line",
-           "parse_args_with_check", "print_result", "report_check"]
+           "parse_args_with_check", "print_result", "report_check", "rounded"]
 
 
 class Comparison(StrEnum):
@@ -138,6 +138,20 @@ def parse_args_with_check(parser: argparse.ArgumentParser, targets: Targets,
     if not args.verbose:
         quiet_third_party_output("benchmark")
     return args
+
+
+def rounded(value: Any, digits: int = 5, *, significant: bool = False) -> Any:
+    """``value`` with every finite float rounded to ``digits`` decimals (``significant``: significant
+    digits), through lists and dicts: what a benchmark's JSON line carries."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return value
+        return float(f"{value:.{digits}g}") if significant else round(value, digits)
+    if isinstance(value, list):
+        return [rounded(v, digits, significant=significant) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v, digits, significant=significant) for k, v in value.items()}
+    return value
 
 
 def print_result(result: Mapping[str, Any], targets: Targets, check: bool, *, sort_keys: bool = False) -> NoReturn:
