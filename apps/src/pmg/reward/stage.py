@@ -237,13 +237,17 @@ def _user_texts(adapter: TextPreferenceAdapter, data: InteractionData, history: 
     return texts
 
 
-def _taste_scores(data: InteractionData, zoo: Zoo, keep: KeptState) -> tuple[TasteScore | None, TasteScore | None, str]:
+def _taste_scores(data: InteractionData, zoo: Zoo, keep: KeptState, write_texts: Callable[[list[int]], list[str]],
+                  ) -> tuple[TasteScore | None, TasteScore | None, str]:
     """The text and image taste scorers of ``reward.keep: reward_keeping_taste`` (None where the
     dataset has no ground-truth tastes of that modality or, for images, the zoo no judge that
-    reads them) and a note of what is kept by."""
+    reads them) and a note of what is kept by. Texts are scored on what ``write_texts(users)``
+    writes with the policy as it stands (every text target, as the pipeline writes them), not on
+    the reward loop's one target: in S4 the policy's reviews kept the SFT state's share while its
+    titles and reviews together named fewer of the users' tastes."""
     if keep is not KeptState.reward_keeping_taste:
         return None, None, "kept by validation reward"
-    text = partial(_text_taste, data=data) if taste_attributes(data, "textual") else None
+    text = partial(_text_taste, data=data, write_texts=write_texts) if taste_attributes(data, "textual") else None
     image: TasteScore | None = None
     visual = taste_attributes(data, "visual")
     if visual:
@@ -259,8 +263,9 @@ def _taste_scores(data: InteractionData, zoo: Zoo, keep: KeptState) -> tuple[Tas
     return text, image, note
 
 
-def _text_taste(users: list[int], texts: list[str], *, data: InteractionData) -> torch.Tensor:
-    return text_taste_hits(texts, users, data)
+def _text_taste(users: list[int], texts: list[str], *, data: InteractionData,
+                write_texts: Callable[[list[int]], list[str]]) -> torch.Tensor:
+    return text_taste_hits(write_texts(users), users, data)
 
 
 def _image_taste(users: list[int], images: torch.Tensor, *, data: InteractionData, judge: AttributeJudge) -> torch.Tensor:
@@ -326,7 +331,12 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
     scored = _seeded_sample(val_users, config.validation_users, seed)
     text_order = _training_order(train_users, config.text.max_steps * config.text.users_per_step, seed)
     image_order = _training_order(train_users, config.image.max_steps * config.image.users_per_step, seed + 1)
-    text_taste, image_taste, kept_by = _taste_scores(data, zoo, config.keep)
+    def write_texts(chosen: list[int]) -> list[str]:
+        assert text_policy is not None
+        written = _user_texts(text_policy, data, split.train, generator, prompts, chosen)
+        return [written[u] for u in chosen]
+
+    text_taste, image_taste, kept_by = _taste_scores(data, zoo, config.keep, write_texts)
     user_prefs = {m: p.float() for m, p in preferences.user_preferences.items()}
     zeros = torch.zeros(data.num_users, 1)
     metrics: dict[str, float] = {}
