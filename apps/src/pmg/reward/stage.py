@@ -243,7 +243,7 @@ def _taste_scores(data: InteractionData, zoo: Zoo, keep: KeptState, write_texts:
     dataset has no ground-truth tastes of that modality or, for images, the zoo no judge that
     reads them) and a note of what is kept by. Texts are scored on what ``write_texts(users)``
     writes with the policy as it stands (every text target, as the pipeline writes them), not on
-    the reward loop's one target: in S4 the policy's reviews kept the SFT state's share while its
+    the reward loop's one target: in S6 the policy's reviews kept the SFT state's share while its
     titles and reviews together named fewer of the users' tastes."""
     if keep is not KeptState.reward_keeping_taste:
         return None, None, "kept by validation reward"
