@@ -25,17 +25,15 @@ from pathlib import Path
 from pmg.config import config_to_yaml, load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.generator.config import GeneratorConfig
-from pmg.generator.generate import generate_for_user, load_generators
+from pmg.generator.generate import generate_for_user
 from pmg.generator.prompts import joined_fragment, user_prompts
 from pmg.quantize.stage import load_user_tokens
-from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
 from pmg.tasks.config import TasksConfig
-from pmg.tasks.generation import explain, reference_tokens, resolve_reference
+from pmg.tasks.generation import explain, reference_tokens, resolve_reference, run_generators
 from pmg.tasks.ranking import recommend, search
 from pmg.tasks.rating import RATING_DIR, evaluate_rating, predict_rating, rating_model
 from pmg.tasks.state import load_preference_state, lookup_user
-from pmg.zoo.manifest import load_zoo
 
 __all__ = ["generate_command", "tasks_command"]
 
@@ -134,10 +132,7 @@ def _generate(args: argparse.Namespace, run: RunDirectory, out: Path) -> int:
     if conditioned is not None:
         text_fragment = joined_fragment(text_words, conditioned.fragment(config.text.modalities))
         image_fragment = conditioned.fragment(config.image.modalities)
-    if run.record("reward") is not None and not args.sft:
-        text_adapter, image_adapter = load_reward_generators(run, load_zoo(run))  # the reward-tuned adapters
-    else:
-        text_adapter, image_adapter = load_generators(run, load_zoo(run))
+    _, text_adapter, image_adapter = run_generators(run, sft=args.sft)
     result = generate_for_user(
         data, config, user=user, text_fragment=text_fragment, image_fragment=image_fragment,
         text_adapter=text_adapter, image_adapter=image_adapter, history=split.train,

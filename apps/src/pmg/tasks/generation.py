@@ -14,15 +14,26 @@ from pmg.generator.generate import load_generators
 from pmg.generator.prompts import user_prompts
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
+from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
 from pmg.tasks.config import ExplainConfig, ReferenceConfig
 from pmg.tasks.state import history_items, lookup_item, lookup_user
 from pmg.zoo.manifest import load_zoo
-from prefgen import build_text_prompt
+from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 from prefgraph import history_weights, weighted_history
 from prefquant import PreferenceTokenizer, ResidualQuantizer
 
-__all__ = ["Explanation", "explain", "ReferenceTokens", "reference_tokens", "resolve_reference"]
+__all__ = ["Explanation", "explain", "ReferenceTokens", "reference_tokens", "resolve_reference", "run_generators"]
+
+
+def run_generators(run: RunDirectory, *, sft: bool = False
+                   ) -> tuple[str, TextPreferenceAdapter | None, ImagePreferenceAdapter | None]:
+    """The adapters ``pmg generate`` uses: the reward stage's when it has run (unless ``sft``), else the
+    generator stage's; with the name of that stage ("reward" or "generator") and the adapters (None
+    where not trained)."""
+    if run.record("reward") is not None and not sft:
+        return ("reward", *load_reward_generators(run, load_zoo(run)))
+    return ("generator", *load_generators(run, load_zoo(run)))
 
 
 @dataclass(frozen=True)
