@@ -10,6 +10,7 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (zoo, preference, quantize, generator, reward)
     pmg evaluate|report [--run DIR] [--config FILE] [key=value ...]  (on a run whose earlier stages completed)
     pmg generate --run DIR --user ID [--category C] [--reference ITEM [--tasks-config FILE]] [--no-tokens] [--out FILE]
+    pmg generate --run DIR --users all|FILE [--out DIR] [--shard-size N] [--batch-size N] [--sft]   (tar shards + manifest.json)
     pmg recommend|search|rate|explain --run DIR --user ID [...]   (see pmg.tasks.cli)
 """
 
@@ -85,15 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="summarise a dataset folder")
     info.add_argument("path", type=Path)
 
-    generate = commands.add_parser("generate", help="an image and texts for one user from a trained run")
+    generate = commands.add_parser("generate", help="an image and texts for one user, or for many into shards, from a trained run")
     generate.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory (after the generator stage)")
-    generate.add_argument("--user", help="user id (see <run>/quantize/user_tokens.jsonl); omit with --no-tokens")
+    who = generate.add_mutually_exclusive_group()
+    who.add_argument("--user", help="user id (see <run>/quantize/user_tokens.jsonl); omit with --no-tokens")
+    who.add_argument("--users", metavar="all|FILE",
+                     help="every user ('all') or those of FILE (one id a line), into tar shards and a manifest in --out")
     generate.add_argument("--category", help="image subject category, e.g. 'dress' (default: the user's most liked)")
     generate.add_argument("--reference", help="item id whose image is personalized (image-to-image)")
     generate.add_argument("--strength", type=float, default=0.6, help="with --reference: how far from it, in (0, 1]")
     generate.add_argument("--no-tokens", action="store_true", help="the no-token prompt (cold start / baseline)")
     generate.add_argument("--sft", action="store_true", help="the generator stage's adapters even when the reward stage has run")
-    generate.add_argument("--out", type=Path, help="image file (default: <run>/generator/generated/<user>.png); texts beside it as .json")
+    generate.add_argument("--out", type=Path, help="image file (default: <run>/generator/generated/<user>.png); texts beside it as .json; "
+                          "with --users a folder (default: <run>/generator/generated/batch)")
+    generate.add_argument("--shard-size", type=int, default=256, help="with --users: users per shard")
+    generate.add_argument("--batch-size", type=int, default=16, help="with --users: users per generator call")
     generate.add_argument("--tasks-config", type=Path, help="with --reference: YAML of the history weighting (configs/tasks.yaml)")
     _add_task_parsers(commands)
 
@@ -236,7 +243,7 @@ def _data(args: argparse.Namespace) -> int:
 # fallback that changes nothing here, peft's note on tied embeddings (the text adapter's merged and
 # saved weights are tested against the unmerged adapter's logits), and Lightning's notes on what the
 # stages do on purpose (frozen base models in eval mode, the quantizer's EMA codebooks without an
-# optimizer, tiny epochs in tests and --quick).
+# optimizer, tiny epochs in tests and --quick, batch generation's predict loop that returns nothing).
 _KNOWN_WARNINGS = tuple((category, re.compile(pattern)) for category, pattern in (
     (FutureWarning, r"`torch\.jit\.script` is deprecated"),
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
@@ -247,6 +254,7 @@ _KNOWN_WARNINGS = tuple((category, re.compile(pattern)) for category, pattern in
     (Warning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
     (Warning, r"Found \d+ module\(s\) in eval mode at the start of training"),
     (Warning, r"`LightningModule\.configure_optimizers` returned `None`"),
+    (Warning, r"predict returned None if it was on purpose"),  # pmg generate --users: each shard is written in predict_step
 ))
 # Commands that load neither Lightning nor diffusers: they do not pay for importing them (diffusers
 # alone took 12 s to import on this 2-core machine under load).

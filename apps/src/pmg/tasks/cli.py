@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from pmg.config import config_to_yaml, load_config
@@ -29,6 +29,7 @@ from pmg.generator.generate import generate_for_user
 from pmg.generator.prompts import joined_fragment, user_prompts
 from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
+from pmg.tasks.batch import generate_batch
 from pmg.tasks.config import TasksConfig
 from pmg.tasks.generation import explain, reference_tokens, resolve_reference, run_generators
 from pmg.tasks.ranking import recommend, search
@@ -101,12 +102,31 @@ def generate_command(args: argparse.Namespace) -> int:
 
     Holds the run's lock when the output goes into the run directory (the default)."""
     run = RunDirectory(args.run)
+    if args.users is not None:
+        return _generate_batch(args, run)
     name = args.user if args.user is not None else "cold_start"
     out = Path(args.out) if args.out else run.root / "generator" / "generated" / f"{name}.png"
-    with ExitStack() as stack:
-        if out.resolve().is_relative_to(run.root.resolve()):
-            stack.enter_context(run.lock(args.command_line))
+    with _locked_if_inside(run, out, args.command_line):
         return _generate(args, run, out)
+
+
+def _locked_if_inside(run: RunDirectory, out: Path, command: str) -> AbstractContextManager[None]:
+    """The run's lock when ``out`` is inside the run directory; nothing when it is elsewhere (the run is only read)."""
+    return run.lock(command) if out.resolve().is_relative_to(run.root.resolve()) else nullcontext()
+
+
+def _generate_batch(args: argparse.Namespace, run: RunDirectory) -> int:
+    """``pmg generate --users all|FILE``: shards and a manifest (``pmg.tasks.batch``); the run's lock
+    when they go into the run directory (the default)."""
+    single = [flag for flag, given in (("--reference", args.reference), ("--category", args.category),
+                                       ("--no-tokens", args.no_tokens), ("--tasks-config", args.tasks_config)) if given]
+    if single:
+        raise RunError(f"{', '.join(single)} apply to one user (--user); --users generates every user with their own tokens")
+    out = Path(args.out) if args.out else run.root / "generator" / "generated" / "batch"
+    with _locked_if_inside(run, out, args.command_line):
+        summary = generate_batch(run, out, args.users, shard_size=args.shard_size, batch_size=args.batch_size, sft=args.sft)
+    print(summary.line())
+    return 0
 
 
 def _generate(args: argparse.Namespace, run: RunDirectory, out: Path) -> int:
