@@ -1,14 +1,18 @@
 """``pmg generate --users all|FILE`` on one tiny run: every user once in tar shards with a manifest,
 PNGs that decode and texts that are not empty; a file of ids; unknown and repeated ids named; a rerun
-after a removed shard or a killed loop redoes only what is missing and ends byte-identical."""
+after a removed shard or a killed loop redoes only what is missing and ends byte-identical; two
+DDP processes write the one process's bytes."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -142,3 +146,20 @@ def test_killed_loop_resumes_to_the_same_bytes(tiny_run: Path, all_users: Path, 
     summary = generate_batch(RunDirectory(tiny_run), out, "all", shard_size=SHARD_SIZE, batch_size=8)
     assert (summary.generated_shards, summary.shards, summary.generated_users) == (3, 4, 60 - SHARD_SIZE)
     assert _files(out) == _files(all_users)
+
+
+def test_two_ddp_processes_write_the_one_process_bytes(tiny_run: Path, all_users: Path, tmp_path: Path) -> None:
+    out = tmp_path / "batch"
+    # A command of its own: Lightning's ddp launcher starts rank 1 by running the same command line again.
+    result = subprocess.run([sys.executable, "-m", "pmg.cli", "generate", "--run", str(tiny_run), "--users", "all", "--out", str(out),
+                             "--shard-size", str(SHARD_SIZE), "--batch-size", "8", "--devices", "2", "--strategy", "ddp"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One summary (rank 0's), with both ranks' users.
+    assert re.findall(r"generated (\d+) users in (\d+) shards", result.stdout) == [("60", "4")], result.stdout
+    assert _files(out) == _files(all_users)
+
+
+def test_spawning_strategies_are_refused(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--run", str(tiny_run), "--users", "all", "--out", str(tmp_path / "x"), "--strategy", "ddp_spawn"]) == 2
+    assert "'ddp'" in capsys.readouterr().err

@@ -10,7 +10,7 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (zoo, preference, quantize, generator, reward)
     pmg evaluate|report [--run DIR] [--config FILE] [key=value ...]  (on a run whose earlier stages completed)
     pmg generate --run DIR --user ID [--category C] [--reference ITEM [--tasks-config FILE]] [--no-tokens] [--out FILE]
-    pmg generate --run DIR --users all|FILE [--out DIR] [--shard-size N] [--batch-size N] [--sft]   (tar shards + manifest.json)
+    pmg generate --run DIR --users all|FILE [--out DIR] [--shard-size N] [--batch-size N] [--devices N --strategy ddp] [--sft]
     pmg recommend|search|rate|explain --run DIR --user ID [...]   (see pmg.tasks.cli)
 """
 
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "with --users a folder (default: <run>/generator/generated/batch)")
     generate.add_argument("--shard-size", type=int, default=256, help="with --users: users per shard")
     generate.add_argument("--batch-size", type=int, default=16, help="with --users: users per generator call")
+    generate.add_argument("--devices", help="with --users: Lightning devices (default: the generator stage's trainer.devices)")
+    generate.add_argument("--strategy", help="with --users: Lightning strategy, e.g. ddp (default: the generator stage's trainer.strategy)")
+    generate.add_argument("--num-nodes", type=int, help="with --users: nodes (default: the generator stage's trainer.num_nodes)")
     generate.add_argument("--tasks-config", type=Path, help="with --reference: YAML of the history weighting (configs/tasks.yaml)")
     _add_task_parsers(commands)
 

@@ -29,12 +29,13 @@ import os
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from pmg.atomic import atomic_file
@@ -126,6 +127,7 @@ class BatchSummary:
     generated_shards: int
     seconds: float
     manifest: Path
+    global_rank: int = 0  # of the process that returned it; every rank gets the whole job's figures
 
     @property
     def users_per_second(self) -> float:
@@ -212,6 +214,10 @@ class BatchGenerationModule(L.LightningModule):
         self.text_adapter, self.image_adapter = text_adapter, image_adapter
         self.batch_size = batch_size
         self.generated: list[int] = []  # this rank's shards generated now
+        self.started = 0.0  # perf_counter at the loop's start, after every rank has loaded the models and joined
+
+    def on_predict_start(self) -> None:
+        self.started = time.perf_counter()
 
     def pending(self) -> list[int]:
         """This rank's shards that no earlier run finished (each kept one's file is hashed once, here)."""
@@ -279,15 +285,16 @@ def _leftovers(out: Path, plan: ShardPlan) -> Iterator[Path]:
 
 
 def generate_batch(run: RunDirectory, out: Path, users: str, *, shard_size: int = 256, batch_size: int = 16,
-                   sft: bool = False, trainer_overrides: dict[str, Any] | None = None,
+                   sft: bool = False, trainer: dict[str, str | int] | None = None,
                    module_hook: Callable[[BatchGenerationModule], None] | None = None) -> BatchSummary:
     """Every user of ``users`` ("all" or a file of ids, :func:`read_users`) generated into shards
     in ``out`` with the run's adapters (:func:`pmg.tasks.generation.run_generators`), resuming from
     the shards an earlier run finished; the caller holds the run's lock if ``out`` is in the run.
 
     The trainer takes accelerator, devices, num_nodes, strategy and progress bar from the
-    generator stage's ``trainer`` config (``trainer_overrides`` replace them: tests). ``module_hook``
-    (tests) is called with the module before the predict loop.
+    generator stage's ``trainer`` config; ``trainer`` ({field: value}, e.g. ``{"devices": "2",
+    "strategy": "ddp"}``) replaces some of them. ``module_hook`` (tests) is called with the module
+    before the predict loop.
     """
     if shard_size < 1 or batch_size < 1:
         raise RunError(f"--shard-size and --batch-size must be >= 1, got {shard_size} and {batch_size}")
@@ -305,17 +312,20 @@ def generate_batch(run: RunDirectory, out: Path, users: str, *, shard_size: int 
                                    text_adapter, image_adapter, batch_size)
     if module_hook is not None:
         module_hook(module)
-    options = config.trainer
-    trainer = L.Trainer(accelerator=options.accelerator, devices=options.devices_value(), num_nodes=options.num_nodes,
-                        strategy=options.strategy, enable_progress_bar=options.enable_progress_bar, logger=False,
-                        enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
-                        default_root_dir=str(out), **(trainer_overrides or {}))
-    start = time.perf_counter()
-    trainer.predict(module, return_predictions=False)
-    seconds = time.perf_counter() - start
-    trainer.strategy.barrier()  # every rank's shards are written before rank 0 lists them
-    if trainer.is_global_zero:
+    options = replace(config.trainer, **{name: str(value) if name == "devices" else value for name, value in (trainer or {}).items()})
+    if options.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+        # Their workers hold the generated shards' records and the main process is outside their group:
+        # the manifest is written by rank 0 of processes that each ran this function (ddp, torchrun, SLURM).
+        raise RunError(f"pmg generate --users runs under strategy 'ddp' (one process per device), not {options.strategy!r}")
+    predictor = L.Trainer(accelerator=options.accelerator, devices=options.devices_value(), num_nodes=options.num_nodes,
+                          strategy=options.strategy, enable_progress_bar=options.enable_progress_bar, logger=False,
+                          enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
+                          default_root_dir=str(out))
+    predictor.predict(module, return_predictions=False)
+    mine = torch.tensor([sum(len(plan.users[plan.shard(k)]) for k in module.generated), len(module.generated)])
+    # A sum over ranks, and the barrier that every rank's shards are written before rank 0 lists them.
+    users_done, shards_done = (int(n) for n in predictor.strategy.reduce(mine, reduce_op="sum"))
+    seconds = time.perf_counter() - module.started
+    if predictor.is_global_zero:
         _write_manifest(out, plan, manifest_config)
-    generated = [len(plan.users[plan.shard(k)]) for k in module.generated]
-    # Under DDP each rank reports its own shards; the figures of rank 0 are printed.
-    return BatchSummary(len(chosen), plan.num_shards, sum(generated), len(generated), seconds, out / MANIFEST)
+    return BatchSummary(len(chosen), plan.num_shards, users_done, shards_done, seconds, out / MANIFEST, predictor.global_rank)

@@ -124,8 +124,12 @@ def _generate_batch(args: argparse.Namespace, run: RunDirectory) -> int:
         raise RunError(f"{', '.join(single)} apply to one user (--user); --users generates every user with their own tokens")
     out = Path(args.out) if args.out else run.root / "generator" / "generated" / "batch"
     with _locked_if_inside(run, out, args.command_line):
-        summary = generate_batch(run, out, args.users, shard_size=args.shard_size, batch_size=args.batch_size, sft=args.sft)
-    print(summary.line())
+        trainer = {name: value for name, value in (("devices", args.devices), ("strategy", args.strategy),
+                                                   ("num_nodes", args.num_nodes)) if value is not None}
+        summary = generate_batch(run, out, args.users, shard_size=args.shard_size, batch_size=args.batch_size, sft=args.sft,
+                                 trainer=trainer)
+    if summary.global_rank == 0:
+        print(summary.line())
     return 0
 
 
