@@ -5,6 +5,7 @@ DDP processes write the one process's bytes."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -163,3 +164,18 @@ def test_two_ddp_processes_write_the_one_process_bytes(tiny_run: Path, all_users
 def test_spawning_strategies_are_refused(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--run", str(tiny_run), "--users", "all", "--out", str(tmp_path / "x"), "--strategy", "ddp_spawn"]) == 2
     assert "'ddp'" in capsys.readouterr().err
+
+
+def test_writing_into_the_run_takes_its_lock(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Another open file description flock-ed: what a second pmg process holding the run's lock looks like.
+    holder = os.open(tiny_run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert main(["generate", "--run", str(tiny_run), "--users", "all"]) == 2  # the default --out is in the run
+        assert "lock" in capsys.readouterr().err
+        assert not (tiny_run / "generator" / "generated" / "batch").exists()
+        ids = tmp_path / "ids.txt"
+        ids.write_text("u00005\n")
+        assert main(["generate", "--run", str(tiny_run), "--users", str(ids), "--out", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        os.close(holder)
