@@ -126,6 +126,10 @@ def test_rerun_redoes_a_removed_shard_only(tiny_run: Path, all_users: Path, tmp_
     found = _summary(capsys)
     assert found.group(1, 2, 3, 4) == (str(2 * SHARD_SIZE), "2", "2", "4") and float(found.group(5)) > 0
     assert _files(out) == _files(all_users)
+    assert main(["generate", "--run", str(tiny_run), "--users", "all", "--out", str(out), "--shard-size", str(SHARD_SIZE),
+                 "--batch-size", "8"]) == 0
+    assert _summary(capsys).group(1, 2, 3, 4) == ("0", "0", "4", "4")  # nothing left to do
+    assert _files(out) == _files(all_users)
 
 
 def test_killed_loop_resumes_to_the_same_bytes(tiny_run: Path, all_users: Path, tmp_path: Path) -> None:

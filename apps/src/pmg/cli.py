@@ -257,7 +257,9 @@ _KNOWN_WARNINGS = tuple((category, re.compile(pattern)) for category, pattern in
     (Warning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
     (Warning, r"Found \d+ module\(s\) in eval mode at the start of training"),
     (Warning, r"`LightningModule\.configure_optimizers` returned `None`"),
-    (Warning, r"predict returned None if it was on purpose"),  # pmg generate --users: each shard is written in predict_step
+    # pmg generate --users: each shard is written in predict_step, and a rerun may find every shard finished.
+    (Warning, r"predict returned None if it was on purpose"),
+    (Warning, r"Total length of `DataLoader` across ranks is zero"),
 ))
 # Commands that load neither Lightning nor diffusers: they do not pay for importing them (diffusers
 # alone took 12 s to import on this 2-core machine under load).

@@ -214,7 +214,9 @@ class BatchGenerationModule(L.LightningModule):
         self.text_adapter, self.image_adapter = text_adapter, image_adapter
         self.batch_size = batch_size
         self.generated: list[int] = []  # this rank's shards generated now
-        self.started = 0.0  # perf_counter at the loop's start, after every rank has loaded the models and joined
+        # perf_counter at the loop's start, after every rank has loaded the models and joined (Lightning skips
+        # on_predict_start when no rank has a shard left: then the caller's start stands).
+        self.started = time.perf_counter()
 
     def on_predict_start(self) -> None:
         self.started = time.perf_counter()
@@ -321,6 +323,7 @@ def generate_batch(run: RunDirectory, out: Path, users: str, *, shard_size: int 
                           strategy=options.strategy, enable_progress_bar=options.enable_progress_bar, logger=False,
                           enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
                           default_root_dir=str(out))
+    module.started = time.perf_counter()
     predictor.predict(module, return_predictions=False)
     mine = torch.tensor([sum(len(plan.users[plan.shard(k)]) for k in module.generated), len(module.generated)])
     # A sum over ranks, and the barrier that every rank's shards are written before rank 0 lists them.
