@@ -8,6 +8,7 @@ Usage:
     uv run --frozen python benchmarks/scale.py --check          # then compare with TARGETS, exit 1 on a miss
     uv run --frozen python benchmarks/scale.py --check-file saved.log # compare a saved output only
     uv run --frozen python benchmarks/scale.py --size 10000 --json-out one.json   # one size in this process
+    uv run --frozen python benchmarks/scale.py --quick --generation-run runs/default   # generation throughput on that run
 
 Data: a graph-only variant of the catalog generator (``pmg.data.catalog``), which renders an image and
 writes a review per interaction and so cannot reach 10^6 users. Its statistics are the catalog's
@@ -60,8 +61,15 @@ except the batch size, on one torch thread (the stage's ``num_threads``):
 Across sizes: ``slope_ours`` and ``slope_lightgcn`` are the least-squares slopes of log epoch
 seconds against log training interactions; ``epoch_ratio_largest`` is ours over LightGCN's epoch
 time on the largest size; ``largest_minutes`` its epoch plus evaluation, in minutes.
-``generation_users_per_second`` belongs to batch generation (``pmg generate --users all``), not
-built yet: it is null, with ``generation_note`` saying so.
+``generation_users_per_second`` is batch generation's throughput (``pmg generate --users``,
+``pmg.tasks.batch.generate_batch``: Lightning's predict loop on one CPU process, one torch thread,
+shards of 256 users, 16 users per generator call) over ``generation_users`` users (default 200:
+``--generation-users``) of a run after the generator stage: ``--generation-run DIR``, or by default
+one the benchmark builds with the ``--quick`` profile (the zoo's default architectures with few
+training steps, its zoo cached in ``.cache/pmg/zoo`` like ``pmg pipeline --quick``'s;
+``generation_setup_seconds`` is that build, not in the throughput). Each user gets every text of
+``generator.text.targets`` and one image at the run's ``generator.sample`` settings;
+``generation_note`` names them. ``--skip-generation`` leaves it null.
 
 Targets (``TARGETS``, for the full run; on this 2-core machine, shared): ``largest_minutes`` ≤ 30 and
 ``largest_peak_gb`` ≤ 16 (the 10^6-user graph trains one epoch and evaluates Recall@20 on a sample of
@@ -88,13 +96,18 @@ import torch
 from torch_geometric.nn.models import LightGCN
 
 from pmg.benchmark_targets import Targets, at_most, parse_args_with_check, print_result, rounded
+from pmg.config import load_config
 from pmg.data.catalog import BRANDS, CATEGORIES, COLOURS, MATERIALS, PATTERNS, STYLES
 from pmg.data.format import InteractionData, Item
 from pmg.data.modules import BPRDataModule
 from pmg.data.split import Split, temporal_split
+from pmg.generator.config import GeneratorConfig
+from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
 from pmg.preference.baselines import held_out_ranking, lightgcn_adjacency, lightgcn_bpr_loss
 from pmg.preference.stage import PreferenceConfig, build_model, interaction_pairs
-from pmg.quantize.stage import QuantizeConfig, train_quantizers
+from pmg.quantize.stage import QuantizeConfig, load_user_tokens, train_quantizers
+from pmg.runs import RunDirectory
+from pmg.tasks.batch import generate_batch
 from pmg.training import TrainerConfig, build_optimizer
 from prefgraph import InteractionGraph
 
@@ -323,8 +336,31 @@ def run_size_subprocess(num_users: int, args: argparse.Namespace, lightgcn_steps
     return json.loads(out.read_text())
 
 
-def summarise(per_size: list[dict[str, Any]]) -> dict[str, Any]:
-    """The JSON line: per-size lists, slopes and the largest size's figures."""
+def measure_generation(run_dir: Path | None, num_users: int, folder: Path, log) -> dict[str, Any]:
+    """Batch generation's users per second on the first ``num_users`` users of ``run_dir`` (None: a
+    ``--quick`` profile run built in ``folder`` up to the generator stage), into shards in ``folder``."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    if run_dir is None:
+        run_dir = folder / "quick-run"
+        log(f"generation: building a --quick run up to the generator stage in {run_dir}")
+        run_pipeline(load_config(PipelineConfig, quick_profile(), [f"run_dir={run_dir}"]), until="generator", log=log)
+    setup = time.perf_counter() - started
+    run = RunDirectory(run_dir)
+    ids = folder / "generation-users.txt"
+    ids.write_text("\n".join(load_user_tokens(run).user_ids[:num_users]) + "\n")
+    summary = generate_batch(run, folder / "generated", str(ids), trainer={"accelerator": "cpu", "devices": "1", "strategy": "auto"})
+    log(f"generation: {summary.line()}")
+    sample = load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml").sample
+    return {"generation_users_per_second": summary.users_per_second, "generation_users": summary.generated_users,
+            "generation_seconds": summary.seconds, "generation_setup_seconds": setup,
+            "generation_note": f"pmg generate --users on {run_dir}: 1 CPU process, 1 torch thread, {sample.num_inference_steps} "
+                               f"denoising steps, up to {sample.max_new_tokens} new tokens per text"}
+
+
+def summarise(per_size: list[dict[str, Any]], generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON line: per-size lists, slopes and the largest size's figures; ``generation``
+    (:func:`measure_generation`; None: not measured) adds batch generation's figures."""
     lists = {key: [size[key] for size in per_size] for key in per_size[0]}
     largest = per_size[-1]
     result: dict[str, Any] = {
@@ -340,8 +376,7 @@ def summarise(per_size: list[dict[str, Any]]) -> dict[str, Any]:
         "largest_peak_gb": largest["peak_gb"],
         "largest_recall20": largest["recall20"],
         "largest_recall20_ci": largest["recall20_ci"],
-        "generation_users_per_second": None,
-        "generation_note": "not measured yet: batch generation (pmg generate --users all) is not built",
+        **(generation or {"generation_users_per_second": None, "generation_note": "not measured (--skip-generation)"}),
     }
     del result["steps"]
     return result
@@ -361,9 +396,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, help="measure this one size in this process (with --json-out)")
     parser.add_argument("--json-out", type=Path, help="where --size writes its figures")
+    parser.add_argument("--generation-run", type=Path, help="a run after the generator stage whose batch generation is timed "
+                                                               "(default: a --quick profile run built for it)")
+    parser.add_argument("--generation-users", type=int, default=200, help="users batch generation is timed on (default 200)")
+    parser.add_argument("--skip-generation", action="store_true", help="do not measure batch generation")
     args = parse_args_with_check(parser, TARGETS, argv)
     if args.steps_per_epoch < 1:
         parser.error("--steps-per-epoch must be >= 1")
+    if args.generation_users < 1:
+        parser.error("--generation-users must be >= 1")
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -382,7 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         for users in sizes:
             steps = args.lightgcn_steps if args.lightgcn_steps >= 0 else (4 if users >= 1_000_000 else 0)
             per_size.append(run_size_subprocess(users, args, steps, Path(folder)))
-    result = summarise(per_size)
+        generation = None if args.skip_generation else measure_generation(args.generation_run, args.generation_users, Path(folder), log)
+    result = summarise(per_size, generation)
     result["seconds"] = time.perf_counter() - started
     log(f"epoch time vs training interactions, log-log slope: ours {result['slope_ours']:.2f}, "
         f"lightgcn {result['slope_lightgcn']:.2f}; ours / lightgcn on {sizes[-1]} users {result['epoch_ratio_largest']:.2f}")

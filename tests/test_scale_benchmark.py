@@ -61,3 +61,5 @@ def test_one_size_is_measured_and_the_summary_has_every_key(bench: ModuleType) -
     assert result["epoch_ratio_largest"] == pytest.approx(0.5)
     assert result["largest_minutes"] == pytest.approx((100.0 + one["eval_seconds"]) / 60)
     assert result["generation_users_per_second"] is None and "not measured" in result["generation_note"]
+    measured = {"generation_users_per_second": 2.0, "generation_users": 200, "generation_note": "on a run"}
+    assert {k: v for k, v in bench.summarise(per_size, measured).items() if k.startswith("generation")} == measured
