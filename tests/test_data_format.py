@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,20 @@ def test_atomic_file_keeps_old_content_on_error(tmp_path: Path) -> None:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "weights.bin"]
+
+
+def test_atomic_writes_get_the_modes_open_and_mkdir_would_give(tmp_path: Path) -> None:
+    # Not mkstemp's 0600 / mkdtemp's 0700: another account must read a shared run or a job's shards.
+    previous = os.umask(0o027)
+    try:
+        with atomic_file(tmp_path / "file.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_directory(tmp_path / "dir") as tmp:
+            (tmp / "a").write_text("1")
+        with atomic_directory(tmp_path / "partial", resumable=True) as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "file.bin").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "dir").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "partial").stat().st_mode) == 0o750

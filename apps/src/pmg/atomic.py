@@ -29,6 +29,9 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # mkstemp makes it 0600; the file it becomes gets what open() would give (0666 less the umask),
+    # so that other accounts reading a shared run or a multi-node job's output can.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -65,9 +68,10 @@ def atomic_directory(path: str | os.PathLike[str], *, resumable: bool = False) -
     lock = _partial_lock(target) if resumable else None
     if lock is not None:
         tmp = target.parent / f".{target.name}.partial"
-        tmp.mkdir(mode=0o700, exist_ok=True)  # as mkdtemp makes it
+        tmp.mkdir(exist_ok=True)
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; as mkdir() would, as for files above
     try:
         try:
             yield tmp
@@ -92,6 +96,13 @@ def atomic_directory(path: str | os.PathLike[str], *, resumable: bool = False) -
     finally:
         if lock is not None:
             os.close(lock)  # closing drops the flock; the file stays (unlinking it would race a new holder)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _partial_lock(target: Path) -> int | None:
