@@ -277,6 +277,9 @@ def test_merged_for_inference_generates_as_the_adapter_does_and_is_frozen(base_f
 
 
 def test_a_few_dozen_steps_teach_each_user_token_its_continuation(base_folders: dict[str, Path]) -> None:
+    # Seeded: with the random state the tests before it happened to leave, the rows and LoRA once
+    # started where 60 steps taught nothing (margin 0.0005); from seeds 0-5 the margin was 0.47-1.28.
+    torch.manual_seed(0)
     adapter = _adapter(base_folders["tied"], lora=LoraOptions(r=4, alpha=8))
     prompts = [build_text_prompt("<pt_0_0>"), build_text_prompt("<pt_0_1>")]
     targets = [" a red striped dress", " a blue polka-dot shoe"]
