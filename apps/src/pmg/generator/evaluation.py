@@ -60,11 +60,12 @@ def taste_attributes(data: InteractionData, modality: str) -> dict[str, tuple[st
 
 
 def judge_attribute_hits(images: Sequence[Image] | torch.Tensor, true_values: Sequence[str], judge: AttributeJudge,
-                         attribute: str = "colour") -> torch.Tensor:
+                         attribute: str = "colour", readings: Sequence[dict[str, str]] | None = None) -> torch.Tensor:
     """Bool [B]: the judge reads ``true_values[b]`` as ``attribute`` of image ``b``.
 
     ``images``: PIL images or a tensor [B, 3, S, S] in [-1, 1]. A true value the judge does
-    not know is an error (a judge trained on another dataset), not a silent miss.
+    not know is an error (a judge trained on another dataset), not a silent miss. ``readings``:
+    ``judge.predict_values(images)`` if already computed (several attributes of one batch).
     """
     if len(images) != len(true_values):
         raise ValueError(f"{len(images)} images but {len(true_values)} true values")
@@ -75,7 +76,7 @@ def judge_attribute_hits(images: Sequence[Image] | torch.Tensor, true_values: Se
         raise ValueError(f"true {attribute} values {unknown} are not among the judge's {list(judge.attributes[attribute])}")
     if len(images) == 0:
         return torch.zeros(0, dtype=torch.bool)
-    read = judge.predict_values(images)
+    read = judge.predict_values(images) if readings is None else readings
     return torch.tensor([found[attribute] == truth for found, truth in zip(read, true_values, strict=True)])
 
 
@@ -160,5 +161,6 @@ def image_taste_hits(images: Sequence[Image] | torch.Tensor, users: Sequence[int
         raise ValueError("the judge reads none of the dataset's ground-truth visual tastes")
     tastes = data.user_tastes
     assert tastes is not None
-    hits = [judge_attribute_hits(images, [tastes[name][u] for u in users], judge, name) for name in attributes]
+    readings = judge.predict_values(images) if len(images) else []  # once for every attribute
+    hits = [judge_attribute_hits(images, [tastes[name][u] for u in users], judge, name, readings) for name in attributes]
     return torch.stack(hits).float().mean(dim=0)
