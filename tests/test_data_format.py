@@ -90,10 +90,10 @@ def test_malformed_json_line_is_named(dataset: Path) -> None:
 def test_missing_and_unreadable_images(dataset: Path) -> None:
     data = read_dataset(dataset)
     data.items[3].image.unlink()
-    with pytest.raises(DatasetError, match=r"line 4, column 'image': image file .* does not exist"):
+    with pytest.raises(DatasetError, match=r"items\.jsonl, line 4, column 'image': .*\.png: image file does not exist"):
         read_dataset(dataset)
     data.items[3].image.write_bytes(b"not a png at all")
-    with pytest.raises(DatasetError, match=r"line 4, column 'image': image file .* is not a readable image"):
+    with pytest.raises(DatasetError, match=r"items\.jsonl, line 4, column 'image': .*\.png: not a readable image"):
         read_dataset(dataset)
 
 

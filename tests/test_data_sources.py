@@ -42,7 +42,7 @@ def test_movielens_posters_give_the_image_modality(tmp_path: Path) -> None:
     assert data.items[index["3"]].image == posters / "3.png"
     assert data.report.items_without_image == data.num_items - 2
     (posters / "1.jpg").write_bytes(b"truncated")
-    with pytest.raises(DatasetError, match=r"1\.jpg is not a readable image"):
+    with pytest.raises(DatasetError, match=r"posters/1\.jpg: not a readable image: Pillow cannot identify its format"):
         load_movielens(FIXTURES / "ml-1m-cut", posters=posters)
 
 

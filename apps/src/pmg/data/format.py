@@ -3,6 +3,7 @@
 A dataset is a directory::
 
     dataset.json        {"format": "pmg-dataset", "version": 1, "name": ..., "source": ...,
+                         "image_fit": "pad" | "squash" | "crop" (optional, see below),
                          "attributes": {"colour": {"modality": "visual", "values": [...],
                                                    "aliases": {value: [word, ...]} (optional),
                                                    "hidden": true (optional: ground truth only)}, ...}}
@@ -18,6 +19,10 @@ A dataset is a directory::
 Ids are strings on disk and contiguous integers in memory; the index → id lists are the
 saved id maps. Items may lack an image or text: they keep a missing-modality mask and are
 counted in the load report, never dropped.
+
+``image_fit`` says how models read the images into a square (``pmg.data.images.ImageFit``); it
+is written only when some image is not square (a square image reads the same under every
+fit), and a dataset without it is read with the default, ``pad``.
 """
 
 from __future__ import annotations
@@ -32,13 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from pmg.atomic import atomic_directory
+from pmg.data.images import ImageChecks, ImageFit, OnBadImages, SkippedImage
 from pmg.data.records import (
     DatasetError,
     Duplicates,
     OnBadRows,
     RejectedRow,
     RowRejections,
-    check_image,
     parse_number,
     read_delimited,
     read_json_lines,
@@ -133,6 +138,8 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
     # Interaction rows set aside under on_bad_rows: skip, each with its file, line and reason.
     rejected: list[RejectedRow] = field(default_factory=list)
+    # Item images left out under on_bad_images: skip (each item kept, without image), with the reason.
+    skipped_images: list[SkippedImage] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
@@ -146,6 +153,8 @@ class LoadReport:
             parts.append(f"{self.duplicate_interactions_dropped} duplicate interactions dropped")
         if self.rejected:
             parts.append(f"{len(self.rejected)} rows rejected")
+        if self.skipped_images:
+            parts.append(f"{len(self.skipped_images)} unreadable images skipped")
         return ", ".join(parts) + "".join(f"\n  note: {n}" for n in self.notes)
 
 
@@ -158,6 +167,8 @@ class InteractionData:
     ``rating`` float32 [N] (NaN when unknown), ``review`` list of N strings ('' when none).
     ``user_ids`` [U] and ``items`` [I] map indices back to the raw ids.
     ``user_tastes`` holds ground-truth tastes per attribute, [U] values each, when known.
+    ``image_fit``: how models read the images into a square (``ImageFit``); None when the
+    dataset records none (every image square, or an older dataset): readers use ``pad``.
     """
 
     name: str
@@ -172,6 +183,7 @@ class InteractionData:
     user_tastes: dict[str, list[str]] | None = None
     source: str = ""
     report: LoadReport = field(default_factory=LoadReport)
+    image_fit: ImageFit | None = None
 
     def __post_init__(self) -> None:
         self.user = np.asarray(self.user, dtype=np.int64)
@@ -252,7 +264,13 @@ class InteractionData:
             user_tastes=self.user_tastes,
             source=self.source,
             report=self.report,
+            image_fit=self.image_fit,
         )
+
+    @property
+    def image_read_fit(self) -> ImageFit:
+        """The fit every reader of this dataset's images uses: ``image_fit``, or ``pad`` when None."""
+        return self.image_fit or ImageFit.pad
 
     def refresh_report(self) -> LoadReport:
         """Recount the report's totals from the data (keeps its notes and repair counts)."""
@@ -310,6 +328,7 @@ def write_dataset(
             "name": data.name,
             "source": data.source,
             "attributes": {k: spec.to_json() for k, spec in data.attributes.items()},
+            **({"image_fit": data.image_fit.value} if data.image_fit is not None else {}),
             "counts": {"users": data.num_users, "items": data.num_items, "interactions": data.num_interactions},
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -343,15 +362,18 @@ def write_dataset(
 
 
 def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Duplicates | str = Duplicates.error,
-                 on_bad_rows: OnBadRows | str = OnBadRows.error) -> InteractionData:
+                 on_bad_rows: OnBadRows | str = OnBadRows.error, on_bad_images: OnBadImages | str = OnBadImages.error) -> InteractionData:
     """Read a dataset directory written by ``write_dataset`` (or by hand, following the format).
 
     Args:
         root: the dataset directory.
-        check_images: verify that every referenced image exists and Pillow can read it.
+        check_images: decode every referenced image (``pmg.data.images.verify_image``): a missing,
+            non-image, truncated or damaged file goes to ``on_bad_images``.
         duplicates: ``error`` (default) or ``drop`` for repeated (user, item, timestamp) rows (``Duplicates``).
         on_bad_rows: ``error`` (default) or ``skip``: interaction rows that cannot be used are set
             aside in ``report.rejected`` (``OnBadRows``).
+        on_bad_images: ``error`` (default) or ``skip``: an item whose image cannot be read is
+            kept without image and listed in ``report.skipped_images`` (``OnBadImages``).
 
     Raises:
         DatasetError: a missing file, a wrong format version, a malformed line, an unknown
@@ -375,6 +397,11 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Dup
     attributes = {name: AttributeSpec.from_json(spec) for name, spec in meta.get("attributes", {}).items()}
     report = LoadReport()
     rejections = RowRejections(on_bad_rows)
+    image_checks = ImageChecks(on_bad_images)
+    try:
+        image_fit = ImageFit(meta["image_fit"]) if meta.get("image_fit") is not None else None
+    except ValueError as err:
+        raise DatasetError(meta_path, f"image_fit {meta['image_fit']!r} is not one of {[f.value for f in ImageFit]}") from err
 
     items_path = root / "items.jsonl"
     items: list[Item] = []
@@ -388,7 +415,7 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Dup
         if row.get("image"):
             image_path = (root / str(row["image"])).resolve()
             if check_images:
-                check_image(image_path, owner=items_path, line=number)
+                image_path = image_checks.checked(image_path, item_id=item_id, owner=items_path, line=number)
         items.append(
             Item(
                 item_id=item_id,
@@ -457,8 +484,10 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Dup
         user_tastes=tastes,
         source=str(meta.get("source", "")),
         report=report,
+        image_fit=image_fit,
     )
     report.rejected = rejections.rows
+    report.skipped_images = image_checks.skipped
     data.refresh_report()
     return data
 

@@ -8,16 +8,15 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pmg.data.format import InteractionData
-from pmg.data.records import DatasetError
+from pmg.data.images import load_image_tensor
 from pmg.data.split import Split
 from pmg.training import ResumableLoader
 from prefgraph import InteractionGraph, sample_negatives
 
-__all__ = ["RowIndices", "UserItemSets", "BPRDataModule", "GenerationDataModule", "load_image_tensor"]
+__all__ = ["RowIndices", "UserItemSets", "BPRDataModule", "GenerationDataModule"]
 
 
 @dataclass
@@ -147,19 +146,6 @@ class BPRDataModule(L.LightningDataModule):
         return self._eval_loader(self.test_targets)
 
 
-def load_image_tensor(path: str, size: int) -> torch.Tensor:
-    """An RGB image as float32 [3, size, size] in [-1, 1]; ``DatasetError`` if unreadable."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.float32)
-    except (OSError, SyntaxError) as err:
-        raise DatasetError(path, f"cannot read image: {err}") from err
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-
-
 class _GenerationSet(Dataset):
     def __init__(self, data: InteractionData, rows: np.ndarray, image_size: int, with_images: bool) -> None:
         self.data, self.rows, self.image_size, self.with_images = data, rows, image_size, with_images
@@ -179,7 +165,7 @@ class _GenerationSet(Dataset):
         }
         if self.with_images:
             example["image"] = (
-                load_image_tensor(str(item.image), self.image_size)
+                load_image_tensor(item.image, self.image_size, self.data.image_read_fit)
                 if item.image is not None
                 else torch.zeros(3, self.image_size, self.image_size)
             )

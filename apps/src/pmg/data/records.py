@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from pmg.atomic import atomic_file
 
-__all__ = ["DatasetError", "Duplicates", "OnBadRows", "RejectedRow", "RowRejections", "write_rejected_rows", "read_text", "read_delimited",
-           "read_json_lines", "parse_number", "check_image"]
+__all__ = ["DatasetError", "Duplicates", "OnBadRows", "RejectedRow", "RowRejections", "write_csv_rows", "write_rejected_rows", "read_text",
+           "read_delimited", "read_json_lines", "parse_number"]
 
 
 class DatasetError(ValueError):
@@ -73,16 +71,21 @@ class RejectedRow:
     reason: str
 
 
-def write_rejected_rows(path: Path, rows: Sequence[RejectedRow]) -> None:
-    """``rejected.csv`` at ``path`` (atomically): a header, then one line per row set aside (file,
-    line, reason); with no rows, no file (a previous one is deleted)."""
+def write_csv_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A CSV of what a load set aside at ``path`` (atomically): ``header``, then ``rows``; with no
+    rows, no file (a previous one is deleted, so a clean load leaves none behind)."""
     if not rows:
         path.unlink(missing_ok=True)
         return
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("file", "line", "reason"))
-        writer.writerows((row.file, "" if row.line is None else row.line, row.reason) for row in rows)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_rejected_rows(path: Path, rows: Sequence[RejectedRow]) -> None:
+    """``rejected.csv`` at ``path`` (``write_csv_rows``): one line per row set aside (file, line, reason)."""
+    write_csv_rows(path, ("file", "line", "reason"), [(row.file, "" if row.line is None else row.line, row.reason) for row in rows])
 
 
 class RowRejections:
@@ -201,15 +204,3 @@ def parse_number(path: Path, line: int, column: str, value: str, kind: type[int]
         return kind(value)
     except (TypeError, ValueError) as err:
         raise DatasetError(path, f"{value!r} is not {'an integer' if kind is int else 'a number'}", line=line, column=column) from err
-
-
-def check_image(path: Path, *, owner: Path, line: int | None = None) -> None:
-    """Raise ``DatasetError`` (naming ``owner``, the file that refers to the image) unless
-    ``path`` is an image file Pillow can identify."""
-    if not path.is_file():
-        raise DatasetError(owner, f"image file {path} does not exist", line=line, column="image")
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(owner, f"image file {path} is not a readable image ({err})", line=line, column="image") from err

@@ -11,7 +11,10 @@
 Items without an image or text keep a missing-modality mask and are counted in the load
 report; nothing is dropped silently. An interaction row that cannot be used (an unknown item
 id, a field that is not a number) stops the load, or with ``on_bad_rows="skip"`` is set aside
-in ``report.rejected`` with its file, line and reason.
+in ``report.rejected`` with its file, line and reason. Every image is decoded at load
+(``pmg.data.images``): one that is missing, not an image, truncated or damaged stops the load,
+or with ``on_bad_images="skip"`` leaves its item without image, listed in
+``report.skipped_images``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from pmg.data.format import InteractionData, Item, LoadReport
+from pmg.data.images import ImageChecks, OnBadImages
 from pmg.data.records import (
     DatasetError,
     Duplicates,
     OnBadRows,
     RowRejections,
-    check_image,
     parse_number,
     read_delimited,
     read_json_lines,
@@ -45,26 +48,27 @@ _ML100K_GENRES = (
 )
 
 
-def _find_image(folder: Path | None, stem: str) -> Path | None:
+def _find_image(folder: Path | None, stem: str, checks: ImageChecks) -> Path | None:
+    """``folder/{stem}.jpg`` (or another image suffix) when there is one and it reads (``checks``)."""
     if folder is None:
         return None
     for suffix in _IMAGE_SUFFIXES:
         candidate = folder / f"{stem}{suffix}"
         if candidate.is_file():
-            check_image(candidate, owner=folder)
-            return candidate
+            return checks.checked(candidate, item_id=stem)
     return None
 
 
 class _Builder:
     """Collects interactions with raw ids, then assigns contiguous indices in first-seen order."""
 
-    def __init__(self, source: Path, items: dict[str, Item], duplicates: Duplicates | str, rejections: RowRejections) -> None:
+    def __init__(self, source: Path, items: dict[str, Item], duplicates: Duplicates | str, rejections: RowRejections,
+                 image_checks: ImageChecks) -> None:
         self.source = source
         self.items = items
         self.duplicates = Duplicates(duplicates)
         self.rejections = rejections
-        self.report = LoadReport(rejected=rejections.rows)
+        self.report = LoadReport(rejected=rejections.rows, skipped_images=image_checks.skipped)
         self.rows: list[tuple[str, str, int, float, str]] = []
         self.seen: dict[tuple[str, str, int], int] = {}
 
@@ -114,39 +118,49 @@ class _Builder:
 
 def load_movielens(
     root: str | Path, *, posters: str | Path | None = None, duplicates: Duplicates | str = Duplicates.error, max_tags: int = 8,
-    on_bad_rows: OnBadRows | str = OnBadRows.error,
+    on_bad_rows: OnBadRows | str = OnBadRows.error, on_bad_images: OnBadImages | str = OnBadImages.error,
 ) -> InteractionData:
     """Read a MovieLens release (latest/latest-small, 100k or 1m, detected from its files).
 
     Item text is the title, the genres and the most frequent user tags; a user's tags on a
     movie become the review of that rating. With ``posters``, ``{movieId}.jpg`` is the image.
-    ``on_bad_rows``: what a rating row that cannot be used does (``OnBadRows``).
+    ``on_bad_rows``: what a rating row that cannot be used does (``OnBadRows``); ``on_bad_images``:
+    what a poster that cannot be read does (``OnBadImages``).
     """
     root = Path(root)
     poster_dir = Path(posters) if posters is not None else None
     if poster_dir is not None and not poster_dir.is_dir():
         raise DatasetError(poster_dir, "posters folder does not exist")
+    poster_files = _Posters(poster_dir, ImageChecks(on_bad_images))
     if (root / "ratings.csv").is_file() or (root / "movies.csv").is_file():
-        return _movielens_latest(root, poster_dir, duplicates, max_tags, RowRejections(on_bad_rows))
+        return _movielens_latest(root, poster_files, duplicates, max_tags, RowRejections(on_bad_rows))
     if (root / "u.data").is_file():
-        return _movielens_100k(root, poster_dir, duplicates, RowRejections(on_bad_rows))
+        return _movielens_100k(root, poster_files, duplicates, RowRejections(on_bad_rows))
     if (root / "ratings.dat").is_file():
-        return _movielens_1m(root, poster_dir, duplicates, RowRejections(on_bad_rows))
+        return _movielens_1m(root, poster_files, duplicates, RowRejections(on_bad_rows))
     raise DatasetError(root, "not a MovieLens folder: expected ratings.csv+movies.csv, u.data+u.item, or ratings.dat+movies.dat")
 
 
-def _movie_item(movie_id: str, title: str, genres: list[str], tags: list[str], poster_dir: Path | None) -> Item:
+@dataclass
+class _Posters:
+    """A MovieLens load's poster folder (None: no posters) and how its unreadable files are handled."""
+
+    folder: Path | None
+    checks: ImageChecks
+
+
+def _movie_item(movie_id: str, title: str, genres: list[str], tags: list[str], posters: _Posters) -> Item:
     description = "Genres: " + ", ".join(genres) + "." if genres else ""
     if tags:
         description += (" " if description else "") + "Tags: " + ", ".join(tags) + "."
     attributes = {"genres": "|".join(genres)} if genres else {}
     return Item(
         item_id=movie_id, title=title.strip(), description=description,
-        image=_find_image(poster_dir, movie_id), attributes=attributes,
+        image=_find_image(posters.folder, movie_id, posters.checks), attributes=attributes,
     )
 
 
-def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: Duplicates | str, max_tags: int,
+def _movielens_latest(root: Path, posters: _Posters, duplicates: Duplicates | str, max_tags: int,
                       rejections: RowRejections) -> InteractionData:
     tags_by_movie: dict[str, Counter[str]] = defaultdict(Counter)
     tags_by_rating: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -164,9 +178,9 @@ def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: Duplicate
             raise DatasetError(movies_path, f"duplicate movieId {movie_id!r}", line=line, column="movieId")
         genres = [] if row["genres"] == "(no genres listed)" else row["genres"].split("|")
         top_tags = [t for t, _ in tags_by_movie[movie_id].most_common(max_tags)]
-        items[movie_id] = _movie_item(movie_id, row["title"], genres, top_tags, poster_dir)
+        items[movie_id] = _movie_item(movie_id, row["title"], genres, top_tags, posters)
     ratings_path = root / "ratings.csv"
-    builder = _Builder(root, items, duplicates, rejections)
+    builder = _Builder(root, items, duplicates, rejections, posters.checks)
     for line, row in read_delimited(ratings_path, required=("userId", "movieId", "rating", "timestamp"), rejections=rejections):
         with rejections.row():
             builder.add(
@@ -178,7 +192,7 @@ def _movielens_latest(root: Path, poster_dir: Path | None, duplicates: Duplicate
     return builder.build(root.name)
 
 
-def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
+def _movielens_100k(root: Path, posters: _Posters, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
     item_path = root / "u.item"
     fields = ["movie_id", "title", "release", "video_release", "url", *_ML100K_GENRES]
     items: dict[str, Item] = {}
@@ -186,9 +200,9 @@ def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: Duplicates 
         genres = [g for g in _ML100K_GENRES if row[g] == "1" and g != "unknown"]
         if row["movie_id"] in items:
             raise DatasetError(item_path, f"duplicate movie id {row['movie_id']!r}", line=line)
-        items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], genres, [], poster_dir)
+        items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], genres, [], posters)
     data_path = root / "u.data"
-    builder = _Builder(root, items, duplicates, rejections)
+    builder = _Builder(root, items, duplicates, rejections, posters.checks)
     fields = ["user_id", "item_id", "rating", "timestamp"]
     for line, row in read_delimited(data_path, required=fields, delimiter="\t", fieldnames=fields, rejections=rejections):
         with rejections.row():
@@ -200,16 +214,16 @@ def _movielens_100k(root: Path, poster_dir: Path | None, duplicates: Duplicates 
     return builder.build(root.name)
 
 
-def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
+def _movielens_1m(root: Path, posters: _Posters, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
     movies_path = root / "movies.dat"
     items: dict[str, Item] = {}
     fields = ["movie_id", "title", "genres"]
     for line, row in read_delimited(movies_path, required=fields, delimiter="::", fieldnames=fields, encoding="latin-1"):
         if row["movie_id"] in items:
             raise DatasetError(movies_path, f"duplicate movie id {row['movie_id']!r}", line=line)
-        items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], row["genres"].split("|"), [], poster_dir)
+        items[row["movie_id"]] = _movie_item(row["movie_id"], row["title"], row["genres"].split("|"), [], posters)
     ratings_path = root / "ratings.dat"
-    builder = _Builder(root, items, duplicates, rejections)
+    builder = _Builder(root, items, duplicates, rejections, posters.checks)
     fields = ["user_id", "movie_id", "rating", "timestamp"]
     for line, row in read_delimited(ratings_path, required=fields, delimiter="::", fieldnames=fields, encoding="latin-1",
                                     rejections=rejections):
@@ -227,19 +241,21 @@ def _movielens_1m(root: Path, poster_dir: Path | None, duplicates: Duplicates | 
 
 def load_amazon2023(
     reviews: str | Path, meta: str | Path, *, images: str | Path | None = None, duplicates: Duplicates | str = Duplicates.error,
-    on_bad_rows: OnBadRows | str = OnBadRows.error,
+    on_bad_rows: OnBadRows | str = OnBadRows.error, on_bad_images: OnBadImages | str = OnBadImages.error,
 ) -> InteractionData:
     """Read Amazon Reviews 2023 JSONL files (one category's ``<cat>.jsonl`` and ``meta_<cat>.jsonl``).
 
     Items are keyed by ``parent_asin``; text is the title, features and description; the
     image is ``{parent_asin}.jpg`` in ``images`` when present. Timestamps (milliseconds)
     become seconds; a review is its title and text. ``on_bad_rows``: what a review line that
-    cannot be used does (``OnBadRows``).
+    cannot be used does (``OnBadRows``); ``on_bad_images``: what an image that cannot be read
+    does (``OnBadImages``).
     """
     reviews, meta = Path(reviews), Path(meta)
     image_dir = Path(images) if images is not None else None
     if image_dir is not None and not image_dir.is_dir():
         raise DatasetError(image_dir, "images folder does not exist")
+    image_checks = ImageChecks(on_bad_images)
     items: dict[str, Item] = {}
     for line, row in read_json_lines(meta, required=("parent_asin",)):
         asin = str(row["parent_asin"])
@@ -251,10 +267,10 @@ def load_amazon2023(
             attributes["store"] = str(row["store"])
         items[asin] = Item(
             item_id=asin, title=str(row.get("title") or "").strip(), description=description.strip(),
-            image=_find_image(image_dir, asin), attributes=attributes,
+            image=_find_image(image_dir, asin, image_checks), attributes=attributes,
         )
     rejections = RowRejections(on_bad_rows)
-    builder = _Builder(reviews, items, duplicates, rejections)
+    builder = _Builder(reviews, items, duplicates, rejections, image_checks)
     for line, row in read_json_lines(reviews, required=("user_id", "parent_asin", "timestamp"), rejections=rejections):
         with rejections.row():
             _add_review(builder, reviews, line, row)
@@ -321,16 +337,18 @@ def load_table(
     mapping: TableMapping | None = None,
     duplicates: Duplicates | str = Duplicates.error,
     on_bad_rows: OnBadRows | str = OnBadRows.error,
+    on_bad_images: OnBadImages | str = OnBadImages.error,
 ) -> InteractionData:
     """Read any CSV/TSV/JSONL interaction table (and optional item table) through ``mapping``.
 
     Without an item table, items are the distinct ids of the interactions (no text, no
     image: both flagged missing). Image paths in the item table are relative to ``images``
     (or to the item file's folder). ``on_bad_rows``: what an interaction row that cannot be
-    used does (``OnBadRows``).
+    used does (``OnBadRows``); ``on_bad_images``: what an image that cannot be read does (``OnBadImages``).
     """
     m = mapping or TableMapping()
     inter_path = Path(interactions)
+    image_checks = ImageChecks(on_bad_images)
     catalog: dict[str, Item] = {}
     if items is not None:
         items_path = Path(items)
@@ -341,8 +359,7 @@ def load_table(
                 raise DatasetError(items_path, f"duplicate item id {item_id!r}", line=line, column=m.item)
             image = None
             if m.item_image and row.get(m.item_image):
-                image = (base / str(row[m.item_image])).resolve()
-                check_image(image, owner=items_path, line=line)
+                image = image_checks.checked((base / str(row[m.item_image])).resolve(), item_id=item_id, owner=items_path, line=line)
             catalog[item_id] = Item(
                 item_id=item_id,
                 title=str(row.get(m.item_title) or ""),
@@ -356,7 +373,7 @@ def load_table(
     if items is None:
         for _, row in rows:
             catalog.setdefault(str(row[m.item]), Item(item_id=str(row[m.item])))
-    builder = _Builder(inter_path, catalog, duplicates, rejections)
+    builder = _Builder(inter_path, catalog, duplicates, rejections, image_checks)
     for line, row in rows:
         with rejections.row():
             rating_raw = row.get(m.rating) if m.rating else None

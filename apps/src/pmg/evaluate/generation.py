@@ -50,10 +50,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
+from pmg.data.images import load_image, load_image_tensor
 from pmg.data.keywords import HistoryKeywords
-from pmg.data.modules import load_image_tensor
 from pmg.evaluate.table import Cell, Section
 from pmg.generator.config import PromptMode
 from pmg.generator.evaluation import (
@@ -150,8 +149,7 @@ class RetrievalVariant:
             record = data.items[item]
             image = None
             if record.image is not None:
-                with PILImage.open(record.image) as opened:
-                    image = opened.convert("RGB").resize((self.image_size, self.image_size), PILImage.Resampling.BICUBIC)
+                image = load_image(record.image, self.image_size, data.image_read_fit)
             results.append(UserGeneration(data.user_ids[user], False, f"(item {record.item_id})",
                                           {"title": record.title, "description": record.description}, "", image))
         return results
@@ -252,7 +250,7 @@ def _item_embeddings(data: InteractionData, items: np.ndarray, embedder: ClipEmb
     if modality == "image":
         kept = [int(i) for i in items if data.items[i].image is not None]
         embed = lambda chunk: embedder.embed_images(  # noqa: E731
-            torch.stack([load_image_tensor(str(data.items[i].image), embedder.image_size) for i in chunk]))
+            torch.stack([load_image_tensor(data.items[i].image, embedder.image_size, data.image_read_fit) for i in chunk]))
     else:
         kept = [int(i) for i in items if data.items[i].text]
         embed = lambda chunk: embedder.embed_texts([data.items[i].text for i in chunk])  # noqa: E731

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pmg.data.format import InteractionData
-from pmg.data.modules import load_image_tensor
+from pmg.data.images import load_image_tensor
 from pmg.data.split import Split
 from pmg.generator.config import GeneratorConfig
 from pmg.generator.prompts import item_subject, subject_attributes, user_image_prompt, user_prompts
@@ -167,7 +167,7 @@ def generate_for_user(
     if image_adapter is not None and reference is not None:
         sample = config.sample
         size = image_adapter.image_size
-        pixels = (load_image_tensor(str(reference), size).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
+        pixels = (load_image_tensor(reference, size, data.image_read_fit).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
         result.image = image_adapter.generate([result.image_prompt], reference_images=pixels, strength=strength, seed=sample.seed,
                                               num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
                                               soft_prompt=image_soft_prompt)[0]

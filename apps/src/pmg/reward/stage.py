@@ -32,7 +32,7 @@ import torch
 from pmg.atomic import atomic_directory
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared, load_user_roles
-from pmg.data.modules import load_image_tensor
+from pmg.data.images import load_image_tensor
 from pmg.generator.config import GeneratorConfig
 from pmg.generator.evaluation import image_taste_hits, taste_attributes, text_taste_hits
 from pmg.generator.generate import generate_for_users, write_samples
@@ -134,7 +134,7 @@ def fit_content_maps(data: InteractionData, item_embeddings: dict[str, torch.Ten
         if "visual" in item_embeddings:
             items = [i for i, record in enumerate(data.items) if record.image is not None]
             content = torch.cat([
-                embedder.embed_images(torch.stack([load_image_tensor(str(data.items[i].image), image_size) for i in items[s : s + 64]]))
+                embedder.embed_images(torch.stack([load_image_tensor(data.items[i].image, image_size, data.image_read_fit) for i in items[s : s + 64]]))
                 for s in range(0, len(items), 64)
             ])
             maps["visual"] = fit_linear_map(content, item_embeddings["visual"][items].float(), ridge=ridge).T

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from transformers import CLIPModel, CLIPProcessor, PreTrainedTokenizerBase
 
+from pmg.data.images import ImageFit, load_image
 from pmg.zoo.config import ClipTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
 from pmg.zoo.fitting import FitCheckpoints, fit_steps
@@ -37,14 +37,14 @@ def tiny_clip_processor(tokenizer: PreTrainedTokenizerBase, image_size: int) -> 
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def clip_pixel_values(processor: CLIPProcessor, paths: Sequence[Path | str], batch: int = 256) -> torch.Tensor:
-    """[N, 3, S, S] processor inputs for the images at ``paths``."""
+def clip_pixel_values(processor: CLIPProcessor, paths: Sequence[Path | str], fit: ImageFit, batch: int = 256) -> torch.Tensor:
+    """[N, 3, S, S] processor inputs for the images at ``paths``, each made the processor's
+    S x S square by ``fit`` first (``pmg.data.images.load_image``), so the processor's own
+    resize and centre crop leave it as it is."""
+    size = int(processor.image_processor.crop_size["height"])
     chunks = []
     for start in range(0, len(paths), batch):
-        images = []
-        for path in paths[start:start + batch]:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+        images = [load_image(path, size, fit) for path in paths[start:start + batch]]
         chunks.append(processor.image_processor(images=images, return_tensors="pt")["pixel_values"])
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
@@ -99,7 +99,7 @@ def train_clip(
     items = corpus.image_items(corpus.train_items)
     if len(items) < 2:
         raise ValueError("CLIP training needs at least two training items with images")
-    pixels = clip_pixel_values(processor, [corpus.data.items[int(i)].image for i in items])
+    pixels = clip_pixel_values(processor, [corpus.data.items[int(i)].image for i in items], corpus.data.image_read_fit)
     max_length = min(int(processor.tokenizer.model_max_length), int(model.config.text_config.max_position_embeddings))
     collate = _ClipCollate(corpus, items, pixels, processor.tokenizer, config.caption_probability, max_length)
     model.train()

@@ -19,7 +19,7 @@ import torch
 
 from pmg.data.catalog import PATTERN_WORDS
 from pmg.data.format import InteractionData
-from pmg.data.modules import load_image_tensor
+from pmg.data.images import load_image_tensor
 from pmg.data.split import Split
 from pmg.zoo.config import HoldoutConfig
 from prefgen import build_text_prompt
@@ -116,7 +116,7 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
     images = torch.zeros(data.num_items, 3, image_size, image_size)
     for i, it in enumerate(data.items):
         if it.image is not None:
-            images[i] = load_image_tensor(str(it.image), image_size)
+            images[i] = load_image_tensor(it.image, image_size, data.image_read_fit)
     train_items = np.flatnonzero(~heldout)
     if len(train_items) == 0:
         raise ValueError("zoo.holdout leaves no training items; lower holdout.combos or holdout.item_fraction")

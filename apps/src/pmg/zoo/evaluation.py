@@ -82,7 +82,7 @@ def clip_retrieval_top1(model: CLIPModel, processor: CLIPProcessor, corpus: ZooC
     if len(chosen) < 2:
         return float("nan"), len(chosen)
     model.eval()
-    pixels = clip_pixel_values(processor, [corpus.data.items[i].image for i in chosen])
+    pixels = clip_pixel_values(processor, [corpus.data.items[i].image for i in chosen], corpus.data.image_read_fit)
     tokens = processor.tokenizer(captions, padding="longest", truncation=True, return_tensors="pt")
     images = image_embeddings(model, pixels)
     texts = text_embeddings(model, tokens["input_ids"], tokens["attention_mask"])

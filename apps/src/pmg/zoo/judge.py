@@ -11,7 +11,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors import SafetensorError
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pmg.atomic import atomic_directory
+from pmg.data.images import image_tensor
 
 __all__ = ["JUDGE_FORMAT", "JudgeError", "AttributeJudge", "save_judge", "load_judge"]
 
@@ -64,18 +64,12 @@ class AttributeJudge(nn.Module):
         return {name: logits.argmax(-1) for name, logits in self(images).items()}
 
     def predict_values(self, images: Sequence[Image.Image] | torch.Tensor) -> list[dict[str, str]]:
-        """Attribute values per image, for PIL images or a tensor [B, 3, S, S] in [-1, 1]."""
+        """Attribute values per image, for PIL images (any mode and size, read as
+        ``pmg.data.images.image_tensor`` reads them) or a tensor [B, 3, S, S] in [-1, 1]."""
         if not isinstance(images, torch.Tensor):
-            images = torch.stack([_pil_to_tensor(im, self.image_size) for im in images])
+            images = torch.stack([image_tensor(im, self.image_size) for im in images])
         found = self.predict(images)
         return [{name: self.attributes[name][int(found[name][b])] for name in self.attributes} for b in range(len(images))]
-
-
-def _pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
 
 def save_judge(judge: AttributeJudge, folder: str | Path) -> Path:
