@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pmg.cli import main
 from pmg.config import ConfigError, load_config
 from pmg.data.dataset_stage import DATA_STAGE, SKIPPED_IMAGES_FILE, DatasetConfig
 from pmg.data.format import read_dataset
@@ -339,3 +340,20 @@ def test_config_rejects_an_unknown_policy_or_fit() -> None:
     with pytest.raises(ConfigError, match=r"expected one of \[pad, squash, crop\].*image_fit"):
         load_config(DatasetConfig, None, ["image_fit=stretch"])
     assert load_config(DatasetConfig, None, ["image_fit=crop"]).image_fit is ImageFit.crop
+
+
+def test_data_convert_stops_at_a_bad_poster_or_lists_it_with_on_bad_images_skip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    posters = _posters(tmp_path / "posters")
+    convert = ["data", "convert", "movielens", "--src", str(FIXTURES / "ml-1m-cut"), "--images", str(posters), "--out"]
+    assert main([*convert, str(tmp_path / "strict")]) == 2
+    assert "posters/2.jpg: not a readable image: truncated or damaged" in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+    out = tmp_path / "skipped"
+    assert main([*convert, str(out), "--on-bad-images", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 unreadable images skipped" in printed and str(out / SKIPPED_IMAGES_FILE) in printed
+    with open(out / SKIPPED_IMAGES_FILE, newline="") as f:
+        assert [row["item_id"] for row in csv.DictReader(f)] == ["2", "4"]
+    assert sum(read_dataset(out).has_image) == 2

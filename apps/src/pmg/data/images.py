@@ -25,12 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pmg.data.records import DatasetError, write_csv_rows
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ImageFit",
@@ -210,6 +213,10 @@ def load_image(path: str | Path, size: int, fit: ImageFit | str = ImageFit.pad) 
 
 def image_tensor(image: Image.Image, size: int, fit: ImageFit | str = ImageFit.pad) -> torch.Tensor:
     """A PIL image of any mode (``rgb_image``, ``fit_square``) as float32 [3, size, size] in [-1, 1]."""
+    # Lazy: torch takes 3 s to import, and the data stage and `pmg data` (which import this
+    # module through pmg.data.format) never need a tensor.
+    import torch
+
     square = fit_square(rgb_image(image), size, fit)
     return torch.from_numpy(np.asarray(square, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
