@@ -141,6 +141,8 @@ def test_verbose_is_accepted_anywhere_and_changes_nothing_else(tmp_path: Path, c
     ("generator.prompt=words", "[tokens, keywords_and_tokens]"),
     ("data.catalog.profile=dense", "[default, sparse]"),
     ("data.on_bad_rows=ignore", "[error, skip]"),
+    ("data.on_bad_images=ignore", "[error, skip]"),
+    ("data.image_fit=stretch", "[pad, squash, crop]"),
     ("preference.model.contrastive_mode=cross", "[within_modality, cross_modality]"),
     ("preference.user_vector=mean", "[gnn, content]"),
     ("generator.text.targets=[title,reveiw]", "[title, description, review]"),
