@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,6 +61,23 @@ def test_a_square_image_gives_the_old_pixels_under_every_fit(tmp_path: Path, sid
     assert torch.equal(load_image_tensor(path, 64, fit), old_tensor)
     tensor = load_image_tensor(path, 64, fit)
     assert tensor.dtype == torch.float32 and tensor.shape == (3, 64, 64) and -1.0 <= tensor.min() and tensor.max() <= 1.0
+
+
+def test_clip_pixel_values_of_square_images_are_what_the_processor_gave_before(tmp_path: Path) -> None:
+    from pmg.zoo.clip_recipe import _ImageProcessor, clip_pixel_values
+
+    paths = []
+    for side in (20, 64, 100):
+        paths.append(tmp_path / f"{side}.png")
+        _noise(side, side, seed=side).save(paths[-1])
+    processor = SimpleNamespace(image_processor=_ImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3))
+    old = []
+    for path in paths:  # before: the file's RGB at its own size, resized and cropped by the processor
+        with Image.open(path) as image:
+            old.append(processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"])
+    for fit in ImageFit:
+        assert torch.equal(clip_pixel_values(processor, paths, fit), torch.cat(old))
 
 
 # ---------------------------------------------------------------- fits
