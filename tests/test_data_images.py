@@ -15,7 +15,7 @@ from PIL import Image
 
 from pmg.cli import main
 from pmg.config import ConfigError, load_config
-from pmg.data.dataset_stage import DATA_STAGE, SKIPPED_IMAGES_FILE, DatasetConfig
+from pmg.data.dataset_stage import DATA_STAGE, SKIPPED_IMAGES_FILE, DatasetConfig, load_prepared
 from pmg.data.format import read_dataset
 from pmg.data.images import (
     ImageChecks,
@@ -31,7 +31,7 @@ from pmg.data.images import (
 from pmg.data.records import DatasetError
 from pmg.data.sources import load_movielens
 from pmg.features import FeatureEncoderSpec, encode_items
-from pmg.runs import RunDirectory, RunWarning
+from pmg.runs import RunDirectory, RunError, RunWarning
 from pmg.zoo.stage import dataset_content_hash
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -289,6 +289,9 @@ def test_read_dataset_skips_a_bad_image_with_on_bad_images_skip(tmp_path: Path) 
     broken = read_dataset(dataset).items[0].image
     assert broken is not None
     broken.write_bytes(b"garbage")
+    # Later stages do not decode every image again: the stage's file record names the damage.
+    with pytest.raises(RunError, match=f"{broken.name}.*--force data"):
+        load_prepared(RunDirectory(run.root))
     with pytest.raises(DatasetError, match=r"items\.jsonl, line 1, column 'image': .*: not a readable image"):
         read_dataset(dataset)
     data = read_dataset(dataset, on_bad_images="skip")

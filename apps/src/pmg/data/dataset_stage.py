@@ -173,7 +173,8 @@ def prepare_dataset(
         if filtered or config.kind != DatasetKind.catalog:
             data.image_fit = _recorded_image_fit(data, config.image_fit)
             write_dataset(data, out / "dataset")
-            data = read_dataset(out / "dataset")
+            # The loader decoded every image; the dataset holds byte-identical copies.
+            data = read_dataset(out / "dataset", check_images=False)
         shutil.rmtree(out / "generated", ignore_errors=True)
         split = temporal_split(
             data, config.split.scheme, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction
@@ -208,7 +209,9 @@ def load_prepared(run: RunDirectory) -> tuple[InteractionData, Split]:
     """The data stage's dataset and split from ``run`` (``RunError`` if the stage has not run)."""
     run.require("data")
     out = run.stage_dir("data")
-    return read_dataset(out / "dataset"), Split.load(out / "split.json")
+    # Every image was decoded when the stage loaded it, and ``require`` has just checked each
+    # file's SHA-256 against the stage's record: decoding them all again in every stage is waste.
+    return read_dataset(out / "dataset", check_images=False), Split.load(out / "split.json")
 
 
 def load_user_roles(run: RunDirectory, data: InteractionData) -> UserRoles:
