@@ -26,6 +26,7 @@ from pmg.data.images import (
     load_image,
     load_image_tensor,
     open_image,
+    rgb_image,
     verify_image,
 )
 from pmg.data.records import DatasetError
@@ -179,6 +180,10 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
     row = np.asarray(open_image(tmp_path / "deep.png"))[0]
     # convert("RGB") clipped every level above 255 to white; scaled, 1000 is nearly black and 32768 mid-grey.
     assert row[:, 0].tolist() == [0, 4, 128, 255] and (row == row[:, :1]).all()
+    wide = Image.fromarray(levels.astype(np.int32))  # mode I, as older Pillow reads 16-bit PNG
+    assert wide.mode == "I" and np.asarray(rgb_image(wide))[0, :, 0].tolist() == [0, 4, 128, 255]
+    floats = Image.fromarray(np.array([[-3.0, 100.7, 300.0]], dtype=np.float32))  # mode F: Pillow's 0..255 scale
+    assert floats.mode == "F" and np.asarray(rgb_image(floats))[0, :, 0].tolist() == [0, 101, 255]
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

@@ -170,12 +170,12 @@ def rgb_image(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
         transparency = image.info.get("transparency")
-        image = Image.fromarray(grey, mode="L")
+        image = Image.fromarray(grey)  # uint8 [H, W]: mode L
         if transparency is not None:
             image.info["transparency"] = round(int(transparency) / 257)
     elif image.mode == "F":
         # Pillow's own reading of a float image: values on the 0..255 scale, clipped.
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).round().astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).round().astype(np.uint8))
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (*WHITE, 255)), rgba).convert("RGB")
