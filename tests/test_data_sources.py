@@ -109,6 +109,12 @@ def test_amazon2023(tmp_path: Path) -> None:
     assert data.timestamp[0] == 1588687728
     assert data.review[0] == "Love it Great colour."
     assert data.report.items_without_image == 2 and data.report.items_without_text == 1
+    (images / "B02.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with pytest.raises(DatasetError, match=r"img/B02\.png: not a readable image"):
+        load_amazon2023(reviews, meta, images=images)
+    skipped = load_amazon2023(reviews, meta, images=images, on_bad_images="skip")
+    assert skipped.items[1].image is None and skipped.report.items_without_image == 2
+    assert [(s.item_id, Path(s.image).name) for s in skipped.report.skipped_images] == [("B02", "B02.png")]
     lines = reviews.read_text().splitlines()
     reviews.write_text("\n".join([*lines, '{"rating": 5, "parent_asin": "B09", "user_id": "U3", "timestamp": 1}']) + "\n")
     with pytest.raises(DatasetError, match=r"reviews\.jsonl, line 5: unknown item id 'B09'"):
@@ -131,6 +137,12 @@ def test_generic_table_with_mapping(tmp_path: Path) -> None:
     assert np.isnan(data.rating[1]) and data.rating[0] == 5.0
     assert data.items[0].image == (tmp_path / "x.png").resolve() and data.items[0].attributes == {"colour": "blue"}
     assert data.report.items_without_image == 1
+    (tmp_path / "catalog.jsonl").write_text('{"sku": "x", "name": "Blue shirt", "pic": "x.png"}\n{"sku": "y", "pic": "gone.png"}\n')
+    with pytest.raises(DatasetError, match=r"catalog\.jsonl, line 2, column 'image': .*gone\.png: image file does not exist"):
+        load_table(tmp_path / "log.csv", items=tmp_path / "catalog.jsonl", mapping=mapping)
+    skipped = load_table(tmp_path / "log.csv", items=tmp_path / "catalog.jsonl", mapping=mapping, on_bad_images="skip")
+    assert skipped.items[1].image is None and skipped.items[0].image is not None
+    assert [(s.item_id, s.reason) for s in skipped.report.skipped_images] == [("y", "image file does not exist")]
     bare = load_table(tmp_path / "log.csv", mapping=TableMapping(user="who", item="sku", timestamp="when", rating="stars", review=None))
     assert bare.report.items_without_text == 2
     with pytest.raises(DatasetError, match=r"log\.csv, line 1: missing column\(s\) \['user_id', 'item_id', 'timestamp'\]"):
