@@ -16,7 +16,7 @@ from PIL import Image
 from pmg.cli import main
 from pmg.config import ConfigError, load_config
 from pmg.data.dataset_stage import DATA_STAGE, SKIPPED_IMAGES_FILE, DatasetConfig, load_prepared
-from pmg.data.format import read_dataset
+from pmg.data.format import read_dataset, write_dataset
 from pmg.data.images import (
     ImageChecks,
     ImageFit,
@@ -383,3 +383,16 @@ def test_data_convert_stops_at_a_bad_poster_or_lists_it_with_on_bad_images_skip(
     with open(out / SKIPPED_IMAGES_FILE, newline="") as f:
         assert [row["item_id"] for row in csv.DictReader(f)] == ["2", "4"]
     assert sum(read_dataset(out).has_image) == 2
+
+
+def test_dataset_json_image_fit_round_trips_and_an_unknown_one_is_named(small_catalog: Path, tmp_path: Path) -> None:
+    data = read_dataset(small_catalog)
+    assert data.image_fit is None  # the catalog's images are square: no fit recorded
+    data.image_fit = ImageFit.crop
+    out = write_dataset(data, tmp_path / "cropped")
+    assert json.loads((out / "dataset.json").read_text())["image_fit"] == "crop"
+    assert read_dataset(out).image_fit is ImageFit.crop and read_dataset(out).image_read_fit is ImageFit.crop
+    meta = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**meta, "image_fit": "stretch"}))
+    with pytest.raises(DatasetError, match=r"dataset\.json: image_fit 'stretch' is not one of \['pad', 'squash', 'crop'\]"):
+        read_dataset(out)
