@@ -126,3 +126,19 @@ def test_zoo_captions_use_the_subject_title_and_genres(tmp_path: Path) -> None:
     assert corpus.caption(heat) == "a movie poster of Heat (1995), action, crime, thriller"
     assert corpus.caption(heat, 2) == corpus.caption(heat)
     assert np.all([corpus.caption(i).startswith("a movie poster") for i in range(data.num_items)])
+
+
+def test_data_item_kind_overrides_the_datasets_in_the_runs_copy(small_catalog: Path, tmp_path: Path) -> None:
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import DatasetConfig, prepare_dataset
+    from pmg.runs import RunDirectory
+
+    config = load_config(DatasetConfig, None, ["kind=pmg", f"path={small_catalog}", "item_kind.subject=a garment photo",
+                                               "item_kind.subject_attribute=''"])
+    data, _, _ = prepare_dataset(config, RunDirectory(tmp_path / "run"))
+    assert data.item_kind == ItemKind(subject="a garment photo", subject_attribute=None)
+    assert read_dataset(tmp_path / "run" / "data" / "dataset").item_kind == data.item_kind
+    assert item_subject(data, 0, image_subject(data)) == "a garment photo"
+    # The source folder is untouched; the generator's own setting still wins over the dataset's.
+    assert read_dataset(small_catalog).item_kind == ItemKind()
+    assert image_subject(data, "a sketch") == "a sketch"
