@@ -161,6 +161,8 @@ class ItemKind:
         if unknown:
             raise ValueError(f"unknown item_kind keys {unknown}")
         default = cls()
+        if not isinstance(spec.get("caption_attributes", []), list):
+            raise ValueError(f"caption_attributes must be a list of attribute names, got {spec['caption_attributes']!r}")
         return cls(subject=spec.get("subject", default.subject),
                    subject_attribute=spec.get("subject_attribute", default.subject_attribute),
                    caption_attributes=tuple(str(a) for a in spec.get("caption_attributes", default.caption_attributes)),
