@@ -6,6 +6,7 @@ with dotted keys, and ``--print_config`` to show the merged configuration and ex
     pmg pipeline [--config FILE] [--run DIR] [--quick] [--force STAGE ...] [--until STAGE] [key=value ...]
     pmg data catalog --out DIR [--seed N] [--config FILE] [key=value ...]
     pmg data convert {movielens,amazon2023,table} --src PATH --out DIR [...]
+    pmg data posters --src MOVIELENS_DIR --out DIR [--seed N]
     pmg data info DIR
     pmg <stage> fit [--config FILE] [--run DIR] [key=value ...]   (zoo, preference, quantize, generator, reward)
     pmg evaluate|report [--run DIR] [--config FILE] [key=value ...]  (on a run whose earlier stages completed)
@@ -29,11 +30,13 @@ from pathlib import Path
 from pmg import __version__
 from pmg.config import ConfigError, config_to_yaml, load_config
 from pmg.data import CatalogConfig, read_dataset, write_catalog, write_dataset
-from pmg.data.dataset_stage import REJECTED_FILE, SKIPPED_IMAGES_FILE
+from pmg.data.dataset_stage import REJECTED_FILE, SKIPPED_IMAGES_FILE, ItemKindConfig
 from pmg.data.images import OnBadImages, write_skipped_images
+from pmg.data.posters import write_standin_posters
 from pmg.data.records import DatasetError, Duplicates, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
 from pmg.data.split import kcore
+from pmg.data.subjects import image_subject
 from pmg.runs import RunDirectory, RunError
 
 # pmg.pipeline and pmg.tasks.cli import every stage, and with them torch_geometric, whose import
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--items", type=Path, help="table: item file (CSV/JSONL)")
     convert.add_argument("--map", nargs="*", default=[], metavar="field=column", help="table: column mapping")
     convert.add_argument("--kcore", nargs=2, type=int, metavar=("USER_K", "ITEM_K"))
+    convert.add_argument("--subject", help="what an item's image shows, e.g. 'a listing photo' (default: the source's; a table's: 'a product')")
+    convert.add_argument("--subject-attribute", help="the item attribute naming an item's own subject ('' for none; a table's default: category)")
     convert.add_argument("--duplicates", choices=[policy.value for policy in Duplicates], default=Duplicates.error.value,
                          help="an interaction repeating an earlier one's user, item and timestamp: a bad row (error) or dropped (drop)")
     convert.add_argument("--on-bad-rows", choices=[policy.value for policy in OnBadRows], default=OnBadRows.error.value,
@@ -86,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--on-bad-images", choices=[policy.value for policy in OnBadImages], default=OnBadImages.error.value,
                          help="an item image that is missing, not an image, truncated or damaged: stop at it (error) or keep the "
                               "item without image, listed in <out>/skipped_images.csv (skip)")
+
+    posters = data_commands.add_parser("posters", help="stand-in posters {movieId}.jpg for a MovieLens folder (tests, demos)")
+    posters.add_argument("--src", type=Path, required=True, help="MovieLens folder (latest, 100k or 1m)")
+    posters.add_argument("--out", type=Path, required=True, help="the posters folder to write (data.images)")
+    posters.add_argument("--seed", type=int, default=0)
 
     info = data_commands.add_parser("info", help="summarise a dataset folder")
     info.add_argument("path", type=Path)
@@ -233,6 +243,7 @@ def _data(args: argparse.Namespace) -> int:
                               on_bad_rows=args.on_bad_rows, on_bad_images=args.on_bad_images)
         if args.kcore:
             data = kcore(data, *args.kcore)
+        data.item_kind = ItemKindConfig(subject=args.subject, subject_attribute=args.subject_attribute).applied(data.item_kind)
         write_dataset(data, args.out)
         # After the folder: write_dataset replaced all of it, an earlier list included.
         write_rejected_rows(args.out / REJECTED_FILE, data.report.rejected)
@@ -244,8 +255,14 @@ def _data(args: argparse.Namespace) -> int:
             print(f"{len(data.report.skipped_images)} unreadable item images left out, each with its item, file and reason: "
                   f"{args.out / SKIPPED_IMAGES_FILE}")
         return 0
+    if args.data_command == "posters":
+        data = load_movielens(args.src)
+        write_standin_posters(data, args.out, seed=args.seed)
+        print(f"{data.num_items} stand-in posters written to {args.out} (run with data.images={args.out})")
+        return 0
     data = read_dataset(args.path)
     print(data.report.summary())
+    print(f"items: {image_subject(data)}" + (f" (subject attribute: {data.item_kind.subject_attribute})" if data.item_kind.subject_attribute else ""))
     if data.attributes:
         print("attributes: " + ", ".join(f"{k} ({v.modality}, {len(v.values)} values)" for k, v in data.attributes.items()))
     print(f"ground-truth tastes: {'yes' if data.user_tastes else 'no'}")

@@ -10,6 +10,7 @@ image, reason).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pmg.atomic import atomic_file
 from pmg.data.catalog import CatalogConfig, write_catalog
-from pmg.data.format import InteractionData, read_dataset, write_dataset
+from pmg.data.format import InteractionData, ItemKind, read_dataset, write_dataset
 from pmg.data.images import ImageFit, OnBadImages, image_is_square, write_skipped_images
 from pmg.data.records import Duplicates, OnBadRows, write_rejected_rows
 from pmg.data.sources import TableMapping, load_amazon2023, load_movielens, load_table
@@ -27,8 +28,8 @@ from pmg.data.user_roles import UserRoles, UserRolesConfig, assign_user_roles
 from pmg.runs import RunDirectory, RunError, RunWarning, stage_fingerprint
 from pmg.stages import Stage, StageResult
 
-__all__ = ["DatasetConfig", "DatasetKind", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles", "USER_ROLES_FILE",
-           "REJECTED_FILE", "SKIPPED_IMAGES_FILE", "DATA_STAGE"]
+__all__ = ["DatasetConfig", "DatasetKind", "ItemKindConfig", "SplitConfig", "prepare_dataset", "load_prepared", "load_user_roles",
+           "USER_ROLES_FILE", "REJECTED_FILE", "SKIPPED_IMAGES_FILE", "DATA_STAGE"]
 
 USER_ROLES_FILE = "user_roles.json"
 REJECTED_FILE = "rejected.csv"
@@ -64,6 +65,39 @@ class SplitConfig:
 
 
 @dataclass
+class ItemKindConfig:
+    """Overrides of what the dataset's items are (``data.item_kind``; :class:`pmg.data.format.ItemKind`),
+    written into ``<run>/data/dataset/dataset.json`` so that every stage, the zoo's captions
+    included, reads the same words. None keeps the loader's (MovieLens: "a movie poster"; a
+    table or the catalog: an item's ``category`` names its subject, else "a product").
+    ``subject_attribute: ""`` says that no attribute names an item's subject.
+    """
+
+    subject: str | None = None
+    subject_attribute: str | None = None
+    caption_attributes: list[str] | None = None
+    audience: str | None = None
+
+    def is_set(self) -> bool:
+        return any(value is not None for value in dataclasses.astuple(self))
+
+    def applied(self, kind: ItemKind) -> ItemKind:
+        """``kind`` with the fields set here replaced."""
+        changes = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+        if "subject_attribute" in changes:
+            changes["subject_attribute"] = changes["subject_attribute"] or None
+        if "caption_attributes" in changes:
+            changes["caption_attributes"] = tuple(changes["caption_attributes"])
+        return dataclasses.replace(kind, **changes)
+
+    def validate(self) -> None:
+        for name in ("subject", "audience"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"data.item_kind.{name} must be a phrase or null (the loader's), got {value!r}")
+
+
+@dataclass
 class DatasetConfig:
     """Where the data comes from. ``kind`` picks the reader:
 
@@ -82,6 +116,8 @@ class DatasetConfig:
     ratio into a square: ``pad`` (letterboxed on white, the default), ``squash`` (stretched) or
     ``crop`` (centre square) (``pmg.data.images.ImageFit``); the dataset records it when some
     image is not square, so the zoo's and the feature caches built with another fit are not reused.
+    ``item_kind``: what the items are, over the loader's (:class:`ItemKindConfig`; a ``table``'s
+    items are the catalog's kind unless it says).
     """
 
     kind: DatasetKind = DatasetKind.catalog
@@ -97,6 +133,7 @@ class DatasetConfig:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     users: UserRolesConfig = field(default_factory=UserRolesConfig)
+    item_kind: ItemKindConfig = field(default_factory=ItemKindConfig)
 
     def validate(self) -> None:
         if self.kind not in tuple(DatasetKind):  # a config built directly in Python
@@ -111,6 +148,7 @@ class DatasetConfig:
         self.catalog.validate()
         self.split.validate()
         self.users.validate()
+        self.item_kind.validate()
 
 
 def _load_source(config: DatasetConfig) -> InteractionData:
@@ -158,9 +196,10 @@ def prepare_dataset(
     if force or not _is_current(config, run, stage_fp):
         run.invalidate("data")
         filtered = config.split.user_k > 1 or config.split.item_k > 1
+        rewritten = filtered or config.item_kind.is_set()
         if config.kind == DatasetKind.catalog:
             # Without filtering the generated folder is the final dataset; with it, a filtered copy is.
-            generated = out / ("generated" if filtered else "dataset")
+            generated = out / ("generated" if rewritten else "dataset")
             write_catalog(generated, config.catalog)
             data = read_dataset(generated)
         else:
@@ -170,7 +209,8 @@ def prepare_dataset(
         skipped_images = data.report.skipped_images
         if filtered:
             data = kcore(data, config.split.user_k, config.split.item_k)
-        if filtered or config.kind != DatasetKind.catalog:
+        data.item_kind = config.item_kind.applied(data.item_kind)
+        if rewritten or config.kind != DatasetKind.catalog:
             data.image_fit = _recorded_image_fit(data, config.image_fit)
             write_dataset(data, out / "dataset")
             # The loader decoded every image; the dataset holds byte-identical copies.

@@ -6,7 +6,10 @@ A dataset is a directory::
                          "image_fit": "pad" | "squash" | "crop" (optional, see below),
                          "attributes": {"colour": {"modality": "visual", "values": [...],
                                                    "aliases": {value: [word, ...]} (optional),
-                                                   "hidden": true (optional: ground truth only)}, ...}}
+                                                   "hidden": true (optional: ground truth only)}, ...},
+                         "item_kind": {"subject": "a movie poster", "subject_attribute": null,
+                                       "caption_attributes": ["genres"], "audience": "A viewer"}
+                                      (optional, each key too: what an item is, :class:`ItemKind`)}
     items.jsonl         one item per line:
                         {"item_id": str, "title": str, "description": str,
                          "image": "images/<file>" | null, "attributes": {name: value}}
@@ -15,6 +18,10 @@ A dataset is a directory::
     users.jsonl         optional ground truth, one user per line:
                         {"user_id": str, "tastes": {attribute name: value}}
     images/             item images (any format Pillow reads), paths relative to the dataset
+
+``item_kind`` is optional and was added within version 1: a folder without it reads as the
+embedded catalog's kind (subjects "a <category>", else "a product"), and a reader that does not
+know it ignores it, so neither way of reading breaks and the version stays 1.
 
 Ids are strings on disk and contiguous integers in memory; the index → id lists are the
 saved id maps. Items may lack an image or text: they keep a missing-modality mask and are
@@ -56,7 +63,9 @@ __all__ = [
     "INTERACTION_COLUMNS",
     "DatasetError",
     "AttributeSpec",
+    "DEFAULT_SUBJECT",
     "Item",
+    "ItemKind",
     "LoadReport",
     "InteractionData",
     "read_dataset",
@@ -107,6 +116,62 @@ class AttributeSpec:
         """Inverse of :meth:`to_json`."""
         aliases = {str(value): tuple(str(w) for w in words) for value, words in (spec.get("aliases") or {}).items()}
         return cls(modality=spec["modality"], values=tuple(spec["values"]), aliases=aliases, hidden=bool(spec.get("hidden", False)))
+
+
+# The image subject of an item whose dataset says no other: what the embedded catalog's prompts have always said.
+DEFAULT_SUBJECT = "a product"
+
+
+@dataclass(frozen=True)
+class ItemKind:
+    """What a dataset's items are, in the words its prompts and captions use (``dataset.json``'s
+    ``item_kind``; every field optional, the defaults are the embedded catalog's).
+
+    ``subject``: the image subject's noun phrase ("a movie poster"); None: not said, so the
+    generator's ``generator.image.default_subject``, else :data:`DEFAULT_SUBJECT`, stands in
+    (:func:`pmg.data.subjects.image_subject` states the order). ``subject_attribute``: the item
+    attribute that names an item's own subject ("category": "dress" → "a dress"); None: every
+    item's subject is ``subject``. ``caption_attributes``: item attributes whose values
+    (``|``-separated, as MovieLens genres) describe an item in image captions and prompts
+    ("a movie poster of Heat (1995), action, crime"). ``audience``: who would love the item in the
+    text prompt of a user without tokens ("A viewer would love:"); None: "A shopper".
+    """
+
+    subject: str | None = None
+    subject_attribute: str | None = "category"
+    caption_attributes: tuple[str, ...] = ()
+    audience: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("subject", "audience"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"item_kind.{name} must be a non-empty phrase or null, got {value!r}")
+        object.__setattr__(self, "caption_attributes", tuple(self.caption_attributes))
+
+    def to_json(self) -> dict:
+        """The ``dataset.json`` form: only the fields that differ from the defaults (the catalog's: ``{}``)."""
+        default = ItemKind()
+        out: dict = {}
+        for name in ("subject", "subject_attribute", "caption_attributes", "audience"):
+            value = getattr(self, name)
+            if value != getattr(default, name):
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, spec: dict) -> ItemKind:
+        """Inverse of :meth:`to_json`; absent fields take the defaults."""
+        unknown = sorted(set(spec) - {"subject", "subject_attribute", "caption_attributes", "audience"})
+        if unknown:
+            raise ValueError(f"unknown item_kind keys {unknown}")
+        default = cls()
+        if not isinstance(spec.get("caption_attributes", []), list):
+            raise ValueError(f"caption_attributes must be a list of attribute names, got {spec['caption_attributes']!r}")
+        return cls(subject=spec.get("subject", default.subject),
+                   subject_attribute=spec.get("subject_attribute", default.subject_attribute),
+                   caption_attributes=tuple(str(a) for a in spec.get("caption_attributes", default.caption_attributes)),
+                   audience=spec.get("audience", default.audience))
 
 
 @dataclass
@@ -169,6 +234,7 @@ class InteractionData:
     ``user_tastes`` holds ground-truth tastes per attribute, [U] values each, when known.
     ``image_fit``: how models read the images into a square (``ImageFit``); None when the
     dataset records none (every image square, or an older dataset): readers use ``pad``.
+    ``item_kind``: what the items are, in the words of prompts and captions (:class:`ItemKind`).
     """
 
     name: str
@@ -184,6 +250,7 @@ class InteractionData:
     source: str = ""
     report: LoadReport = field(default_factory=LoadReport)
     image_fit: ImageFit | None = None
+    item_kind: ItemKind = field(default_factory=ItemKind)
 
     def __post_init__(self) -> None:
         self.user = np.asarray(self.user, dtype=np.int64)
@@ -265,6 +332,7 @@ class InteractionData:
             source=self.source,
             report=self.report,
             image_fit=self.image_fit,
+            item_kind=self.item_kind,
         )
 
     @property
@@ -331,6 +399,9 @@ def write_dataset(
             **({"image_fit": data.image_fit.value} if data.image_fit is not None else {}),
             "counts": {"users": data.num_users, "items": data.num_items, "interactions": data.num_interactions},
         }
+        # Only when it says something: the catalog's dataset.json stays as it always was.
+        if kind := data.item_kind.to_json():
+            meta["item_kind"] = kind
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
             for it, image in zip(data.items, image_names, strict=True):
@@ -395,6 +466,10 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Dup
     if meta.get("version") != FORMAT_VERSION:
         raise DatasetError(meta_path, f"format version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})")
     attributes = {name: AttributeSpec.from_json(spec) for name, spec in meta.get("attributes", {}).items()}
+    try:
+        item_kind = ItemKind.from_json(meta.get("item_kind") or {})
+    except (TypeError, ValueError, AttributeError) as err:
+        raise DatasetError(meta_path, f"item_kind: {err}") from err
     report = LoadReport()
     rejections = RowRejections(on_bad_rows)
     image_checks = ImageChecks(on_bad_images)
@@ -485,6 +560,7 @@ def read_dataset(root: str | Path, *, check_images: bool = True, duplicates: Dup
         source=str(meta.get("source", "")),
         report=report,
         image_fit=image_fit,
+        item_kind=item_kind,
     )
     report.rejected = rejections.rows
     report.skipped_images = image_checks.skipped

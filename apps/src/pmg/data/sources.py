@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pmg.data.format import InteractionData, Item, LoadReport
+from pmg.data.format import InteractionData, Item, ItemKind, LoadReport
 from pmg.data.images import ImageChecks, OnBadImages
 from pmg.data.records import (
     DatasetError,
@@ -39,7 +39,13 @@ from pmg.data.records import (
     read_json_lines,
 )
 
-__all__ = ["load_movielens", "load_amazon2023", "TableMapping", "load_table"]
+__all__ = ["AMAZON_ITEM_KIND", "MOVIELENS_ITEM_KIND", "load_movielens", "load_amazon2023", "TableMapping", "load_table"]
+
+# What the items of each source are (pmg.data.format.ItemKind): a movie's image is its poster,
+# described by its genres; an Amazon item's is a product photo. The generic table keeps the
+# catalog's kind (an item's "category" attribute names its subject) unless told otherwise.
+MOVIELENS_ITEM_KIND = ItemKind(subject="a movie poster", subject_attribute=None, caption_attributes=("genres",), audience="A viewer")
+AMAZON_ITEM_KIND = ItemKind(subject="a product photo", subject_attribute=None, caption_attributes=("main_category",))
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _ML100K_GENRES = (
@@ -90,7 +96,7 @@ class _Builder:
         self.seen[key] = line
         self.rows.append((user, item, timestamp, rating, review))
 
-    def build(self, name: str) -> InteractionData:
+    def build(self, name: str, item_kind: ItemKind) -> InteractionData:
         if not self.rows:
             raise DatasetError(self.source, "no interactions found")
         user_index: dict[str, int] = {}
@@ -108,6 +114,7 @@ class _Builder:
             review=[r[4] for r in self.rows],
             source=str(self.source),
             report=self.report,
+            item_kind=item_kind,
         )
         data.refresh_report()
         return data
@@ -124,13 +131,15 @@ def load_movielens(
 
     Item text is the title, the genres and the most frequent user tags; a user's tags on a
     movie become the review of that rating. With ``posters``, ``{movieId}.jpg`` is the image.
+    Items are :data:`MOVIELENS_ITEM_KIND`: "a movie poster", described by its genres.
     ``on_bad_rows``: what a rating row that cannot be used does (``OnBadRows``); ``on_bad_images``:
     what a poster that cannot be read does (``OnBadImages``).
     """
     root = Path(root)
     poster_dir = Path(posters) if posters is not None else None
     if poster_dir is not None and not poster_dir.is_dir():
-        raise DatasetError(poster_dir, "posters folder does not exist")
+        raise DatasetError(poster_dir, "posters folder does not exist: give a folder of {movieId}.jpg files (data.images=DIR; "
+                                       "`pmg data posters` writes stand-ins)")
     poster_files = _Posters(poster_dir, ImageChecks(on_bad_images))
     if (root / "ratings.csv").is_file() or (root / "movies.csv").is_file():
         return _movielens_latest(root, poster_files, duplicates, max_tags, RowRejections(on_bad_rows))
@@ -189,7 +198,7 @@ def _movielens_latest(root: Path, posters: _Posters, duplicates: Duplicates | st
                 float(parse_number(ratings_path, line, "rating", row["rating"], float)),
                 "; ".join(tags_by_rating.get((row["userId"], row["movieId"]), [])),
             )
-    return builder.build(root.name)
+    return builder.build(root.name, MOVIELENS_ITEM_KIND)
 
 
 def _movielens_100k(root: Path, posters: _Posters, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
@@ -211,7 +220,7 @@ def _movielens_100k(root: Path, posters: _Posters, duplicates: Duplicates | str,
                 int(parse_number(data_path, line, "timestamp", row["timestamp"], int)),
                 float(parse_number(data_path, line, "rating", row["rating"], float)), "",
             )
-    return builder.build(root.name)
+    return builder.build(root.name, MOVIELENS_ITEM_KIND)
 
 
 def _movielens_1m(root: Path, posters: _Posters, duplicates: Duplicates | str, rejections: RowRejections) -> InteractionData:
@@ -233,7 +242,7 @@ def _movielens_1m(root: Path, posters: _Posters, duplicates: Duplicates | str, r
                 int(parse_number(ratings_path, line, "timestamp", row["timestamp"], int)),
                 float(parse_number(ratings_path, line, "rating", row["rating"], float)), "",
             )
-    return builder.build(root.name)
+    return builder.build(root.name, MOVIELENS_ITEM_KIND)
 
 
 # ---------------------------------------------------------------- Amazon Reviews 2023
@@ -247,7 +256,8 @@ def load_amazon2023(
 
     Items are keyed by ``parent_asin``; text is the title, features and description; the
     image is ``{parent_asin}.jpg`` in ``images`` when present. Timestamps (milliseconds)
-    become seconds; a review is its title and text. ``on_bad_rows``: what a review line that
+    become seconds; a review is its title and text. Items are :data:`AMAZON_ITEM_KIND` ("a product
+    photo", described by its main category). ``on_bad_rows``: what a review line that
     cannot be used does (``OnBadRows``); ``on_bad_images``: what an image that cannot be read
     does (``OnBadImages``).
     """
@@ -274,7 +284,7 @@ def load_amazon2023(
     for line, row in read_json_lines(reviews, required=("user_id", "parent_asin", "timestamp"), rejections=rejections):
         with rejections.row():
             _add_review(builder, reviews, line, row)
-    return builder.build(reviews.stem)
+    return builder.build(reviews.stem, AMAZON_ITEM_KIND)
 
 
 def _add_review(builder: _Builder, reviews: Path, line: int, row: dict) -> None:
@@ -338,8 +348,12 @@ def load_table(
     duplicates: Duplicates | str = Duplicates.error,
     on_bad_rows: OnBadRows | str = OnBadRows.error,
     on_bad_images: OnBadImages | str = OnBadImages.error,
+    item_kind: ItemKind | None = None,
 ) -> InteractionData:
     """Read any CSV/TSV/JSONL interaction table (and optional item table) through ``mapping``.
+
+    ``item_kind``: what the items are (:class:`pmg.data.format.ItemKind`); None: the default
+    kind (an item's ``category`` attribute, when mapped, names its subject, else "a product").
 
     Without an item table, items are the distinct ids of the interactions (no text, no
     image: both flagged missing). Image paths in the item table are relative to ``images``
@@ -383,4 +397,4 @@ def load_table(
                 int(parse_number(inter_path, line, m.timestamp, row[m.timestamp], int)),
                 rating, str(row.get(m.review) or "") if m.review else "",
             )
-    return builder.build(inter_path.stem)
+    return builder.build(inter_path.stem, item_kind or ItemKind())

@@ -65,6 +65,7 @@ def kcore(data: InteractionData, user_k: int = 5, item_k: int = 5) -> Interactio
         user_tastes=tastes,
         source=data.source,
         report=data.report,
+        item_kind=data.item_kind,
     )
     result.report.notes.append(
         f"{user_k}/{item_k}-core kept {len(users)}/{data.num_users} users, {len(items)}/{data.num_items} items, "

@@ -62,6 +62,9 @@ class TextGeneratorConfig:
     ``targets``: which texts of a liked item become SFT targets (one pair per non-empty text).
     ``contexts``: the prompt context per target, in the order of ``TEXT_TARGETS``, so that the
     LM knows which kind of text to write ("" for a title).
+    ``audience``: who would love the item in the prompt of a user without tokens ("A viewer would
+    love:"); None (default): the dataset's ``item_kind.audience``, else "A shopper"
+    (:func:`pmg.generator.prompts.prompt_templates`).
     """
 
     enabled: bool = True
@@ -85,6 +88,7 @@ class TextGeneratorConfig:
     max_length: int = 64
     # Share of examples trained without tokens, so that cold-start users get sensible text.
     no_token_fraction: float = 0.1
+    audience: str | None = None
 
     def context_of(self, target: str) -> str:
         return self.contexts[TEXT_TARGETS.index(target)]
@@ -98,6 +102,8 @@ class TextGeneratorConfig:
         _check_common("text", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
         if self.token_lr <= 0 or self.token_init_noise < 0:
             raise ValueError(f"generator.text.token_lr must be > 0 and token_init_noise >= 0, got {self.token_lr}, {self.token_init_noise}")
+        if self.audience is not None and not self.audience.strip():
+            raise ValueError("generator.text.audience must be a phrase (\"A viewer\") or null (the dataset's)")
         if self.lora_r < 0 or self.max_length < 4:
             raise ValueError("generator.text.lora_r must be >= 0 (0: no LoRA) and max_length >= 4")
 
@@ -106,7 +112,12 @@ class TextGeneratorConfig:
 class ImageGeneratorConfig:
     """Textual inversion of the users' visual tokens in the SDXL pipeline (+ optional UNet LoRA).
 
-    ``default_subject`` is the image subject for items without a ``category`` attribute.
+    ``default_subject``: the image subject of items without one of their own (the catalog's
+    ``category``), and the noun that opens every image prompt ("a movie poster for <pv_0_1>: ...").
+    None (default): the dataset's (``item_kind.subject`` in its ``dataset.json``, set by its loader
+    or by ``data.item_kind.subject``), else "a product" (:func:`pmg.data.subjects.image_subject`).
+    Set here it overrides the dataset's for this stage and those after it, not for the zoo's
+    captions, which come before: ``data.item_kind.subject`` changes both.
     ``subject_from_text``: dataset attributes (e.g. ``colour``) whose value the user's generated
     text names is put into the image subject at generation time ("a jacket" → "an orange
     jacket"), so that the image shows what the text says (the text is written first); the
@@ -123,12 +134,14 @@ class ImageGeneratorConfig:
     batch_size: int = 16
     unet_lora_r: int = 0  # 0: no UNet LoRA, only the token rows train
     unet_lora_alpha: int = 0  # 0: alpha = r
-    default_subject: str = "a product"
+    default_subject: str | None = None
     no_token_fraction: float = 0.1
     subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
 
     def validate(self) -> None:
         _check_common("image", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
+        if self.default_subject is not None and not self.default_subject.strip():
+            raise ValueError("generator.image.default_subject must be a phrase (\"a movie poster\") or null (the dataset's)")
         if self.unet_lora_r < 0 or self.unet_lora_alpha < 0:
             raise ValueError("generator.image.unet_lora_r and unet_lora_alpha must be >= 0")
         if any(not isinstance(a, str) or not a.strip() for a in self.subject_from_text) or len(set(self.subject_from_text)) != len(self.subject_from_text):

@@ -29,8 +29,9 @@ import torch
 from pmg.data.format import InteractionData
 from pmg.data.images import load_image_tensor
 from pmg.data.split import Split
+from pmg.data.subjects import image_subject, item_subject
 from pmg.generator.config import GeneratorConfig
-from pmg.generator.prompts import item_subject, subject_attributes, user_image_prompt, user_prompts
+from pmg.generator.prompts import prompt_templates, subject_attributes, user_image_prompt, user_prompts
 from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
 from pmg.quantize.stage import UserTokens
 from pmg.runs import RunDirectory
@@ -100,12 +101,13 @@ def generate_for_users(
         raise ValueError(f"{len(users)} users need as many fragments, subjects and keywords")
     sample, targets = config.sample, config.text.targets
     described = subject_attributes(data, config) if text_adapter is not None and image_adapter is not None else {}
+    templates = prompt_templates(data, config.image.default_subject, config.text.audience)
     results: list[UserGeneration] = []
     for start in range(0, len(users), batch_size):
         chunk = range(start, min(start + batch_size, len(users)))
         texts: list[dict[str, str]] = [{} for _ in chunk]
         if text_adapter is not None:
-            prompts = [build_text_prompt(text_fragments[b], config.text.context_of(t)) for b in chunk for t in targets]
+            prompts = [build_text_prompt(text_fragments[b], config.text.context_of(t), templates) for b in chunk for t in targets]
             vectors = (text_soft_prompt[chunk.start : chunk.stop].repeat_interleave(len(targets), dim=0)
                        if text_soft_prompt is not None else None)
             outputs = text_adapter.generate(prompts, max_new_tokens=sample.max_new_tokens, min_new_tokens=sample.min_new_tokens,
@@ -125,7 +127,7 @@ def generate_for_users(
             user = users[b]
             results.append(UserGeneration(data.user_ids[user] if user is not None else "(cold start)",
                                           text_fragments[b] is None and image_fragments[b] is None,
-                                          build_text_prompt(text_fragments[b], config.text.context_of(targets[0])),
+                                          build_text_prompt(text_fragments[b], config.text.context_of(targets[0]), templates),
                                           texts[n], image_prompts[n], pictures[n]))
     return results
 
@@ -160,7 +162,7 @@ def generate_for_user(
     """
     reference = data.items[reference_item].image if reference_item is not None else None
     if subject is None and reference_item is not None:
-        subject = item_subject(data, reference_item, config.image.default_subject)
+        subject = item_subject(data, reference_item, image_subject(data, config.image.default_subject))
     result = generate_for_users(data, config, users=[user], text_fragments=[text_fragment], image_fragments=[image_fragment],
                                 text_adapter=text_adapter, image_adapter=image_adapter if reference is None else None,
                                 history=history, subjects=[subject], keywords=[keywords], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]

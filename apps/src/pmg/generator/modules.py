@@ -23,9 +23,9 @@ from pmg.data.format import InteractionData
 from pmg.generator.config import ImageGeneratorConfig, TextGeneratorConfig
 from pmg.generator.prompts import (
     ItemWords,
-    described_subject,
-    item_subject,
+    item_image_prompt,
     joined_fragment,
+    prompt_templates,
     text_named_values,
 )
 from pmg.generator.soft_prompt import SoftPromptBaseline
@@ -36,7 +36,7 @@ from pmg.training import (
     python_rng_state,
     restore_python_rng,
 )
-from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_image_prompt, build_text_prompt
+from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 
 __all__ = ["GeneratorModule", "TextGeneratorModule", "ImageGeneratorModule", "text_target"]
 
@@ -98,6 +98,9 @@ class GeneratorModule(TrainableOnlyCheckpoint, L.LightningModule):
             raise ValueError(f"preference vectors for {len(preferences)} users, the dataset has {data.num_users}")
         self.adapter, self.data, self.fragments = adapter, data, list(fragments)
         self.config, self.optimizer_config = config, optimizer
+        # The dataset's prompt templates with this generator's override of its words.
+        self.templates = (prompt_templates(data, audience=config.audience) if isinstance(config, TextGeneratorConfig)
+                          else prompt_templates(data, subject=config.default_subject))
         self.dropout = _TokenDropout(config.no_token_fraction, seed)
         self.soft_prompt = soft_prompt
         self.register_buffer("preferences", preferences.float() if preferences is not None else None, persistent=False)
@@ -159,7 +162,8 @@ class GeneratorModule(TrainableOnlyCheckpoint, L.LightningModule):
 
 
 class TextGeneratorModule(GeneratorModule):
-    """SFT: ``build_text_prompt(user's tokens [with item words], context)`` → a text of an item the user liked.
+    """SFT: ``build_text_prompt(user's tokens [with item words], context)`` → a text of an item the
+    user liked, in the dataset's templates (:func:`pmg.generator.prompts.prompt_templates`).
 
     Only the adapter's LoRA weights and new token rows (and the soft-prompt projector) train.
     """
@@ -180,7 +184,7 @@ class TextGeneratorModule(GeneratorModule):
             for target in self.config.targets:
                 continuation = text_target(self.data, item, review, target)
                 if continuation:
-                    prompts.append(build_text_prompt(fragment, self.config.context_of(target)))
+                    prompts.append(build_text_prompt(fragment, self.config.context_of(target), self.templates))
                     targets.append(continuation)
                     users.append(user)
         return prompts, targets, users
@@ -205,7 +209,8 @@ class TextGeneratorModule(GeneratorModule):
 
 
 class ImageGeneratorModule(GeneratorModule):
-    """Diffusion loss on liked items' images with ``build_image_prompt(subject, user's tokens)``.
+    """Diffusion loss on liked items' images with :func:`pmg.generator.prompts.item_image_prompt`
+    (the item's subject and caption words, the user's tokens, the dataset's templates).
 
     The subject is the item's, with the values of ``described`` attributes ({name: values},
     ``ImageGeneratorConfig.subject_from_text``) that the item's own text and review name, and
@@ -233,8 +238,7 @@ class ImageGeneratorModule(GeneratorModule):
             values = text_named_values(f"{text} {review}", self.described)
             if self.words is not None:
                 values.update(self.words.values(item))
-            subject = described_subject(self.data, item_subject(self.data, item, self.config.default_subject), values)
-            prompts.append(build_image_prompt(subject, self.fragment(user)))
+            prompts.append(item_image_prompt(self.data, item, values, self.fragment(user), self.templates, self.config.default_subject))
         return prompts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -12,6 +12,10 @@ then use (``generator.prompt``, :class:`pmg.generator.config.PromptMode`):
 and, once a user's texts are generated, the image prompt that shows what they name
 (:func:`user_image_prompt`: the subject, described by the text's and the history's words, then
 the user's visual tokens).
+
+The templates around them are the dataset's (:func:`prompt_templates`): the embedded catalog's
+"a product for <pv_0_3>: a red dress" and "A shopper would love:", MovieLens's "a movie poster
+for <pv_0_3>: a movie poster, drama, comedy" and "A viewer would love:".
 """
 
 from __future__ import annotations
@@ -26,24 +30,40 @@ import numpy as np
 from pmg.data.format import InteractionData
 from pmg.data.keywords import HistoryKeywords, history_keywords, keyword_attributes
 from pmg.data.ratings import interaction_weights
+from pmg.data.subjects import caption_words, image_subject, item_subject, liked_caption_words, subject_caption
 from pmg.generator.config import GeneratorConfig, PromptMode
 from pmg.generator.evaluation import named_value
 from pmg.quantize.stage import UserTokens
 from pmg.runs import RunError
-from prefgen import build_image_prompt, describe_subject
+from prefgen import PromptTemplates, build_image_prompt, describe_subject
 
-__all__ = ["SUBJECT_ATTRIBUTE", "ItemWords", "UserPrompts", "described_subject", "item_subject", "joined_fragment", "keyword_prompts",
-           "liked_subject", "prompt_attributes", "prompt_keywords", "subject_attributes", "text_named_values", "token_rows", "user_fragments",
-           "user_image_prompt", "user_prompts"]
+__all__ = ["DEFAULT_AUDIENCE", "ItemWords", "UserPrompts", "described_subject", "item_image_prompt", "joined_fragment", "keyword_prompts",
+           "liked_subject", "prompt_attributes", "prompt_keywords", "prompt_templates", "subject_attributes", "text_named_values", "token_rows",
+           "user_fragments", "user_image_prompt", "user_prompts"]
 
-# The item attribute that names an image's subject ("a dress"); words describing it are other attributes'.
-SUBJECT_ATTRIBUTE = "category"
+# Who would love an item in a no-token text prompt, where the dataset does not say (prefgen's default template's).
+DEFAULT_AUDIENCE = "A shopper"
 
 
-def item_subject(data: InteractionData, item: int, default: str) -> str:
-    """The image subject of an item: ``"a <category>"`` when the item has one, else ``default``."""
-    category = data.items[item].attributes.get(SUBJECT_ATTRIBUTE, "")
-    return f"a {category}" if category else default
+def _literal(phrase: str) -> str:
+    # A dataset's words go into a str.format template: braces in them are text, not fields.
+    return phrase.strip().replace("{", "{{").replace("}", "}}")
+
+
+def prompt_templates(data: InteractionData, subject: str | None = None, audience: str | None = None) -> PromptTemplates:
+    """The dataset's prompt templates: ``"<subject> for {tokens}: {subject}"`` for images and
+    ``"<audience> would love: {context}"`` for a user without tokens ("User {tokens} would love:
+    {context}" with tokens, as for every dataset).
+
+    ``subject`` / ``audience`` are the config's overrides (``generator.image.default_subject``,
+    ``generator.text.audience``); when None, the dataset's ``item_kind`` says
+    (:func:`pmg.data.subjects.image_subject`), else "a product" / "A shopper": the embedded
+    catalog's templates, prefgen's defaults, byte for byte.
+    """
+    noun = _literal(image_subject(data, subject))
+    who = _literal(audience or data.item_kind.audience or DEFAULT_AUDIENCE)
+    return PromptTemplates(image=f"{noun} for {{tokens}}: {{subject}}", image_no_tokens=f"{noun}: {{subject}}",
+                           text_no_tokens=f"{who} would love: {{context}}")
 
 
 def described_subject(data: InteractionData, subject: str, values: Mapping[str, str]) -> str:
@@ -104,7 +124,8 @@ def prompt_attributes(data: InteractionData, config: GeneratorConfig) -> tuple[l
     """The attributes whose words go into the text prompt (the text modalities') and into the
     image subject (the image modalities' but the subject's own), schema order; never a hidden one."""
     def attributes(modalities: Sequence[str], *, subject: bool) -> list[str]:
-        return [a for a in keyword_attributes(data) if data.attributes[a].modality in modalities and (subject or a != SUBJECT_ATTRIBUTE)]
+        own = data.item_kind.subject_attribute
+        return [a for a in keyword_attributes(data) if data.attributes[a].modality in modalities and (subject or a != own)]
 
     return attributes(config.text.modalities, subject=True), attributes(config.image.modalities, subject=False)
 
@@ -193,7 +214,8 @@ def text_named_values(text: str, attributes: Mapping[str, Sequence[str]]) -> dic
 
 def liked_subject(data: InteractionData, history: np.ndarray, user: int | None, default: str) -> str:
     """The subject a user most often liked in ``history`` (interaction rows: the split's training
-    rows, so that no later item leaks into a prompt), ``"a <category>"``, or ``default``."""
+    rows, so that no later item leaks into a prompt), ``"a <category>"``, or ``default``
+    (:func:`pmg.data.subjects.item_subject`)."""
     owners = data.user[history]
     # A cold-start user (None) gets the catalog's most liked subject.
     items = (data.item[history] if user is None else data.item[history[owners == user]]).tolist()
@@ -210,6 +232,16 @@ def subject_attributes(data: InteractionData, config: GeneratorConfig) -> dict[s
     return {a: tuple(data.attributes[a].values) for a in config.image.subject_from_text}
 
 
+def item_image_prompt(data: InteractionData, item: int, values: Mapping[str, str], fragment: str | None,
+                      templates: PromptTemplates, default_subject: str | None = None) -> str:
+    """The generator's training prompt for the image of item ``item``: its subject
+    (:func:`pmg.data.subjects.item_subject`, ``default_subject`` the config's override) described by
+    ``values`` ({attribute: value}), then its caption words (MovieLens genres; the zoo's caption less
+    the title, :func:`pmg.data.subjects.subject_caption`), in ``templates`` with ``fragment``."""
+    subject = described_subject(data, item_subject(data, item, image_subject(data, default_subject)), values)
+    return build_image_prompt(subject_caption(subject, "", caption_words(data, item)), fragment, templates)
+
+
 def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int | None, text: str, fragment: str | None,
                       described: Mapping[str, Sequence[str]], history: np.ndarray, subject: str | None = None,
                       keywords: Mapping[str, str] | None = None) -> str:
@@ -217,8 +249,11 @@ def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int 
     described by the values of ``described`` attributes that ``text`` names and by ``keywords``
     ({attribute: value} from the user's history; where both give a value of one attribute the
     keyword's wins: it is the user's evidence, the text a generated guess prompted with the same
-    words), then the user's tokens ``fragment``."""
-    subject = subject or liked_subject(data, history, user, config.image.default_subject)
+    words), then the caption words the user's history holds most (MovieLens genres; none for the
+    catalog) as :func:`item_image_prompt` trains them, then the user's tokens ``fragment``, in the
+    dataset's templates (:func:`prompt_templates`)."""
+    subject = subject or liked_subject(data, history, user, image_subject(data, config.image.default_subject))
     chosen = text_named_values(text, described)
     chosen.update(keywords or {})
-    return build_image_prompt(described_subject(data, subject, chosen), fragment)
+    caption = subject_caption(described_subject(data, subject, chosen), "", liked_caption_words(data, history, user))
+    return build_image_prompt(caption, fragment, prompt_templates(data, config.image.default_subject, config.text.audience))

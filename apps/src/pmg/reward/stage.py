@@ -36,7 +36,13 @@ from pmg.data.images import load_image_tensor
 from pmg.generator.config import GeneratorConfig
 from pmg.generator.evaluation import image_taste_hits, taste_attributes, text_taste_hits
 from pmg.generator.generate import generate_for_users, write_samples
-from pmg.generator.prompts import UserPrompts, subject_attributes, user_image_prompt, user_prompts
+from pmg.generator.prompts import (
+    UserPrompts,
+    prompt_templates,
+    subject_attributes,
+    user_image_prompt,
+    user_prompts,
+)
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
 from pmg.reward.config import KeptState, RewardConfig
@@ -275,7 +281,8 @@ def _image_taste(users: list[int], images: torch.Tensor, *, data: InteractionDat
 def _prompts(data: InteractionData, prompts: UserPrompts, generator: GeneratorConfig, config: RewardConfig) -> tuple[list[str], list[int]]:
     """Text prompts per data user (as ``generate_for_user`` builds them) and the users with tokens."""
     context = generator.text.context_of(config.text.target)
-    text_prompts = [build_text_prompt(f, context) for f in prompts.text]
+    templates = prompt_templates(data, generator.image.default_subject, generator.text.audience)
+    text_prompts = [build_text_prompt(f, context, templates) for f in prompts.text]
     users = [u for u in range(data.num_users) if prompts.text_tokens[u] is not None or prompts.image[u] is not None]
     return text_prompts, users
 

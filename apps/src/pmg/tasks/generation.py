@@ -11,7 +11,7 @@ from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.generator.config import GeneratorConfig
 from pmg.generator.generate import load_generators
-from pmg.generator.prompts import user_prompts
+from pmg.generator.prompts import prompt_templates, user_prompts
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
 from pmg.reward import load_reward_generators
@@ -64,7 +64,8 @@ def explain(run: RunDirectory, user_id: str, item_id: str, config: ExplainConfig
     user, item = lookup_user(run, data, user_id), lookup_item(run, data, item_id)
     fragment = user_prompts(data, generator, load_user_tokens(run), split.train, users=[user]).text[0]
     title = data.items[item].title or item_id
-    prompt = build_text_prompt(fragment, f"{title} {generator.text.context_of('review')}")
+    prompt = build_text_prompt(fragment, f"{title} {generator.text.context_of('review')}",
+                               prompt_templates(data, generator.image.default_subject, generator.text.audience))
     text_adapter, _ = load_generators(run, load_zoo(run))
     if text_adapter is None:
         raise RunError(f"{run.stage_dir('generator')} has no text adapter; rerun `pmg pipeline --run {run.root} --force generator`")

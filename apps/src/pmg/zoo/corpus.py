@@ -1,7 +1,10 @@
 """What the zoo trains on: the held-out split, attribute captions, images and texts.
 
 Text-to-image and CLIP learn from *attribute captions* built from the ground truth ("a red
-striped dress"), since catalog texts name colour and pattern in only about half the items;
+striped dress"), since catalog texts name colour and pattern in only about half the items; an
+item without them (MovieLens) is captioned by its dataset's subject, its title and its caption
+words ("a movie poster of Heat (1995), action, crime", :func:`pmg.data.subjects.subject_caption`,
+the form the generators' image prompts take too);
 CLIP also sees the real titles and descriptions, the LM sees titles, descriptions and
 training-split reviews. CLIP's captions never name a hidden attribute (the sparse catalog's
 shade); the text-to-image captions may (``zoo.sdxl.unet.hidden_visual_words``), since a pretrained
@@ -21,6 +24,7 @@ from pmg.data.catalog import PATTERN_WORDS
 from pmg.data.format import InteractionData
 from pmg.data.images import load_image_tensor
 from pmg.data.split import Split
+from pmg.data.subjects import caption_words, image_subject, item_subject, subject_caption
 from pmg.zoo.config import HoldoutConfig
 from prefgen import build_text_prompt
 
@@ -72,9 +76,14 @@ class ZooCorpus:
 
     def caption(self, item: int, template: int = 0, colour_words: tuple[str, ...] = ()) -> str:
         """Item ``item``'s attribute caption (``colour_words`` as in :func:`attribute_caption`),
-        or its title when attributes are unknown."""
+        or, when attributes are unknown, its subject with its title and caption words ("a movie
+        poster of Heat (1995), action, crime"): the dataset's subject, as the generators' prompts
+        say it (:func:`pmg.data.subjects.subject_caption`)."""
         found = attribute_caption(self.data.items[item].attributes, template, colour_words)
-        return found if found is not None else (self.data.items[item].title or self.data.items[item].text)
+        if found is not None:
+            return found
+        subject = item_subject(self.data, item, image_subject(self.data))
+        return subject_caption(subject, self.data.items[item].title, caption_words(self.data, item))
 
     def catalog_texts(self, item: int) -> list[str]:
         """The item's own texts: title, description and both joined (non-empty ones)."""

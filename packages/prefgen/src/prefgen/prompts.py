@@ -8,6 +8,10 @@ a list of tokens, or soft-prompt placeholders) is put into a template:
 
 A user without tokens (cold start, or the no-token baseline) gets the no-token variant of
 the same template (``"a product: a dress"``), which is still a valid prompt.
+
+The default templates speak of products; items of another kind get templates of their own, e.g.
+``PromptTemplates(image="a movie poster for {tokens}: {subject}", image_no_tokens="a movie poster:
+{subject}", text_no_tokens="A viewer would love: {context}")``.
 """
 
 from __future__ import annotations
