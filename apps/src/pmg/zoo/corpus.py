@@ -6,6 +6,8 @@ CLIP also sees the real titles and descriptions, the LM sees titles, description
 training-split reviews. CLIP's captions never name a hidden attribute (the sparse catalog's
 shade); the text-to-image captions may (``zoo.sdxl.unet.hidden_visual_words``), since a pretrained
 SDXL knows what "light" and "dark" look like. No item text a stage reads names it either way.
+An item without colour, pattern and category (MovieLens) is captioned by its title and its
+attribute values instead (:func:`titled_caption`), for training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import numpy as np
 import torch
 
 from pmg.data.catalog import PATTERN_WORDS
-from pmg.data.format import InteractionData
+from pmg.data.format import AttributeSpec, InteractionData, Item
 from pmg.data.modules import load_image_tensor
 from pmg.data.split import Split
 from pmg.zoo.config import HoldoutConfig
 from prefgen import build_text_prompt
 
-__all__ = ["CAPTION_TEMPLATES", "attribute_caption", "ZooCorpus", "build_corpus", "copy_warmup_documents", "keyword_prompted_texts"]
+__all__ = ["CAPTION_TEMPLATES", "attribute_caption", "titled_caption", "ZooCorpus", "build_corpus", "copy_warmup_documents", "keyword_prompted_texts"]
 
 # Template 0 is the canonical prompt used for evaluation and by later stages.
 CAPTION_TEMPLATES = (
@@ -49,6 +51,16 @@ def attribute_caption(attributes: dict[str, str], template: int = 0, colour_word
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
 
+def titled_caption(item: Item, specs: dict[str, AttributeSpec]) -> str:
+    """An item's title (its text when it has none) and its attribute values a model may read:
+    ``"Heat (1995); Action, Crime, Thriller"``. Multi-valued attributes (MovieLens ``genres``,
+    ``"Action|Crime"``) list each value; hidden ones (``specs[name].hidden``) are left out."""
+    values = [part.strip() for name, value in item.attributes.items()
+              if value and not (name in specs and specs[name].hidden) for part in value.split("|") if part.strip()]
+    title = item.title.strip() or item.text
+    return "; ".join(part for part in (title, ", ".join(values)) if part)
+
+
 @dataclass
 class ZooCorpus:
     """Training material for every zoo model, with the held-out items removed.
@@ -57,6 +69,9 @@ class ZooCorpus:
     False); ``train_items`` / ``heldout_items`` int64 item indices; ``combo`` int64 [I] an
     id per distinct combination of the holdout attributes (item index when unknown), used
     as the contrastive positive groups; ``heldout_combos`` the held-out combinations.
+    ``lm_texts`` / ``lm_sources``: the LM's training texts; ``heldout_lm_texts`` /
+    ``heldout_lm_sources`` the same kinds of text of the held-out items (titles, descriptions and
+    their reviews in every split row: no model read any of them).
     """
 
     data: InteractionData
@@ -69,12 +84,14 @@ class ZooCorpus:
     lm_texts: list[str]
     # Per LM text: (item index, kind) with kind 0 title, 1 description, 2 review.
     lm_sources: list[tuple[int, int]]
+    heldout_lm_texts: list[str]
+    heldout_lm_sources: list[tuple[int, int]]
 
     def caption(self, item: int, template: int = 0, colour_words: tuple[str, ...] = ()) -> str:
         """Item ``item``'s attribute caption (``colour_words`` as in :func:`attribute_caption`),
-        or its title when attributes are unknown."""
+        or, when it has no colour, pattern and category (MovieLens), its :func:`titled_caption`."""
         found = attribute_caption(self.data.items[item].attributes, template, colour_words)
-        return found if found is not None else (self.data.items[item].title or self.data.items[item].text)
+        return found if found is not None else titled_caption(self.data.items[item], self.data.attributes)
 
     def catalog_texts(self, item: int) -> list[str]:
         """The item's own texts: title, description and both joined (non-empty ones)."""
@@ -120,30 +137,41 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
     train_items = np.flatnonzero(~heldout)
     if len(train_items) == 0:
         raise ValueError("zoo.holdout leaves no training items; lower holdout.combos or holdout.item_fraction")
-    train_set = set(train_items.tolist())
-    texts: list[str] = []
-    sources: list[tuple[int, int]] = []
-    for i in train_items:
-        for kind, text in enumerate((data.items[i].title, data.items[i].description)):
-            if text:
-                texts.append(text)
-                sources.append((int(i), kind))
-    for row in split.train:
-        item, review = int(data.item[row]), data.review[row]
-        if review and item in train_set:
-            texts.append(review)
-            sources.append((item, 2))
+    heldout_items = np.flatnonzero(heldout)
+    texts, sources = _item_texts(data, train_items, split.train)
+    heldout_texts, heldout_sources = _item_texts(data, heldout_items, np.arange(data.num_interactions))
     return ZooCorpus(
         data=data,
         images=images,
         has_image=has_image,
         train_items=train_items,
-        heldout_items=np.flatnonzero(heldout),
+        heldout_items=heldout_items,
         heldout_combos=combos,
         combo=combo,
         lm_texts=texts,
         lm_sources=sources,
+        heldout_lm_texts=heldout_texts,
+        heldout_lm_sources=heldout_sources,
     )
+
+
+def _item_texts(data: InteractionData, items: np.ndarray, rows: np.ndarray) -> tuple[list[str], list[tuple[int, int]]]:
+    """The non-empty titles and descriptions of ``items``, then the reviews of interaction
+    ``rows`` on them; with each its (item index, kind: 0 title, 1 description, 2 review)."""
+    texts: list[str] = []
+    sources: list[tuple[int, int]] = []
+    for i in items:
+        for kind, text in enumerate((data.items[i].title, data.items[i].description)):
+            if text:
+                texts.append(text)
+                sources.append((int(i), kind))
+    wanted = set(items.tolist())
+    for row in rows:
+        item, review = int(data.item[row]), data.review[row]
+        if review and item in wanted:
+            texts.append(review)
+            sources.append((item, 2))
+    return texts, sources
 
 
 def _attribute_words(data: InteractionData) -> list[str]:
