@@ -37,12 +37,15 @@ def tiny_clip_processor(tokenizer: PreTrainedTokenizerBase, image_size: int) -> 
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def clip_pixel_values(processor: CLIPProcessor, paths: Sequence[Path | str], batch: int = 256) -> torch.Tensor:
-    """[N, 3, S, S] processor inputs for the images at ``paths``."""
+def clip_pixel_values(processor: CLIPProcessor, paths: Sequence[Path | str | Image.Image], batch: int = 256) -> torch.Tensor:
+    """[N, 3, S, S] processor inputs for the images at ``paths`` (or the images themselves)."""
     chunks = []
     for start in range(0, len(paths), batch):
         images = []
         for path in paths[start:start + batch]:
+            if isinstance(path, Image.Image):
+                images.append(path.convert("RGB"))
+                continue
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         chunks.append(processor.image_processor(images=images, return_tensors="pt")["pixel_values"])
