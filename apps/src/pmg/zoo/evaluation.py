@@ -293,23 +293,24 @@ def write_contact_sheet(images: torch.Tensor, prompts: Sequence[str], labels: Se
                         per_row: int, path: Path, scale: int = 2) -> Path:
     """A PNG of ``images`` [N, 3, R, R] in [-1, 1], ``per_row`` to a row headed by its first
     image's prompt (``prompts`` [N]); under each image its ``labels`` lines, (text, fine), black
-    where fine and red where not. As wide as the longest prompt needs."""
+    where fine and red where not. Columns are as wide as the widest label, rows as the longest prompt."""
     side = images.shape[-1] * scale
     label_height, header = 12 * max((len(lines) for lines in labels), default=0) + 4, 14
     rows = (len(images) + per_row - 1) // per_row
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = max(per_row * side, 240, *(int(draw.textlength(p)) + 4 for p in prompts[::per_row]))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    column_width = max([side] + [int(measure.textlength(text)) + 6 for lines in labels for text, _ in lines])
+    width = max(per_row * column_width, 240, *(int(measure.textlength(p)) + 4 for p in prompts[::per_row]))
     sheet = Image.new("RGB", (width, rows * (header + side + label_height)), "white")
     draw = ImageDraw.Draw(sheet)
     for index, array in enumerate(_uint8_pixels(images)):
         row, column = divmod(index, per_row)
-        top = row * (header + side + label_height)
+        top, left = row * (header + side + label_height), column * column_width
         if column == 0:
             draw.text((2, top + 1), prompts[index], fill="black")
         tile = Image.fromarray(array).resize((side, side), Image.Resampling.NEAREST)
-        sheet.paste(tile, (column * side, top + header))
+        sheet.paste(tile, (left, top + header))
         for line, (text, fine) in enumerate(labels[index]):
-            draw.text((column * side + 2, top + header + side + 1 + 12 * line), text, fill="black" if fine else "red")
+            draw.text((left + 2, top + header + side + 1 + 12 * line), text, fill="black" if fine else "red")
     with atomic_file(path) as tmp:
         sheet.save(tmp, format="PNG")
     return path
