@@ -186,3 +186,18 @@ def test_an_older_zoo_json_with_nan_still_loads(attributeless_zoo, tmp_path: Pat
     zoo = read_zoo_folder(copy)
     assert zoo.metrics["clip_top1"] is None and "NaN" in zoo.metrics_missing["clip_top1"]
     assert np.isfinite(zoo.metrics["lm_heldout_perplexity"])
+
+
+def test_a_build_resumed_after_every_model_finished_measures_the_same(attributeless_zoo, tmp_path: Path) -> None:
+    from pmg.zoo.models import ZooProgress, train_models
+
+    run, config, _ = attributeless_zoo
+    data, split = load_prepared(run)
+    out = tmp_path / "entry"
+    progress = ZooProgress(out, "key", log=lambda _: None)
+    first = train_models(config, data, split, out, tmp_path / "logs", progress, log=lambda _: None)
+    lines: list[str] = []
+    again = train_models(config, data, split, out, tmp_path / "logs", ZooProgress(out, "key", lines.append), log=lines.append)
+    assert any("lm: kept from the interrupted build" in line for line in lines)  # loaded, not trained
+    assert again["metrics"] == first["metrics"] and again["metrics_missing"] == first["metrics_missing"]
+    assert first["metrics"]["lm_heldout_perplexity"] == load_zoo(run).metrics["lm_heldout_perplexity"]
