@@ -265,7 +265,7 @@ def _token_rows(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length
 
 @torch.no_grad()
 def lm_heldout_perplexity(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_texts: list[str],
-                          heldout_texts: list[str], *, max_length: int, batch: int = 32) -> LMPerplexity | None:
+                          heldout_texts: list[str], *, max_length: int, batch: int = 16) -> LMPerplexity | None:
     """Perplexity of ``lm`` on ``heldout_texts``, each tokenized as in training (end of text
     appended, ``max_length`` tokens at most), over the positions it predicts (every token after
     a text's first); and of the add-one unigram over ``tokenizer``'s ids fitted on every token of
@@ -277,10 +277,11 @@ def lm_heldout_perplexity(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     count = 0
     for start in range(0, len(heldout_texts), batch):
         tokens = lm_token_batch(tokenizer, heldout_texts[start:start + batch], max_length)
-        logits = lm(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits[:, :-1].double()
+        logits = lm(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits[:, :-1]
         targets, predicted = tokens["input_ids"][:, 1:], tokens["attention_mask"][:, 1:].bool()
-        nll = -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        lm_nll += float(nll[predicted].sum())
+        # Per token in the logits' precision (a base LM's vocabulary makes a float64 copy large), summed in float64.
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+        lm_nll += float(nll[predicted].double().sum())
         unigram_nll -= float(unigram[targets[predicted]].sum())
         count += int(predicted.sum())
     if count == 0:
