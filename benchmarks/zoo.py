@@ -9,7 +9,11 @@ the cache is not what is timed), then measures on held-out data:
   images generated for the held-out category×colour×pattern combinations (never trained on);
 - ``clip_top1``: image→text top-1 among ``clip_candidates`` held-out captions of distinct
   combinations;
-- ``judge_acc``: mean held-out accuracy of the judge over its attributes (per attribute too).
+- ``judge_acc``: mean held-out accuracy of the judge over its attributes (per attribute too);
+- from the stage's own ``zoo.json`` (``pmg.zoo.models.evaluate_models``): CLIP scores of images
+  drawn for held-out items' captions against the caption and the real image, beside a shuffled
+  pairing (``t2i_clip_score`` / ``_shuffled``, ``t2i_clip_i`` / ``_shuffled``), and the LM's
+  held-out perplexity beside a unigram's (``lm_heldout_perplexity``, ``lm_unigram_perplexity``).
 ``minutes`` is the zoo stage's wall time, ``cpu_minutes`` its CPU time over all threads (the
 figure that does not depend on what else runs on the machine); ``peak_rss_gb`` the process's
 peak resident memory.
@@ -92,9 +96,11 @@ def main() -> None:
         "t2i_samples": str(run.stage_dir("zoo") / "t2i_samples_benchmark.png"),
         "clip_top1": top1,
         "clip_candidates": candidates,
-        "judge_acc": float(np.mean(list(judged.values()))),
+        "judge_acc": float(np.mean([v for v in judged.values() if v is not None])),
         **{f"judge_{k}_acc": v for k, v in judged.items()},
         "judge_heldout_items": int(corpus.image_items(corpus.heldout_items).size),
+        **{k: zoo.metrics.get(k) for k in ("t2i_clip_score", "t2i_clip_score_shuffled", "t2i_clip_i", "t2i_clip_i_shuffled",
+                                           "t2i_clip_items", "lm_heldout_perplexity", "lm_unigram_perplexity", "lm_heldout_tokens")},
         "minutes": round(minutes, 2),
         "cpu_minutes": round(cpu_minutes, 2),
         "torch_threads": __import__("torch").get_num_threads(),

@@ -71,6 +71,10 @@ def test_stage_writes_every_model_in_its_real_format(built) -> None:
     assert len(zoo.heldout_combos) == 4 and zoo.heldout_items
     for key in ("clip_top1", "judge_colour_acc", "vae_colour_acc", "t2i_colour_acc"):
         assert 0.0 <= zoo.metrics[key] <= 1.0
+    # On the catalog every figure is measured: the held-out items' CLIP scores and the LM's perplexity too.
+    assert zoo.metrics_missing == {} and None not in zoo.metrics.values()
+    assert zoo.metrics["t2i_clip_items"] == 8 and zoo.metrics["lm_heldout_tokens"] > 0
+    assert "heldout_samples.png" in json.loads((zoo.root / "zoo.json").read_text())["files"]
     with Image.open(zoo.root / "t2i_samples.png") as sheet:  # one row per held-out combination
         assert sheet.height >= 4 * 32 and sheet.width >= 32
     assert (run.root / "zoo" / "sdxl" / "unet" / "tb").is_dir()  # TensorBoard logs stay with the run

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from transformers import CLIPModel, CLIPProcessor, PreTrainedTokenizerBase
 
-from pmg.data.images import ImageFit, load_image
+from pmg.data.images import ImageFit, fit_square, load_image, rgb_image
 from pmg.zoo.config import ClipTrainingConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus
 from pmg.zoo.fitting import FitCheckpoints, fit_steps
@@ -37,15 +38,17 @@ def tiny_clip_processor(tokenizer: PreTrainedTokenizerBase, image_size: int) -> 
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def clip_pixel_values(processor: CLIPProcessor, paths: Sequence[Path | str], fit: ImageFit, batch: int = 256) -> torch.Tensor:
-    """[N, 3, S, S] processor inputs for the images at ``paths``, each made the processor's
-    S x S square by ``fit`` first (``pmg.data.images.load_image``), so the processor's own
-    resize and centre crop leave it as it is."""
+def clip_pixel_values(processor: CLIPProcessor, images: Sequence[Path | str | Image.Image], fit: ImageFit,
+                      batch: int = 256) -> torch.Tensor:
+    """[N, 3, S, S] processor inputs for ``images`` (files, or PIL images already in memory such as
+    generated ones), each made the processor's S x S square by ``fit`` first
+    (``pmg.data.images``), so the processor's own resize and centre crop leave it as it is."""
     size = int(processor.image_processor.crop_size["height"])
     chunks = []
-    for start in range(0, len(paths), batch):
-        images = [load_image(path, size, fit) for path in paths[start:start + batch]]
-        chunks.append(processor.image_processor(images=images, return_tensors="pt")["pixel_values"])
+    for start in range(0, len(images), batch):
+        squares = [fit_square(rgb_image(image), size, fit) if isinstance(image, Image.Image) else load_image(image, size, fit)
+                   for image in images[start:start + batch]]
+        chunks.append(processor.image_processor(images=squares, return_tensors="pt")["pixel_values"])
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 

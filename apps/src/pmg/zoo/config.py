@@ -329,13 +329,21 @@ class JudgeTrainingConfig:
 
 @dataclass
 class ZooEvalConfig:
-    """Quality checks run at the end of the stage (figures land in ``zoo.json``).
-    CLIP retrieval ranks each held-out image against ``clip_candidates`` held-out captions of
-    distinct attribute combinations; text-to-image draws ``t2i_images_per_combo`` images per
-    held-out combination (0 skips it) and asks the judge."""
+    """Quality checks run at the end of the stage (figures land in ``zoo.json``; one that cannot
+    be measured is null there, with the reason under ``metrics_missing``).
+    CLIP retrieval ranks each held-out image against up to ``clip_candidates`` held-out captions,
+    distinct ones (an attribute caption, else the title and attribute values); text-to-image
+    draws ``t2i_images_per_combo`` images per held-out combination (0 skips it) and asks the judge.
+    ``t2i_clip_items`` held-out items (0 skips it) get one image each from their caption, scored
+    by the zoo CLIP against that caption and the item's real image, each beside another item's
+    (the shuffled baseline), and drawn in ``heldout_samples.png``. The LM's held-out perplexity
+    reads up to ``lm_heldout_texts`` held-out texts (0 skips it)."""
 
     clip_candidates: int = 100
     t2i_images_per_combo: int = 8
+    # 8: a few seconds of generation with the default pipeline on two CPU cores.
+    t2i_clip_items: int = 8
+    lm_heldout_texts: int = 1000
     t2i_steps: int = 20
     guidance_scale: float = 3.0
     seed: int = 0
@@ -345,6 +353,10 @@ class ZooEvalConfig:
             raise ValueError("zoo.eval.clip_candidates must be >= 2")
         if self.t2i_images_per_combo < 0 or self.t2i_steps < 1:
             raise ValueError("zoo.eval.t2i_images_per_combo must be >= 0 and t2i_steps >= 1")
+        if self.t2i_clip_items == 1 or self.t2i_clip_items < 0:
+            raise ValueError("zoo.eval.t2i_clip_items must be 0 (off) or >= 2 (the shuffled baseline pairs each item with another)")
+        if self.lm_heldout_texts < 0:
+            raise ValueError("zoo.eval.lm_heldout_texts must be >= 0 (0: off)")
 
 
 @dataclass

@@ -61,6 +61,9 @@ class ZooCorpus:
     False); ``train_items`` / ``heldout_items`` int64 item indices; ``combo`` int64 [I] an
     id per distinct combination of the holdout attributes (item index when unknown), used
     as the contrastive positive groups; ``heldout_combos`` the held-out combinations.
+    ``lm_texts`` / ``lm_sources``: the LM's training texts; ``heldout_lm_texts`` /
+    ``heldout_lm_sources`` the same kinds of text of the held-out items (titles, descriptions and
+    their reviews in every split row: no model read any of them).
     """
 
     data: InteractionData
@@ -73,6 +76,8 @@ class ZooCorpus:
     lm_texts: list[str]
     # Per LM text: (item index, kind) with kind 0 title, 1 description, 2 review.
     lm_sources: list[tuple[int, int]]
+    heldout_lm_texts: list[str]
+    heldout_lm_sources: list[tuple[int, int]]
 
     def caption(self, item: int, template: int = 0, colour_words: tuple[str, ...] = ()) -> str:
         """Item ``item``'s attribute caption (``colour_words`` as in :func:`attribute_caption`),
@@ -129,30 +134,41 @@ def build_corpus(data: InteractionData, split: Split, config: HoldoutConfig, ima
     train_items = np.flatnonzero(~heldout)
     if len(train_items) == 0:
         raise ValueError("zoo.holdout leaves no training items; lower holdout.combos or holdout.item_fraction")
-    train_set = set(train_items.tolist())
-    texts: list[str] = []
-    sources: list[tuple[int, int]] = []
-    for i in train_items:
-        for kind, text in enumerate((data.items[i].title, data.items[i].description)):
-            if text:
-                texts.append(text)
-                sources.append((int(i), kind))
-    for row in split.train:
-        item, review = int(data.item[row]), data.review[row]
-        if review and item in train_set:
-            texts.append(review)
-            sources.append((item, 2))
+    heldout_items = np.flatnonzero(heldout)
+    texts, sources = _item_texts(data, train_items, split.train)
+    heldout_texts, heldout_sources = _item_texts(data, heldout_items, np.arange(data.num_interactions))
     return ZooCorpus(
         data=data,
         images=images,
         has_image=has_image,
         train_items=train_items,
-        heldout_items=np.flatnonzero(heldout),
+        heldout_items=heldout_items,
         heldout_combos=combos,
         combo=combo,
         lm_texts=texts,
         lm_sources=sources,
+        heldout_lm_texts=heldout_texts,
+        heldout_lm_sources=heldout_sources,
     )
+
+
+def _item_texts(data: InteractionData, items: np.ndarray, rows: np.ndarray) -> tuple[list[str], list[tuple[int, int]]]:
+    """The non-empty titles and descriptions of ``items``, then the reviews of interaction
+    ``rows`` on them; with each its (item index, kind: 0 title, 1 description, 2 review)."""
+    texts: list[str] = []
+    sources: list[tuple[int, int]] = []
+    for i in items:
+        for kind, text in enumerate((data.items[i].title, data.items[i].description)):
+            if text:
+                texts.append(text)
+                sources.append((int(i), kind))
+    wanted = set(items.tolist())
+    for row in rows:
+        item, review = int(data.item[row]), data.review[row]
+        if review and item in wanted:
+            texts.append(review)
+            sources.append((item, 2))
+    return texts, sources
 
 
 def _attribute_words(data: InteractionData) -> list[str]:

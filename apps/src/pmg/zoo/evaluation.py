@@ -1,30 +1,52 @@
 """Quality checks of the zoo on held-out data: judge accuracy, CLIP retrieval, the VAE's
-round trip (what any image the pipeline draws can show at best), and text-to-image attribute
-accuracy on attribute combinations no model trained on."""
+round trip (what any image the pipeline draws can show at best), text-to-image attribute
+accuracy on attribute combinations no model trained on, and, on any dataset, CLIP scores of
+images drawn for held-out items' captions (against a shuffled pairing) and the LM's held-out
+perplexity (against a unigram's). A figure that cannot be measured is None, never NaN."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image, ImageDraw
-from transformers import CLIPModel, CLIPProcessor
+from torch.nn import functional as F
+from transformers import CLIPModel, CLIPProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
+from pmg.atomic import atomic_file
 from pmg.zoo.clip_features import image_embeddings, text_embeddings
 from pmg.zoo.clip_recipe import clip_pixel_values
 from pmg.zoo.corpus import ZooCorpus, attribute_caption
 from pmg.zoo.judge import AttributeJudge
+from pmg.zoo.lm_recipe import lm_token_batch
 from pmg.zoo.sdxl_recipe import pipeline_images
 
-__all__ = ["judge_accuracy", "vae_round_trip_accuracy", "clip_retrieval_top1", "text_to_image_accuracy", "generate_images", "write_contact_sheet"]
+__all__ = [
+    "judge_accuracy",
+    "vae_round_trip_accuracy",
+    "clip_retrieval_top1",
+    "text_to_image_accuracy",
+    "generate_images",
+    "own_and_shuffled_cosines",
+    "HeldoutGeneration",
+    "heldout_generation",
+    "write_heldout_samples",
+    "unigram_log_probs",
+    "LMPerplexity",
+    "lm_heldout_perplexity",
+    "write_contact_sheet",
+]
 
 
 @torch.no_grad()
-def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) -> dict[str, float]:
-    """Per-attribute accuracy of ``judge`` on ``items`` (those with an image and known labels)."""
+def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) -> dict[str, float | None]:
+    """Per-attribute accuracy of ``judge`` on ``items`` (those with an image and known labels);
+    None for an attribute no such item knows."""
     items = corpus.image_items(items)
     labels = {name: corpus.data.item_labels(name)[items] for name in judge.attributes}
     found = judge.predict(corpus.images[torch.from_numpy(items)])
@@ -32,16 +54,17 @@ def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) 
     for name, truth in labels.items():
         known = truth >= 0
         hits = found[name].numpy()[known] == truth[known]
-        result[name] = float(hits.mean()) if known.any() else float("nan")
+        result[name] = float(hits.mean()) if known.any() else None
     return result
 
 
 @torch.no_grad()
 def vae_round_trip_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray,
-                            batch: int = 64) -> dict[str, float]:
+                            batch: int = 64) -> dict[str, float | None]:
     """Per-attribute accuracy of ``judge`` on ``items``' images encoded and decoded by the
     pipeline's VAE (posterior mean): every generated image passes through this decoder, so an
-    attribute it loses here no prompt or token can bring back."""
+    attribute it loses here no prompt or token can bring back. None for an attribute no item
+    with an image knows; empty when none has an image."""
     items = corpus.image_items(items)
     if len(items) == 0:
         return {}
@@ -54,16 +77,18 @@ def vae_round_trip_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJud
     for name in judge.attributes:
         truth = corpus.data.item_labels(name)[items]
         known = truth >= 0
-        result[name] = float((found[name].numpy()[known] == truth[known]).mean()) if known.any() else float("nan")
+        result[name] = float((found[name].numpy()[known] == truth[known]).mean()) if known.any() else None
     return result
 
 
 def _distinct_caption_items(corpus: ZooCorpus, items: np.ndarray, limit: int, seed: int) -> tuple[list[int], list[str]]:
+    """Up to ``limit`` of ``items`` with an image, in a ``seed``ed random order, whose captions
+    (``ZooCorpus.caption``) differ; with those captions."""
     rng = np.random.default_rng(seed)
     chosen, captions, seen = [], [], set()
     for item in rng.permutation(corpus.image_items(items)):
-        caption = attribute_caption(corpus.data.items[int(item)].attributes)
-        if caption is None or caption in seen:
+        caption = corpus.caption(int(item))
+        if not caption or caption in seen:
             continue
         seen.add(caption)
         chosen.append(int(item))
@@ -73,19 +98,26 @@ def _distinct_caption_items(corpus: ZooCorpus, items: np.ndarray, limit: int, se
     return chosen, captions
 
 
+def _clip_text_embeddings(model: CLIPModel, processor: CLIPProcessor, texts: Sequence[str]) -> torch.Tensor:
+    """[N, projection_dim] unit vectors for ``texts`` (truncated to the tokenizer's length)."""
+    tokens = processor.tokenizer(list(texts), padding="longest", truncation=True, return_tensors="pt")
+    return text_embeddings(model, tokens["input_ids"], tokens["attention_mask"])
+
+
 @torch.no_grad()
 def clip_retrieval_top1(model: CLIPModel, processor: CLIPProcessor, corpus: ZooCorpus, items: np.ndarray, *,
-                        candidates: int = 100, seed: int = 0) -> tuple[float, int]:
-    """Image→text top-1 accuracy among ``candidates`` captions of distinct attribute
-    combinations (one held-out item each). Returns (accuracy, candidate set size)."""
+                        candidates: int = 100, seed: int = 0) -> tuple[float | None, int]:
+    """Image→text top-1 accuracy among up to ``candidates`` distinct captions of held-out items
+    (one item each): the attribute caption, or for an item without one its title and attribute
+    values (``ZooCorpus.caption``). Returns (accuracy, candidate set size); accuracy is None
+    with fewer than two candidates. Chance is 1 / candidate set size."""
     chosen, captions = _distinct_caption_items(corpus, items, candidates, seed)
     if len(chosen) < 2:
-        return float("nan"), len(chosen)
+        return None, len(chosen)
     model.eval()
     pixels = clip_pixel_values(processor, [corpus.data.items[i].image for i in chosen], corpus.data.image_read_fit)
-    tokens = processor.tokenizer(captions, padding="longest", truncation=True, return_tensors="pt")
     images = image_embeddings(model, pixels)
-    texts = text_embeddings(model, tokens["input_ids"], tokens["attention_mask"])
+    texts = _clip_text_embeddings(model, processor, captions)
     top1 = (images @ texts.t()).argmax(dim=1)
     return float((top1 == torch.arange(len(chosen))).float().mean()), len(chosen)
 
@@ -123,7 +155,10 @@ def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudg
     images = generate_images(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
     found = judge.predict_values(images.clamp(-1, 1))
     if sheet is not None:
-        write_contact_sheet(images, prompts, found, wanted, images_per_combo, sheet)
+        # Under each image the judge's readings of what its prompt names, upper-cased and red where they miss.
+        labels = [[(value if value == want[name] else value.upper(), value == want[name])
+                   for name, value in readings.items() if name in want] for readings, want in zip(found, wanted, strict=True)]
+        write_contact_sheet(images, prompts, labels, images_per_combo, sheet)
     result = {"images": float(len(prompts))}
     # Only what the prompts name: the judge may read more (a hidden shade no prompt asks for).
     for name in judge.attributes:
@@ -133,27 +168,150 @@ def text_to_image_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudg
     return result
 
 
-def write_contact_sheet(images: torch.Tensor, prompts: Sequence[str], found: Sequence[dict[str, str]],
-                        wanted: Sequence[dict[str, str]], per_row: int, path: Path, scale: int = 2) -> Path:
-    """A PNG of ``images`` [N, 3, R, R] in [-1, 1], ``per_row`` to a row headed by its prompt;
-    under each image the judge's readings, upper-cased where they miss the prompted value."""
+def own_and_shuffled_cosines(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines [N] of unit vectors ``first`` [N, D] with ``second`` [N, D] row by row, and with
+    a fixed derangement of ``second`` (row i against row i + 1, the last against the first): the
+    baseline any pairing scores. N >= 2."""
+    if len(first) < 2 or first.shape != second.shape:
+        raise ValueError(f"need two or more pairs of equal shape, got {tuple(first.shape)} and {tuple(second.shape)}")
+    return (first * second).sum(-1), (first * second.roll(-1, dims=0)).sum(-1)
+
+
+def _pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """RGB images for ``images`` [N, 3, R, R] in [-1, 1]."""
+    return [Image.fromarray(array) for array in _uint8_pixels(images)]
+
+
+def _uint8_pixels(images: torch.Tensor) -> np.ndarray:
+    """uint8 [N, R, R, 3] for ``images`` [N, 3, R, R] in [-1, 1]."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class HeldoutGeneration:
+    """One image generated per held-out item from its caption, scored by the zoo CLIP.
+
+    ``items`` [K] item indices; ``prompts`` [K] their captions; ``images`` [K, 3, R, R] in
+    [-1, 1] at the pipeline's resolution. Cosines [K] of each generated image with its own
+    prompt (``prompt_cosine``) and its item's real image (``real_cosine``), and the same
+    against the next item's (``*_shuffled``, ``own_and_shuffled_cosines``)."""
+
+    items: list[int]
+    prompts: list[str]
+    images: torch.Tensor
+    prompt_cosine: torch.Tensor
+    prompt_cosine_shuffled: torch.Tensor
+    real_cosine: torch.Tensor
+    real_cosine_shuffled: torch.Tensor
+
+
+@torch.no_grad()
+def heldout_generation(pipe: StableDiffusionXLPipeline, model: CLIPModel, processor: CLIPProcessor, corpus: ZooCorpus,
+                       items: np.ndarray, *, count: int, steps: int, guidance_scale: float, seed: int = 0) -> HeldoutGeneration | None:
+    """Draw one image for each of up to ``count`` of ``items`` (with an image, distinct
+    captions, chosen with ``seed``) from its caption (``ZooCorpus.caption``), with the
+    generation settings of :func:`text_to_image_accuracy`, and score it with ``model``
+    (CLIP-T against the prompt, CLIP-I against the real image). None with fewer than two such items."""
+    chosen, prompts = _distinct_caption_items(corpus, items, count, seed)
+    if len(chosen) < 2:
+        return None
+    images = generate_images(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    model.eval()
+    generated = image_embeddings(model, clip_pixel_values(processor, _pil_images(images), corpus.data.image_read_fit))
+    real = image_embeddings(model, clip_pixel_values(processor, [corpus.data.items[i].image for i in chosen], corpus.data.image_read_fit))
+    prompt_cosine, prompt_shuffled = own_and_shuffled_cosines(generated, _clip_text_embeddings(model, processor, prompts))
+    real_cosine, real_shuffled = own_and_shuffled_cosines(generated, real)
+    return HeldoutGeneration(chosen, prompts, images, prompt_cosine, prompt_shuffled, real_cosine, real_shuffled)
+
+
+def write_heldout_samples(generation: HeldoutGeneration, pipe: StableDiffusionXLPipeline, corpus: ZooCorpus, path: Path) -> Path:
+    """A PNG with one row per generated held-out item: its prompt, the generated image (under
+    it its CLIP cosine with the prompt) and the item's real image (under it its cosine with the
+    generated one)."""
+    real = pipeline_images(pipe, corpus.images[torch.tensor(generation.items)])
+    tiles = torch.stack([generation.images.clamp(-1, 1), real], dim=1).flatten(0, 1)
+    labels = []
+    for prompt_cos, real_cos in zip(generation.prompt_cosine.tolist(), generation.real_cosine.tolist(), strict=True):
+        labels += [[(f"cos prompt {prompt_cos:.2f}", True)], [(f"cos gen {real_cos:.2f}", True)]]
+    return write_contact_sheet(tiles, [p for p in generation.prompts for _ in range(2)], labels, 2, path)
+
+
+def unigram_log_probs(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Log-probabilities [vocab_size] of the unigram model fitted on ``tokens`` (int64 [N], ids
+    below ``vocab_size``) with add-one smoothing: (count + 1) / (N + vocab_size)."""
+    counts = torch.bincount(tokens, minlength=vocab_size).double()
+    return torch.log((counts + 1) / (len(tokens) + vocab_size))
+
+
+@dataclass(frozen=True)
+class LMPerplexity:
+    """The LM's perplexity on held-out tokens and a unigram model's on the same ``tokens``
+    (predicted positions of ``texts`` texts)."""
+
+    lm: float
+    unigram: float
+    tokens: int
+    texts: int
+
+
+def _token_rows(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[torch.Tensor]:
+    """Each text's ids as the LM trains on it (``lm_token_batch``), padding left out."""
+    rows = []
+    for start in range(0, len(texts), 64):
+        batch = lm_token_batch(tokenizer, texts[start:start + 64], max_length)
+        rows += [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+    return rows
+
+
+@torch.no_grad()
+def lm_heldout_perplexity(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_texts: list[str],
+                          heldout_texts: list[str], *, max_length: int, batch: int = 16) -> LMPerplexity | None:
+    """Perplexity of ``lm`` on ``heldout_texts``, each tokenized as in training (end of text
+    appended, ``max_length`` tokens at most), over the positions it predicts (every token after
+    a text's first); and of the add-one unigram over ``tokenizer``'s ids fitted on every token of
+    ``train_texts`` (``unigram_log_probs``), on the same tokens. None when no token is predicted."""
+    unigram = unigram_log_probs(torch.cat(_token_rows(tokenizer, train_texts, max_length) or [torch.zeros(0, dtype=torch.long)]),
+                                len(tokenizer))
+    lm.eval()
+    lm_nll = unigram_nll = 0.0
+    count = 0
+    for start in range(0, len(heldout_texts), batch):
+        tokens = lm_token_batch(tokenizer, heldout_texts[start:start + batch], max_length)
+        logits = lm(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits[:, :-1]
+        targets, predicted = tokens["input_ids"][:, 1:], tokens["attention_mask"][:, 1:].bool()
+        # Per token in the logits' precision (a base LM's vocabulary makes a float64 copy large), summed in float64.
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+        lm_nll += float(nll[predicted].double().sum())
+        unigram_nll -= float(unigram[targets[predicted]].sum())
+        count += int(predicted.sum())
+    if count == 0:
+        return None
+    return LMPerplexity(lm=math.exp(lm_nll / count), unigram=math.exp(unigram_nll / count), tokens=count,
+                        texts=len(heldout_texts))
+
+
+def write_contact_sheet(images: torch.Tensor, prompts: Sequence[str], labels: Sequence[Sequence[tuple[str, bool]]],
+                        per_row: int, path: Path, scale: int = 2) -> Path:
+    """A PNG of ``images`` [N, 3, R, R] in [-1, 1], ``per_row`` to a row headed by its first
+    image's prompt (``prompts`` [N]); under each image its ``labels`` lines, (text, fine), black
+    where fine and red where not. Columns are as wide as the widest label, rows as the longest prompt."""
     side = images.shape[-1] * scale
-    label_height, header = 12 * len([k for k in found[0] if k in wanted[0]]) + 4, 14
+    label_height, header = 12 * max((len(lines) for lines in labels), default=0) + 4, 14
     rows = (len(images) + per_row - 1) // per_row
-    sheet = Image.new("RGB", (max(per_row * side, 240), rows * (header + side + label_height)), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    column_width = max([side] + [int(measure.textlength(text)) + 6 for lines in labels for text, _ in lines])
+    width = max(per_row * column_width, 240, *(int(measure.textlength(p)) + 4 for p in prompts[::per_row]))
+    sheet = Image.new("RGB", (width, rows * (header + side + label_height)), "white")
     draw = ImageDraw.Draw(sheet)
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    for index, array in enumerate(pixels):
+    for index, array in enumerate(_uint8_pixels(images)):
         row, column = divmod(index, per_row)
-        top = row * (header + side + label_height)
+        top, left = row * (header + side + label_height), column * column_width
         if column == 0:
             draw.text((2, top + 1), prompts[index], fill="black")
         tile = Image.fromarray(array).resize((side, side), Image.Resampling.NEAREST)
-        sheet.paste(tile, (column * side, top + header))
-        readings = [(value, value == wanted[index][name]) for name, value in found[index].items() if name in wanted[index]]
-        for line, (value, hit) in enumerate(readings):
-            draw.text((column * side + 2, top + header + side + 1 + 12 * line), value if hit else value.upper(),
-                      fill="black" if hit else "red")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+        sheet.paste(tile, (left, top + header))
+        for line, (text, fine) in enumerate(labels[index]):
+            draw.text((left + 2, top + header + side + 1 + 12 * line), text, fill="black" if fine else "red")
+    with atomic_file(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

@@ -15,7 +15,7 @@ from pmg.zoo.fitting import FitCheckpoints, fit_steps
 from pmg.zoo.lightning_modules import CausalLMModule
 from prefgen.testing.tiny import build_tiny_causal_lm
 
-__all__ = ["build_lm", "train_lm"]
+__all__ = ["build_lm", "lm_token_batch", "train_lm"]
 
 
 def build_lm(config: CausalLMTrainingConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -35,18 +35,23 @@ class _Texts(Dataset):
         return self.texts[index]
 
 
-class _LMCollate:
-    """Texts → ids with end of text appended; padding positions are masked out of the loss."""
+def lm_token_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """``texts`` as the LM trains on them: end of text appended, truncated to ``max_length``
+    tokens, padded to the longest. ``input_ids`` / ``attention_mask`` / ``labels`` int64 [B, T];
+    ``labels`` are the ids with padding positions -100 (out of the loss)."""
+    eos = tokenizer.eos_token or ""
+    tokens = tokenizer([t + eos for t in texts], padding="longest", truncation=True, max_length=max_length,
+                       return_tensors="pt")
+    labels = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, -100)
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "labels": labels}
 
+
+class _LMCollate:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        eos = self.tokenizer.eos_token or ""
-        tokens = self.tokenizer([t + eos for t in texts], padding="longest", truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        labels = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, -100)
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "labels": labels}
+        return lm_token_batch(self.tokenizer, texts, self.max_length)
 
 
 def train_lm(config: CausalLMTrainingConfig, corpus: ZooCorpus, model: PreTrainedModel,

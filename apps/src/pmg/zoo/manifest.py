@@ -14,6 +14,7 @@ tiny model or ``base_model`` named a real checkpoint. This module imports no mod
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,11 +29,50 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPModel, CLIPProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "ZooError", "ZooModel", "Zoo", "read_zoo_folder", "zoo_damage", "load_zoo"]
+__all__ = ["ZOO_FORMAT", "ZOO_VERSION", "MODEL_NAMES", "HELDOUT_SAMPLES", "ZooError", "ZooModel", "ZooMetrics", "Zoo", "read_zoo_folder",
+           "zoo_damage", "load_zoo"]
 
 ZOO_FORMAT = "pmg-zoo"
+# Still 2 with ``metrics_missing`` and null metrics: both are additions an older reader passes
+# over, and a v2 entry without them (or with a NaN figure, as zoo.json once held) reads as
+# ZooMetrics.from_manifest says, so cache entries and runs that name them keep loading.
 ZOO_VERSION = 2
 MODEL_NAMES = ("clip", "sdxl", "lm", "judge")
+# In an entry: one row per held-out item drawn from its caption, beside its real image.
+HELDOUT_SAMPLES = "heldout_samples.png"
+
+
+@dataclass
+class ZooMetrics:
+    """The zoo's figures as ``zoo.json`` records them: ``values`` name → a finite number, or
+    None for one that could not be measured, with the reason in ``missing`` (``metrics`` and
+    ``metrics_missing`` in ``zoo.json``, which is written without NaN)."""
+
+    values: dict[str, float | int | None] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, value: float | int | None, reason: str) -> None:
+        """Record ``name``: ``value`` if it is a finite number, else None and ``reason``
+        (why it could not be measured)."""
+        if value is not None and math.isfinite(value):
+            self.values[name] = value
+            self.missing.pop(name, None)
+        else:
+            self.values[name] = None
+            self.missing[name] = reason
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ZooMetrics:
+        """The metrics of a ``zoo.json``; a NaN or infinite figure (older entries wrote NaN where
+        nothing could be measured) becomes None with that said as its reason."""
+        metrics = cls(missing={str(k): str(v) for k, v in (manifest.get("metrics_missing") or {}).items()})
+        for name, value in (manifest.get("metrics") or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                written = "NaN" if math.isnan(value) else str(value)
+                metrics.add(name, None, metrics.missing.get(name, f"{written} in zoo.json (an older build could not measure it)"))
+            else:
+                metrics.values[name] = value
+        return metrics
 
 
 @dataclass(frozen=True)
@@ -47,7 +87,8 @@ class ZooModel:
 @dataclass(frozen=True)
 class Zoo:
     """The zoo's models. ``judge`` is None when the dataset has no judged attributes.
-    ``heldout_combos`` are the attribute combinations no model saw in training."""
+    ``heldout_combos`` are the attribute combinations no model saw in training. ``metrics``:
+    finite numbers, None where not measured (the reason in ``metrics_missing``)."""
 
     root: Path
     clip: ZooModel
@@ -57,6 +98,8 @@ class Zoo:
     local_files_only: bool = True
     trust_remote_code: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Why each metric that is None could not be measured.
+    metrics_missing: dict[str, str] = field(default_factory=dict)
     heldout_combos: list[dict[str, str]] = field(default_factory=list)
     heldout_items: list[str] = field(default_factory=list)
 
@@ -119,6 +162,7 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
     damage = find_damage(folder, manifest.get("files") or {}, "the zoo build", sizes_only=True)
     if damage is not None:
         raise ZooError(f"zoo cache file {damage}; rerun `pmg pipeline`, which rebuilds the cache entry")
+    metrics = ZooMetrics.from_manifest(manifest)
     return Zoo(
         root=folder,
         clip=models["clip"],  # type: ignore[arg-type]
@@ -127,7 +171,8 @@ def read_zoo_folder(folder: str | Path) -> Zoo:
         judge=models["judge"],
         local_files_only=bool(manifest.get("local_files_only", True)),
         trust_remote_code=bool(manifest.get("trust_remote_code", False)),
-        metrics=dict(manifest.get("metrics", {})),
+        metrics=metrics.values,
+        metrics_missing=metrics.missing,
         heldout_combos=list(manifest.get("heldout_combos", [])),
         heldout_items=list(manifest.get("heldout_items", [])),
     )

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+import numpy as np
+from diffusers import StableDiffusionXLPipeline
+from transformers import CLIPModel, CLIPProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
@@ -31,19 +33,23 @@ from pmg.zoo.config import ZooConfig
 from pmg.zoo.corpus import CAPTION_TEMPLATES, ZooCorpus, build_corpus
 from pmg.zoo.evaluation import (
     clip_retrieval_top1,
+    heldout_generation,
     judge_accuracy,
+    lm_heldout_perplexity,
     text_to_image_accuracy,
     vae_round_trip_accuracy,
+    write_heldout_samples,
 )
 from pmg.zoo.fitting import FitCheckpoints, seed_init
 from pmg.zoo.judge import AttributeJudge, load_judge, save_judge
 from pmg.zoo.judge_recipe import train_judge
 from pmg.zoo.lm_recipe import build_lm, train_lm
 from pmg.zoo.loading import load_clip, load_lm, load_sdxl
+from pmg.zoo.manifest import HELDOUT_SAMPLES, ZooMetrics
 from pmg.zoo.sdxl_recipe import build_sdxl, train_sdxl
 from prefgen.testing.offline_tokenizers import load_tokenizer, train_causal_lm_tokenizer, train_clip_tokenizer
 
-__all__ = ["train_models", "ZooProgress", "PROGRESS_FOLDER"]
+__all__ = ["train_models", "evaluate_models", "ZooProgress", "PROGRESS_FOLDER"]
 
 # In the folder being built: what a killed build goes on from. Hidden (left out of zoo.json's
 # file record) and deleted once the build completes.
@@ -206,8 +212,9 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
 
     lm_source = "trained" if config.lm.base_model is None else ("finetuned" if config.lm.finetune else "base")
     lm_folders = ["lm"] + (["tokenizers/lm"] if config.lm.base_model is None else [])
-    # Nothing below reads the LM: a finished one is left as it is, not even loaded.
-    if not (lm_source != "base" and progress.finished("lm", lm_folders)):
+    if lm_source != "base" and progress.finished("lm", lm_folders):
+        lm, lm_tokenizer = load_lm(out / "lm")
+    else:
         if config.lm.base_model is None:
             lm_tokenizer = _lm_tokenizer(config, corpus)
             lm_tokenizer.save_pretrained(out / "tokenizers" / "lm")
@@ -223,34 +230,11 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     models["lm"] = _entry("lm", lm_source) if lm_source != "base" else _entry(config.lm.base_model, "base")  # type: ignore[arg-type]
     lap("lm")
 
-    metrics: dict[str, Any] = {}
-    top1, candidates = clip_retrieval_top1(clip, processor, corpus, corpus.heldout_items,
-                                           candidates=config.eval.clip_candidates, seed=config.eval.seed)
-    metrics.update(clip_top1=top1, clip_candidates=candidates)
-    if judge is not None:
-        for name, accuracy in judge_accuracy(judge, corpus, corpus.heldout_items).items():
-            metrics[f"judge_{name}_acc"] = accuracy
-        for name, accuracy in vae_round_trip_accuracy(pipe, judge, corpus, corpus.heldout_items).items():
-            metrics[f"vae_{name}_acc"] = accuracy
-        if config.eval.t2i_images_per_combo > 0 and corpus.heldout_combos:
-            t2i = text_to_image_accuracy(pipe, judge, corpus.heldout_combos, images_per_combo=config.eval.t2i_images_per_combo,
-                                         steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale,
-                                         seed=config.eval.seed, sheet=out / "t2i_samples.png")
-            metrics.update({f"t2i_{k}_acc" if k != "images" else "t2i_images": v for k, v in t2i.items()})
-            hidden = [n for n in judge.attributes if data.attributes[n].hidden and data.attributes[n].modality == "visual"]
-            if config.sdxl.unet.hidden_visual_words and hidden:
-                # Whether the UNet draws a hidden attribute when a prompt names it ("a light red ..."):
-                # what a token row that carries the user's shade can ask for at best.
-                named = [{**combo, **dict(zip(hidden, values, strict=True))} for combo in corpus.heldout_combos
-                         for values in itertools.product(*(data.attributes[n].values for n in hidden))]
-                t2i = text_to_image_accuracy(pipe, judge, named, images_per_combo=max(1, config.eval.t2i_images_per_combo // 2),
-                                             steps=config.eval.t2i_steps, guidance_scale=config.eval.guidance_scale,
-                                             seed=config.eval.seed, colour_words=tuple(hidden))
-                metrics.update({f"t2i_named_{n}_acc": t2i[n] for n in hidden if n in t2i})
-    lap("evaluation")
+    metrics = evaluate_models(config, corpus, clip, processor, judge, pipe, lm, lm_tokenizer, out, lap)
     return {
         "models": models,
-        "metrics": metrics,
+        "metrics": metrics.values,
+        "metrics_missing": metrics.missing,
         "timings": timings,
         "local_files_only": config.local_files_only,
         "trust_remote_code": config.trust_remote_code,
@@ -258,3 +242,80 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
         "heldout_items": [data.items[int(i)].item_id for i in corpus.heldout_items],
         "train_items": len(corpus.train_items),
     }
+
+
+def evaluate_models(config: ZooConfig, corpus: ZooCorpus, clip: CLIPModel, processor: CLIPProcessor, judge: AttributeJudge | None,
+                    pipe: StableDiffusionXLPipeline, lm: PreTrainedModel, lm_tokenizer: PreTrainedTokenizerBase, out: Path,
+                    lap: Callable[[str], None] = lambda _: None) -> ZooMetrics:
+    """Every held-out quality figure of the zoo (``pmg.zoo.evaluation``), each a finite number or
+    None with the reason; writes ``t2i_samples.png`` (with a judge) and ``HELDOUT_SAMPLES`` into
+    ``out``. ``lap(part)`` is called as each part ends ("evaluation": retrieval and the judge's
+    figures, "heldout generation", "lm perplexity"), for the build's timings."""
+    data, heldout, settings = corpus.data, corpus.heldout_items, config.eval
+    generation = {"steps": settings.t2i_steps, "guidance_scale": settings.guidance_scale, "seed": settings.seed}
+    metrics = ZooMetrics()
+    top1, candidates = clip_retrieval_top1(clip, processor, corpus, heldout, candidates=settings.clip_candidates, seed=settings.seed)
+    metrics.add("clip_top1", top1, f"{candidates} held-out item(s) with an image and a caption of its own; retrieval needs 2")
+    metrics.add("clip_candidates", candidates, "")
+    metrics.add("clip_chance", 1 / candidates if candidates >= 2 else None, "no retrieval (see clip_top1)")
+    if judge is None:
+        reason = f"no judge: dataset {data.name!r} lacks attributes {config.judge.attributes}"
+        for name in config.judge.attributes:
+            metrics.add(f"judge_{name}_acc", None, reason)
+            metrics.add(f"vae_{name}_acc", None, reason)
+        metrics.add("t2i_images", None, reason)
+    else:
+        with_image = len(corpus.image_items(heldout))
+        for name, accuracy in judge_accuracy(judge, corpus, heldout).items():
+            metrics.add(f"judge_{name}_acc", accuracy, f"none of {with_image} held-out item(s) with an image has a known {name}")
+        for name, accuracy in vae_round_trip_accuracy(pipe, judge, corpus, heldout).items():
+            metrics.add(f"vae_{name}_acc", accuracy, f"none of {with_image} held-out item(s) with an image has a known {name}")
+        if settings.t2i_images_per_combo > 0 and corpus.heldout_combos:
+            t2i = text_to_image_accuracy(pipe, judge, corpus.heldout_combos, images_per_combo=settings.t2i_images_per_combo,
+                                         sheet=out / "t2i_samples.png", **generation)
+            for key, value in t2i.items():
+                metrics.add(f"t2i_{key}_acc" if key != "images" else "t2i_images", value, "no image judged")
+            hidden = [n for n in judge.attributes if data.attributes[n].hidden and data.attributes[n].modality == "visual"]
+            if config.sdxl.unet.hidden_visual_words and hidden:
+                # Whether the UNet draws a hidden attribute when a prompt names it ("a light red ..."):
+                # what a token row that carries the user's shade can ask for at best.
+                named = [{**combo, **dict(zip(hidden, values, strict=True))} for combo in corpus.heldout_combos
+                         for values in itertools.product(*(data.attributes[n].values for n in hidden))]
+                t2i = text_to_image_accuracy(pipe, judge, named, images_per_combo=max(1, settings.t2i_images_per_combo // 2),
+                                             colour_words=tuple(hidden), **generation)
+                for n in hidden:
+                    if n in t2i:
+                        metrics.add(f"t2i_named_{n}_acc", t2i[n], "no image judged")
+        else:
+            metrics.add("t2i_images", None, "off (zoo.eval.t2i_images_per_combo: 0)" if not settings.t2i_images_per_combo
+                        else "no held-out attribute combinations (zoo.holdout)")
+    lap("evaluation")
+
+    names = ("t2i_clip_score", "t2i_clip_score_shuffled", "t2i_clip_i", "t2i_clip_i_shuffled")
+    drawn = heldout_generation(pipe, clip, processor, corpus, heldout, count=settings.t2i_clip_items,
+                               **generation) if settings.t2i_clip_items else None
+    if drawn is None:
+        reason = ("off (zoo.eval.t2i_clip_items: 0)" if not settings.t2i_clip_items
+                  else "fewer than 2 held-out items with an image and a caption of its own")
+        for name in names:
+            metrics.add(name, None, reason)
+    else:
+        scores = (drawn.prompt_cosine, drawn.prompt_cosine_shuffled, drawn.real_cosine, drawn.real_cosine_shuffled)
+        for name, cosines in zip(names, scores, strict=True):
+            metrics.add(name, float(cosines.mean()), "")
+        write_heldout_samples(drawn, pipe, corpus, out / HELDOUT_SAMPLES)
+    metrics.add("t2i_clip_items", 0 if drawn is None else len(drawn.items), "")
+    lap("heldout generation")
+
+    texts = corpus.heldout_lm_texts
+    if settings.lm_heldout_texts < len(texts):
+        order = np.random.default_rng(settings.seed).permutation(len(texts))[:settings.lm_heldout_texts]
+        texts = [texts[int(i)] for i in sorted(order)]
+    perplexity = lm_heldout_perplexity(lm, lm_tokenizer, corpus.lm_texts, texts, max_length=config.lm.max_length) if texts else None
+    reason = "off (zoo.eval.lm_heldout_texts: 0)" if not settings.lm_heldout_texts else "no held-out item has a title, description or review"
+    metrics.add("lm_heldout_perplexity", None if perplexity is None else perplexity.lm, reason)
+    metrics.add("lm_unigram_perplexity", None if perplexity is None else perplexity.unigram, reason)
+    metrics.add("lm_heldout_tokens", 0 if perplexity is None else perplexity.tokens, "")
+    metrics.add("lm_heldout_texts", len(texts) if perplexity is not None else 0, "")
+    lap("lm perplexity")
+    return metrics

@@ -4,9 +4,11 @@ LM, trained on the run's dataset (or loaded from ``base_model``), cached by cont
 Cache: ``<cache_dir>/<key>/`` where ``key`` hashes the dataset's files, the split and the
 config (less ``pmg.runs.NON_INPUT_KEYS``: cache folders, progress bars, threads), so every run
 directory with the same inputs shares one entry. Each entry holds ``save_pretrained`` folders
-(``clip``, ``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json`` and
-``t2i_samples.png`` (held-out text-to-image samples with the judge's readings); ``zoo.json``
-records the size and SHA-256 of every file, and an entry whose files no longer match is
+(``clip``, ``sdxl``, ``lm``), the judge folder, the trained tokenizers, ``zoo.json``,
+``t2i_samples.png`` (held-out text-to-image samples with the judge's readings) and
+``heldout_samples.png`` (held-out items' prompts, generated and real images); ``zoo.json``
+holds the metrics (null where not measured, the reason under ``metrics_missing``; never NaN)
+and records the size and SHA-256 of every file, and an entry whose files no longer match is
 rebuilt, not trusted. An entry is built in ``<cache_dir>/.<key>.partial/``, renamed into place
 once complete; a build that was killed goes on there from its finished models and its last
 checkpoint. The run's ``zoo/stage.json`` records the entry; TensorBoard logs land in
@@ -33,7 +35,7 @@ from pmg.integrity import file_record
 from pmg.runs import RunDirectory, RunWarning, config_inputs, fingerprint
 from pmg.stages import Stage, StageResult
 from pmg.zoo.config import ZooConfig
-from pmg.zoo.manifest import ZOO_FORMAT, ZOO_VERSION, read_zoo_folder, zoo_damage
+from pmg.zoo.manifest import HELDOUT_SAMPLES, ZOO_FORMAT, ZOO_VERSION, read_zoo_folder, zoo_damage
 
 __all__ = ["ZOO_STAGE", "zoo_cache_key", "dataset_content_hash", "build_zoo", "run_zoo_stage"]
 
@@ -75,7 +77,8 @@ def build_zoo(config: ZooConfig, data: InteractionData, split: Split, folder: Pa
         progress.clear()
         manifest.update(format=ZOO_FORMAT, version=ZOO_VERSION, seconds=round(time.perf_counter() - started, 1),
                         config=config_to_dict(config), files=file_record(tmp, skip=lambda relative: relative.as_posix() == "zoo.json"))
-        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        # allow_nan=False: a NaN would make zoo.json invalid JSON; a figure not measured is null.
+        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2, default=str, allow_nan=False) + "\n")
     return manifest
 
 
@@ -104,13 +107,28 @@ def run_zoo_stage(config: ZooConfig, run: RunDirectory, upstream: str, force: bo
         build_zoo(config, data, split, cache, run.stage_dir("zoo"), log=log)
     zoo = read_zoo_folder(cache)
     run.mark_complete("zoo", stage_fp, {"cache": str(cache), "key": key, "metrics": zoo.metrics,
+                                        "metrics_missing": zoo.metrics_missing,
                                         "models": {n: getattr(zoo, n).path if getattr(zoo, n) else None
                                                    for n in ("clip", "sdxl", "lm", "judge")}})
-    figures = ", ".join(f"{k} {v:.3g}" for k, v in zoo.metrics.items() if isinstance(v, float))
     origin = "cached" if reused_cache else "built"
-    samples = cache / "t2i_samples.png"
-    seen = f"; text-to-image samples with the judge's readings: {samples}" if samples.is_file() else ""
-    return StageResult(stage_fp, f"zoo {origin} in {cache}" + (f"; {figures}" if figures else "") + seen, reused=reused_cache)
+    summary = f"zoo {origin} in {cache}" + "".join(f"; {part}" for part in _metric_lines(zoo.metrics, zoo.metrics_missing))
+    for name, what in (("t2i_samples.png", "text-to-image samples with the judge's readings"),
+                       (HELDOUT_SAMPLES, "held-out items' prompts, generated and real images")):
+        if (cache / name).is_file():
+            summary += f"; {what}: {cache / name}"
+    return StageResult(stage_fp, summary, reused=reused_cache)
+
+
+def _metric_lines(metrics: dict[str, Any], missing: dict[str, str]) -> list[str]:
+    """The figures (``name value``), then the metrics not measured grouped by their reason."""
+    lines = [", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                       if isinstance(v, int | float) and not isinstance(v, bool))]
+    by_reason: dict[str, list[str]] = {}
+    for name, value in metrics.items():
+        if value is None:
+            by_reason.setdefault(missing.get(name, "reason not recorded"), []).append(name)
+    lines += [f"not measured ({reason}): {', '.join(names)}" for reason, names in by_reason.items()]
+    return [line for line in lines if line]
 
 
 ZOO_STAGE = Stage(
