@@ -20,6 +20,7 @@ from pmg.config import load_config
 from pmg.data.catalog import CatalogConfig, write_catalog
 from pmg.data.dataset_stage import DatasetConfig, DatasetKind, load_prepared, prepare_dataset
 from pmg.data.format import read_dataset, write_dataset
+from pmg.data.sources import MOVIELENS_ITEM_KIND
 from pmg.pipeline import PipelineConfig
 from pmg.runs import RunDirectory
 from pmg.zoo import ZooConfig, load_zoo, read_zoo_folder, run_zoo_stage
@@ -106,12 +107,13 @@ def test_a_metric_not_measured_is_null_with_its_reason_in_valid_json() -> None:
 
 def _attributeless_dataset(folder: Path) -> Path:
     """The tiny catalog as MovieLens has it: titles, descriptions, images, reviews and a
-    ``genres`` attribute per item ("dress|red"), no attribute schema, no colour/pattern/category."""
+    ``genres`` attribute per item ("dress|red") that describes it in captions, no attribute schema,
+    no colour/pattern/category."""
     generated = write_catalog(folder / "catalog", CatalogConfig(num_users=20, num_items=60, interactions_per_user=8, image_size=32))
     data = read_dataset(generated)
     for item in data.items:
         item.attributes = {"genres": f"{item.attributes['category']}|{item.attributes['colour']}"}
-    data.attributes, data.user_tastes = {}, None
+    data.attributes, data.user_tastes, data.item_kind = {}, None, MOVIELENS_ITEM_KIND
     return write_dataset(data, folder / "attributeless")
 
 
@@ -136,7 +138,7 @@ def test_a_zoo_on_a_dataset_without_the_catalogs_attributes_measures_itself(attr
         assert (value is None) == (name in manifest["metrics_missing"]), name
     metrics, missing = manifest["metrics"], manifest["metrics_missing"]
     assert "no judge" in missing["judge_colour_acc"] and missing.keys() == {n for n, v in metrics.items() if v is None}
-    # Retrieval among subject captions ("a product of <title>"): a real figure over a stated candidate set, with its chance.
+    # Retrieval among subject captions ("a movie poster of <title>, <genres>"): a real figure over a stated candidate set, with its chance.
     assert metrics["clip_candidates"] >= 2 and 0.0 <= metrics["clip_top1"] <= 1.0
     assert metrics["clip_chance"] == pytest.approx(1 / metrics["clip_candidates"])
     assert metrics["t2i_clip_items"] == 4
@@ -159,7 +161,7 @@ def test_the_captions_retrieval_ranks_are_titles_and_genres(attributeless_zoo) -
     corpus = build_corpus(data, split, HoldoutConfig(combos=4, item_fraction=0.2), image_size=8)
     item = int(corpus.heldout_items[0])
     genres = data.items[item].attributes["genres"].split("|")
-    assert corpus.caption(item) == f"{data.items[item].title}; {', '.join(genres)}"
+    assert corpus.caption(item) == f"a movie poster of {data.items[item].title}, {', '.join(genres)}"
     # No combination can be held out without the attributes: the items held out are the random share.
     assert corpus.heldout_combos == [] and 0 < len(corpus.heldout_items) < data.num_items
     heldout = set(corpus.heldout_items.tolist())
