@@ -42,7 +42,12 @@ import torch
 from PIL import Image as PILImage
 
 from pmg.data.records import DatasetError
-from pmg.evaluate.image_similarity import frechet_distance, grayscale_tensor, structural_similarity
+from pmg.evaluate.image_similarity import (
+    LocalStatistics,
+    frechet_distance,
+    grayscale_tensor,
+    similarity_of_statistics,
+)
 from pmg.evaluate.overlap import distinct_n, rouge_l_f1, sentence_bleu, word_tokens
 from pmg.evaluate.table import Cell
 from pmg.features import PIXEL_SIZE, colour_histogram, pixel_features, rgb_array
@@ -75,6 +80,10 @@ FIELD_ROWS: list[tuple[str, str, tuple[float, float]]] = [
 ]
 
 
+# Image pairs compared per SSIM call: bounds the memory of the pairs' maps ([chunk, 1, H, W] each).
+_SSIM_CHUNK = 512
+
+
 @dataclass
 class FieldReferences:
     """What every variant is compared with, per evaluated user (in ``users`` order): their history
@@ -87,7 +96,8 @@ class FieldReferences:
     target_texts: list[list[list[str]]]
     clip: dict[int, torch.Tensor]
     _pixels: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
-    _gray: dict[tuple[int, tuple[int, int]], torch.Tensor] = field(default_factory=dict, repr=False)
+    _stacks: dict[tuple[str, str, tuple[int, int] | None], torch.Tensor] = field(default_factory=dict, repr=False)
+    _windows: dict[tuple[str, tuple[int, int]], LocalStatistics] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of_users(cls, data: InteractionData, history: Sequence[np.ndarray], future: Sequence[np.ndarray],
@@ -100,6 +110,14 @@ class FieldReferences:
         texts = [[word_tokens(data.items[i].text) for i in items if data.items[i].text] for items in future]
         return cls(data, [with_image(items) for items in history], [with_image(items) for items in future],
                    [[tokens for tokens in user if tokens] for user in texts], clip)
+
+    def image_lists(self, which: str) -> list[list[int]]:
+        """Per user, the ``which`` ("history" or "target") items with an image."""
+        return self.history_images if which == "history" else self.target_images
+
+    def owners(self, which: str) -> torch.Tensor:
+        """The user position of each (user, reference image) pair, users in order: int64 [P]."""
+        return torch.tensor([n for n, items in enumerate(self.image_lists(which)) for _ in items], dtype=torch.long)
 
     def _open(self, item: int) -> Image:
         path = self.data.items[item].image
@@ -115,50 +133,63 @@ class FieldReferences:
             self._pixels[item] = pixel_features(rgb), colour_histogram(rgb)
         return self._pixels[item]
 
-    def pixel_vectors(self, items: Sequence[int]) -> torch.Tensor:
-        """Unit pixel features of ``items``: float32 [k, 256]."""
-        return torch.nn.functional.normalize(torch.from_numpy(np.stack([self._pixel_pair(i)[0] for i in items])), dim=-1)
-
     def colour_histograms(self, items: Sequence[int]) -> np.ndarray:
         """Colour histograms of ``items``: float32 [k, 64]."""
         return np.stack([self._pixel_pair(i)[1] for i in items])
 
-    def grayscale(self, items: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
-        """``items``' images in grayscale at ``size`` (width, height): float32 [k, 1, height, width]."""
-        for item in items:
-            if (item, size) not in self._gray:
-                self._gray[item, size] = grayscale_tensor(self._open(item), size)
-        return torch.stack([self._gray[item, size] for item in items])
+    def stacked(self, which: str, kind: str) -> torch.Tensor:
+        """Every (user, reference image) pair's reference, in :meth:`owners` order (built once):
+        ``kind`` "clip" (unit zoo-CLIP embeddings [P, d]) or "pixels" (unit pixel features [P, 256])."""
+        key = (which, kind, None)
+        if key not in self._stacks:
+            items = [i for user in self.image_lists(which) for i in user]
+            if kind == "clip":
+                self._stacks[key] = torch.stack([self.clip[i] for i in items]).float()
+            else:
+                self._stacks[key] = torch.nn.functional.normalize(
+                    torch.from_numpy(np.stack([self._pixel_pair(i)[0] for i in items])), dim=-1)
+        return self._stacks[key]
 
-    def clip_vectors(self, items: Sequence[int]) -> torch.Tensor:
-        """Unit zoo-CLIP embeddings of ``items``: float [k, d]."""
-        return torch.stack([self.clip[i] for i in items])
+    def grayscale_windows(self, which: str, size: tuple[int, int]) -> LocalStatistics:
+        """SSIM's statistics of every pair's reference in grayscale at ``size`` (width, height), in
+        :meth:`owners` order (built once per size): images [P, 1, height, width]."""
+        if (which, size) not in self._windows:
+            items = [i for user in self.image_lists(which) for i in user]
+            self._windows[which, size] = LocalStatistics.of(torch.stack([grayscale_tensor(self._open(i), size) for i in items]))
+        return self._windows[which, size]
+
+
+def _per_user_means(values: torch.Tensor, owners: torch.Tensor, num_users: int) -> np.ndarray:
+    """Per user with at least one pair (in order), the mean of its pairs' ``values`` [P]: float64 [N_kept]."""
+    counts = torch.bincount(owners, minlength=num_users)
+    sums = torch.zeros(num_users, dtype=torch.float64).index_add_(0, owners, values.double())
+    kept = counts > 0
+    return (sums[kept] / counts[kept]).numpy()
 
 
 def _image_cells(references: FieldReferences, images: Sequence[Image], clip_vectors: torch.Tensor) -> dict[str, Cell]:
     """The image rows of one variant: ``images`` one per user, ``clip_vectors`` [N, d] their unit CLIP embeddings."""
     cells: dict[str, Cell] = {}
     size = images[0].size
-    gray = torch.stack([grayscale_tensor(image, size) for image in images])  # [N, 1, H, W]
+    gray = LocalStatistics.of(torch.stack([grayscale_tensor(image, size) for image in images]))  # [N, 1, H, W]
     rgb = [rgb_array(image, PIXEL_SIZE) for image in images]
     pixels = torch.nn.functional.normalize(torch.from_numpy(np.stack([pixel_features(x) for x in rgb])), dim=-1)  # [N, 256]
-    for which, lists in (("history", references.history_images), ("target", references.target_images)):
-        kept = [n for n, items in enumerate(lists) if items]
-        if not kept:
+    for which in ("history", "target"):
+        owners = references.owners(which)  # [P]
+        if len(owners) == 0:
             cells[f"clip_i_{which}"] = cells[f"ssim_{which}"] = cells[f"pixel_{which}"] = Cell.absent(
                 f"no evaluated user has a {which} item with an image")
             continue
-        clip_means, ssim_means, pixel_means = [], [], []
         with torch.no_grad():
-            for n in kept:
-                items = lists[n]
-                clip_means.append(float((references.clip_vectors(items).float() @ clip_vectors[n].float()).mean()))
-                reference = references.grayscale(items, size)
-                ssim_means.append(float(structural_similarity(gray[n].expand_as(reference), reference).mean()))
-                pixel_means.append(float((references.pixel_vectors(items) @ pixels[n]).mean()))
-        cells[f"clip_i_{which}"] = Cell.of_users(clip_means)
-        cells[f"ssim_{which}"] = Cell.of_users(ssim_means)
-        cells[f"pixel_{which}"] = Cell.of_users(pixel_means)
+            clip = (references.stacked(which, "clip") * clip_vectors.float()[owners]).sum(dim=-1)
+            pixel = (references.stacked(which, "pixels") * pixels[owners]).sum(dim=-1)
+            reference = references.grayscale_windows(which, size)
+            ssim = torch.cat([similarity_of_statistics(gray.select(owners[start : start + _SSIM_CHUNK]),
+                                                       reference.select(slice(start, start + _SSIM_CHUNK)))
+                              for start in range(0, len(owners), _SSIM_CHUNK)])
+        cells[f"clip_i_{which}"] = Cell.of_users(_per_user_means(clip, owners, len(images)))
+        cells[f"ssim_{which}"] = Cell.of_users(_per_user_means(ssim, owners, len(images)))
+        cells[f"pixel_{which}"] = Cell.of_users(_per_user_means(pixel, owners, len(images)))
     kept = [n for n, items in enumerate(references.target_images) if items]
     pooled = [i for n in kept for i in references.target_images[n]]
     if len(kept) < 2 or len(pooled) < 2:
