@@ -61,22 +61,18 @@ __all__ = ["FIELD_ROWS", "FieldReferences", "field_cells"]
 
 # (metric, label, range) in table order.
 FIELD_ROWS: list[tuple[str, str, tuple[float, float]]] = [
-    ("clip_i_history", "CLIP-I: image vs the user's history images (mean cosine, the zoo CLIP the reward optimises)",
-     (-1.0, 1.0)),
-    ("clip_i_target", "CLIP-I: image vs the user's held-out target images (mean cosine, the zoo CLIP)", (-1.0, 1.0)),
-    ("ssim_history", "SSIM: image vs the user's history images (grayscale, mean)", (-1.0, 1.0)),
-    ("ssim_target", "SSIM: image vs the user's target images (grayscale, mean)", (-1.0, 1.0)),
-    ("pixel_history", "pixel features (colour histogram + 8×8 thumbnail, no model): image vs history images (mean cosine)",
-     (-1.0, 1.0)),
-    ("pixel_target", "pixel features (colour histogram + 8×8 thumbnail, no model): image vs target images (mean cosine)",
-     (-1.0, 1.0)),
-    ("fid_colour_target", "FID: images vs the evaluated users' target images, 64-bin colour-histogram space "
-                          "(one figure, lower is better, no interval)", (0.0, 4.0)),
-    ("bleu1_target", "BLEU-1: text vs the user's target items' title + description (best item)", (0.0, 1.0)),
-    ("bleu4_target", "BLEU-4 (smoothed, Chen & Cherry 1): text vs target items' text (best item)", (0.0, 1.0)),
-    ("rouge_l_target", "ROUGE-L F1: text vs target items' text (best item)", (0.0, 1.0)),
-    ("distinct_1", "distinct-1 over the variant's texts (one figure, no interval)", (0.0, 1.0)),
-    ("distinct_2", "distinct-2 over the variant's texts (one figure, no interval)", (0.0, 1.0)),
+    ("clip_i_history", "CLIP-I vs history images (zoo CLIP, which the reward optimises)", (-1.0, 1.0)),
+    ("clip_i_target", "CLIP-I vs target images (zoo CLIP)", (-1.0, 1.0)),
+    ("ssim_history", "SSIM vs history images (grayscale)", (-1.0, 1.0)),
+    ("ssim_target", "SSIM vs target images (grayscale)", (-1.0, 1.0)),
+    ("pixel_history", "pixel features vs history images (colour histogram + thumbnail, no model)", (-1.0, 1.0)),
+    ("pixel_target", "pixel features vs target images (colour histogram + thumbnail, no model)", (-1.0, 1.0)),
+    ("fid_colour_target", "FID vs all target images, colour-histogram space (lower is better)", (0.0, 4.0)),
+    ("bleu1_target", "BLEU-1 vs target item texts (best item)", (0.0, 1.0)),
+    ("bleu4_target", "BLEU-4, smoothed, vs target item texts (best item)", (0.0, 1.0)),
+    ("rouge_l_target", "ROUGE-L F1 vs target item texts (best item)", (0.0, 1.0)),
+    ("distinct_1", "distinct-1 of the variant's texts", (0.0, 1.0)),
+    ("distinct_2", "distinct-2 of the variant's texts", (0.0, 1.0)),
 ]
 
 

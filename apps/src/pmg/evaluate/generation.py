@@ -341,9 +341,13 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
                          "that the reward stage optimises, so they are not independent of the reward-tuned variants: "
                          "prefer the judge-based rows")
     section.notes.append("the field's rows (CLIP-I to distinct-2, as Pigeon, GNR and UniMP report them) compare the content "
-                         "with the user's history (training-split items) or held-out targets (future items), over the users "
-                         "who have such an item with an image or text (N); FID and distinct-n are one figure per variant "
-                         "(no interval); the pixel-feature rows and the FID use no learned model")
+                         "with the user's history (training-split items) or targets (held-out future items), over the users "
+                         "who have such an item with an image or text (N); SSIM in grayscale at the generated resolution; "
+                         "pixel features: a 64-bin colour histogram and an 8×8 thumbnail, no learned model; FID: the "
+                         "variant's images against the pooled target images in the 64-bin colour-histogram space; BLEU-4 "
+                         "smoothed by Chen & Cherry's method 1; BLEU and ROUGE-L on lower-case words, the best of the "
+                         "user's target items; FID and distinct-n are one figure per variant (N, no interval: "
+                         "docs/evaluation.md)")
     return section, readings
 
 
