@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -76,6 +76,9 @@ FIELD_ROWS: list[tuple[str, str, tuple[float, float]]] = [
 ]
 
 
+# What a generated image is compared with: the user's training-split items, or their held-out future items.
+Reference = Literal["history", "target"]
+
 # Image pairs compared per SSIM call: bounds the memory of the pairs' maps ([chunk, 1, H, W] each).
 _SSIM_CHUNK = 512
 
@@ -92,8 +95,8 @@ class FieldReferences:
     target_texts: list[list[list[str]]]
     clip: dict[int, torch.Tensor]
     _pixels: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
-    _stacks: dict[tuple[str, str, tuple[int, int] | None], torch.Tensor] = field(default_factory=dict, repr=False)
-    _windows: dict[tuple[str, tuple[int, int]], LocalStatistics] = field(default_factory=dict, repr=False)
+    _stacks: dict[tuple[Reference, str], torch.Tensor] = field(default_factory=dict, repr=False)
+    _windows: dict[tuple[Reference, tuple[int, int]], LocalStatistics] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of_users(cls, data: InteractionData, history: Sequence[np.ndarray], future: Sequence[np.ndarray],
@@ -107,11 +110,11 @@ class FieldReferences:
         return cls(data, [with_image(items) for items in history], [with_image(items) for items in future],
                    [[tokens for tokens in user if tokens] for user in texts], clip)
 
-    def image_lists(self, which: str) -> list[list[int]]:
+    def image_lists(self, which: Reference) -> list[list[int]]:
         """Per user, the ``which`` ("history" or "target") items with an image."""
         return self.history_images if which == "history" else self.target_images
 
-    def owners(self, which: str) -> torch.Tensor:
+    def owners(self, which: Reference) -> torch.Tensor:
         """The user position of each (user, reference image) pair, users in order: int64 [P]."""
         return torch.tensor([n for n, items in enumerate(self.image_lists(which)) for _ in items], dtype=torch.long)
 
@@ -133,10 +136,10 @@ class FieldReferences:
         """Colour histograms of ``items``: float32 [k, 64]."""
         return np.stack([self._pixel_pair(i)[1] for i in items])
 
-    def stacked(self, which: str, kind: str) -> torch.Tensor:
+    def stacked(self, which: Reference, kind: Literal["clip", "pixels"]) -> torch.Tensor:
         """Every (user, reference image) pair's reference, in :meth:`owners` order (built once):
         ``kind`` "clip" (unit zoo-CLIP embeddings [P, d]) or "pixels" (unit pixel features [P, 256])."""
-        key = (which, kind, None)
+        key = (which, kind)
         if key not in self._stacks:
             items = [i for user in self.image_lists(which) for i in user]
             if kind == "clip":
@@ -146,7 +149,7 @@ class FieldReferences:
                     torch.from_numpy(np.stack([self._pixel_pair(i)[0] for i in items])), dim=-1)
         return self._stacks[key]
 
-    def grayscale_windows(self, which: str, size: tuple[int, int]) -> LocalStatistics:
+    def grayscale_windows(self, which: Reference, size: tuple[int, int]) -> LocalStatistics:
         """SSIM's statistics of every pair's reference in grayscale at ``size`` (width, height), in
         :meth:`owners` order (built once per size): images [P, 1, height, width]."""
         if (which, size) not in self._windows:
@@ -170,6 +173,7 @@ def _image_cells(references: FieldReferences, images: Sequence[Image], clip_vect
     gray = LocalStatistics.of(torch.stack([grayscale_tensor(image, size) for image in images]))  # [N, 1, H, W]
     rgb = [rgb_array(image, PIXEL_SIZE) for image in images]
     pixels = torch.nn.functional.normalize(torch.from_numpy(np.stack([pixel_features(x) for x in rgb])), dim=-1)  # [N, 256]
+    which: Reference
     for which in ("history", "target"):
         owners = references.owners(which)  # [P]
         if len(owners) == 0:
