@@ -23,8 +23,9 @@ Protocol:
   through the run's final adapters (no tokens), hybrid (keywords + tokens),
   retrieve (the top-1 recommended item's own image and text), tokens after SFT, tokens after
   reward. Per variant: image and text personalization, the joint rate, each attribute's rate,
-  each with a 95% bootstrap interval over users; the default variant's paired difference with
-  each keywords baseline, with its interval.
+  each with a 95% bootstrap interval over users, and the field's rows (``pmg.evaluate.field_metrics``:
+  CLIP-I, SSIM, pixel features, colour FID, BLEU, ROUGE-L, distinct-n); the default variant's paired
+  difference with each keywords baseline, with its interval.
 - ``history_keyword_hit_rate``: per taste, the share of users whose extracted keyword (what the
   keywords variant prompts with) is their true value; ``history_majority_hit_rate``: the share
   whose training items' most frequent value is (the keyword upper bound; for a hidden taste, what
@@ -60,6 +61,7 @@ from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.keyword_bound import history_majority_hit_rate
 from pmg.evaluate.config import GenerationEvaluationConfig
+from pmg.evaluate.field_metrics import FIELD_ROWS
 from pmg.evaluate.generation import VARIANTS, generation_section, user_keywords
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.evaluate.stage import (
@@ -128,10 +130,11 @@ def _cell(cell: Cell) -> tuple[float | None, list[float] | None]:
 
 
 def _variant_figures(section: Section, variant: str) -> dict[str, object]:
-    """One variant's figures from the generation section (rates of every attribute, headline rows with intervals)."""
+    """One variant's figures from the generation section (rates of every attribute, headline rows and the
+    field's rows with intervals; a set-level field row's interval is None)."""
     out: dict[str, object] = {}
     for metric in ("image_personalization", "text_personalization", "joint", "consistency", "user_preference_image",
-                   "user_preference_text"):
+                   "user_preference_text", *(row[0] for row in FIELD_ROWS)):
         try:
             value, interval = _cell(section.row(metric).cells[variant])
         except KeyError:

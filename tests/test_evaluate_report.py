@@ -27,6 +27,10 @@ VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", 
 GENERATION_METRICS = ("image_colour_accuracy", "image_pattern_accuracy", "image_personalization", "text_material_accuracy",
                       "text_style_accuracy", "text_personalization", "consistency", "joint", "clip_score", "user_preference_image",
                       "user_preference_text")
+# The field's rows (pmg.evaluate.field_metrics), after the judge-based and CLIP ones.
+FIELD_METRICS = ("clip_i_history", "clip_i_target", "ssim_history", "ssim_target", "pixel_history", "pixel_target",
+                 "fid_colour_target", "bleu1_target", "bleu4_target", "rouge_l_target", "distinct_1", "distinct_2")
+SET_LEVEL_METRICS = ("fid_colour_target", "distinct_1", "distinct_2")  # one figure per variant, N but no interval
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_ru
     assert _section(table, "quantizer")["columns"] == ["visual", "textual", "id", "random"]
     generation = _section(table, "generation")
     assert generation["columns"] == list(VARIANTS)
-    assert [r["metric"] for r in generation["rows"]] == list(GENERATION_METRICS)
+    assert [r["metric"] for r in generation["rows"]] == [*GENERATION_METRICS, *FIELD_METRICS]
     assert {r["metric"] for r in _section(table, "recommendation")["rows"]} == {"recall@20", "ndcg@20"}
     quantizer = {r["metric"] for r in _section(table, "quantizer")["rows"]}
     assert {"usage_level0", "usage_level1", "nmi_colour", "nmi_pattern", "nmi_material", "nmi_style"} == quantizer
@@ -72,17 +76,29 @@ def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_ru
     # The tiny run has both generators, the judge, ground truth and the soft-prompt baseline:
     # every generation figure is computed; only the random column's usage rows are not applicable.
     for row in generation["rows"]:
-        assert all(cell["value"] is not None for cell in row["cells"].values()), row
-        # Each generation figure rests on the evaluated users and carries its 95% interval.
-        for cell in row["cells"].values():
-            assert cell["n"] >= 2 and cell["interval"][0] <= cell["value"] <= cell["interval"][1], (row["metric"], cell)
+        # Except distinct-n where the tiny LM writes no word at all ("::::::"): nothing to count, and it says so.
+        computed = {c: cell for c, cell in row["cells"].items() if cell["value"] is not None}
+        if row["metric"].startswith("distinct_"):
+            assert "retrieve" in computed, row  # catalog texts have words
+            for column, cell in row["cells"].items():
+                assert column in computed or cell["missing"] == f"the variant's texts have no {row['metric'][-1]}-gram", cell
+        else:
+            assert len(computed) == len(row["cells"]), row
+        # Each generation figure rests on the evaluated users and carries its 95% interval (set-level ones: N only).
+        for cell in computed.values():
+            if row["metric"] in SET_LEVEL_METRICS:
+                assert cell["n"] >= 2 and "interval" not in cell, (row["metric"], cell)
+            else:
+                assert cell["n"] >= 2 and cell["interval"][0] <= cell["value"] <= cell["interval"][1], (row["metric"], cell)
     for row in _section(table, "quantizer")["rows"]:
         missing = [c for c, cell in row["cells"].items() if cell["value"] is None]
         assert missing == (["random"] if row["metric"].startswith("usage") else [])
     markdown = (tiny_run / "evaluate" / "evaluation.md").read_text()
     for label in ("no tokens", "soft prompt", "keywords", "keywords (tuned adapters)", "keywords + tokens", "retrieve (top-1 item)", "ours (SFT)",
                   "ours (reward)", "Recall@20", "NMI with true colour",
-                  "CLIP image–text score", "user preference: image vs future items"):
+                  "CLIP image–text score", "user preference: image vs future items", "CLIP-I vs history images (zoo CLIP",
+                  "SSIM vs target images (grayscale)", "pixel features vs history images (colour histogram + thumbnail, no model)",
+                  "FID vs all target images, colour-histogram space", "BLEU-4, smoothed", "ROUGE-L F1", "distinct-2"):
         assert label in markdown
     metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
     assert metrics["recommendation/recall@20/ours"] == _cell(table, "recommendation", "recall@20", "ours")
@@ -227,7 +243,7 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
                    "tokens_reward": text_only}
     section, _ = generation_section(no_truth, split, users, generations, judges, "colour", "material")
     assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "joint",
-                                                "clip_score", "user_preference_image", "user_preference_text"]
+                                                "clip_score", "user_preference_image", "user_preference_text", *FIELD_METRICS]
     assert section.row("joint").cells["tokens_sft"].missing.startswith("needs ground-truth tastes")
     assert section.row("image_personalization").cells["tokens_sft"].missing.startswith("the dataset has no ground-truth")
     assert section.row("clip_score").cells["tokens_sft"].value is not None  # no ground truth needed
@@ -235,6 +251,68 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
     assert "image generator" in section.row("user_preference_image").cells["tokens_reward"].missing
     assert section.row("user_preference_text").cells["tokens_reward"].value is not None
     assert "both an image and a text" in section.row("clip_score").cells["tokens_reward"].missing
+    # The field's rows need no ground truth either; a text-only variant has its text rows and says why not its image rows.
+    # (The tiny LM writes no word, "::::::": distinct-n has no n-gram to count and says so.)
+    for metric in FIELD_METRICS:
+        cell = section.row(metric).cells["tokens_sft"]
+        assert cell.value is not None or (metric.startswith("distinct_") and "texts have no" in cell.missing), (metric, cell)
+        assert section.row(metric).cells["no_tokens"].missing == "not trained here"
+    for metric in ("clip_i_history", "ssim_target", "pixel_history", "fid_colour_target"):
+        assert "image generator" in section.row(metric).cells["tokens_reward"].missing
+    for metric in ("bleu4_target", "rouge_l_target"):
+        assert section.row(metric).cells["tokens_reward"].n == len(users)
+
+
+def test_field_rows_rank_a_catalog_image_above_noise_and_a_target_text_at_one(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.evaluate.generation import GenerationJudges, future_items, generation_section
+    from pmg.generator.generate import UserGeneration
+    from pmg.zoo.manifest import load_zoo
+    from prefreward import ConsistencyReward
+
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    record = json.loads((tiny_run / "evaluate" / "generations.json").read_text())
+    users = [data.user_index()[u["user_id"]] for u in record["users"]]
+    retrieved = [UserGeneration(data.user_ids[u], False, g["text_prompt"], g["texts"], g["image_prompt"],
+                                Image.open(tiny_run / "evaluate" / g["image"]).convert("RGB"))
+                 for u, g in zip(users, record["variants"]["retrieve"], strict=True)]
+    size = retrieved[0].image.size
+    rng = np.random.default_rng(0)
+    # Noise images beside each user's first held-out item's own title and description as the text.
+    targets = [data.items[int(items[0])] for items in future_items(data, split, users)]
+    noise = [dataclasses.replace(g, texts={"title": item.title, "description": item.description},
+                                 image=Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)))
+             for g, item in zip(retrieved, targets, strict=True)]
+    zoo = load_zoo(run)
+    clip, processor = zoo.load_clip()
+    judges = GenerationJudges(zoo.load_judge(), "", ConsistencyReward.from_model(clip, processor).embedder)
+    generations: dict = {variant: "not compared here" for variant in VARIANTS}
+    generations |= {"retrieve": retrieved, "tokens_sft": noise}
+    section, _ = generation_section(data, split, users, generations, judges, "colour", "material")
+
+    def value(metric: str, variant: str) -> float:
+        return section.row(metric).cells[variant].value
+
+    # A catalog image looks like the user's other catalog images; noise has no structure and every colour
+    # (measured: SSIM 0.14 against 0.006, pixel cosine 0.69 against 0.02, CLIP-I 0.998 against 0.70). The
+    # colour FID is not compared: on 4 users it is sampling noise (tests/test_field_metrics.py checks it).
+    for which in ("history", "target"):
+        assert value(f"ssim_{which}", "retrieve") > value(f"ssim_{which}", "tokens_sft") + 0.1
+        assert value(f"pixel_{which}", "retrieve") > value(f"pixel_{which}", "tokens_sft") + 0.3
+        assert value(f"clip_i_{which}", "retrieve") > value(f"clip_i_{which}", "tokens_sft")
+    # A text that is one of the user's targets matches it exactly: the best match over targets is 1.
+    for metric in ("bleu1_target", "bleu4_target", "rouge_l_target"):
+        assert value(metric, "tokens_sft") == pytest.approx(1.0), metric
+    assert section.row("distinct_1").cells["tokens_sft"].n == len(users)
+
+    # Without item images, the image rows against history and targets say why they are missing.
+    no_images = dataclasses.replace(data, items=[dataclasses.replace(item, image=None) for item in data.items])
+    section, _ = generation_section(no_images, split, users, generations, judges, "colour", "material")
+    assert section.row("clip_i_history").cells["retrieve"].missing == "no evaluated user has a history item with an image"
+    assert section.row("ssim_target").cells["retrieve"].missing == "no evaluated user has a target item with an image"
+    assert "fewer than 2 evaluated users" in section.row("fid_colour_target").cells["retrieve"].missing
+    assert section.row("rouge_l_target").cells["tokens_sft"].value == pytest.approx(1.0)
 
 
 def test_report_is_one_self_contained_page_with_the_table_images_and_plots(tiny_run: Path) -> None:

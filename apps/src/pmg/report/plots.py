@@ -115,7 +115,12 @@ def _section_plot(section: Section, labels: Mapping[str, str], path: Path, dpi: 
     axis.set_yticks(range(len(rows)))
     axis.set_yticklabels([row.label for row in rows], fontsize=8)
     axis.invert_yaxis()  # the first row on top, as in the table
-    axis.set_xlim(min(min(row.range[0] for row in rows), 0.0), max(row.range[1] for row in rows))
+    # A row with a wide range (the colour FID's is [0, 4]) would squeeze the [0, 1] rows: the axis
+    # stops at the largest figure drawn (or 1) when that is below the widest range.
+    drawn = [end for row in rows for cell in row.cells.values() if cell.value is not None
+             for end in (cell.value, *(cell.interval or ()))]
+    high = max(row.range[1] for row in rows)
+    axis.set_xlim(min(min(row.range[0] for row in rows), 0.0), min(high, max([1.0, *(1.1 * end for end in drawn)])))
     axis.axvline(0.0, color="black", linewidth=0.6)
     axis.set_title(section.title)
     axis.grid(axis="x", alpha=0.3)
