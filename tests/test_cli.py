@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pmg.cli import main, quiet_third_party_output
 from pmg.data import read_dataset
@@ -53,6 +54,35 @@ def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[
     saved.write_text(text)
     assert main(["pipeline", "--config", str(saved), "--print_config"]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_quick_runs_any_config_with_its_step_counts_in_a_folder_of_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    movielens = Path(__file__).parents[1] / "configs" / "movielens.yaml"
+    assert main(["pipeline", "--quick", "--config", str(movielens), "--print_config"]) == 0
+    quick = yaml.safe_load(capsys.readouterr().out)
+    assert main(["pipeline", "--config", str(movielens), "--print_config"]) == 0
+    full = yaml.safe_load(capsys.readouterr().out)
+    # The config's data and settings, the smoke profile's step counts, and not the full run's folder.
+    assert quick["data"] == full["data"] and quick["data"]["kind"] == "movielens"
+    assert quick["preference"]["model"] == full["preference"]["model"]
+    assert quick["zoo"]["clip"]["trainer"]["max_steps"] == 60 < full["zoo"]["clip"]["trainer"]["max_steps"]
+    assert quick["run_dir"] == full["run_dir"] + "-quick"
+    assert main(["pipeline", "--quick", "--config", str(movielens), "--run", "elsewhere", "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["run_dir"] == "elsewhere"
+
+
+def test_config_files_merge_in_order_and_an_error_names_its_file(tmp_path: Path) -> None:
+    from pmg.config import ConfigError, load_config
+    from pmg.pipeline import PipelineConfig
+
+    first, second, bad = tmp_path / "first.yaml", tmp_path / "second.yaml", tmp_path / "bad.yaml"
+    first.write_text("run_dir: runs/first\nreport:\n  num_users: 3\n")
+    second.write_text("run_dir: runs/second\n")
+    bad.write_text("report:\n  num_userz: 3\n")
+    config = load_config(PipelineConfig, [first, second])
+    assert (config.run_dir, config.report.num_users) == ("runs/second", 3)
+    with pytest.raises(ConfigError, match=f"config file {bad}"):
+        load_config(PipelineConfig, [first, bad])
 
 
 def test_force_names_an_unknown_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

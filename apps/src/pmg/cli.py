@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="run every stage end to end (default: the embedded catalog)")
     _add_config_args(pipeline)
     pipeline.add_argument("--run", type=Path, help="run directory (overrides run_dir)")
-    pipeline.add_argument("--quick", action="store_true", help="the small smoke profile")
+    pipeline.add_argument("--quick", action="store_true",
+                          help="the smoke profile's step counts (on its small catalog, or on --config's data in <run_dir>-quick)")
     pipeline.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="redo these stages (or 'all')")
     pipeline.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. zoo, before a multi-node fit)")
 
@@ -203,14 +204,16 @@ def _pipeline(args: argparse.Namespace) -> int:
     from pmg.pipeline import PipelineConfig, quick_profile, run_pipeline
 
     overrides = list(args.overrides)
-    config_path = args.config
-    if args.quick:
-        if config_path is not None:
-            raise ConfigError("--quick and --config are exclusive: --quick is a config of its own")
-        config_path = quick_profile()
+    config_path = quick_profile(args.config) if args.quick else args.config
     if args.run is not None:
         overrides.append(f"run_dir={args.run}")
     config = load_config(PipelineConfig, config_path, overrides)
+    if args.quick and args.config is not None and args.run is None and not any(o.startswith("run_dir=") for o in overrides):
+        # Its own run folder: a smoke run in the config's folder would redo every stage of the full run there.
+        config.run_dir = f"{config.run_dir}-quick"
+    if args.quick and not args.print_config:
+        print("pmg: --quick trains every model for tens of steps and evaluates a handful of users: a check that each "
+              "stage runs, not figures of quality (the zoo's held-out figures in zoo.json show how far below the default's)")
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0

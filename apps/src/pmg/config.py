@@ -25,12 +25,13 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the stage's schema."""
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build a validated ``schema`` instance from defaults, an optional YAML file and overrides.
+def load_config(schema: type[T], path: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a validated ``schema`` instance from defaults, optional YAML files and overrides.
 
     Args:
         schema: a dataclass type whose fields (possibly nested dataclasses) are the config.
-        path: a YAML file; its keys must exist in ``schema``.
+        path: a YAML file, or several merged in order (a later file's keys win); their keys must
+            exist in ``schema``.
         overrides: ``"a.b=value"`` strings applied last.
 
     Raises:
@@ -39,20 +40,20 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     if not dataclasses.is_dataclass(schema):
         raise TypeError(f"{schema!r} is not a dataclass")
     merged = OmegaConf.structured(schema)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    paths = [] if path is None else [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    for file in paths:
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
         try:
-            loaded = OmegaConf.load(path)
+            loaded = OmegaConf.load(file)
         except Exception as err:  # yaml errors come in several types
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+            raise ConfigError(f"config file {file} is not valid YAML: {err}") from err
         if loaded is None:
             loaded = OmegaConf.create({})
         try:
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"config file {path}: {_describe(err)}") from err
+            raise ConfigError(f"config file {file}: {_describe(err)}") from err
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -72,7 +73,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         try:
             validate()
         except ValueError as err:
-            where = f"config file {path}: " if path is not None else ""
+            where = f"config file {', '.join(map(str, paths))}: " if paths else ""
             raise ConfigError(f"{where}{err}") from err
     return result  # type: ignore[return-value]
 

@@ -51,9 +51,14 @@ class PipelineConfig:
         self.report.validate()
 
 
-def quick_profile() -> Path:
-    """The packaged YAML of the ``--quick`` smoke profile (smaller data, fewer steps)."""
-    return Path(str(resources.files("pmg.profiles").joinpath("quick.yaml")))
+def quick_profile(config: str | Path | None = None) -> list[Path]:
+    """The config files of the ``--quick`` smoke profile, for ``load_config`` to merge in order:
+    without ``config``, its step counts (``quick_steps.yaml``: tens of steps per model, a handful
+    of evaluated users) on its small catalog (``quick.yaml``); with one, that file's data and run
+    under the same step counts, so any dataset can be smoke-checked in minutes."""
+    profiles = resources.files("pmg.profiles")
+    steps = Path(str(profiles.joinpath("quick_steps.yaml")))
+    return [Path(config), steps] if config is not None else [steps, Path(str(profiles.joinpath("quick.yaml")))]
 
 
 def run_pipeline(config: PipelineConfig, *, force: tuple[str, ...] = (), until: str | None = None, log=print,
