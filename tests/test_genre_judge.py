@@ -165,7 +165,8 @@ def test_favourite_genres_and_their_hit_rate_on_a_known_case() -> None:
 def _generations(users: list[int], data, images: list[Image.Image]) -> dict:
     generated = [UserGeneration(data.user_ids[u], False, "", {"title": "a film"}, "", image)
                  for u, image in zip(users, images, strict=True)]
-    return {variant: "not compared here" for variant in VARIANTS} | {"tokens_reward": generated}
+    text_only = [UserGeneration(g.user_id, False, "", g.texts, "", None) for g in generated]
+    return {variant: "not compared here" for variant in VARIANTS} | {"tokens_reward": generated, "tokens_sft": text_only}
 
 
 def test_the_generation_section_scores_favourite_genres_with_the_derangement_beside_them(genre_judge) -> None:
@@ -188,6 +189,7 @@ def test_the_generation_section_scores_favourite_genres_with_the_derangement_bes
     low, high = ours.cells["tokens_reward"].interval
     assert low <= own.mean() <= high
     assert ours.cells["keywords"].missing == "not compared here"
+    assert "no image generator" in ours.cells["tokens_sft"].missing and "no image generator" in baseline.cells["tokens_sft"].missing
     assert any("favourite genres" in note for note in section.notes)
 
 
