@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def _cut(source: Path, out: Path, users: int) -> Path:
     return out
 
 
-def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters(ml_latest_small: Path, tmp_path: Path) -> None:
+def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters(ml_latest_small: Path, tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
     movielens = _cut(ml_latest_small, tmp_path / "ml", users=12)
     posters = write_standin_posters(load_movielens(movielens), tmp_path / "posters")
@@ -69,5 +71,7 @@ def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters
         for variant in ("tokens_reward", "retrieve", "no_tokens"):
             cell = rows[metric]["cells"][variant]
             assert cell["value"] is not None and 0 <= cell["value"] <= 1 and cell["n"] >= 2, (metric, variant, cell)
+    assert re.search(r"\[evaluate\].*favourite genres ours \(reward\) [01]\.\d{3} vs another user's [01]\.\d{3}",
+                     capsys.readouterr().out)
     assert (run / "report" / "report.html").is_file()
     print(f"MovieLens posters pipeline: {time.monotonic() - started:.0f} s")
