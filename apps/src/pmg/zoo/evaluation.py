@@ -93,14 +93,14 @@ def judge_label_set_scores(judge: AttributeJudge, corpus: ZooCorpus, items: np.n
     seen = corpus.image_items(corpus.train_items)
     result = {}
     for name in sorted(judge.multi_label):
-        values = judge.attributes[name]
-        truth = judge_label_sets(corpus.data, name, values)[items]  # [N, V]
+        sets = judge_label_sets(corpus.data, name, judge.attributes[name])  # [I, V]
+        truth = sets[items]
         known = truth.sum(axis=1) > 0
         if not known.any():
             result[name] = LabelSetScores(0, None, None, None)
             continue
         truth, read = truth[known], probabilities[name].numpy()[known]
-        most_frequent = int(judge_label_sets(corpus.data, name, values)[seen].sum(axis=0).argmax())
+        most_frequent = int(sets[seen].sum(axis=0).argmax())
         result[name] = LabelSetScores(
             items=int(known.sum()),
             top1_hit=float(truth[np.arange(len(truth)), read.argmax(axis=1)].mean()),
