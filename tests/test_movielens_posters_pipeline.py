@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from pmg.cli import main
 from pmg.data.posters import write_standin_posters
 from pmg.data.sources import load_movielens
+from pmg.zoo.manifest import load_zoo
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
@@ -38,7 +40,8 @@ def _cut(source: Path, out: Path, users: int) -> Path:
     return out
 
 
-def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters(ml_latest_small: Path, tmp_path: Path) -> None:
+def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters(ml_latest_small: Path, tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
     movielens = _cut(ml_latest_small, tmp_path / "ml", users=12)
     posters = write_standin_posters(load_movielens(movielens), tmp_path / "posters")
@@ -58,5 +61,17 @@ def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters
         assert samples and all(p.startswith("a movie poster") and "a product" not in p for p in prompts), prompts
         cold = next(s for s in samples if s["cold_start"])
         assert cold["text_prompt"].startswith("A viewer would love:") and cold["image_prompt"].startswith("a movie poster: a movie poster")
+    # The zoo's judge reads genres off posters (a multi-label head, configs/movielens_posters.yaml) and measures itself
+    # beside its chance; the evaluation scores every variant's posters against the users' favourite genres.
+    metrics = load_zoo(run).metrics
+    assert 0 <= metrics["judge_genres_top1_hit"] <= 1 and 0 < metrics["judge_genres_top1_chance"] <= 1
+    sections = json.loads((run / "evaluate" / "evaluation.json").read_text())["sections"]
+    rows = {r["metric"]: r for s in sections if s["name"] == "generation" for r in s["rows"]}
+    for metric in ("image_favourite_genres", "image_favourite_genres_shuffled"):
+        for variant in ("tokens_reward", "retrieve", "no_tokens"):
+            cell = rows[metric]["cells"][variant]
+            assert cell["value"] is not None and 0 <= cell["value"] <= 1 and cell["n"] >= 2, (metric, variant, cell)
+    assert re.search(r"\[evaluate\].*favourite genres ours \(reward\) [01]\.\d{3} vs another user's [01]\.\d{3}",
+                     capsys.readouterr().out)
     assert (run / "report" / "report.html").is_file()
     print(f"MovieLens posters pipeline: {time.monotonic() - started:.0f} s")

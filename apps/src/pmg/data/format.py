@@ -61,6 +61,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "INTERACTION_COLUMNS",
+    "VALUE_SEPARATOR",
     "DatasetError",
     "AttributeSpec",
     "DEFAULT_SUBJECT",
@@ -75,6 +76,8 @@ __all__ = [
 FORMAT_NAME = "pmg-dataset"
 FORMAT_VERSION = 1
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "review")
+# Between the values of a set-valued item attribute (MovieLens genres "Action|Crime|Thriller").
+VALUE_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,13 @@ class Item:
     description: str = ""
     image: Path | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+
+    def value_set(self, attribute: str) -> tuple[str, ...]:
+        """The item's values of a set-valued attribute, written ``|``-separated (MovieLens genres:
+        ``"Action|Crime"`` → ``("Action", "Crime")``), stripped, empty parts dropped, in order;
+        ``()`` when the item has no such attribute. A single value is a set of one."""
+        parts = (part.strip() for part in self.attributes.get(attribute, "").split(VALUE_SEPARATOR))
+        return tuple(dict.fromkeys(part for part in parts if part))
 
     @property
     def text(self) -> str:

@@ -47,9 +47,8 @@ def caption_words(data: InteractionData, item: int) -> list[str]:
     """The words describing item ``item`` in captions: its values of the dataset's
     ``item_kind.caption_attributes``, ``|``-separated values split, lower-case, in order
     ("Action|Crime|Thriller" → ["action", "crime", "thriller"]); [] for the catalog."""
-    attributes = data.items[item].attributes
-    words = [w.strip().lower() for a in data.item_kind.caption_attributes for w in attributes.get(a, "").split("|")]
-    return list(dict.fromkeys(w for w in words if w))
+    words = [w.lower() for a in data.item_kind.caption_attributes for w in data.items[item].value_set(a)]
+    return list(dict.fromkeys(words))
 
 
 def liked_caption_words(data: InteractionData, history: np.ndarray, user: int | None, count: int = 3) -> list[str]:

@@ -232,9 +232,14 @@ def _summary(table: EvaluationTable, out: Path) -> str:
 
     recommendation = table.section("recommendation")
     recall = recommendation.rows[0].metric if recommendation.rows else "recall@20"
+    # Without ground-truth tastes (MovieLens) the favourite-genre rows are what says whether images follow the user.
+    favourite = [row.metric for section in table.sections if section.name == "generation" for row in section.rows
+                 if row.metric.startswith("image_favourite_") and not row.metric.endswith("_shuffled")]
+    favourites = "".join(f"; {metric[len('image_'):].replace('_', ' ')} ours (reward) {value('generation', metric, 'tokens_reward')} "
+                         f"vs another user's {value('generation', f'{metric}_shuffled', 'tokens_reward')}" for metric in favourite)
     return (f"{recall} ours {value('recommendation', recall, 'ours')} vs LightGCN {value('recommendation', recall, 'lightgcn')}; "
             f"image personalization ours (reward) {value('generation', 'image_personalization', 'tokens_reward')} vs "
-            f"no tokens {value('generation', 'image_personalization', 'no_tokens')}; table in {out / EVALUATION_MD}")
+            f"no tokens {value('generation', 'image_personalization', 'no_tokens')}{favourites}; table in {out / EVALUATION_MD}")
 
 
 def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:

@@ -306,7 +306,10 @@ class JudgeTrainingConfig:
     """The judge of personalization metrics: classifies ``attributes`` from an image,
     trained on ``augment``-perturbed catalog images. ``base_model`` is a judge folder saved
     by an earlier zoo. Besides ``attributes`` the judge reads every hidden visual attribute of
-    the dataset (the sparse catalog's ``shade``): no text names those, so nothing else scores them."""
+    the dataset (the sparse catalog's ``shade``): no text names those, so nothing else scores them.
+    An attribute of the dataset's schema gets a single-label head, one only its items carry
+    (MovieLens ``genres``, ``|``-separated) a multi-label head (``pmg.zoo.judge_recipe``); a
+    dataset without images or without one of ``attributes`` gets no judge (zoo.json says why)."""
 
     base_model: str | None = None
     model: JudgeModelConfig = field(default_factory=JudgeModelConfig)

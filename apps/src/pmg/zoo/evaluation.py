@@ -23,11 +23,14 @@ from pmg.zoo.clip_features import image_embeddings, text_embeddings
 from pmg.zoo.clip_recipe import clip_pixel_values
 from pmg.zoo.corpus import ZooCorpus, attribute_caption
 from pmg.zoo.judge import AttributeJudge
+from pmg.zoo.judge_recipe import judge_label_sets
 from pmg.zoo.lm_recipe import lm_token_batch
 from pmg.zoo.sdxl_recipe import pipeline_images
 
 __all__ = [
     "judge_accuracy",
+    "LabelSetScores",
+    "judge_label_set_scores",
     "vae_round_trip_accuracy",
     "clip_retrieval_top1",
     "text_to_image_accuracy",
@@ -45,10 +48,11 @@ __all__ = [
 
 @torch.no_grad()
 def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) -> dict[str, float | None]:
-    """Per-attribute accuracy of ``judge`` on ``items`` (those with an image and known labels);
-    None for an attribute no such item knows."""
+    """Per-attribute accuracy of ``judge``'s single-label heads on ``items`` (those with an image
+    and known labels); None for an attribute no such item knows. Multi-label heads:
+    :func:`judge_label_set_scores`."""
     items = corpus.image_items(items)
-    labels = {name: corpus.data.item_labels(name)[items] for name in judge.attributes}
+    labels = {name: corpus.data.item_labels(name)[items] for name in judge.attributes if name not in judge.multi_label}
     found = judge.predict(corpus.images[torch.from_numpy(items)])
     result = {}
     for name, truth in labels.items():
@@ -58,13 +62,62 @@ def judge_accuracy(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) 
     return result
 
 
+@dataclass(frozen=True)
+class LabelSetScores:
+    """How well a multi-label head reads held-out items' value sets (MovieLens genres), over the
+    ``items`` held-out items with an image and at least one of the head's values.
+
+    ``top1_hit``: share of items whose most likely value (:meth:`AttributeJudge.predict`) is one of
+    theirs; ``top1_chance``: the same when the training items' most frequent value is always
+    guessed; ``micro_f1``: F1 over every (item, value) pair, a value read as present at sigmoid > 0.5.
+    """
+
+    items: int
+    top1_hit: float | None
+    top1_chance: float | None
+    micro_f1: float | None
+
+
+def _micro_f1(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    """F1 of 0/1 arrays of one shape (every entry a decision); None when neither has a 1."""
+    true_positive = float((predicted * truth).sum())
+    denominator = float(predicted.sum() + truth.sum())
+    return 2 * true_positive / denominator if denominator else None
+
+
+@torch.no_grad()
+def judge_label_set_scores(judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray) -> dict[str, LabelSetScores]:
+    """:class:`LabelSetScores` of each of ``judge``'s multi-label heads on ``items``."""
+    items = corpus.image_items(items)
+    probabilities = judge.probabilities(corpus.images[torch.from_numpy(items)]) if len(items) else {}
+    seen = corpus.image_items(corpus.train_items)
+    result = {}
+    for name in sorted(judge.multi_label):
+        sets = judge_label_sets(corpus.data, name, judge.attributes[name])  # [I, V]
+        truth = sets[items]
+        known = truth.sum(axis=1) > 0
+        if not known.any():
+            result[name] = LabelSetScores(0, None, None, None)
+            continue
+        truth, read = truth[known], probabilities[name].numpy()[known]
+        most_frequent = int(sets[seen].sum(axis=0).argmax())
+        result[name] = LabelSetScores(
+            items=int(known.sum()),
+            top1_hit=float(truth[np.arange(len(truth)), read.argmax(axis=1)].mean()),
+            top1_chance=float(truth[:, most_frequent].mean()),
+            micro_f1=_micro_f1((read > 0.5).astype(np.float32), truth),
+        )
+    return result
+
+
 @torch.no_grad()
 def vae_round_trip_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJudge, corpus: ZooCorpus, items: np.ndarray,
                             batch: int = 64) -> dict[str, float | None]:
     """Per-attribute accuracy of ``judge`` on ``items``' images encoded and decoded by the
     pipeline's VAE (posterior mean): every generated image passes through this decoder, so an
-    attribute it loses here no prompt or token can bring back. None for an attribute no item
-    with an image knows; empty when none has an image."""
+    attribute it loses here no prompt or token can bring back (for a multi-label attribute: the
+    share whose most likely value is one of the item's). None for an attribute no item with an
+    image knows; empty when none has an image."""
     items = corpus.image_items(items)
     if len(items) == 0:
         return {}
@@ -75,9 +128,15 @@ def vae_round_trip_accuracy(pipe: StableDiffusionXLPipeline, judge: AttributeJud
     found = judge.predict(decoded)
     result = {}
     for name in judge.attributes:
-        truth = corpus.data.item_labels(name)[items]
-        known = truth >= 0
-        result[name] = float((found[name].numpy()[known] == truth[known]).mean()) if known.any() else None
+        if name in judge.multi_label:
+            sets = judge_label_sets(corpus.data, name, judge.attributes[name])[items]  # [N, V]
+            known = sets.sum(axis=1) > 0
+            hits = sets[np.arange(len(items)), found[name].numpy()][known]
+        else:
+            truth = corpus.data.item_labels(name)[items]
+            known = truth >= 0
+            hits = found[name].numpy()[known] == truth[known]
+        result[name] = float(hits.mean()) if known.any() else None
     return result
 
 

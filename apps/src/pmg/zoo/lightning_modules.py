@@ -174,7 +174,9 @@ class CausalLMModule(_OptimizedModule):
 
 
 class JudgeModule(_OptimizedModule):
-    """Batches: ``image`` [B, 3, S, S] in [-1, 1] and one int64 [B] label tensor per attribute.
+    """Batches: ``image`` [B, 3, S, S] in [-1, 1] and one label tensor per attribute: int64 [B]
+    value indices for a single-label attribute (cross-entropy), float [B, V] 0/1 value sets for a
+    multi-label one (binary cross-entropy per value).
 
     Each image is perturbed per ``augment`` (shift and zoom, gamma, contrast, tint, whitened
     light parts, box blur, pixel noise): generated images differ from catalog drawings in
@@ -217,8 +219,13 @@ class JudgeModule(_OptimizedModule):
         logits = self.judge(self._augment(batch["image"]))
         loss = torch.zeros((), device=batch["image"].device)
         for name, out in logits.items():
-            part = F.cross_entropy(out, batch[name])
-            accuracy = (out.argmax(-1) == batch[name]).float().mean()
+            if name in self.judge.multi_label:
+                # Per-value presence, not one class: a poster may show several genres at once.
+                part = F.binary_cross_entropy_with_logits(out, batch[name])
+                accuracy = batch[name].gather(1, out.argmax(-1, keepdim=True)).mean()
+            else:
+                part = F.cross_entropy(out, batch[name])
+                accuracy = (out.argmax(-1) == batch[name]).float().mean()
             self.log(f"judge/{name}_accuracy", accuracy)
             loss = loss + part
         self.log("judge/loss", loss, prog_bar=True)

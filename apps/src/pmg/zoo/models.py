@@ -35,6 +35,7 @@ from pmg.zoo.evaluation import (
     clip_retrieval_top1,
     heldout_generation,
     judge_accuracy,
+    judge_label_set_scores,
     lm_heldout_perplexity,
     text_to_image_accuracy,
     vae_round_trip_accuracy,
@@ -42,7 +43,7 @@ from pmg.zoo.evaluation import (
 )
 from pmg.zoo.fitting import FitCheckpoints, seed_init
 from pmg.zoo.judge import AttributeJudge, load_judge, save_judge
-from pmg.zoo.judge_recipe import train_judge
+from pmg.zoo.judge_recipe import item_attribute_names, missing_judge_attributes, train_judge
 from pmg.zoo.lm_recipe import build_lm, train_lm
 from pmg.zoo.loading import load_clip, load_lm, load_sdxl
 from pmg.zoo.manifest import HELDOUT_SAMPLES, ZooMetrics
@@ -180,7 +181,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     if config.judge.base_model is not None:
         judge = load_judge(config.judge.base_model)
         models["judge"] = _entry(str(Path(config.judge.base_model).expanduser().resolve()), "base")
-    elif all(name in data.attributes for name in config.judge.attributes):
+    elif not missing_judge_attributes(data, config.judge.attributes) and data.has_image.any():
         if progress.finished("judge", ["judge"]):
             judge = load_judge(out / "judge")
         else:
@@ -189,7 +190,7 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
             progress.finish("judge", ["judge"])
         models["judge"] = _entry("judge", "trained")
     else:
-        log(f"[zoo] no judge: dataset {data.name!r} lacks attributes {config.judge.attributes}")
+        log(f"[zoo] {_no_judge(config, data)}")
         models["judge"] = None
     lap("judge")
 
@@ -244,6 +245,15 @@ def train_models(config: ZooConfig, data: InteractionData, split: Split, out: Pa
     }
 
 
+def _no_judge(config: ZooConfig, data: InteractionData) -> str:
+    """Why the zoo has no judge: no item images, or the configured attributes the dataset lacks and what it has."""
+    if not data.has_image.any():
+        return f"no judge: no item of dataset {data.name!r} has an image"
+    return (f"no judge: dataset {data.name!r} lacks attributes {missing_judge_attributes(data, config.judge.attributes)} "
+            f"of zoo.judge.attributes {config.judge.attributes} (its schema has {sorted(data.attributes)}, its items "
+            f"{item_attribute_names(data)})")
+
+
 def evaluate_models(config: ZooConfig, corpus: ZooCorpus, clip: CLIPModel, processor: CLIPProcessor, judge: AttributeJudge | None,
                     pipe: StableDiffusionXLPipeline, lm: PreTrainedModel, lm_tokenizer: PreTrainedTokenizerBase, out: Path,
                     lap: Callable[[str], None] = lambda _: None) -> ZooMetrics:
@@ -259,7 +269,7 @@ def evaluate_models(config: ZooConfig, corpus: ZooCorpus, clip: CLIPModel, proce
     metrics.add("clip_candidates", candidates, "")
     metrics.add("clip_chance", 1 / candidates if candidates >= 2 else None, "no retrieval (see clip_top1)")
     if judge is None:
-        reason = f"no judge: dataset {data.name!r} lacks attributes {config.judge.attributes}"
+        reason = _no_judge(config, data)
         for name in config.judge.attributes:
             metrics.add(f"judge_{name}_acc", None, reason)
             metrics.add(f"vae_{name}_acc", None, reason)
@@ -268,6 +278,12 @@ def evaluate_models(config: ZooConfig, corpus: ZooCorpus, clip: CLIPModel, proce
         with_image = len(corpus.image_items(heldout))
         for name, accuracy in judge_accuracy(judge, corpus, heldout).items():
             metrics.add(f"judge_{name}_acc", accuracy, f"none of {with_image} held-out item(s) with an image has a known {name}")
+        for name, scores in judge_label_set_scores(judge, corpus, heldout).items():
+            none_known = f"none of {with_image} held-out item(s) with an image has a {name} value the judge knows"
+            metrics.add(f"judge_{name}_top1_hit", scores.top1_hit, none_known)
+            metrics.add(f"judge_{name}_top1_chance", scores.top1_chance, none_known)
+            metrics.add(f"judge_{name}_micro_f1", scores.micro_f1, none_known if not scores.items else "no value read or known")
+            metrics.add(f"judge_{name}_items", scores.items, "")
         for name, accuracy in vae_round_trip_accuracy(pipe, judge, corpus, heldout).items():
             metrics.add(f"vae_{name}_acc", accuracy, f"none of {with_image} held-out item(s) with an image has a known {name}")
         if settings.t2i_images_per_combo > 0 and corpus.heldout_combos:
@@ -275,7 +291,8 @@ def evaluate_models(config: ZooConfig, corpus: ZooCorpus, clip: CLIPModel, proce
                                          sheet=out / "t2i_samples.png", **generation)
             for key, value in t2i.items():
                 metrics.add(f"t2i_{key}_acc" if key != "images" else "t2i_images", value, "no image judged")
-            hidden = [n for n in judge.attributes if data.attributes[n].hidden and data.attributes[n].modality == "visual"]
+            hidden = [n for n in judge.attributes
+                      if n in data.attributes and data.attributes[n].hidden and data.attributes[n].modality == "visual"]
             if config.sdxl.unet.hidden_visual_words and hidden:
                 # Whether the UNet draws a hidden attribute when a prompt names it ("a light red ..."):
                 # what a token row that carries the user's shade can ask for at best.
