@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import numpy as np
 import pytest
 
 from pmg.data import AttributeSpec, CatalogConfig, InteractionData, Item, generate_catalog
-from pmg.data.keywords import history_keywords, keyword_attributes
+from pmg.data.keywords import _ValueMatcher, history_keywords, keyword_attributes
 from pmg.data.ratings import InteractionWeight, interaction_weights, rating_weights
 from pmg.data.split import temporal_split
 from pmg.generator.config import GeneratorConfig, KeywordConfig
@@ -128,3 +131,32 @@ def test_the_prompts_read_keywords_as_generator_keywords_says_and_without_rating
         interaction_weights(InteractionWeight.rating, data, rows, key="preference.edge_weight")
     with pytest.raises(ValueError, match="generator.keywords.weight must be one of"):
         KeywordConfig(weight="ratings").validate()  # type: ignore[arg-type]
+
+
+def test_a_value_is_named_exactly_when_a_search_for_its_words_finds_one() -> None:
+    """The one-pass matcher against the plain rule, a search of the whole text for each value's
+    words: overlapping words ("navy blue" beside "blue", "light" inside "light blue"), words that
+    share a start, case, punctuation and word characters on either side."""
+    spec = AttributeSpec("visual", ("blue", "navy", "light", "red", "t-shirt"),
+                         aliases={"navy": ("navy blue", "navy"), "light": ("light blue", "pale"), "t-shirt": ("tee", "t-shirt")})
+    data = InteractionData(name="overlap", user_ids=["u"], items=[Item("i", "x", "")], user=np.array([0]), item=np.array([0]),
+                           timestamp=np.array([0]), rating=np.array([np.nan]), review=[""], attributes={"colour": spec})
+    matcher = _ValueMatcher.of(data, ["colour"])
+
+    def named(text: str) -> set[str]:
+        return matcher.named(text).get("colour", set())
+
+    def searched(text: str) -> set[str]:
+        return {value for value in spec.values
+                if re.search(r"(?<!\w)(" + "|".join(re.escape(w) for w in spec.words(value)) + r")(?!\w)", text, re.IGNORECASE)}
+
+    pieces = ["navy blue", "Navy", "blue", "BLUE.", "light blue", "light", "lightblue", "pale", "reddish", "red", "tee", "t-shirt",
+              "t-shirts", "tees", "x-red", "red-ish", "(blue)", "navy-blue", "_red", "a", ",", "  ", "é"]
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+    texts += ["navy blue", "light blue", "pale navy", "x-red", "t-shirt", "redblue", ""]
+    mismatches = [(t, named(t), searched(t)) for t in texts if named(t) != searched(t)]
+    assert not mismatches, mismatches[:5]
+    assert named("a navy blue tee") == {"navy", "blue", "t-shirt"}  # "blue" inside "navy blue" counts, as a search finds it
+    assert named("LIGHT BLUE") == {"light", "blue"}  # "light" is named by "light blue", "blue" by its own word
+    assert named("x-red reddish") == {"red"}  # "-" is not a word character; "reddish" is a different word
