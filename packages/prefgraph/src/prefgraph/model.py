@@ -290,7 +290,7 @@ class ModalSpecificGNN(nn.Module):
             ],
             dim=0,
         )
-        propagated = propagate(graph.adjacency_csr, stacked, self.num_layers, symmetric=True)
+        propagated = propagate(graph.adjacency_blocks, stacked, self.num_layers)
         user_out, item_out = propagated.split([self.num_users, self.num_items], dim=0)
         d = self.embedding_dim
         users = {m: user_out[:, k * d : (k + 1) * d] for k, m in enumerate(self.modalities)}
