@@ -20,6 +20,7 @@ from prefgraph import (
     sample_bpr_batch,
     sample_negatives,
 )
+from prefgraph.propagation import COLUMN_BLOCK
 
 NUM_USERS, NUM_ITEMS, DIM = 6, 7, 4
 
@@ -80,14 +81,15 @@ def test_adjacency_blocks_are_the_off_diagonal_blocks_of_the_adjacency():
 
 
 @pytest.mark.parametrize("layout", ["coo", "csr", "blocks"])
-def test_symmetric_propagation_has_the_autograd_values_and_gradients(layout: str):
+@pytest.mark.parametrize("width", [5, COLUMN_BLOCK * 2 + 3])  # one column block, and three (the last one short)
+def test_symmetric_propagation_has_the_autograd_values_and_gradients(layout: str, width: int):
     """``symmetric=True`` (implied for :class:`BipartiteAdjacency`) back-propagates by propagating
     the gradient (the operator is its own transpose): the same outputs and input gradients as
     autograd through every sparse product."""
     graph = make_graph()
     adjacency = {"coo": graph.adjacency, "csr": graph.adjacency_csr, "blocks": graph.adjacency_blocks}[layout]
-    x = torch.randn(graph.num_nodes, 5, requires_grad=True)
-    upstream = torch.randn(graph.num_nodes, 5)
+    x = torch.randn(graph.num_nodes, width, requires_grad=True)
+    upstream = torch.randn(graph.num_nodes, width)
     expected = propagate(graph.adjacency, x, 3)
     (expected_grad,) = torch.autograd.grad(expected, x, upstream)
     out = propagate(adjacency, x, 3, symmetric=True)

@@ -10,6 +10,9 @@ from torch import Tensor
 
 __all__ = ["BipartiteAdjacency", "propagate"]
 
+COLUMN_BLOCK = 64
+"""Columns a :class:`BipartiteAdjacency` propagates at a time (see :func:`_layer_mean`)."""
+
 
 @dataclass(frozen=True)
 class BipartiteAdjacency:
@@ -100,7 +103,16 @@ def _layer_mean(adjacency: Tensor | BipartiteAdjacency, node_embeddings: Tensor,
 
     Horner's rule, ``y <- x / (K + 1) + A y`` K times from ``y = x / (K + 1)``: each layer is one
     fused multiply-add product instead of a product, a sum and a division over [N, D] apiece.
+    Over a :class:`BipartiteAdjacency` the columns go :data:`COLUMN_BLOCK` at a time: a product
+    reads a random row of the other side's table per non-zero, and a narrower table (64 columns
+    of 100,000 users: 25 MB) stays in the last-level cache where the whole one (77 MB) does not.
     """
+    if isinstance(adjacency, BipartiteAdjacency) and node_embeddings.size(1) > COLUMN_BLOCK:
+        out = torch.empty_like(node_embeddings)
+        for start in range(0, node_embeddings.size(1), COLUMN_BLOCK):
+            block = node_embeddings[:, start : start + COLUMN_BLOCK].contiguous()
+            out[:, start : start + COLUMN_BLOCK] = _layer_mean(adjacency, block, num_layers)
+        return out
     scaled = node_embeddings / (num_layers + 1)
     out = scaled
     for _ in range(num_layers):
