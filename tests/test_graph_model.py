@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prefgraph import (
+    BipartiteAdjacency,
     InteractionGraph,
     LossTerms,
     ModalEmbeddings,
@@ -19,6 +20,7 @@ from prefgraph import (
     sample_bpr_batch,
     sample_negatives,
 )
+from prefgraph.propagation import COLUMN_BLOCK
 
 NUM_USERS, NUM_ITEMS, DIM = 6, 7, 4
 
@@ -58,17 +60,36 @@ def test_propagate_equals_dense_reference():
     torch.testing.assert_close(propagate(graph.adjacency, x, 3), expected)
     torch.testing.assert_close(propagate(dense, x, 3), expected)
     torch.testing.assert_close(propagate(graph.adjacency.to_sparse_csr(), x, 3), expected)
+    torch.testing.assert_close(propagate(graph.adjacency_blocks, x, 3), expected)
     assert torch.equal(propagate(graph.adjacency, x, 0), x)
+    assert torch.equal(propagate(graph.adjacency_blocks, x, 0), x)
 
 
-@pytest.mark.parametrize("layout", ["coo", "csr"])
-def test_symmetric_propagation_has_the_autograd_values_and_gradients(layout: str):
-    """``symmetric=True`` back-propagates by propagating the gradient (the operator is its own
-    transpose): the same outputs and input gradients as autograd through every sparse product."""
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_adjacency_blocks_are_the_off_diagonal_blocks_of_the_adjacency():
     graph = make_graph()
-    adjacency = graph.adjacency if layout == "coo" else graph.adjacency_csr
-    x = torch.randn(graph.num_nodes, 5, requires_grad=True)
-    upstream = torch.randn(graph.num_nodes, 5)
+    dense = graph.adjacency.to_dense()
+    blocks = graph.adjacency_blocks
+    assert isinstance(blocks, BipartiteAdjacency) and blocks is graph.adjacency_blocks  # cached
+    assert blocks.user_item.layout == blocks.item_user.layout == torch.sparse_csr
+    assert torch.equal(blocks.user_item.to_dense(), dense[:NUM_USERS, NUM_USERS:])
+    assert torch.equal(blocks.item_user.to_dense(), dense[NUM_USERS:, :NUM_USERS])
+    assert not dense[:NUM_USERS, :NUM_USERS].any() and not dense[NUM_USERS:, NUM_USERS:].any()
+    weighted = InteractionGraph(graph.user_index, graph.item_index, NUM_USERS, NUM_ITEMS,
+                                edge_weight=torch.arange(1.0, graph.num_interactions + 1))
+    assert torch.equal(weighted.adjacency_blocks.user_item.to_dense(), weighted.adjacency.to_dense()[:NUM_USERS, NUM_USERS:])
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr", "blocks"])
+@pytest.mark.parametrize("width", [5, COLUMN_BLOCK * 2 + 3])  # one column block, and three (the last one short)
+def test_symmetric_propagation_has_the_autograd_values_and_gradients(layout: str, width: int):
+    """``symmetric=True`` (implied for :class:`BipartiteAdjacency`) back-propagates by propagating
+    the gradient (the operator is its own transpose): the same outputs and input gradients as
+    autograd through every sparse product."""
+    graph = make_graph()
+    adjacency = {"coo": graph.adjacency, "csr": graph.adjacency_csr, "blocks": graph.adjacency_blocks}[layout]
+    x = torch.randn(graph.num_nodes, width, requires_grad=True)
+    upstream = torch.randn(graph.num_nodes, width)
     expected = propagate(graph.adjacency, x, 3)
     (expected_grad,) = torch.autograd.grad(expected, x, upstream)
     out = propagate(adjacency, x, 3, symmetric=True)
@@ -97,6 +118,32 @@ def test_loss_from_the_stacked_rows_equals_the_per_modality_tables(negatives: in
     stacked_grads = torch.autograd.grad(stacked_terms.total, params, retain_graph=True)
     table_grads = torch.autograd.grad(table_terms.total, params)
     for a, b in zip(stacked_grads, table_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_training_step_equals_per_modality_dense_autograd(negatives: int):
+    """The model's loss and parameter gradients (block products, the symmetric backward, the
+    count-weighted L2) equal those of the plain formulation: each modality's layer-0 rows
+    propagated through the dense adjacency with autograd, scored and penalised row by row."""
+    graph = make_graph()
+    model = make_model(modality_dropout=0.0, id_l2_weight=1e-2)
+    users, pos, neg = sample_bpr_batch(graph, 16, negatives, generator=torch.Generator().manual_seed(2))
+    params = [p for p in model.parameters() if p.requires_grad]
+    terms = model.loss_terms(model(graph), users, pos, neg)
+    grads = torch.autograd.grad(terms.total, params)
+
+    dense = graph.adjacency.to_dense()
+    user_ego = {m: model.user_embeddings[m].weight for m in model.modalities}
+    item_ego = model.item_ego_embeddings(graph)
+    users_out, items_out = {}, {}
+    for m in model.modalities:
+        x0 = torch.cat([user_ego[m], item_ego[m]])
+        users_out[m], items_out[m] = ((x0 + dense @ x0 + dense @ (dense @ x0)) / 3).split([NUM_USERS, NUM_ITEMS])
+    reference = model.loss_terms(ModalEmbeddings(users_out, items_out, user_ego, item_ego), users, pos, neg)
+    for name in ("total", "bpr", "l2"):
+        torch.testing.assert_close(getattr(terms, name), getattr(reference, name))
+    for a, b in zip(grads, torch.autograd.grad(reference.total, params), strict=True):
         torch.testing.assert_close(a, b)
 
 

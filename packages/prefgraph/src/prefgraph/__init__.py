@@ -30,7 +30,7 @@ from .metrics import (
     topk_items,
 )
 from .model import ID_MODALITY, LossTerms, ModalEmbeddings, ModalSpecificGNN, UserPreferences
-from .propagation import propagate
+from .propagation import BipartiteAdjacency, propagate
 from .sampling import sample_bpr_batch, sample_negatives
 from .weighting import history_weights, weighted_history
 
@@ -41,6 +41,7 @@ __all__ = [
     # graph
     "InteractionGraph",
     "normalized_bipartite_adjacency",
+    "BipartiteAdjacency",
     "propagate",
     # model
     "ModalSpecificGNN",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .propagation import BipartiteAdjacency
+
 if TYPE_CHECKING:  # PyG is imported lazily: it takes seconds and most users never need HeteroData.
     from torch_geometric.data import HeteroData
 
@@ -158,6 +160,7 @@ class InteractionGraph:
 
         self._adjacency: Tensor | None = None  # built on first use, then reused
         self._adjacency_csr: Tensor | None = None
+        self._adjacency_blocks: BipartiteAdjacency | None = None
 
     # ------------------------------------------------------------------ sizes and degrees
     @property
@@ -210,9 +213,38 @@ class InteractionGraph:
                 self._adjacency_csr = self.adjacency.to_sparse_csr()
         return self._adjacency_csr
 
+    @property
+    def adjacency_blocks(self) -> BipartiteAdjacency:
+        r""":attr:`adjacency` as its two off-diagonal blocks, sparse CSR [U, I] and [I, U], built once
+        and cached: what :class:`ModalSpecificGNN` propagates with (see :class:`BipartiteAdjacency`
+        for why). Not pickled, like :attr:`adjacency_csr`.
+        """
+        if self._adjacency_blocks is None:
+            # The coalesced COO is sorted by (row, column) and user rows come first, so its first E
+            # entries are R's and the rest R^T's, each already in CSR order.
+            coo = self.adjacency
+            rows, cols = coo.indices()
+            values = coo.values()
+            num_edges = int((rows < self.num_users).sum())
+            sides = ((self.num_users, self.num_items, 0), (self.num_items, self.num_users, num_edges))
+            blocks = []
+            for num_rows, num_cols, first in sides:
+                taken = slice(first, first + num_edges)
+                row_offset = self.num_users if first else 0
+                col_offset = 0 if first else self.num_users
+                crow = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
+                crow[1:] = torch.cumsum(torch.bincount(rows[taken] - row_offset, minlength=num_rows), 0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # torch's "sparse CSR is in beta" notice
+                    blocks.append(torch.sparse_csr_tensor(
+                        crow, cols[taken] - col_offset, values[taken], (num_rows, num_cols), check_invariants=False))
+            self._adjacency_blocks = BipartiteAdjacency(*blocks)
+        return self._adjacency_blocks
+
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         state["_adjacency_csr"] = None
+        state["_adjacency_blocks"] = None
         return state
 
     def bipartite_edge_index(self) -> Tensor:
@@ -271,6 +303,7 @@ class InteractionGraph:
         other.edge_weight = None if self.edge_weight is None else self.edge_weight.to(device)
         other._adjacency = None if self._adjacency is None else self._adjacency.to(device)
         other._adjacency_csr = None  # rebuilt from the moved COO on first use
+        other._adjacency_blocks = None
         return other
 
     def to_hetero_data(self) -> HeteroData:
