@@ -80,6 +80,30 @@ def test_adjacency_blocks_are_the_off_diagonal_blocks_of_the_adjacency():
     assert torch.equal(weighted.adjacency_blocks.user_item.to_dense(), weighted.adjacency.to_dense()[:NUM_USERS, NUM_USERS:])
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("tile_rows", [1, 2, 3, 100])
+def test_column_tiles_hold_the_blocks_and_propagate_alike(tile_rows: int):
+    """Tiles of 1-3 columns cut every block into several (the last one short); 100 keeps one."""
+    graph = make_graph()
+    blocks = graph.adjacency_blocks
+    tiled = BipartiteAdjacency(blocks.user_item, blocks.item_user, tile_rows=tile_rows)
+    assert len(tiled.item_user_tiles) == -(-NUM_USERS // tile_rows)
+    assert len(tiled.user_item_tiles) == -(-NUM_ITEMS // tile_rows)
+    assert sum(t._nnz() for _, t in tiled.item_user_tiles) == graph.num_interactions
+    assert torch.equal(tiled.user_item.to_dense(), blocks.user_item.to_dense())
+    assert torch.equal(tiled.item_user.to_dense(), blocks.item_user.to_dense())
+    x = torch.randn(graph.num_nodes, COLUMN_BLOCK + 3, requires_grad=True)
+    upstream = torch.randn(graph.num_nodes, COLUMN_BLOCK + 3)
+    expected = propagate(graph.adjacency, x, 3)
+    (expected_grad,) = torch.autograd.grad(expected, x, upstream)
+    out = propagate(tiled, x, 3)
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    with pytest.raises(ValueError, match="tile_rows"):
+        BipartiteAdjacency(blocks.user_item, blocks.item_user, tile_rows=0)
+
+
 @pytest.mark.parametrize("layout", ["coo", "csr", "blocks"])
 @pytest.mark.parametrize("width", [5, COLUMN_BLOCK * 2 + 3])  # one column block, and three (the last one short)
 def test_symmetric_propagation_has_the_autograd_values_and_gradients(layout: str, width: int):
