@@ -447,7 +447,8 @@ class ModalSpecificGNN(nn.Module):
         batch_size, m, d = users.numel(), len(self.modalities), self.embedding_dim
         nodes = torch.cat([users, pos_items + self.num_users, neg_items.reshape(-1) + self.num_users])
         sizes = [batch_size, batch_size, neg_items.numel()]
-        user_rows, pos_rows, neg_rows = stacked[nodes].view(-1, m, d).split(sizes)
+        # index_select copies whole rows; stacked[nodes] goes element by element, 4x slower at 10^6 users.
+        user_rows, pos_rows, neg_rows = torch.index_select(stacked, 0, nodes).view(-1, m, d).split(sizes)
         pos_scores = (user_rows * pos_rows).sum(-1)
         if neg_items.dim() == 2:
             neg_scores = (user_rows.unsqueeze(1) * neg_rows.view(batch_size, -1, m, d)).sum(-1)
@@ -459,7 +460,7 @@ class ModalSpecificGNN(nn.Module):
         # would copy them and scatter their gradient back; summing rows first keeps the backward's
         # broadcast along one axis (a [rows, M, d] sum over (0, 2) made it 4x slower).
         counts = torch.bincount(nodes, minlength=stacked_ego.size(0)).to(stacked_ego.dtype)
-        squares = (counts @ stacked_ego.square()).view(m, d).sum(1)
+        squares = _CountWeightedSquares.apply(stacked_ego, counts).view(m, d).sum(1)
         return pos_scores, neg_scores, list((0.5 * squares / batch_size).unbind())
 
     def loss(self, emb: ModalEmbeddings, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> Tensor:
@@ -586,3 +587,20 @@ def _validate_pairs(
     if items.numel() and (items.min() < 0 or items.max() >= num_items):
         raise ValueError(f"item ids must be in [0, {num_items})")
     return users, items
+
+
+class _CountWeightedSquares(torch.autograd.Function):
+    """``counts @ x.square()`` [D] for ``x`` [N, D] and ``counts`` [N] (a constant), with the gradient
+    ``2 counts[:, None] x g`` written in two passes over [N, D]: autograd's way through ``square``
+    and the product builds the outer product ``counts g`` and three more [N, D] temporaries, which at
+    10^6 users took 5 s of a 43 s step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, counts: Tensor) -> Tensor:
+        ctx.save_for_backward(x, counts)
+        return counts @ x.square()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        x, counts = ctx.saved_tensors
+        return torch.mul(x, counts.unsqueeze(1)).mul_(2 * grad), None

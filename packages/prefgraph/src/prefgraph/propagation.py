@@ -186,10 +186,11 @@ def _layer_mean(adjacency: Tensor | BipartiteAdjacency, node_embeddings: Tensor,
     if isinstance(adjacency, BipartiteAdjacency) and node_embeddings.size(1) > COLUMN_BLOCK:
         out = torch.empty_like(node_embeddings)
         for start in range(0, node_embeddings.size(1), COLUMN_BLOCK):
-            block = node_embeddings[:, start : start + COLUMN_BLOCK].contiguous()
+            # A strided slice: the division below reads it into a contiguous block, one pass for both.
+            block = node_embeddings[:, start : start + COLUMN_BLOCK]
             out[:, start : start + COLUMN_BLOCK] = _layer_mean(adjacency, block, num_layers)
         return out
-    scaled = node_embeddings / (num_layers + 1)
+    scaled = node_embeddings / (num_layers + 1)  # contiguous even from a column slice (torch's rule for gapped strides)
     out = scaled
     for _ in range(num_layers):
         out = _scaled_plus_product(adjacency, scaled, out)
