@@ -33,6 +33,9 @@ except the batch size, on one torch thread (the stage's ``num_threads``):
   model (``build_model``) forward over the whole graph, ``loss_terms`` and its AdamW step per batch.
   Batches are ``BPRDataModule``'s (the stage's sampler), drawn before the clock starts; drawing
   them is ``sampling_seconds``, shared by both models and in neither's epoch time;
+- ``phase_seconds``: ``epoch_seconds`` split into ``forward`` (the propagation, and on the first
+  step building the graph's adjacency tiles), ``loss`` (the batch's rows, scores and L2 term),
+  ``backward`` and ``optimizer`` (AdamW's step), summed over the epoch;
 - ``lightgcn_epoch_seconds``: PyG's ``LightGCN`` (``pmg.preference.baselines``: 3 layers, the stage's
   embedding size and optimizer, its CSR adjacency and ``lightgcn_bpr_loss``) over the same batches.
   With ``--lightgcn-steps S`` (the default run sets 4 on its largest size) it is timed over the
@@ -81,6 +84,7 @@ Progress goes to stdout; the LAST line is one JSON object (numbers and lists, on
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import resource
@@ -127,6 +131,7 @@ MIN_INTERACTIONS = 5
 FEATURE_DIMS = {"visual": 160, "textual": 384}  # the pixels and minilm encoders' widths
 FEATURE_NOISE = 0.5
 K = 20
+PHASES = ("forward", "loss", "backward", "optimizer")
 Z975 = 1.959964
 
 
@@ -246,13 +251,21 @@ def measure_size(num_users: int, args: argparse.Namespace, log) -> dict[str, Any
     model = build_model(config.model, data.num_users, data.num_items, FEATURE_DIMS)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
     model.train()
+    phase_seconds = dict.fromkeys(PHASES, 0.0)
     start = time.perf_counter()
     for batch in batches:
+        marks = [time.perf_counter()]
         emb = model(graph)
+        marks.append(time.perf_counter())
         loss = model.loss_terms(emb, batch["users"], batch["positives"], batch["negatives"]).total
+        marks.append(time.perf_counter())
         optimizer.zero_grad()
         loss.backward()
+        marks.append(time.perf_counter())
         optimizer.step()
+        marks.append(time.perf_counter())
+        for phase, (begin, end) in zip(PHASES, itertools.pairwise(marks), strict=True):
+            phase_seconds[phase] += end - begin
     epoch_seconds = time.perf_counter() - start
     last_loss = float(loss.detach())
     del emb, loss
@@ -309,7 +322,7 @@ def measure_size(num_users: int, args: argparse.Namespace, log) -> dict[str, Any
     return {
         "users": num_users, "items": data.num_items, "interactions": train, "batch_size": batch_size,
         "steps": len(batches), "last_batch_loss": last_loss, "data_seconds": data_seconds, "sampling_seconds": sampling_seconds,
-        "epoch_seconds": epoch_seconds, "lightgcn_epoch_seconds": lightgcn_seconds,
+        "epoch_seconds": epoch_seconds, "phase_seconds": phase_seconds, "lightgcn_epoch_seconds": lightgcn_seconds,
         "lightgcn_timed_steps": None if len(timed) == len(batches) else len(timed),
         "peak_gb": ours_peak, "peak_gb_with_lightgcn": peak_gb(),
         "recall20": recall, "recall20_ci": [low, high], "eval_users": evaluated, "eval_seconds": eval_seconds,

@@ -48,6 +48,8 @@ def test_one_size_is_measured_and_the_summary_has_every_key(bench: ModuleType) -
     assert one["lightgcn_timed_steps"] == 2 and one["eval_users"] == 300
     for key in ("epoch_seconds", "lightgcn_epoch_seconds", "peak_gb", "quantize_seconds", "eval_seconds"):
         assert one[key] > 0, key
+    assert set(one["phase_seconds"]) == set(bench.PHASES) and min(one["phase_seconds"].values()) > 0
+    assert sum(one["phase_seconds"].values()) <= one["epoch_seconds"]
     low, high = one["recall20_ci"]
     assert 0.0 <= low <= one["recall20"] <= high <= 1.0
     # Three sizes of the same shape: the summary's lists, slopes and largest-size figures.
