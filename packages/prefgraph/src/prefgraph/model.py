@@ -447,7 +447,8 @@ class ModalSpecificGNN(nn.Module):
         batch_size, m, d = users.numel(), len(self.modalities), self.embedding_dim
         nodes = torch.cat([users, pos_items + self.num_users, neg_items.reshape(-1) + self.num_users])
         sizes = [batch_size, batch_size, neg_items.numel()]
-        # index_select copies whole rows; stacked[nodes] goes element by element, 4x slower at 10^6 users.
+        # index_select copies whole rows; stacked[nodes] goes element by element (at 10^6 users 4.4 s
+        # against 3.5 s a step).
         user_rows, pos_rows, neg_rows = torch.index_select(stacked, 0, nodes).view(-1, m, d).split(sizes)
         pos_scores = (user_rows * pos_rows).sum(-1)
         if neg_items.dim() == 2:

@@ -190,7 +190,8 @@ def _layer_mean(adjacency: Tensor | BipartiteAdjacency, node_embeddings: Tensor,
             block = node_embeddings[:, start : start + COLUMN_BLOCK]
             out[:, start : start + COLUMN_BLOCK] = _layer_mean(adjacency, block, num_layers)
         return out
-    scaled = node_embeddings / (num_layers + 1)  # contiguous even from a column slice (torch's rule for gapped strides)
+    # Contiguous even from a column slice: torch lays out the result of gapped strides densely.
+    scaled = node_embeddings / (num_layers + 1)
     out = scaled
     for _ in range(num_layers):
         out = _scaled_plus_product(adjacency, scaled, out)
