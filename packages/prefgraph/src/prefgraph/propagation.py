@@ -29,8 +29,8 @@ class BipartiteAdjacency:
     output. Each reads one row of the other side's table per non-zero, at random. A block is kept
     as tiles of at most ``tile_rows`` columns (:data:`TILE_ROWS`) and a product sums one product
     per tile, each reading a slice of the table small enough to stay in cache: at 10^6 users
-    the item rows' product otherwise reads 16 columns of a 64 MB user table, 3-5x slower per
-    non-zero than from a table that fits (``benchmarks/scale.py``). The tiles hold the blocks'
+    the item rows' product otherwise reads 16 columns of a 64 MB user table, which does not
+    stay in cache (``benchmarks/scale.py`` times the whole step). The tiles hold the blocks'
     entries once; :attr:`user_item` and :attr:`item_user` put them back together on access.
 
     Args:
@@ -114,7 +114,7 @@ def _join_tiles(tiles: tuple[tuple[int, Tensor], ...], num_cols: int) -> Tensor:
 
 def _csr(crow: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     """A sparse CSR tensor, with int32 indices where they fit: a product streams every index once,
-    and 4 bytes instead of 8 made the user rows' product at 10^6 users about 1.2x faster."""
+    so 4-byte indices instead of 8 cut what it reads."""
     if max(values.numel(), *size) < 2**31:
         crow, cols = crow.to(torch.int32), cols.to(torch.int32)
     with warnings.catch_warnings():
@@ -180,8 +180,7 @@ def _layer_mean(adjacency: Tensor | BipartiteAdjacency, node_embeddings: Tensor,
     (192 columns: 77 MB) does not. On one CPU thread at 10^5 users (``benchmarks/scale.py``'s
     graph, 192 columns, 2 layers) that took a forward pass from 1.8-2.0 s to 0.9-1.05 s; blocks of
     32-96 columns gained little over none. The adjacency's column tiles (:data:`TILE_ROWS`) then
-    keep the slice read at once small at any number of users: at 10^6 users the same forward
-    pass (20 million interactions) went from 23.1 s to 12.8 s with them.
+    keep the slice read at once small at any number of users.
     """
     if isinstance(adjacency, BipartiteAdjacency) and node_embeddings.size(1) > COLUMN_BLOCK:
         out = torch.empty_like(node_embeddings)
