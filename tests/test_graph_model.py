@@ -20,7 +20,7 @@ from prefgraph import (
     sample_bpr_batch,
     sample_negatives,
 )
-from prefgraph.model import _CountWeightedSquares
+from prefgraph.model import _CountWeightedSquares, _GatheredScores
 from prefgraph.propagation import COLUMN_BLOCK
 
 NUM_USERS, NUM_ITEMS, DIM = 6, 7, 4
@@ -368,3 +368,20 @@ def test_count_weighted_squares_has_the_autograd_gradient():
     counts = torch.tensor([0.0, 1, 3, 0, 2, 1, 5], dtype=torch.float64)
     torch.testing.assert_close(_CountWeightedSquares.apply(x, counts), counts @ x.detach().square())
     assert torch.autograd.gradcheck(lambda t: _CountWeightedSquares.apply(t, counts), (x,))
+
+
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_gathered_scores_have_the_autograd_values_and_gradient(negatives: int):
+    """The batch scores' hand-written backward against gradcheck and the plain gather-and-multiply,
+    with a user, a positive and a negative repeated in the batch (their gradients add up)."""
+    m, d, batch = 2, 3, 4
+    table = torch.randn(9, m * d, dtype=torch.float64, requires_grad=True)
+    users, positives = torch.tensor([0, 1, 1, 3]), torch.tensor([5, 6, 5, 8])
+    negatives_ = torch.tensor([[6, 7, 8], [4, 4, 8], [7, 5, 6], [8, 6, 4]])[:, :negatives]
+    nodes = torch.cat([users, positives, negatives_.reshape(-1)])
+    pos, neg = _GatheredScores.apply(table, nodes, batch, m)
+    rows = table.view(-1, m, d)
+    torch.testing.assert_close(pos, (rows[users] * rows[positives]).sum(-1))
+    torch.testing.assert_close(neg, (rows[users].unsqueeze(1) * rows[negatives_]).sum(-1))
+    assert pos.shape == (batch, m) and neg.shape == (batch, negatives, m)
+    assert torch.autograd.gradcheck(lambda t: _GatheredScores.apply(t, nodes, batch, m), (table,))

@@ -1,4 +1,5 @@
-"""The learning-rate schedule shared by step-based fits: warm-up, then constant or cosine to zero."""
+"""The optimizers and learning-rate schedule shared by step-based fits: fused Adam where torch has
+it, warm-up, then constant or cosine to zero."""
 
 from __future__ import annotations
 
@@ -42,3 +43,26 @@ def test_bad_schedule_is_named() -> None:
         LrScheduleConfig(name="cosin").validate()
     with pytest.raises(ValueError, match="warmup_steps"):
         LrScheduleConfig(warmup_steps=-1).validate()
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_is_fused_on_cpu_and_steps_as_torch_does(name: str) -> None:
+    """The fused kernel is chosen for CPU tensors, also from a parameter group given as a generator,
+    and takes the same steps as torch's default implementation (up to float rounding)."""
+    torch.manual_seed(0)
+    start = torch.randn(5, 3)
+    config = OptimizerConfig(name=name, lr=0.05, weight_decay=0.01)
+    ours = torch.nn.Parameter(start.clone())
+    optimizer = build_optimizer([{"params": (p for p in [ours])}], config)
+    assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["params"] == [ours]
+    reference = torch.nn.Parameter(start.clone())
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    reference_optimizer = cls([reference], lr=0.05, weight_decay=0.01, betas=(0.9, 0.999))
+    for step in range(5):
+        target = torch.randn(5, 3, generator=torch.Generator().manual_seed(step))
+        for parameter, opt in ((ours, optimizer), (reference, reference_optimizer)):
+            opt.zero_grad()
+            ((parameter - target) ** 2).sum().backward()
+            opt.step()
+    assert not torch.equal(ours.detach(), start)
+    torch.testing.assert_close(ours.detach(), reference.detach())

@@ -112,11 +112,14 @@ class OptimizerConfig:
 def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], config: OptimizerConfig) -> torch.optim.Optimizer:
     """The configured optimizer over ``params`` (parameters or parameter groups)."""
     config.validate()
+    params = [_materialised(p) for p in params]  # read twice below: once to check, once by torch
     betas = (float(config.betas[0]), float(config.betas[1]))
-    if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas)
-    if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas)
+    if config.name in ("adamw", "adam"):
+        cls = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
+        # The fused kernel updates each parameter in one pass over its values, moments and gradient,
+        # where the default on CPU makes a pass per operation: the preference stage's tables are
+        # most of its memory traffic at 10^6 users (benchmarks/scale.py). Same update, up to rounding.
+        return cls(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas, fused=_fusable(params) or None)
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay, momentum=betas[0])
     # Lazy: bitsandbytes takes 4 s to import (and logs about its CPU kernels); only its optimizers need it.
@@ -127,6 +130,20 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], confi
         # Paged optimizers fall back to non-paged on CPU with a warning; the fallback is fine.
         warnings.filterwarnings("ignore", message=".*paged.*", category=UserWarning)
         return cls(params, lr=config.lr, weight_decay=config.weight_decay, betas=betas)
+
+
+def _materialised(param: torch.nn.Parameter | dict) -> torch.nn.Parameter | dict:
+    """A parameter as it is, or a parameter group whose ``params`` (a tensor or any iterable) is a list."""
+    if not isinstance(param, dict):
+        return param
+    tensors = param["params"]
+    return {**param, "params": [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)}
+
+
+def _fusable(params: list[torch.nn.Parameter] | list[dict]) -> bool:
+    """Whether torch's fused Adam kernels take every tensor in ``params``: floating point, on CPU or CUDA."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
 
 
 # The learning rate after warm-up (``lr_schedule.name``): ``constant``, or ``cosine`` decay to zero.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .propagation import BipartiteAdjacency
+from .propagation import BipartiteAdjacency, _csr
 
 if TYPE_CHECKING:  # PyG is imported lazily: it takes seconds and most users never need HeteroData.
     from torch_geometric.data import HeteroData
@@ -59,13 +59,20 @@ def normalized_bipartite_adjacency(
             0, inverse, _check_edge_weight(edge_weight, inverse.numel()), reduce="amax")
     weight = torch.cat([weight, weight])
     degree = torch.zeros(num_nodes, device=keys.device).index_add_(0, rows, weight)
-    inv_sqrt_degree = degree.pow(-0.5)
-    inv_sqrt_degree[degree == 0] = 0.0  # isolated nodes: no weighted edges, so the value is never used
+    inv_sqrt_degree = _inverse_sqrt(degree)
     values = weight * inv_sqrt_degree[rows] * inv_sqrt_degree[cols]
     adjacency = torch.sparse_coo_tensor(
         torch.stack([rows, cols]), values, (num_nodes, num_nodes), check_invariants=False
     )
     return adjacency.coalesce()
+
+
+def _inverse_sqrt(degree: Tensor) -> Tensor:
+    """:math:`d^{-1/2}` [N] of weighted degrees ``degree`` [N], 0 where the degree is 0 (an isolated
+    node: no weighted edge, so the value is never used)."""
+    inv_sqrt_degree = degree.pow(-0.5)
+    inv_sqrt_degree[degree == 0] = 0.0
+    return inv_sqrt_degree
 
 
 class InteractionGraph:
@@ -220,24 +227,22 @@ class InteractionGraph:
         for why). Not pickled, like :attr:`adjacency_csr`.
         """
         if self._adjacency_blocks is None:
-            # The coalesced COO is sorted by (row, column) and user rows come first, so its first E
-            # entries are R's and the rest R^T's, each already in CSR order.
-            coo = self.adjacency
-            rows, cols = coo.indices()
-            values = coo.values()
-            num_edges = int((rows < self.num_users).sum())
-            sides = ((self.num_users, self.num_items, 0), (self.num_items, self.num_users, num_edges))
-            blocks = []
-            for num_rows, num_cols, first in sides:
-                taken = slice(first, first + num_edges)
-                row_offset = self.num_users if first else 0
-                col_offset = 0 if first else self.num_users
-                crow = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
-                crow[1:] = torch.cumsum(torch.bincount(rows[taken] - row_offset, minlength=num_rows), 0)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # torch's "sparse CSR is in beta" notice
-                    blocks.append(torch.sparse_csr_tensor(
-                        crow, cols[taken] - col_offset, values[taken], (num_rows, num_cols), check_invariants=False))
+            # Built from the edges, already sorted by (user, item), rather than from :attr:`adjacency`:
+            # coalescing the COO sorts all 2E entries, where this sorts E item indices once.
+            user, item = self.user_index, self.item_index
+            weight = torch.ones(user.numel(), device=user.device) if self.edge_weight is None else self.edge_weight
+            user_scale = _inverse_sqrt(torch.zeros(self.num_users, device=user.device).index_add_(0, user, weight))
+            item_scale = _inverse_sqrt(torch.zeros(self.num_items, device=user.device).index_add_(0, item, weight))
+            by_item = torch.argsort(item, stable=True)  # each item's users stay in increasing order
+            item_indptr = torch.zeros(self.num_items + 1, dtype=torch.long, device=user.device)
+            item_indptr[1:] = torch.cumsum(self.item_degree, 0)
+            # The products in :func:`normalized_bipartite_adjacency`'s order (row, then column), so
+            # the blocks hold exactly its values.
+            blocks = (
+                _csr(self.seen_indptr, item, weight * user_scale[user] * item_scale[item], (self.num_users, self.num_items)),
+                _csr(item_indptr, user[by_item], (weight * item_scale[item] * user_scale[user])[by_item],
+                     (self.num_items, self.num_users)),
+            )
             self._adjacency_blocks = BipartiteAdjacency(*blocks)
         return self._adjacency_blocks
 

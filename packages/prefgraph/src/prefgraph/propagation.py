@@ -83,14 +83,21 @@ def _column_tiles(matrix: Tensor, tile_rows: int) -> tuple[tuple[int, Tensor], .
     crow, cols, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     if num_cols <= tile_rows:
         return ((0, _csr(crow, cols, values, (num_rows, num_cols))),)
+    num_tiles = -(-num_cols // tile_rows)
     rows = torch.repeat_interleave(torch.arange(num_rows, device=cols.device), crow.diff().long())
+    tile = torch.div(cols, tile_rows, rounding_mode="floor")
+    # One stable sort by tile makes every tile's entries one slice, still in (row, column) order:
+    # O(E log E) once rather than a pass over all E entries per tile (31 tiles at 10^6 users).
+    order = torch.argsort(tile, stable=True)
+    rows, cols, values = rows[order], cols[order], values[order]
+    ends = torch.cumsum(torch.bincount(tile, minlength=num_tiles), 0).tolist()
     tiles = []
-    for first in range(0, num_cols, tile_rows):
+    for index, (begin, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+        first = index * tile_rows
+        tile_crow = torch.zeros(num_rows + 1, dtype=torch.long, device=cols.device)
+        tile_crow[1:] = torch.cumsum(torch.bincount(rows[begin:end], minlength=num_rows), 0)
         width = min(tile_rows, num_cols - first)
-        taken = (cols >= first) & (cols < first + width)
-        tile_crow = torch.zeros_like(crow)
-        tile_crow[1:] = torch.cumsum(torch.bincount(rows[taken], minlength=num_rows), 0)
-        tiles.append((first, _csr(tile_crow, cols[taken] - first, values[taken], (num_rows, width))))
+        tiles.append((first, _csr(tile_crow, cols[begin:end] - first, values[begin:end], (num_rows, width))))
     return tuple(tiles)
 
 
