@@ -1,10 +1,10 @@
-"""Benchmark of the zoo stage on the default catalog: time, peak memory and quality.
+"""Benchmark of the zoo stage on a catalog profile: time, peak memory and quality.
 
-    uv run python benchmarks/zoo.py [--config configs/zoo.yaml] [--run DIR] [--images-per-combo N] [--check] [key=value ...]
+    uv run python benchmarks/zoo.py [--profile default|sparse] [--config configs/zoo.yaml] [--run DIR] [--images-per-combo N] [--check] [key=value ...]
     uv run python benchmarks/zoo.py --check-file saved.log   # compare a saved output with TARGETS only
 
-Builds the default catalog (data stage), trains the whole zoo from scratch (``retrain``, so
-the cache is not what is timed), then measures on held-out data:
+Builds the catalog of ``--profile`` (data stage; ``default`` unless named), trains the whole zoo
+from scratch (``retrain``, so the cache is not what is timed), then measures on held-out data:
 - ``t2i_colour_acc`` / ``t2i_pattern_acc`` / ``t2i_category_acc``: the judge's reading of
   images generated for the held-out category×colour×pattern combinations (never trained on);
 - ``clip_top1``: image→text top-1 among ``clip_candidates`` held-out captions of distinct
@@ -13,7 +13,9 @@ the cache is not what is timed), then measures on held-out data:
 - from the stage's own ``zoo.json`` (``pmg.zoo.models.evaluate_models``): CLIP scores of images
   drawn for held-out items' captions against the caption and the real image, beside a shuffled
   pairing (``t2i_clip_score`` / ``_shuffled``, ``t2i_clip_i`` / ``_shuffled``), and the LM's
-  held-out perplexity beside a unigram's (``lm_heldout_perplexity``, ``lm_unigram_perplexity``).
+  held-out perplexity beside a unigram's (``lm_heldout_perplexity``, ``lm_unigram_perplexity``),
+  and the VAE's round trip (``vae_<attribute>_acc``: the judge on held-out items' images encoded
+  and decoded; the UNet cannot draw a colour more faithfully than the VAE decodes it).
 ``minutes`` is the zoo stage's wall time, ``cpu_minutes`` its CPU time over all threads (the
 figure that does not depend on what else runs on the machine); ``peak_rss_gb`` the process's
 peak resident memory.
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 from pmg.benchmark_targets import Targets, at_least, at_most, parse_args_with_check, print_result
+from pmg.data.catalog import CATALOG_PROFILES
 
 TARGETS: Targets = {
     "t2i_colour_acc": at_least(0.80),
@@ -48,8 +51,9 @@ def _peak_rss_gb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=CATALOG_PROFILES, default="default", help="the catalog profile (data.catalog.profile)")
     parser.add_argument("--config", type=Path, default=Path("configs/zoo.yaml"))
-    parser.add_argument("--run", type=Path, default=Path("runs/bench-zoo"))
+    parser.add_argument("--run", type=Path, help="default: runs/bench-zoo, runs/bench-zoo-<profile> for another profile")
     parser.add_argument("--images-per-combo", type=int, default=8)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parse_args_with_check(parser, TARGETS)
@@ -61,8 +65,8 @@ def main() -> None:
     from pmg.runs import RunDirectory
     from pmg.zoo import ZooConfig, load_zoo, run_zoo_stage
 
-    run = RunDirectory(args.run)
-    data, split, data_fp = prepare_dataset(DatasetConfig(), run)
+    run = RunDirectory(args.run or Path("runs/bench-zoo" if args.profile == "default" else f"runs/bench-zoo-{args.profile}"))
+    data, split, data_fp = prepare_dataset(load_config(DatasetConfig, None, [f"catalog.profile={args.profile}"]), run)
     config = load_config(ZooConfig, args.config if args.config.is_file() else None, [*args.overrides, "retrain=true"])
     started, cpu_started = time.perf_counter(), time.process_time()
     result = run_zoo_stage(config, run, data_fp, True)
@@ -101,6 +105,8 @@ def main() -> None:
         "judge_heldout_items": int(corpus.image_items(corpus.heldout_items).size),
         **{k: zoo.metrics.get(k) for k in ("t2i_clip_score", "t2i_clip_score_shuffled", "t2i_clip_i", "t2i_clip_i_shuffled",
                                            "t2i_clip_items", "lm_heldout_perplexity", "lm_unigram_perplexity", "lm_heldout_tokens")},
+        **{k: v for k, v in zoo.metrics.items() if k.startswith("vae_")},
+        "profile": args.profile,
         "minutes": round(minutes, 2),
         "cpu_minutes": round(cpu_minutes, 2),
         "torch_threads": __import__("torch").get_num_threads(),
