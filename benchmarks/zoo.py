@@ -4,7 +4,8 @@
     uv run python benchmarks/zoo.py --check-file saved.log   # compare a saved output with TARGETS only
 
 Builds the catalog of ``--profile`` (data stage; ``default`` unless named), trains the whole zoo
-from scratch (``retrain``, so the cache is not what is timed), then measures on held-out data:
+from scratch (``retrain``, into ``<run>/zoo-cache`` unless ``cache_dir=`` says otherwise, so the
+cache is not what is timed and no run's cache entry is replaced), then measures on held-out data:
 - ``t2i_colour_acc`` / ``t2i_pattern_acc`` / ``t2i_category_acc``: the judge's reading of
   images generated for the held-out category×colour×pattern combinations (never trained on);
 - ``clip_top1``: image→text top-1 among ``clip_candidates`` held-out captions of distinct
@@ -67,7 +68,9 @@ def main() -> None:
 
     run = RunDirectory(args.run or Path("runs/bench-zoo" if args.profile == "default" else f"runs/bench-zoo-{args.profile}"))
     data, split, data_fp = prepare_dataset(load_config(DatasetConfig, None, [f"catalog.profile={args.profile}"]), run)
-    config = load_config(ZooConfig, args.config if args.config.is_file() else None, [*args.overrides, "retrain=true"])
+    # Its own cache: a retrained entry must not replace the one that the user's runs point to.
+    config = load_config(ZooConfig, args.config if args.config.is_file() else None,
+                         [f"cache_dir={run.root / 'zoo-cache'}", *args.overrides, "retrain=true"])
     started, cpu_started = time.perf_counter(), time.process_time()
     result = run_zoo_stage(config, run, data_fp, True)
     minutes = (time.perf_counter() - started) / 60
