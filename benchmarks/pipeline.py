@@ -12,6 +12,11 @@ measured around the process; peak memory is the largest resident set of the chil
 (``getrusage(RUSAGE_CHILDREN)``, which covers the pipeline and any worker it starts). The stage
 lines the pipeline prints are kept, so the time of each stage shows in the log.
 
+Beside them, the fixed CPU workload of ``benchmarks/reference_workload.py`` runs before and after
+(``reference_seconds_before``, ``reference_seconds_after``); ``reference_ratio`` and
+``quick_reference_ratio`` are each run's wall time over the mean of the two, the figure to compare
+between sessions, since this machine's speed varies by up to 2x from one to the next.
+
 Targets (issue 8): ``TARGETS``, what ``--check`` compares: the default run's wall time and the
 peak memory, and the --quick run's wall time. ``report_path`` is the HTML report of the last
 profile run (the default's, or the quick one's with --quick-only; ``quick_report_path`` the quick
@@ -34,12 +39,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from pmg.benchmark_targets import Targets, at_most, parse_args_with_check, print_result
+from pmg.benchmark_targets import Targets, at_most, last_json_line, parse_args_with_check, print_result
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "runs" / "bench-pipeline"  # where reports of temporary runs are copied
 # With --quick-only the default run's minutes are not measured, so that target is missed.
 TARGETS: Targets = {"minutes": at_most(15.0), "peak_rss_gb": at_most(6.0), "quick_minutes": at_most(3.0)}
+
+
+def reference_seconds(steps: int) -> float:
+    """Wall seconds of benchmarks/reference_workload.py's ``steps``, in a process of its own."""
+    command = [sys.executable, str(REPO / "benchmarks" / "reference_workload.py"), "--steps", str(steps)]
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if process.returncode != 0:
+        print(process.stdout[-4000:], process.stderr[-4000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"the reference workload exited with {process.returncode}")
+    seconds = float(last_json_line(process.stdout)["seconds"])
+    print(f"[reference] {steps} steps in {seconds:.2f}s", flush=True)
+    return seconds
 
 
 def run_profile(name: str, args: list[str], scratch: Path, keep: bool) -> dict[str, object]:
@@ -77,10 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick-only", action="store_true", help="measure the --quick profile only")
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--reference-steps", type=int, default=80, help="steps of the reference workload run before and after")
     args = parse_args_with_check(parser, TARGETS, argv)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = args.keep or Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
+        before = reference_seconds(args.reference_steps)
         quick = run_profile("quick", ["--quick"], scratch, keep=args.keep is not None)
         result: dict[str, object] = {"quick_minutes": round(float(quick["minutes"]), 3),
                                      "quick_stage_seconds": quick["stage_seconds"], "quick_report_path": quick["report_path"],
@@ -89,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
             default = run_profile("default", [], scratch, keep=args.keep is not None)
             result.update({"minutes": round(float(default["minutes"]), 3), "stage_seconds": default["stage_seconds"],
                            "report_path": default["report_path"]})
+        after = reference_seconds(args.reference_steps)
+        reference = (before + after) / 2
+        result.update({"reference_seconds_before": round(before, 3), "reference_seconds_after": round(after, 3),
+                       "reference_steps": args.reference_steps,
+                       "quick_reference_ratio": round(float(quick["minutes"]) * 60 / reference, 2)})
+        if not args.quick_only:
+            result["reference_ratio"] = round(float(default["minutes"]) * 60 / reference, 2)
         # ru_maxrss of children is in kilobytes on Linux: the largest single child process.
         result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3)
         result["profiles"] = "quick" if args.quick_only else "quick+default"
