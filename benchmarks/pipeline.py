@@ -47,16 +47,19 @@ REPORTS = REPO / "runs" / "bench-pipeline"  # where reports of temporary runs ar
 TARGETS: Targets = {"minutes": at_most(15.0), "peak_rss_gb": at_most(6.0), "quick_minutes": at_most(3.0)}
 
 
-def reference_seconds(steps: int) -> float:
-    """Wall seconds of benchmarks/reference_workload.py's ``steps``, in a process of its own."""
-    command = [sys.executable, str(REPO / "benchmarks" / "reference_workload.py"), "--steps", str(steps)]
+def reference_seconds(steps: int | None = None) -> tuple[float, int]:
+    """Wall seconds of benchmarks/reference_workload.py, in a process of its own, and the steps it
+    ran (``steps``, or the workload's own default when None)."""
+    command = [sys.executable, str(REPO / "benchmarks" / "reference_workload.py"),
+               *(["--steps", str(steps)] if steps is not None else [])]
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if process.returncode != 0:
         print(process.stdout[-4000:], process.stderr[-4000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"the reference workload exited with {process.returncode}")
-    seconds = float(last_json_line(process.stdout)["seconds"])
-    print(f"[reference] {steps} steps in {seconds:.2f}s", flush=True)
-    return seconds
+    printed = last_json_line(process.stdout)
+    seconds, ran = float(printed["seconds"]), int(printed["steps"])
+    print(f"[reference] {ran} steps in {seconds:.2f}s", flush=True)
+    return seconds, ran
 
 
 def run_profile(name: str, args: list[str], scratch: Path, keep: bool) -> dict[str, object]:
@@ -94,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick-only", action="store_true", help="measure the --quick profile only")
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
-    parser.add_argument("--reference-steps", type=int, default=80, help="steps of the reference workload run before and after")
+    parser.add_argument("--reference-steps", type=int,
+                        help="steps of the reference workload run before and after (default: the workload's own)")
     args = parse_args_with_check(parser, TARGETS, argv)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = args.keep or Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
-        before = reference_seconds(args.reference_steps)
+        before, reference_steps = reference_seconds(args.reference_steps)
         quick = run_profile("quick", ["--quick"], scratch, keep=args.keep is not None)
         result: dict[str, object] = {"quick_minutes": round(float(quick["minutes"]), 3),
                                      "quick_stage_seconds": quick["stage_seconds"], "quick_report_path": quick["report_path"],
@@ -108,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
             default = run_profile("default", [], scratch, keep=args.keep is not None)
             result.update({"minutes": round(float(default["minutes"]), 3), "stage_seconds": default["stage_seconds"],
                            "report_path": default["report_path"]})
-        after = reference_seconds(args.reference_steps)
+        after, _ = reference_seconds(reference_steps)
         reference = (before + after) / 2
         result.update({"reference_seconds_before": round(before, 3), "reference_seconds_after": round(after, 3),
-                       "reference_steps": args.reference_steps,
+                       "reference_steps": reference_steps,
                        "quick_reference_ratio": round(float(quick["minutes"]) * 60 / reference, 2)})
         if not args.quick_only:
             result["reference_ratio"] = round(float(default["minutes"]) * 60 / reference, 2)

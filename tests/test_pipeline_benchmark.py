@@ -19,8 +19,8 @@ def test_reference_workload_times_its_steps(benchmark_module: Callable[[str], Mo
 def test_pipeline_benchmark_reads_the_workload_from_its_own_process(
         benchmark_module: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]) -> None:
     pipeline = benchmark_module("pipeline")
-    seconds = pipeline.reference_seconds(2)
-    assert seconds > 0
+    seconds, steps = pipeline.reference_seconds(2)
+    assert seconds > 0 and steps == 2
     assert f"[reference] 2 steps in {seconds:.2f}s" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="the reference workload exited with 1"):
         pipeline.reference_seconds(0)
