@@ -124,6 +124,11 @@ class ImageGeneratorConfig:
     training prompts name what each liked item's own text names, so that the adapter learns to
     follow those words. Empty: image and text are generated independently, and agree only as
     far as their tokens do.
+    ``latent_prior_scales``: candidate scales of the latent prior (:mod:`pmg.generator.latent_prior`:
+    per-token offsets of the initial latents, for visual tastes the text encoders cannot ask
+    for); the one whose images show the selection users' visual tastes most often is kept (0:
+    no prior). Without a judge and ground-truth tastes to choose by, the first is kept. Empty:
+    no prior is fitted. ``latent_prior_ridge``: its ridge penalty.
     """
 
     enabled: bool = True
@@ -137,8 +142,14 @@ class ImageGeneratorConfig:
     default_subject: str | None = None
     no_token_fraction: float = 0.1
     subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
+    latent_prior_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])
+    latent_prior_ridge: float = 1.0
 
     def validate(self) -> None:
+        if any(not scale >= 0 for scale in self.latent_prior_scales) or len(set(self.latent_prior_scales)) != len(self.latent_prior_scales):
+            raise ValueError(f"generator.image.latent_prior_scales must be distinct numbers >= 0, got {self.latent_prior_scales!r}")
+        if not self.latent_prior_ridge > 0:
+            raise ValueError(f"generator.image.latent_prior_ridge must be > 0, got {self.latent_prior_ridge}")
         _check_common("image", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)
         if self.default_subject is not None and not self.default_subject.strip():
             raise ValueError("generator.image.default_subject must be a phrase (\"a movie poster\") or null (the dataset's)")

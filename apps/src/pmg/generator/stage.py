@@ -7,7 +7,8 @@ training prompts also carry some of each liked item's own words, and generation 
 user's history keywords beside the tokens (``pmg.generator.prompts``). Artifacts in ``<run>/generator/``:
 
     text_adapter/        prefgen text adapter (peft folder + tokenizer + JSON); reload onto the zoo LM
-    image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
+    image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/]
+                         [+ latent_prior.safetensors])
     soft_prompt/         the continuous baseline (``generator.baselines.soft_prompt``): text_adapter/ and
                          image_adapter/ with placeholder tokens, text_projector.safetensors and
                          image_projector.safetensors (``pmg.generator.soft_prompt.SoftPromptBaseline``)
@@ -40,6 +41,7 @@ from pmg.data.modules import GenerationDataModule
 from pmg.data.split import Split
 from pmg.generator.config import GeneratorConfig, PromptMode
 from pmg.generator.generate import IMAGE_ADAPTER, SOFT_PROMPT, TEXT_ADAPTER, write_samples
+from pmg.generator.latent_prior import attach_latent_prior
 from pmg.generator.modules import GeneratorModule, ImageGeneratorModule, TextGeneratorModule
 from pmg.generator.prompts import ItemWords, prompt_attributes, subject_attributes, user_fragments
 from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
@@ -214,6 +216,11 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
             *image, image_metrics = train_image_generator(config, data, train_split, zoo, tokens, out, preferences=preferences,
                                                           checkpoints=out / "checkpoints" / f"{prefix}image", resume_key=stage_fp)
             metrics.update({f"{prefix}image/{k}": v for k, v in image_metrics.items()})
+            if not prefix and config.image.latent_prior_scales:
+                liked = _datamodule(config, data, train_split, batch_size=1, image_size=8, with_images=False).train_rows()
+                prior_metrics = attach_latent_prior(config, data, split, tokens, image[0], zoo, training_rows=liked,
+                                                    selection_users=roles.selection.tolist())
+                metrics.update({f"image/{k}": v for k, v in prior_metrics.items()})
         _save_generators(out / prefix if prefix else out, text, image)
         if not prefix:
             text_adapter, image_adapter = (text[0] if text else None), (image[0] if image else None)

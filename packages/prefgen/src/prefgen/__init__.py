@@ -2,7 +2,7 @@
 
 :class:`TextPreferenceAdapter` (new token rows + LoRA in a causal LM) and
 :class:`ImagePreferenceAdapter` (textual inversion in every text encoder of an SDXL or SD
-pipeline, optional UNet LoRA), how their rows start (:class:`TokenInit`), the soft-prompt
+pipeline, optional UNet LoRA, optional :class:`LatentPrior` on the initial latents), how their rows start (:class:`TokenInit`), the soft-prompt
 baseline and the prompt builders. Stand-ins for real checkpoints (tiny models, offline
 tokenizers) live apart, in :mod:`prefgen.testing`.
 
@@ -19,6 +19,7 @@ from prefgen.image_adapter import (
     UNetLoraOptions,
     load_preference_embeddings,
 )
+from prefgen.latent_prior import LatentPrior, fit_latent_prior
 from prefgen.prompts import (
     PromptTemplates,
     build_image_prompt,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_UNET_LORA_TARGETS",
     "AdapterFileError",
     "ImagePreferenceAdapter",
+    "LatentPrior",
     "LoraOptions",
     "PreferenceTokenError",
     "PromptEmbeddings",
@@ -61,6 +63,7 @@ __all__ = [
     "build_image_prompt",
     "build_text_prompt",
     "describe_subject",
+    "fit_latent_prior",
     "initial_token_rows",
     "load_preference_embeddings",
     "soft_prompt_tokens",

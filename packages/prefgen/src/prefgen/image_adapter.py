@@ -18,10 +18,14 @@ single-encoder Stable Diffusion 1.x/2.x ``StableDiffusionPipeline`` through one 
   image-to-image from reference images for the reference-conditioned mode), and
   :meth:`ImagePreferenceAdapter.sampler_steps` / :meth:`ImagePreferenceAdapter.decode_latents`
   run the pipeline's sampler step by step with a graph, for reward backprop;
+- an optional :class:`~prefgen.latent_prior.LatentPrior` (:meth:`ImagePreferenceAdapter.set_latent_prior`)
+  shifts the initial latents of every prompt that holds preference tokens, for what the text
+  encoders cannot express; :meth:`ImagePreferenceAdapter.initial_latents` gives them to any pipeline;
 - :meth:`ImagePreferenceAdapter.save` writes one textual-inversion safetensors file per text
   encoder (``learned_embeds.safetensors``, ``learned_embeds_2.safetensors``; one tensor
   ``emb`` [N, d_e], token names in ``prefgen_image_adapter.json`` and the file metadata)
-  and the UNet LoRA in diffusers' LoRA format; :func:`load_preference_embeddings` puts them
+  and the UNet LoRA in diffusers' LoRA format (and ``latent_prior.safetensors`` when there is a
+  prior); :func:`load_preference_embeddings` puts them
   into any fresh pipeline with one ``load_textual_inversion`` call per encoder/tokenizer::
 
       rows = safetensors.torch.load_file("adapter/learned_embeds_2.safetensors")["emb"]
@@ -43,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from prefgen.latent_prior import LATENT_PRIOR_FILE, LatentPrior
 from prefgen.reproducible_files import sort_safetensors_metadata
 from prefgen.soft_prompt import DEFAULT_SOFT_PREFIX, SoftPromptInjector, soft_prompt_tokens
 from prefgen.token_rows import (
@@ -263,6 +268,7 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         self._mask_frozen_row_gradients()
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self._img2img: Any = None
+        self.latent_prior: LatentPrior | None = None
         self._soft = (
             [SoftPromptInjector(enc.get_input_embeddings(), meta["soft_prompt_ids"]) for enc in self.text_encoders]
             if meta["soft_prompt_ids"]
@@ -318,6 +324,8 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         adapter = cls.__new__(cls)
         nn.Module.__init__(adapter)
         adapter._setup(pipeline, meta, train_lora=False)
+        if meta.get("latent_prior"):
+            adapter.set_latent_prior(LatentPrior.load(Path(folder) / meta["latent_prior"]))
         return adapter
 
     def save(self, folder: str | Path) -> Path:
@@ -344,6 +352,9 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             type(self.pipeline).save_lora_weights(
                 str(folder / UNET_LORA_FOLDER), unet_lora_layers=layers, unet_lora_adapter_metadata=lora_metadata
             )
+        (folder / LATENT_PRIOR_FILE).unlink(missing_ok=True)
+        if self.latent_prior is not None:
+            self.latent_prior.save(folder / LATENT_PRIOR_FILE)
         for written in sorted(folder.rglob("*.safetensors")):
             sort_safetensors_metadata(written)
         (folder / IMAGE_ADAPTER_FILE).write_text(json.dumps(self.meta, indent=2), encoding="utf-8")
@@ -351,6 +362,11 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Introspection
+
+    @property
+    def latent_channels(self) -> int:
+        """C of the UNet's latents [B, C, h, w] (4 for SDXL)."""
+        return int(self.unet.config.in_channels)
 
     @property
     def embedding_widths(self) -> list[int]:
@@ -436,6 +452,66 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
                 hidden.append(encoder(ids, attention_mask=mask)[0])
         return PromptEmbeddings(torch.cat(hidden, dim=-1), pooled)
 
+    def token_counts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """How many times each preference token is in each prompt: float32 [B, N] (the first tokenizer's
+        reading, untruncated; every tokenizer gives the tokens the same ids)."""
+        ids = self.tokenizers[0](list(prompts), add_special_tokens=False).input_ids
+        index = {int(t): n for n, t in enumerate(self.meta["token_ids"])}
+        counts = torch.zeros(len(ids), len(index))
+        for row, prompt_ids in enumerate(ids):
+            for token in prompt_ids:
+                if (column := index.get(int(token))) is not None:
+                    counts[row, column] += 1
+        return counts
+
+    def set_latent_prior(self, prior: LatentPrior | None) -> None:
+        """Use ``prior`` (rows [N, C] for this adapter's N tokens and the UNet's C channels) for every
+        text-to-image sample from now on; None removes it. Saved and reloaded with the adapter."""
+        if prior is not None and (prior.num_tokens, prior.channels) != (len(self.meta["tokens"]), self.latent_channels):
+            raise ValueError(f"latent prior rows {tuple(prior.rows.shape)} do not fit this adapter: "
+                             f"[{len(self.meta['tokens'])} tokens, {self.latent_channels} latent channels]")
+        self.latent_prior = prior
+        self.meta["latent_prior"] = LATENT_PRIOR_FILE if prior is not None else None
+
+    def encode_latents(self, images: torch.Tensor, *, generator: torch.Generator | None = None,
+                       sample: bool = True) -> torch.Tensor:
+        """Sampler-space latents [B, C, h, w] of ``images`` [B, 3, H, W] in [-1, 1] through the frozen VAE:
+        a draw of its posterior (``sample``) or its mean, less the VAE's shift, times its scaling factor."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+        vae = self.vae
+        with torch.no_grad():
+            posterior = vae.encode(images.to(device=self.device, dtype=vae.dtype)).latent_dist
+            latents = posterior.sample(generator=generator) if sample else posterior.mean
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift is not None:
+                latents = latents - shift
+            return latents * vae.config.scaling_factor
+
+    def initial_latents(self, prompts: Sequence[str], seed: int | Sequence[int] = 0, *,
+                        height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """The unit-variance noise the pipeline would start ``prompts`` from, shifted by the latent prior:
+        float32 [B, C, h, w] (h, w: the pixel size over the VAE's scale factor; default size if None).
+
+        The noise is what diffusers draws with CPU generators: one seeded by ``seed`` for the batch,
+        or one per prompt for a list of seeds. Pass the result as ``latents=`` to any pipeline with
+        the same scheduler to reproduce :meth:`generate` (the pipeline scales it by the scheduler's
+        ``init_noise_sigma``).
+        """
+        factor = int(self.pipeline.vae_scale_factor)
+        default = self.image_size
+        h, w = (height or default) // factor, (width or default) // factor
+        shape = (self.latent_channels, h, w)
+        if isinstance(seed, int):
+            noise = torch.randn((len(prompts), *shape), generator=torch.Generator("cpu").manual_seed(seed))
+        else:
+            if len(seed) != len(prompts):
+                raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
+            noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seed])
+        if self.latent_prior is not None:
+            noise = noise + self.latent_prior.offsets(self.token_counts(prompts))[:, :, None, None]
+        return noise
+
     @contextmanager
     def soft_prompt(self, vectors: Sequence[torch.Tensor] | None) -> Iterator[None]:
         """While active, placeholder ``k`` of prompt ``b`` embeds as ``vectors[e][b, k]`` in encoder ``e``.
@@ -473,20 +549,10 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         and, for SDXL, the added conditions ``text_embeds`` (pooled) and ``time_ids``
         (original size, crop (0, 0), target size = H, W).
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
         if images.shape[0] != len(prompts):
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
         device = self.device
-        vae = self.vae
-        with torch.no_grad():
-            posterior = vae.encode(images.to(device=device, dtype=vae.dtype)).latent_dist
-            latents = posterior.sample(generator=generator)
-            shift = getattr(vae.config, "shift_factor", None)
-            if shift is not None:
-                latents = latents - shift
-            latents = latents * vae.config.scaling_factor
-        latents = latents.to(self.unet.dtype)
+        latents = self.encode_latents(images, generator=generator).to(self.unet.dtype)
         batch = latents.shape[0]
         if noise is None:
             noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else device).to(device, latents.dtype)
@@ -526,8 +592,9 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         ``guidance_scale`` > 1 (zero negative conditioning when ``force_zeros_for_empty_prompt``,
         else the empty prompt), SDXL's added conditions (``text_embeds``, ``time_ids`` for the
         default size). The prompt conditioning is computed once, with a graph to the token rows
-        when grad is enabled. The initial latents come from a CPU generator seeded by ``seed``
-        (B = ``len(prompts)``, h = w = the pipeline's ``default_sample_size``).
+        when grad is enabled. The initial latents are :meth:`initial_latents` (a CPU generator seeded
+        by ``seed``, the latent prior's shift) times the scheduler's ``init_noise_sigma`` (B =
+        ``len(prompts)``, h = w = the pipeline's ``default_sample_size``).
         """
         pipe, unet, device = self.pipeline, self.unet, self.device
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
@@ -544,14 +611,12 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
                 negative_embeds, negative_pooled = negative.prompt_embeds, negative.pooled
             embeds = torch.cat([negative_embeds, embeds])
             pooled = torch.cat([negative_pooled, pooled]) if pooled is not None else None
-        size, pixels = int(pipe.default_sample_size), self.image_size
+        pixels = self.image_size
         extra: dict[str, Any] = {}
         if pooled is not None:
             time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=embeds.dtype).repeat(len(embeds), 1)
             extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn((len(prompts), unet.config.in_channels, size, size), generator=generator).to(device)
-        latents = latents * scheduler.init_noise_sigma
+        latents = self.initial_latents(prompts, seed).to(device) * scheduler.init_noise_sigma
 
         def make_step(t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
             def step(x: torch.Tensor) -> torch.Tensor:
@@ -594,7 +659,9 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         """PIL images for ``prompts``, reproducible by ``seed`` (a CPU generator, as diffusers recommends).
 
         A list of seeds, one per prompt, gives each image its own generator: image ``b`` is then
-        the one ``prompts[b]`` gets alone with ``seed[b]``, whatever else is in the batch.
+        the one ``prompts[b]`` gets alone with ``seed[b]``, whatever else is in the batch. With a
+        latent prior, text-to-image starts from :meth:`initial_latents` (prompts without
+        preference tokens get the pipeline's own noise).
 
         With ``reference_images`` (PIL images or [B, 3, H, W] in [0, 1]) it runs the matching
         image-to-image pipeline on the same components, ``strength`` in (0, 1] saying how
@@ -617,6 +684,8 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             }
             if cond.pooled is not None:
                 kwargs["pooled_prompt_embeds"] = cond.pooled
+            if self.latent_prior is not None and reference_images is None:
+                kwargs["latents"] = self.initial_latents(prompts, seed, height=height, width=width).to(self.device, cond.prompt_embeds.dtype)
             kwargs.update(pipeline_kwargs)
             if reference_images is None:
                 return list(self.pipeline(height=height, width=width, **kwargs).images)

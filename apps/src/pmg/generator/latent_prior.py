@@ -1,0 +1,130 @@
+"""The image adapter's latent prior, fitted and scaled inside the generator stage.
+
+The text encoders can ask the zoo's UNet only for what its captions named. A visual taste no
+caption names (the sparse catalog's hidden shade, a real catalog's unnamed palette) the UNet draws
+as the initial noise falls, so textual inversion cannot carry it (docs/results.md, rows S3 and S5).
+A :class:`prefgen.LatentPrior` moves the initial latents' channel means by the user's tokens:
+
+1. each training user's target is the mean latent of the images the image adapter trained on
+   for them (the VAE's posterior mean, averaged over space and over the user's liked items);
+2. :func:`prefgen.fit_latent_prior` fits one offset per visual token by ridge regression;
+3. the scale is chosen on the selection users (never the evaluation users): each candidate of
+   ``generator.image.latent_prior_scales`` generates their images from their token prompts (with
+   :data:`CALIBRATION_SEEDS` seeds), the zoo's judge reads their visual tastes off them, and the
+   best share wins (ties: the smaller
+   scale, so 0, no prior, wins when nothing helps). Without a judge that reads a ground-truth
+   visual taste (a dataset without tastes, a zoo without a judge) there is nothing to choose
+   by, and the first candidate is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pmg.data.format import InteractionData
+from pmg.data.images import load_image_tensor
+from pmg.data.split import Split
+from pmg.generator.config import GeneratorConfig
+from pmg.generator.evaluation import image_taste_hits, taste_attributes
+from pmg.generator.generate import generate_for_users
+from pmg.generator.prompts import user_prompts
+from pmg.quantize.stage import UserTokens
+from pmg.zoo.errors import ZooError
+from pmg.zoo.manifest import Zoo
+from prefgen import ImagePreferenceAdapter, LatentPrior, fit_latent_prior
+
+if TYPE_CHECKING:
+    from pmg.zoo.judge import AttributeJudge
+
+__all__ = ["attach_latent_prior", "item_latent_means", "user_latent_targets"]
+
+_ENCODE_BATCH = 64
+# Each selection user's image drawn from this many seeds per candidate scale: with ~50 selection
+# users one seed leaves the share's standard error near 0.07, about the gap between neighbouring scales.
+CALIBRATION_SEEDS = 3
+
+
+def item_latent_means(data: InteractionData, items: np.ndarray, adapter: ImagePreferenceAdapter) -> dict[int, torch.Tensor]:
+    """{item: [C]}, the spatial mean of the VAE posterior mean of each of ``items`` that has an image."""
+    kept = [int(i) for i in items if data.items[int(i)].image is not None]
+    out: dict[int, torch.Tensor] = {}
+    size = adapter.image_size
+    for start in range(0, len(kept), _ENCODE_BATCH):
+        chunk = kept[start : start + _ENCODE_BATCH]
+        images = torch.stack([load_image_tensor(data.items[i].image, size, data.image_read_fit) for i in chunk])
+        means = adapter.encode_latents(images, sample=False).float().mean(dim=(2, 3)).cpu()
+        out.update(zip(chunk, means, strict=True))
+    return out
+
+
+def user_latent_targets(data: InteractionData, rows: np.ndarray, adapter: ImagePreferenceAdapter) -> tuple[list[int], torch.Tensor]:
+    """The users of interaction ``rows`` that have an image among them, and per user the mean of
+    :func:`item_latent_means` over their items: ([U] data user indices, float32 [U, C])."""
+    latents = item_latent_means(data, np.unique(data.item[rows]), adapter)
+    users: list[int] = []
+    targets: list[torch.Tensor] = []
+    for user in np.unique(data.user[rows]).tolist():
+        found = [latents[i] for i in np.unique(data.item[rows[data.user[rows] == user]]).tolist() if i in latents]
+        if found:
+            users.append(int(user))
+            targets.append(torch.stack(found).mean(dim=0))
+    return users, torch.stack(targets) if targets else torch.zeros(0, adapter.latent_channels)
+
+
+def _taste_share(config: GeneratorConfig, data: InteractionData, history: np.ndarray, tokens: UserTokens,
+                 adapter: ImagePreferenceAdapter, users: Sequence[int], judge: AttributeJudge) -> float:
+    """The mean share of ``users``' visual tastes the judge reads off their token-prompted images,
+    over :data:`CALIBRATION_SEEDS` seeds from ``config.sample.seed`` on."""
+    prompts = user_prompts(data, config, tokens, history, users=list(users))
+    shares = []
+    for offset in range(CALIBRATION_SEEDS):
+        seeded = replace(config, sample=replace(config.sample, seed=config.sample.seed + offset))
+        generations = generate_for_users(data, seeded, users=list(users), text_fragments=[None] * len(users),
+                                         image_fragments=prompts.image, text_adapter=None, image_adapter=adapter,
+                                         history=history, keywords=prompts.subject_words)
+        shares.append(float(image_taste_hits([g.image for g in generations], list(users), data, judge).mean()))
+    return float(np.mean(shares))
+
+
+def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: Split, tokens: UserTokens,
+                        adapter: ImagePreferenceAdapter, zoo: Zoo, *, training_rows: np.ndarray,
+                        selection_users: Sequence[int]) -> dict[str, float]:
+    """Fit the prior on ``training_rows`` (what the image adapter trained on), choose its scale on
+    ``selection_users`` (their history: ``split.train``), put it into ``adapter``; returns metrics
+    (``latent_prior/scale``, ``latent_prior/users``, ``latent_prior/share_at_<scale>`` per candidate).
+    A chosen scale of 0 leaves the adapter without a prior."""
+    scales = list(config.image.latent_prior_scales)
+    users, targets = user_latent_targets(data, training_rows, adapter)
+    if not users:
+        raise ValueError("no training user has an image among the generator's training examples: "
+                         "set generator.image.latent_prior_scales: [] to train without a latent prior")
+    modalities = tuple(config.image.modalities)
+    counts = adapter.token_counts([tokens.prompt_fragment(u, modalities) for u in users])
+    prior = fit_latent_prior(counts, targets, ridge=config.image.latent_prior_ridge)
+    metrics = {"latent_prior/users": float(len(users))}
+    judge = None
+    if len(scales) > 1 and taste_attributes(data, "visual") and selection_users:
+        try:
+            judge = zoo.load_judge()
+        except ZooError:
+            judge = None
+        if judge is not None and not set(taste_attributes(data, "visual")) & set(judge.attributes):
+            judge = None
+    chosen = scales[0]
+    if judge is not None:
+        best = -1.0
+        for scale in sorted(scales):
+            adapter.set_latent_prior(LatentPrior(prior.rows, scale) if scale > 0 else None)
+            share = _taste_share(config, data, split.train, tokens, adapter, selection_users, judge)
+            metrics[f"latent_prior/share_at_{scale:g}"] = share
+            print(f"generator: latent prior scale {scale:g}: selection users' visual tastes shown {share:.3f}", flush=True)
+            if share > best:
+                best, chosen = share, scale
+    adapter.set_latent_prior(LatentPrior(prior.rows, chosen) if chosen > 0 else None)
+    metrics["latent_prior/scale"] = float(chosen)
+    return metrics
