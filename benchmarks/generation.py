@@ -20,12 +20,14 @@ Protocol:
   them), at most ``--users``; the same users for every variant.
 - variants: those of ``pmg evaluate`` (``pmg.evaluate.generation``): no tokens, soft prompt,
   keywords (the history's words where the tokens would go, through the zoo's models), keywords
-  through the run's final adapters (no tokens), hybrid (keywords + tokens),
+  through the run's final adapters (no tokens), the same with the initial latents shifted by each
+  user's own history images (keywords + history latent, the words-and-images baseline of the
+  tokens' latent prior; always judged here), hybrid (keywords + tokens),
   retrieve (the top-1 recommended item's own image and text), tokens after SFT, tokens after
   reward. Per variant: image and text personalization, the joint rate, each attribute's rate,
   each with a 95% bootstrap interval over users, and the field's rows (``pmg.evaluate.field_metrics``:
   CLIP-I, SSIM, pixel features, colour FID, BLEU, ROUGE-L, distinct-n); the default variant's paired
-  difference with each keywords baseline, with its interval.
+  difference with each keywords baseline and with keywords + history latent, with its interval.
 - ``history_keyword_hit_rate``: per taste, the share of users whose extracted keyword (what the
   keywords variant prompts with) is their true value; ``history_majority_hit_rate``: the share
   whose training items' most frequent value is (the keyword upper bound; for a hidden taste, what
@@ -40,7 +42,7 @@ Protocol:
 Progress goes to stdout; the LAST line is one JSON object:
 ``{"default_variant", "profiles": {profile: P}, "token_overhead", ...}`` with
 ``P = {"n_users", "history_keyword_hit_rate", "history_majority_hit_rate", "variants": {variant: {...}},
-"default_vs_keywords": {...}, "default_vs_keywords_tuned": {...}}``.
+"default_vs_keywords": {...}, "default_vs_keywords_tuned": {...}, "default_vs_history_latent": {...}}``.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) 
     data, split, zoo, tokens, generator = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     users = evaluation_users(run, data, tokens, limit)
     print(f"[{profile}] judging {len(users)} evaluation users of {run.root}", flush=True)
-    variants = generation_variants(run, data, split, zoo, tokens, generator, users)
+    variants = generation_variants(run, data, split, zoo, tokens, generator, users, history_latent=True)
     missing = {name: reason for name, reason in variants.items() if isinstance(reason, str)}
     if missing:
         raise RunError(f"{run.root}: variants missing: {missing}")
@@ -195,6 +197,7 @@ def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) 
         "variants": {name: _variant_figures(section, name) for name in VARIANTS},
         "default_vs_keywords": _paired(section, DEFAULT_VARIANT, "keywords"),
         "default_vs_keywords_tuned": _paired(section, DEFAULT_VARIANT, "keywords_tuned"),
+        "default_vs_history_latent": _paired(section, DEFAULT_VARIANT, "history_latent"),
     }
     for name in VARIANTS:
         shown = figures["variants"][name]

@@ -23,7 +23,8 @@ from PIL import Image
 from pmg.cli import main
 from pmg.runs import RunDirectory
 
-VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "history_latent", "hybrid", "retrieve", "tokens_sft",
+            "tokens_reward")
 GENERATION_METRICS = ("image_colour_accuracy", "image_pattern_accuracy", "image_personalization", "text_material_accuracy",
                       "text_style_accuracy", "text_personalization", "consistency", "joint", "clip_score", "user_preference_image",
                       "user_preference_text")
@@ -94,7 +95,7 @@ def test_table_has_every_section_variant_and_metric_with_values_in_range(tiny_ru
         missing = [c for c, cell in row["cells"].items() if cell["value"] is None]
         assert missing == (["random"] if row["metric"].startswith("usage") else [])
     markdown = (tiny_run / "evaluate" / "evaluation.md").read_text()
-    for label in ("no tokens", "soft prompt", "keywords", "keywords (tuned adapters)", "keywords + tokens", "retrieve (top-1 item)", "ours (SFT)",
+    for label in ("no tokens", "soft prompt", "keywords", "keywords (tuned adapters)", "keywords + history latent", "keywords + tokens", "retrieve (top-1 item)", "ours (SFT)",
                   "ours (reward)", "Recall@20", "NMI with true colour",
                   "CLIP image–text score", "user preference: image vs future items", "CLIP-I vs history images (zoo CLIP",
                   "SSIM vs target images (grayscale)", "pixel features vs history images (colour histogram + thumbnail, no model)",
@@ -159,8 +160,11 @@ def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_ru
     # Tokens are in the SFT, reward and hybrid prompts, never in the no-token or keyword ones.
     for variant in ("tokens_reward", "tokens_sft", "hybrid"):
         assert all("<pv_" in g["image_prompt"] and "<pt_" in g["text_prompt"] for g in record["variants"][variant])
-    for variant in ("no_tokens", "keywords", "keywords_tuned"):
+    for variant in ("no_tokens", "keywords", "keywords_tuned", "history_latent"):
         assert not any("<p" in g["image_prompt"] + g["text_prompt"] for g in record["variants"][variant])
+    # The words-and-images baseline is the tuned keyword variant but for where its images start.
+    for shifted, words in zip(record["variants"]["history_latent"], record["variants"]["keywords_tuned"], strict=True):
+        assert (shifted["texts"], shifted["image_prompt"], shifted["text_prompt"]) == (words["texts"], words["image_prompt"], words["text_prompt"])
     # The run prompts with keywords and tokens (generator.prompt's default): the hybrid is its own reward variant.
     def without_path(generations: list[dict]) -> list[dict]:
         return [{k: v for k, v in g.items() if k != "image"} for g in generations]

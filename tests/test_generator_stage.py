@@ -584,3 +584,55 @@ def test_a_prompt_mode_outside_the_closed_set_fails_at_config_load() -> None:
     assert load_config(GeneratorConfig, None, ["prompt=tokens"]).prompt is PromptMode.tokens
     with pytest.raises(ConfigError, match="prompt"):
         load_config(GeneratorConfig, None, ["prompt=keywords"])
+
+
+def test_the_latent_prior_is_fitted_on_training_users_and_scaled_on_selection_users(tiny_run: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from pmg.data.modules import GenerationDataModule
+    from pmg.generator import latent_prior
+    from prefgen import ImagePreferenceAdapter
+
+    metrics = json.loads((tiny_run / "generator" / "metrics.json").read_text())
+    config = _stage_config()
+    candidates = config.image.latent_prior_scales
+    assert metrics["image/latent_prior/scale"] in candidates
+    assert all(f"image/latent_prior/share_at_{s:g}" in metrics for s in candidates)
+    chosen = max(candidates, key=lambda s: (metrics[f"image/latent_prior/share_at_{s:g}"], -s))
+    assert metrics["image/latent_prior/scale"] == chosen
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    roles = load_user_roles(run, data)
+    zoo = load_zoo(run)
+    adapter = ImagePreferenceAdapter.load(tiny_run / "generator" / "image_adapter", zoo.load_sdxl())
+    assert (adapter.latent_prior is not None) == (chosen > 0)
+
+    # Targets: each training user's mean latent over the images the image adapter trained on.
+    rows = GenerationDataModule(data, training_split(data, split, roles.training), target="history").train_rows()
+    users, targets = latent_prior.user_latent_targets(data, rows, adapter)
+    assert set(users) <= set(roles.training.tolist()) and targets.shape == (len(users), adapter.latent_channels)
+    first = users[0]
+    items = np.unique(data.item[rows[data.user[rows] == first]])
+    means = latent_prior.item_latent_means(data, items, adapter)
+    torch.testing.assert_close(targets[0], torch.stack([means[int(i)] for i in items]).mean(dim=0))
+
+    # The rule: the best selection share wins, a tie goes to the smaller scale; without a judge, the first candidate.
+    seen: list[list[int]] = []
+
+    def share(config, data, history, adapter, users, judge, fragments, words, latent_offsets=None) -> float:
+        seen.append(list(users))
+        scale = adapter.latent_prior.scale if adapter.latent_prior is not None else 0.0
+        return {0.0: 0.2, 1.0: 0.5, 2.0: 0.5, 3.0: 0.4}[scale]
+
+    monkeypatch.setattr(latent_prior, "visual_taste_share", share)
+    tokens = load_user_tokens(run)
+    found = latent_prior.attach_latent_prior(config, data, split, tokens, adapter, zoo, training_rows=rows,
+                                             selection_users=roles.selection.tolist())
+    assert found["latent_prior/scale"] == 1.0 and adapter.latent_prior is not None and adapter.latent_prior.scale == 1.0
+    assert seen == [roles.selection.tolist()] * 4
+    monkeypatch.setattr(type(zoo), "load_judge", lambda self: (_ for _ in ()).throw(latent_prior.ZooError("no judge")))
+    reordered = replace(config, image=replace(config.image, latent_prior_scales=[2.0, 0.0]))
+    found = latent_prior.attach_latent_prior(reordered, data, split, tokens, adapter, zoo, training_rows=rows,
+                                             selection_users=roles.selection.tolist())
+    assert found["latent_prior/scale"] == 2.0 and "latent_prior/share_at_2" not in found
+    with pytest.raises(ValueError, match="latent_prior_scales"):
+        replace(config.image, latent_prior_scales=[1.0, -1.0]).validate()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 from pmg.atomic import atomic_file
 from pmg.data.format import InteractionData
 
-__all__ = ["kcore", "Split", "SplitScheme", "temporal_split"]
+__all__ = ["kcore", "Split", "SplitScheme", "temporal_split", "training_split"]
 
 
 class SplitScheme(StrEnum):
@@ -167,3 +167,9 @@ def temporal_split(
             f"validation {len(split.val)}, test {len(split.test)} rows"
         )
     return split
+
+
+def training_split(data: InteractionData, split: Split, users: np.ndarray) -> Split:
+    """``split`` restricted to the interactions of ``users`` (data user indices [T])."""
+    keep = np.isin(data.user, users)
+    return replace(split, train=split.train[keep[split.train]], val=split.val[keep[split.val]], test=split.test[keep[split.test]])

@@ -44,11 +44,15 @@ class GenerationEvaluationConfig:
     and text to count as consistent (the judge reads it off the image). ``joint_text_attribute``:
     the textual taste the text must name for the joint rate (with the image showing the user's
     ``consistency_attribute`` value and the two agreeing).
+    ``history_latent_baseline``: also judge the words-and-images baseline ``history_latent``
+    (:mod:`pmg.evaluate.generation`); off by default, since choosing its scale generates the
+    selection users' images several times (``benchmarks/generation.py`` always judges it).
     """
 
     num_users: int = 50
     consistency_attribute: str = "colour"
     joint_text_attribute: str = "material"
+    history_latent_baseline: bool = False
 
     def validate(self) -> None:
         if self.num_users < 0 or self.num_users == 1:

@@ -14,6 +14,11 @@ user's image with the same seed, so variants differ only by their conditioning):
 - ``keywords_tuned``: the same keywords, no tokens, through the pipeline's final adapters: with
   ``generator.prompt=keywords_and_tokens`` they were trained on prompts with words, and some
   without tokens, so this is the words-only baseline with the same training as the tokens;
+- ``history_latent`` (words and images, no tokens; when asked for): ``keywords_tuned`` with each
+  user's initial latents shifted by the mean latent of their own liked history images
+  (:func:`pmg.generator.latent_prior.history_latent_offsets`), at the scale that shows the
+  selection users' visual tastes best: what the tokens' latent prior does, read straight off the
+  history instead of through the tokens;
 - ``hybrid``: those keywords and the user's tokens together, through the pipeline's final
   (reward-stage) adapters (with ``generator.prompt=keywords_and_tokens``, the default, this is
   ``tokens_reward``: the adapters were trained on such prompts);
@@ -73,6 +78,12 @@ from pmg.generator.evaluation import (
     text_attribute_hits,
 )
 from pmg.generator.generate import SoftPromptGenerators, UserGeneration, generate_for_users
+from pmg.generator.latent_prior import (
+    choose_scale,
+    history_latent_offsets,
+    visual_taste_judge,
+    visual_taste_share,
+)
 from pmg.generator.prompts import keyword_prompts, prompt_keywords, user_prompts
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
@@ -90,12 +101,14 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "VARIANT_LABELS", "FAVOURITE_COUNT", "GenerationJudges", "RetrievalVariant", "VariantGenerators",
            "favourite_hits", "favourite_values", "future_items", "zoo_generators",
-           "generation_record", "generation_section", "history_items", "hybrid_variant", "image_tensor", "keyword_variant",
+           "generation_record", "generation_section", "history_items", "history_latent_variant", "hybrid_variant", "image_tensor", "keyword_variant",
            "no_token_variant", "soft_prompt_variant", "token_variant", "user_keywords"]
 
-VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "hybrid", "retrieve", "tokens_sft", "tokens_reward")
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "history_latent", "hybrid", "retrieve", "tokens_sft",
+            "tokens_reward")
 VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "keywords": "keywords",
-                  "keywords_tuned": "keywords (tuned adapters)", "hybrid": "keywords + tokens",
+                  "keywords_tuned": "keywords (tuned adapters)", "history_latent": "keywords + history latent",
+                  "hybrid": "keywords + tokens",
                   "retrieve": "retrieve (top-1 item)", "tokens_sft": "ours (SFT)", "tokens_reward": "ours (reward)"}
 # How many of a user's most frequent future values are their favourites (MovieLens: genres). Three:
 # a movie has 2.3 of ml-latest-small's 19 genres on average, so a user's few future movies already
@@ -111,6 +124,7 @@ class VariantGenerators:
     or both; None entries or lists: the no-token prompt). ``subject_keywords``: per data user, the
     {attribute: value} words that describe the image subject (None: none). With ``soft`` the
     prompts carry the baseline's placeholders, filled from ``preferences`` ({modality: [U, d]}).
+    ``latent_offsets``: per data user, a shift of the image's initial latents, [U, C] (None: none).
     """
 
     text: TextPreferenceAdapter | None
@@ -121,6 +135,7 @@ class VariantGenerators:
     subject_keywords: Sequence[Mapping[str, str] | None] | None = None
     soft: SoftPromptGenerators | None = None
     preferences: Mapping[str, torch.Tensor] | None = None
+    latent_offsets: torch.Tensor | None = None
 
     def generate(self, data: InteractionData, config: GeneratorConfig, user: int) -> UserGeneration:
         """Texts (one per ``config.text.targets``) and an image for data user ``user``."""
@@ -143,6 +158,7 @@ class VariantGenerators:
             data, config, users=list(users), text_fragments=per_user(self.text_fragments),
             image_fragments=per_user(self.image_fragments), text_adapter=self.text, image_adapter=self.image,
             history=self.history, keywords=per_user(self.subject_keywords) if self.subject_keywords is not None else None,
+            image_latent_offsets=self.latent_offsets[list(users)] if self.latent_offsets is not None else None,
         )
 
 
@@ -207,6 +223,34 @@ def keyword_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAd
     """Adapters prompted with each user's history keywords where the tokens would go (no tokens)."""
     text_fragments, subject_words = keyword_prompts(data, keywords, config)
     return VariantGenerators(text, image, history, text_fragments, None, subject_words)
+
+
+def history_latent_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,
+                           split: Split, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig, zoo: Zoo,
+                           users: Sequence[int], selection_users: Sequence[int], training_users: Sequence[int]) -> VariantGenerators | str:
+    """The keyword variant through ``text``/``image`` with each of ``users``' initial latents shifted by
+    their own history's mean latent (:func:`pmg.generator.latent_prior.history_latent_offsets`), at the
+    scale of ``config.image.latent_prior_scales`` whose images show ``selection_users``' visual tastes
+    best (the rule the tokens' prior is scaled by); the reason it cannot be built otherwise."""
+    if image is None:
+        return "the run has no image adapter"
+    if not config.image.latent_prior_scales:
+        return "generator.image.latent_prior_scales is empty: no scale to choose for the history latents"
+    judge = visual_taste_judge(data, zoo)
+    if judge is None or not selection_users:
+        return "no selection users, or no zoo judge reading a ground-truth visual taste, to choose the history latents' scale by"
+    history = split.train
+    offsets = history_latent_offsets(config, data, split, image, [*users, *selection_users], training_users)  # [n, C]
+    chosen_words = keyword_prompts(data, user_keywords(data, config, history, selection_users), config)[1]
+    selection_words = [chosen_words[u] for u in selection_users]
+    selection_offsets = offsets[len(users):]
+    scale, _ = choose_scale(config.image.latent_prior_scales, lambda s: visual_taste_share(
+        config, data, history, image, selection_users, judge, [None] * len(selection_users), selection_words,
+        s * selection_offsets), "evaluate: history latent")
+    variant = keyword_variant(text, image, data, history, keywords, config)
+    variant.latent_offsets = torch.zeros(data.num_users, offsets.shape[1])
+    variant.latent_offsets[torch.as_tensor(list(users), dtype=torch.long)] = scale * offsets[: len(users)]
+    return variant
 
 
 def hybrid_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceAdapter | None, data: InteractionData,

@@ -39,6 +39,7 @@ from pmg.evaluate.generation import (
     VariantGenerators,
     generation_record,
     generation_section,
+    history_latent_variant,
     hybrid_variant,
     keyword_variant,
     no_token_variant,
@@ -113,7 +114,8 @@ def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserToken
 
 
 def generation_variants(run: RunDirectory, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
-                        generator: GeneratorConfig, users: Sequence[int]) -> dict[str, GenerationVariant | str]:
+                        generator: GeneratorConfig, users: Sequence[int], *,
+                        history_latent: bool = False) -> dict[str, GenerationVariant | str]:
     """Each variant of ``pmg.evaluate.generation.VARIANTS`` ready to generate for ``users``, or the reason it is missing.
 
     Keywords are read from the training split only; the keyword variant prompts the zoo's models
@@ -121,6 +123,8 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     ``tokens_reward`` does.
     ``tokens_sft`` and ``tokens_reward`` prompt as the run does (``generator.prompt``); when that is
     ``keywords_and_tokens``, ``hybrid`` is ``tokens_reward`` itself (generated once).
+    ``history_latent`` is built only when asked for (its scale is chosen by generating for the
+    selection users: ``evaluate.generation.history_latent_baseline``).
     """
 
     history = split.train
@@ -129,6 +133,7 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     soft = load_soft_prompt_generators(run, zoo)
     keywords = user_keywords(data, generator, history, users)
     state = load_preference_state(run)
+    roles = load_user_roles(run, data)
     image_size = sft_image.image_size if sft_image is not None else 64
     variants: dict[str, GenerationVariant | str] = {
         "no_tokens": no_token_variant(sft_text, sft_image, history),
@@ -137,6 +142,9 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
             "rerun `pmg pipeline ... generator.baselines.soft_prompt=true` to compare with it"),
         "keywords": keyword_variant(*zoo_generators(zoo), data, history, keywords, generator),
         "keywords_tuned": keyword_variant(reward_text, reward_image, data, history, keywords, generator),
+        "history_latent": (history_latent_variant(reward_text, reward_image, data, split, keywords, generator, zoo, users,
+                                                  roles.selection.tolist(), roles.training.tolist())
+                           if history_latent else "not asked for (evaluate.generation.history_latent_baseline=true)"),
         "hybrid": hybrid_variant(reward_text, reward_image, data, history, tokens, generator),
         "retrieve": RetrievalVariant(state.model.scorer(state.graph, state.embeddings, cold_start_history=state.cold_start_history),
                                      history, image_size),
@@ -189,7 +197,8 @@ def _generation(run: RunDirectory, data: InteractionData, split: Split, tokens: 
         reason = f"only {len(users)} evaluation user(s) with tokens (data.users.evaluation_fraction)"
         variants: dict[str, GenerationVariant | str] = dict.fromkeys(VARIANTS, reason)
     else:
-        variants = generation_variants(run, data, split, zoo, tokens, generator, users)
+        variants = generation_variants(run, data, split, zoo, tokens, generator, users,
+                                       history_latent=settings.history_latent_baseline)
     generations = generate_variants(variants, data, generator, users)
     section, readings = generation_section(data, split, users, generations, generation_judges(zoo),
                                            settings.consistency_attribute, settings.joint_text_attribute)

@@ -83,6 +83,7 @@ def generate_for_users(
     keywords: Sequence[Mapping[str, str] | None] | None = None,
     text_soft_prompt: torch.Tensor | None = None,
     image_soft_prompt: Sequence[torch.Tensor] | None = None,
+    image_latent_offsets: torch.Tensor | None = None,
     batch_size: int = 16,
 ) -> list[UserGeneration]:
     """:func:`generate_for_user` for several users at once (no reference item), ``batch_size`` users
@@ -92,13 +93,14 @@ def generate_for_users(
     ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]``, ``subjects[b]`` (None: the
     user's most liked subject in ``history``, the split's training rows) and ``keywords[b]``
     (words for the image subject, {attribute: value}) describe user ``b``; soft-prompt vectors are stacked per user:
-    ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder.
+    ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder;
+    ``image_latent_offsets`` [B, C] shift each user's initial latents (besides the adapter's latent prior).
     Texts come first: the values of ``config.image.subject_from_text`` they name go into the
     image subject (:func:`pmg.generator.prompts.user_image_prompt`).
     """
     if not len(users) == len(text_fragments) == len(image_fragments) or any(
-            extra is not None and len(extra) != len(users) for extra in (subjects, keywords)):
-        raise ValueError(f"{len(users)} users need as many fragments, subjects and keywords")
+            extra is not None and len(extra) != len(users) for extra in (subjects, keywords, image_latent_offsets)):
+        raise ValueError(f"{len(users)} users need as many fragments, subjects, keywords and latent offsets")
     sample, targets = config.sample, config.text.targets
     described = subject_attributes(data, config) if text_adapter is not None and image_adapter is not None else {}
     templates = prompt_templates(data, config.image.default_subject, config.text.audience)
@@ -121,8 +123,10 @@ def generate_for_users(
         if image_adapter is not None:
             size = image_adapter.image_size
             soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
+            offsets = image_latent_offsets[chunk.start : chunk.stop] if image_latent_offsets is not None else None
             pictures = image_adapter.generate(image_prompts, seed=[sample.seed] * len(chunk), num_inference_steps=sample.num_inference_steps,
-                                              guidance_scale=sample.guidance_scale, soft_prompt=soft, height=size, width=size)
+                                              guidance_scale=sample.guidance_scale, soft_prompt=soft, height=size, width=size,
+                                              latent_offsets=offsets)
         for n, b in enumerate(chunk):
             user = users[b]
             results.append(UserGeneration(data.user_ids[user] if user is not None else "(cold start)",

@@ -19,7 +19,7 @@ A :class:`prefgen.LatentPrior` moves the initial latents' channel means by the u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,8 @@ import torch
 
 from pmg.data.format import InteractionData
 from pmg.data.images import load_image_tensor
-from pmg.data.split import Split
+from pmg.data.modules import GenerationDataModule
+from pmg.data.split import Split, training_split
 from pmg.generator.config import GeneratorConfig
 from pmg.generator.evaluation import image_taste_hits, taste_attributes
 from pmg.generator.generate import generate_for_users
@@ -41,7 +42,8 @@ from prefgen import ImagePreferenceAdapter, LatentPrior, fit_latent_prior
 if TYPE_CHECKING:
     from pmg.zoo.judge import AttributeJudge
 
-__all__ = ["attach_latent_prior", "item_latent_means", "user_latent_targets"]
+__all__ = ["CALIBRATION_SEEDS", "attach_latent_prior", "choose_scale", "history_latent_offsets", "item_latent_means",
+           "user_latent_targets", "visual_taste_judge", "visual_taste_share"]
 
 _ENCODE_BATCH = 64
 # Each selection user's image drawn from this many seeds per candidate scale: with ~50 selection
@@ -76,19 +78,44 @@ def user_latent_targets(data: InteractionData, rows: np.ndarray, adapter: ImageP
     return users, torch.stack(targets) if targets else torch.zeros(0, adapter.latent_channels)
 
 
-def _taste_share(config: GeneratorConfig, data: InteractionData, history: np.ndarray, tokens: UserTokens,
-                 adapter: ImagePreferenceAdapter, users: Sequence[int], judge: AttributeJudge) -> float:
-    """The mean share of ``users``' visual tastes the judge reads off their token-prompted images,
-    over :data:`CALIBRATION_SEEDS` seeds from ``config.sample.seed`` on."""
-    prompts = user_prompts(data, config, tokens, history, users=list(users))
+def visual_taste_judge(data: InteractionData, zoo: Zoo) -> AttributeJudge | None:
+    """The zoo's judge when it reads one of ``data``'s ground-truth visual tastes, else None."""
+    visual = taste_attributes(data, "visual")
+    if not visual:
+        return None
+    try:
+        judge = zoo.load_judge()
+    except ZooError:
+        return None
+    return judge if set(visual) & set(judge.attributes) else None
+
+
+def visual_taste_share(config: GeneratorConfig, data: InteractionData, history: np.ndarray, adapter: ImagePreferenceAdapter,
+                       users: Sequence[int], judge: AttributeJudge, image_fragments: Sequence[str | None],
+                       subject_words: Sequence[object], latent_offsets: torch.Tensor | None = None) -> float:
+    """The mean share of ``users``' visual tastes the judge reads off their images (prompted with
+    ``image_fragments`` and ``subject_words``, one each per user, and shifted by ``latent_offsets``
+    [B, C]), over :data:`CALIBRATION_SEEDS` seeds from ``config.sample.seed`` on."""
     shares = []
     for offset in range(CALIBRATION_SEEDS):
         seeded = replace(config, sample=replace(config.sample, seed=config.sample.seed + offset))
         generations = generate_for_users(data, seeded, users=list(users), text_fragments=[None] * len(users),
-                                         image_fragments=prompts.image, text_adapter=None, image_adapter=adapter,
-                                         history=history, keywords=prompts.subject_words)
+                                         image_fragments=image_fragments, text_adapter=None, image_adapter=adapter,
+                                         history=history, keywords=subject_words, image_latent_offsets=latent_offsets)  # type: ignore[arg-type]
         shares.append(float(image_taste_hits([g.image for g in generations], list(users), data, judge).mean()))
     return float(np.mean(shares))
+
+
+def choose_scale(scales: Sequence[float], share_at: Callable[[float], float], what: str) -> tuple[float, dict[str, float]]:
+    """The scale of ``scales`` with the best ``share_at(scale)`` (ties: the smaller), and each share as
+    ``share_at_<scale>``; one progress line per scale, naming ``what``."""
+    chosen, best, shares = min(scales), -1.0, {}
+    for scale in sorted(scales):
+        share = shares[f"share_at_{scale:g}"] = share_at(scale)
+        print(f"{what} scale {scale:g}: selection users' visual tastes shown {share:.3f}", flush=True)
+        if share > best:
+            best, chosen = share, scale
+    return chosen, shares
 
 
 def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: Split, tokens: UserTokens,
@@ -107,24 +134,35 @@ def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: S
     counts = adapter.token_counts([tokens.prompt_fragment(u, modalities) for u in users])
     prior = fit_latent_prior(counts, targets, ridge=config.image.latent_prior_ridge)
     metrics = {"latent_prior/users": float(len(users))}
-    judge = None
-    if len(scales) > 1 and taste_attributes(data, "visual") and selection_users:
-        try:
-            judge = zoo.load_judge()
-        except ZooError:
-            judge = None
-        if judge is not None and not set(taste_attributes(data, "visual")) & set(judge.attributes):
-            judge = None
+    judge = visual_taste_judge(data, zoo) if len(scales) > 1 and len(selection_users) else None
     chosen = scales[0]
     if judge is not None:
-        best = -1.0
-        for scale in sorted(scales):
+        prompts = user_prompts(data, config, tokens, split.train, users=list(selection_users))
+
+        def share_at(scale: float) -> float:
             adapter.set_latent_prior(LatentPrior(prior.rows, scale) if scale > 0 else None)
-            share = _taste_share(config, data, split.train, tokens, adapter, selection_users, judge)
-            metrics[f"latent_prior/share_at_{scale:g}"] = share
-            print(f"generator: latent prior scale {scale:g}: selection users' visual tastes shown {share:.3f}", flush=True)
-            if share > best:
-                best, chosen = share, scale
+            return visual_taste_share(config, data, split.train, adapter, selection_users, judge, prompts.image, prompts.subject_words)
+
+        chosen, shares = choose_scale(scales, share_at, "generator: latent prior")
+        metrics.update({f"latent_prior/{k}": v for k, v in shares.items()})
     adapter.set_latent_prior(LatentPrior(prior.rows, chosen) if chosen > 0 else None)
     metrics["latent_prior/scale"] = float(chosen)
     return metrics
+
+
+def history_latent_offsets(config: GeneratorConfig, data: InteractionData, split: Split, adapter: ImagePreferenceAdapter,
+                           users: Sequence[int], training_users: Sequence[int]) -> torch.Tensor:
+    """The words-and-images baseline's offsets [len(users), C]: each user's own mean latent over the
+    images of their liked history (``split.train`` rows, rating >= ``config.min_rating`` where
+    known), less the mean over ``training_users`` of theirs (the centre the prior is fitted
+    around); 0 for a user without such an image. No token is involved."""
+    rows = GenerationDataModule(data, training_split(data, split, np.asarray(list(users) + list(training_users))),
+                                target="history", min_rating=config.min_rating).train_rows()
+    found, targets = user_latent_targets(data, rows, adapter)
+    by_user = dict(zip(found, targets, strict=True))
+    trained = [by_user[u] for u in training_users if u in by_user]
+    if not trained:
+        raise ValueError("no training user has a liked image in their history to centre the history latents on")
+    centre = torch.stack(trained).mean(dim=0)
+    zero = torch.zeros_like(centre)
+    return torch.stack([by_user[u] - centre if u in by_user else zero for u in users])

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -38,7 +36,7 @@ from pmg.atomic import atomic_directory, atomic_file
 from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.format import InteractionData
 from pmg.data.modules import GenerationDataModule
-from pmg.data.split import Split
+from pmg.data.split import Split, training_split
 from pmg.generator.config import GeneratorConfig, PromptMode
 from pmg.generator.generate import IMAGE_ADAPTER, SOFT_PROMPT, TEXT_ADAPTER, write_samples
 from pmg.generator.latent_prior import attach_latent_prior
@@ -61,12 +59,6 @@ def _available(modalities: list[str], tokens: UserTokens, what: str) -> list[str
     if not present:
         raise RunError(f"generator.{what}.modalities {modalities}: the quantize stage has only {sorted(tokens.codes)}")
     return present
-
-
-def training_split(data: InteractionData, split: Split, users: np.ndarray) -> Split:
-    """``split`` restricted to the interactions of ``users`` (data user indices [T])."""
-    keep = np.isin(data.user, users)
-    return replace(split, train=split.train[keep[split.train]], val=split.val[keep[split.val]], test=split.test[keep[split.test]])
 
 
 def _datamodule(config: GeneratorConfig, data: InteractionData, split: Split, *, batch_size: int, image_size: int,

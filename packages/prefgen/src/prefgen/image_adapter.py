@@ -489,14 +489,16 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             return latents * vae.config.scaling_factor
 
     def initial_latents(self, prompts: Sequence[str], seed: int | Sequence[int] = 0, *,
-                        height: int | None = None, width: int | None = None) -> torch.Tensor:
+                        height: int | None = None, width: int | None = None,
+                        latent_offsets: torch.Tensor | None = None) -> torch.Tensor:
         """The unit-variance noise the pipeline would start ``prompts`` from, shifted by the latent prior:
         float32 [B, C, h, w] (h, w: the pixel size over the VAE's scale factor; default size if None).
 
         The noise is what diffusers draws with CPU generators: one seeded by ``seed`` for the batch,
         or one per prompt for a list of seeds. Pass the result as ``latents=`` to any pipeline with
         the same scheduler to reproduce :meth:`generate` (the pipeline scales it by the scheduler's
-        ``init_noise_sigma``).
+        ``init_noise_sigma``). ``latent_offsets`` [B, C] are added besides the prior's (steering by
+        anything else than the tokens, e.g. a baseline's).
         """
         factor = int(self.pipeline.vae_scale_factor)
         default = self.image_size
@@ -510,6 +512,10 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seed])
         if self.latent_prior is not None:
             noise = noise + self.latent_prior.offsets(self.token_counts(prompts))[:, :, None, None]
+        if latent_offsets is not None:
+            if latent_offsets.shape != (len(prompts), self.latent_channels):
+                raise ValueError(f"latent_offsets must be [{len(prompts)}, {self.latent_channels}], got {tuple(latent_offsets.shape)}")
+            noise = noise + latent_offsets.detach().to("cpu", noise.dtype)[:, :, None, None]
         return noise
 
     @contextmanager
@@ -654,14 +660,15 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
         reference_images: Sequence[Any] | torch.Tensor | None = None,
         strength: float = 0.6,
         soft_prompt: Sequence[torch.Tensor] | None = None,
+        latent_offsets: torch.Tensor | None = None,
         **pipeline_kwargs: Any,
     ) -> list[Image]:
         """PIL images for ``prompts``, reproducible by ``seed`` (a CPU generator, as diffusers recommends).
 
         A list of seeds, one per prompt, gives each image its own generator: image ``b`` is then
         the one ``prompts[b]`` gets alone with ``seed[b]``, whatever else is in the batch. With a
-        latent prior, text-to-image starts from :meth:`initial_latents` (prompts without
-        preference tokens get the pipeline's own noise).
+        latent prior or ``latent_offsets`` [B, C], text-to-image starts from :meth:`initial_latents`
+        (prompts without preference tokens and offsets get the pipeline's own noise).
 
         With ``reference_images`` (PIL images or [B, 3, H, W] in [0, 1]) it runs the matching
         image-to-image pipeline on the same components, ``strength`` in (0, 1] saying how
@@ -684,8 +691,11 @@ class ImagePreferenceAdapter(AddedTokensView, nn.Module):
             }
             if cond.pooled is not None:
                 kwargs["pooled_prompt_embeds"] = cond.pooled
-            if self.latent_prior is not None and reference_images is None:
-                kwargs["latents"] = self.initial_latents(prompts, seed, height=height, width=width).to(self.device, cond.prompt_embeds.dtype)
+            if reference_images is not None and latent_offsets is not None:
+                raise ValueError("latent_offsets shift text-to-image noise; image-to-image starts from the references")
+            if reference_images is None and (self.latent_prior is not None or latent_offsets is not None):
+                kwargs["latents"] = self.initial_latents(prompts, seed, height=height, width=width,
+                                                         latent_offsets=latent_offsets).to(self.device, cond.prompt_embeds.dtype)
             kwargs.update(pipeline_kwargs)
             if reference_images is None:
                 return list(self.pipeline(height=height, width=width, **kwargs).images)
