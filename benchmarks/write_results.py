@@ -270,6 +270,7 @@ HEADLINE_ROWS = {
     "soft_prompt": "soft prompt (preference vectors, no quantization)",
     "keywords": "keywords (history words, the zoo's models)",
     "keywords_tuned": "keywords through our tuned adapters (no tokens)",
+    "history_latent": "keywords + history latent (no tokens; initial latents from the user's history images)",
     "retrieve": "retrieve (top-1 recommended item)",
     "tokens_sft": "keywords + tokens after SFT",
     "tokens_reward": "**keywords + tokens after reward** (the default)",

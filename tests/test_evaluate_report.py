@@ -243,7 +243,7 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
     clip, processor = zoo.load_clip()
     judges = GenerationJudges(zoo.load_judge(), "", ConsistencyReward.from_model(clip, processor).embedder)
     generations = {"no_tokens": "not trained here", "soft_prompt": "not trained here", "keywords": "not trained here",
-                   "keywords_tuned": "not trained here", "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
+                   "keywords_tuned": "not trained here", "history_latent": "not trained here", "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
                    "tokens_reward": text_only}
     section, _ = generation_section(no_truth, split, users, generations, judges, "colour", "material")
     assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "joint",

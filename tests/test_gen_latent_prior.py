@@ -64,6 +64,23 @@ def test_the_fit_recovers_an_additive_per_token_signal_and_shrinks_with_the_ridg
     assert float(shuffled.rows.norm()) < 0.5 * float(prior.rows.norm())
 
 
+def test_a_reduced_rank_prior_moves_along_the_direction_the_tokens_predict() -> None:
+    generator = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 6, (300, 2), generator=generator)
+    counts = _one_hot(codes, 6)
+    direction = torch.tensor([0.6, 0.0, 0.8, 0.0])
+    # The tokens predict a strong shift along one direction; the other channels are noise.
+    targets = (counts @ torch.randn(12, generator=generator))[:, None] * direction + 0.3 * torch.randn(300, 4, generator=generator)
+    full = fit_latent_prior(counts, targets, ridge=1.0)
+    one = fit_latent_prior(counts, targets, ridge=1.0, rank=1)
+    assert torch.linalg.matrix_rank(one.rows).item() == 1 and torch.linalg.matrix_rank(full.rows).item() == 4
+    row_direction = one.rows[one.rows.norm(dim=1).argmax()]
+    assert abs(float(torch.nn.functional.cosine_similarity(row_direction, direction, dim=0))) > 0.98
+    assert torch.equal(fit_latent_prior(counts, targets, ridge=1.0, rank=4).rows, full.rows)
+    with pytest.raises(ValueError, match="rank"):
+        fit_latent_prior(counts, targets, rank=0)
+
+
 def test_clear_errors_for_bad_inputs_and_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="same U"):
         fit_latent_prior(torch.zeros(3, 4), torch.zeros(2, 4))

@@ -128,7 +128,8 @@ class ImageGeneratorConfig:
     per-token offsets of the initial latents, for visual tastes the text encoders cannot ask
     for); the one whose images show the selection users' visual tastes most often is kept (0:
     no prior). Without a judge and ground-truth tastes to choose by, the first is kept. Empty:
-    no prior is fitted. ``latent_prior_ridge``: its ridge penalty.
+    no prior is fitted. ``latent_prior_ridge``: its ridge penalty; ``latent_prior_rank``: how many
+    latent directions its offsets may move along (0: every channel; :func:`prefgen.fit_latent_prior`).
     """
 
     enabled: bool = True
@@ -144,10 +145,13 @@ class ImageGeneratorConfig:
     subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
     latent_prior_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])
     latent_prior_ridge: float = 1.0
+    latent_prior_rank: int = 1
 
     def validate(self) -> None:
         if any(not scale >= 0 for scale in self.latent_prior_scales) or len(set(self.latent_prior_scales)) != len(self.latent_prior_scales):
             raise ValueError(f"generator.image.latent_prior_scales must be distinct numbers >= 0, got {self.latent_prior_scales!r}")
+        if self.latent_prior_rank < 0:
+            raise ValueError(f"generator.image.latent_prior_rank must be >= 0 (0: every latent channel), got {self.latent_prior_rank}")
         if not self.latent_prior_ridge > 0:
             raise ValueError(f"generator.image.latent_prior_ridge must be > 0, got {self.latent_prior_ridge}")
         _check_common("image", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)

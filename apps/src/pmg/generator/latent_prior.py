@@ -7,7 +7,8 @@ A :class:`prefgen.LatentPrior` moves the initial latents' channel means by the u
 
 1. each training user's target is the mean latent of the images the image adapter trained on
    for them (the VAE's posterior mean, averaged over space and over the user's liked items);
-2. :func:`prefgen.fit_latent_prior` fits one offset per visual token by ridge regression;
+2. :func:`prefgen.fit_latent_prior` fits one offset per visual token by ridge regression, kept to the
+   ``generator.image.latent_prior_rank`` latent directions the fitted offsets vary most along;
 3. the scale is chosen on the selection users (never the evaluation users): each candidate of
    ``generator.image.latent_prior_scales`` generates their images from their token prompts (with
    :data:`CALIBRATION_SEEDS` seeds), the zoo's judge reads their visual tastes off them, and the
@@ -132,7 +133,7 @@ def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: S
                          "set generator.image.latent_prior_scales: [] to train without a latent prior")
     modalities = tuple(config.image.modalities)
     counts = adapter.token_counts([tokens.prompt_fragment(u, modalities) for u in users])
-    prior = fit_latent_prior(counts, targets, ridge=config.image.latent_prior_ridge)
+    prior = fit_latent_prior(counts, targets, ridge=config.image.latent_prior_ridge, rank=config.image.latent_prior_rank or None)
     metrics = {"latent_prior/users": float(len(users))}
     judge = visual_taste_judge(data, zoo) if len(scales) > 1 and len(selection_users) else None
     chosen = scales[0]
@@ -155,7 +156,8 @@ def history_latent_offsets(config: GeneratorConfig, data: InteractionData, split
     """The words-and-images baseline's offsets [len(users), C]: each user's own mean latent over the
     images of their liked history (``split.train`` rows, rating >= ``config.min_rating`` where
     known), less the mean over ``training_users`` of theirs (the centre the prior is fitted
-    around); 0 for a user without such an image. No token is involved."""
+    around), kept to the ``config.image.latent_prior_rank`` directions the training users' vary
+    most along, as the prior is; 0 for a user without such an image. No token is involved."""
     rows = GenerationDataModule(data, training_split(data, split, np.asarray(list(users) + list(training_users))),
                                 target="history", min_rating=config.min_rating).train_rows()
     found, targets = user_latent_targets(data, rows, adapter)
@@ -165,4 +167,9 @@ def history_latent_offsets(config: GeneratorConfig, data: InteractionData, split
         raise ValueError("no training user has a liked image in their history to centre the history latents on")
     centre = torch.stack(trained).mean(dim=0)
     zero = torch.zeros_like(centre)
-    return torch.stack([by_user[u] - centre if u in by_user else zero for u in users])
+    offsets = torch.stack([by_user[u] - centre if u in by_user else zero for u in users])
+    rank = config.image.latent_prior_rank
+    if 0 < rank < offsets.shape[1]:
+        _, _, directions = torch.linalg.svd(torch.stack(trained) - centre, full_matrices=False)
+        offsets = offsets @ directions[:rank].T @ directions[:rank]
+    return offsets

@@ -89,7 +89,8 @@ class LatentPrior:
             raise AdapterFileError(f"latent prior file {path}: {err}") from err
 
 
-def fit_latent_prior(token_counts: torch.Tensor, targets: torch.Tensor, *, ridge: float = 1.0, scale: float = 1.0) -> LatentPrior:
+def fit_latent_prior(token_counts: torch.Tensor, targets: torch.Tensor, *, ridge: float = 1.0, scale: float = 1.0,
+                     rank: int | None = None) -> LatentPrior:
     """Ridge regression of centred per-user latent means on the users' tokens.
 
     Args:
@@ -98,9 +99,14 @@ def fit_latent_prior(token_counts: torch.Tensor, targets: torch.Tensor, *, ridge
         targets: [U, C], the mean (over the user's liked images) of their latents' channel means.
         ridge: the L2 penalty on the rows; it shrinks the rows of rarely used tokens towards 0.
         scale: the prior's :attr:`LatentPrior.scale`.
+        rank: keep only the ``rank`` latent directions along which the fitted offsets of these users
+            vary most (the top right singular vectors of X W); None keeps all C. What the tokens
+            predict weakly spreads thin over the other directions, and pushing the noise there
+            costs the image what its prompt asks for.
 
     Returns:
-        the prior whose rows W [N, C] minimise ||X W - (Y - mean(Y))||² + ridge ||W||².
+        the prior whose rows W [N, C] minimise ||X W - (Y - mean(Y))||² + ridge ||W||², projected
+        onto its ``rank`` main directions.
     """
     if token_counts.ndim != 2 or targets.ndim != 2 or token_counts.shape[0] != targets.shape[0]:
         raise ValueError(f"token_counts [U, N] and targets [U, C] must have the same U, got "
@@ -109,9 +115,16 @@ def fit_latent_prior(token_counts: torch.Tensor, targets: torch.Tensor, *, ridge
         raise ValueError("no users to fit a latent prior on")
     if not ridge > 0.0:
         raise ValueError(f"ridge must be > 0, got {ridge}")
+    if rank is not None and rank < 1:
+        raise ValueError(f"rank must be >= 1 (None: every latent channel), got {rank}")
     x = token_counts.double()
     y = targets.double()
     y = y - y.mean(dim=0, keepdim=True)
     gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=torch.float64)
     rows = torch.linalg.solve(gram, x.T @ y)
+    if rank is not None and rank < rows.shape[1]:
+        fitted = x @ rows
+        _, _, directions = torch.linalg.svd(fitted - fitted.mean(dim=0, keepdim=True), full_matrices=False)  # [C, C]
+        kept = directions[:rank]  # [rank, C]
+        rows = rows @ kept.T @ kept
     return LatentPrior(rows.float(), scale)
