@@ -1,6 +1,7 @@
 """ImagePreferenceAdapter on the tiny SDXL pipeline (and a tiny SD 1.x one): tokens in both
 tokenizers with the same ids, only new rows (+ UNet LoRA) train, textual-inversion files load
-into a fresh pipeline with identical embeddings and images, soft prompts, img2img, errors."""
+into a fresh pipeline with identical embeddings and images, soft prompts, img2img, the latent
+prior on the initial latents, errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from prefgen.image_adapter import ImagePreferenceAdapter, UNetLoraOptions, load_preference_embeddings
+from prefgen.latent_prior import LATENT_PRIOR_FILE, LatentPrior
 from prefgen.prompts import build_image_prompt
 from prefgen.soft_prompt import SoftPromptProjector
 from prefgen.testing.offline_tokenizers import train_clip_tokenizer
@@ -301,3 +303,60 @@ def test_clear_errors(sdxl_folder: Path, tmp_path: Path) -> None:
     (folder / "prefgen_image_adapter.json").unlink()
     with pytest.raises(AdapterFileError, match="prefgen_image_adapter.json is missing"):
         load_preference_embeddings(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), folder)
+
+
+def test_the_prior_shifts_only_prompts_with_tokens_and_travels_with_the_adapter(sdxl_folder: Path, tmp_path: Path) -> None:
+    adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS)
+    tokens_prompt = build_image_prompt("a dress", TOKENS[1] + TOKENS[4])
+    cold_prompt = build_image_prompt("a dress", None)
+    prompts = [tokens_prompt, cold_prompt]
+    counts = adapter.token_counts(prompts)
+    assert counts.tolist() == [[0, 1, 0, 0, 1, 0], [0] * 6]
+    plain = adapter.initial_latents(prompts, seed=3)
+    before = adapter.generate(prompts, seed=3, **GEN)
+    # Without a prior the adapter starts where diffusers does: passing the latents changes nothing.
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(before, adapter.generate(prompts, seed=3, latents=plain, **GEN), strict=True))
+
+    rows = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="do not fit"):
+        adapter.set_latent_prior(LatentPrior(rows[:5]))
+    adapter.set_latent_prior(LatentPrior(rows, scale=3.0))
+    shifted = adapter.initial_latents(prompts, seed=3)
+    torch.testing.assert_close(shifted[0] - plain[0], (3.0 * (rows[1] + rows[4]))[:, None, None].expand(4, 8, 8))
+    assert torch.equal(shifted[1], plain[1])
+    after = adapter.generate(prompts, seed=3, **GEN)
+    assert not np.array_equal(np.asarray(after[0]), np.asarray(before[0]))
+    assert np.array_equal(np.asarray(after[1]), np.asarray(before[1]))
+    # One seed per prompt: each image is the one its prompt gets alone.
+    alone = adapter.generate([tokens_prompt], seed=[3], **GEN)[0]
+    assert np.array_equal(np.asarray(adapter.generate(prompts, seed=[3, 9], **GEN)[0]), np.asarray(alone))
+    # The reward loop's sampler starts from the same shifted latents.
+    _, start = adapter.sampler_steps(prompts, num_inference_steps=2, guidance_scale=3.0, seed=3)
+    scheduler = adapter.pipeline.scheduler
+    torch.testing.assert_close(start, shifted * scheduler.init_noise_sigma)
+
+    folder = adapter.save(tmp_path / "adapter")
+    reloaded = ImagePreferenceAdapter.load(folder, sdxl_folder)
+    assert reloaded.latent_prior is not None and reloaded.latent_prior.scale == 3.0
+    assert np.array_equal(np.asarray(reloaded.generate(prompts, seed=3, **GEN)[0]), np.asarray(after[0]))
+    reloaded.set_latent_prior(None)
+    reloaded.save(folder)
+    assert not (folder / LATENT_PRIOR_FILE).exists()
+    assert ImagePreferenceAdapter.load(folder, sdxl_folder).latent_prior is None
+
+
+def test_offsets_of_ones_own_steer_like_the_prior_does(sdxl_folder: Path) -> None:
+    adapter = ImagePreferenceAdapter(StableDiffusionXLPipeline.from_pretrained(sdxl_folder), TOKENS)
+    prompts = [build_image_prompt("a dress", TOKENS[0] + TOKENS[3]), build_image_prompt("a shoe", None)]
+    offsets = torch.tensor([[0.5, -1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    given = adapter.generate(prompts, seed=4, latent_offsets=offsets, **GEN)
+    rows = torch.zeros(6, 4)
+    rows[0] = offsets[0]
+    adapter.set_latent_prior(LatentPrior(rows, scale=1.0))
+    by_prior = adapter.generate(prompts, seed=4, **GEN)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(given, by_prior, strict=True))
+    with pytest.raises(ValueError, match=r"\[2, 4\]"):
+        adapter.initial_latents(prompts, latent_offsets=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="image-to-image"):
+        adapter.generate(prompts[:1], reference_images=torch.rand(1, 3, 16, 16), latent_offsets=offsets[:1], num_inference_steps=2)
