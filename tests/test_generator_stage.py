@@ -636,3 +636,6 @@ def test_the_latent_prior_is_fitted_on_training_users_and_scaled_on_selection_us
     assert found["latent_prior/scale"] == 2.0 and "latent_prior/share_at_2" not in found
     with pytest.raises(ValueError, match="latent_prior_scales"):
         replace(config.image, latent_prior_scales=[1.0, -1.0]).validate()
+    with pytest.raises(ValueError, match="latent_prior_scales"):
+        replace(config.image, latent_prior_scales=[]).validate()
+    assert not _stage_config("generator.image.latent_prior=false").image.latent_prior  # tests/tiny.yaml turns it on

@@ -234,8 +234,6 @@ def history_latent_variant(text: TextPreferenceAdapter | None, image: ImagePrefe
     best (the rule the tokens' prior is scaled by); the reason it cannot be built otherwise."""
     if image is None:
         return "the run has no image adapter"
-    if not config.image.latent_prior_scales:
-        return "generator.image.latent_prior_scales is empty: no scale to choose for the history latents"
     judge = visual_taste_judge(data, zoo)
     if judge is None or not selection_users:
         return "no selection users, or no zoo judge reading a ground-truth visual taste, to choose the history latents' scale by"

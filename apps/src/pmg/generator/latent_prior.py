@@ -130,7 +130,7 @@ def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: S
     users, targets = user_latent_targets(data, training_rows, adapter)
     if not users:
         raise ValueError("no training user has an image among the generator's training examples: "
-                         "set generator.image.latent_prior_scales: [] to train without a latent prior")
+                         "set generator.image.latent_prior=false to train without a latent prior")
     modalities = tuple(config.image.modalities)
     counts = adapter.token_counts([tokens.prompt_fragment(u, modalities) for u in users])
     prior = fit_latent_prior(counts, targets, ridge=config.image.latent_prior_ridge, rank=config.image.latent_prior_rank or None)

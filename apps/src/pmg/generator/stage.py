@@ -208,7 +208,7 @@ def run_generator_stage(config: GeneratorConfig, run: RunDirectory, upstream: st
             *image, image_metrics = train_image_generator(config, data, train_split, zoo, tokens, out, preferences=preferences,
                                                           checkpoints=out / "checkpoints" / f"{prefix}image", resume_key=stage_fp)
             metrics.update({f"{prefix}image/{k}": v for k, v in image_metrics.items()})
-            if not prefix and config.image.latent_prior_scales:
+            if not prefix and config.image.latent_prior:
                 liked = _datamodule(config, data, train_split, batch_size=1, image_size=8, with_images=False).train_rows()
                 prior_metrics = attach_latent_prior(config, data, split, tokens, image[0], zoo, training_rows=liked,
                                                     selection_users=roles.selection.tolist())
