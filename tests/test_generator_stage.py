@@ -22,6 +22,7 @@ from pmg.generator.prompts import user_fragments
 from pmg.generator.stage import train_image_generator, train_text_generator, training_split
 from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory
+from pmg.zoo.errors import ZooError
 from pmg.zoo.manifest import load_zoo
 from prefgen import TextPreferenceAdapter, build_text_prompt
 
@@ -629,7 +630,7 @@ def test_the_latent_prior_is_fitted_on_training_users_and_scaled_on_selection_us
                                              selection_users=roles.selection.tolist())
     assert found["latent_prior/scale"] == 1.0 and adapter.latent_prior is not None and adapter.latent_prior.scale == 1.0
     assert seen == [roles.selection.tolist()] * 4
-    monkeypatch.setattr(type(zoo), "load_judge", lambda self: (_ for _ in ()).throw(latent_prior.ZooError("no judge")))
+    monkeypatch.setattr(type(zoo), "load_judge", lambda self: (_ for _ in ()).throw(ZooError("no judge")))
     reordered = replace(config, image=replace(config.image, latent_prior_scales=[2.0, 0.0]))
     found = latent_prior.attach_latent_prior(reordered, data, split, tokens, adapter, zoo, training_rows=rows,
                                              selection_users=roles.selection.tolist())

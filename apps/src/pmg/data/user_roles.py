@@ -1,7 +1,8 @@
 """Which users each stage may learn from, select on, or judge: one seeded split, made once per run.
 
 - ``training``: the generator and reward stages train on these users only;
-- ``selection``: the reward stage picks its best state and the generator stage its latent prior's scale on these (never trained on);
+- ``selection``: the reward stage picks its best state, and the generator stage its optional latent
+  prior's scale, on these (never trained on);
 - ``evaluation``: ``pmg evaluate`` and the generation benchmarks judge these; no training step and
   no model selection of any stage reads them beyond their training history, which is the input a
   user brings (the preference stage embeds it, the quantizer codes it, the keyword baseline

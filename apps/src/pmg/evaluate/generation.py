@@ -76,14 +76,10 @@ from pmg.generator.evaluation import (
     judge_attribute_hits,
     taste_attributes,
     text_attribute_hits,
+    visual_taste_judge,
 )
 from pmg.generator.generate import SoftPromptGenerators, UserGeneration, generate_for_users
-from pmg.generator.latent_prior import (
-    choose_scale,
-    history_latent_offsets,
-    visual_taste_judge,
-    visual_taste_share,
-)
+from pmg.generator.latent_prior import choose_scale, history_latent_offsets, visual_taste_share
 from pmg.generator.prompts import keyword_prompts, prompt_keywords, user_prompts
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 

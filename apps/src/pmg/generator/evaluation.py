@@ -31,11 +31,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pmg.zoo.errors import ZooError
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from pmg.data.format import InteractionData
     from pmg.zoo.judge import AttributeJudge
+    from pmg.zoo.manifest import Zoo
 
 __all__ = [
     "consistency_hits",
@@ -47,6 +50,7 @@ __all__ = [
     "text_attribute_accuracy",
     "text_attribute_hits",
     "text_taste_hits",
+    "visual_taste_judge",
 ]
 
 
@@ -164,3 +168,15 @@ def image_taste_hits(images: Sequence[Image] | torch.Tensor, users: Sequence[int
     readings = judge.predict_values(images) if len(images) else []  # once for every attribute
     hits = [judge_attribute_hits(images, [tastes[name][u] for u in users], judge, name, readings) for name in attributes]
     return torch.stack(hits).float().mean(dim=0)
+
+
+def visual_taste_judge(data: InteractionData, zoo: Zoo) -> AttributeJudge | None:
+    """The zoo's judge when it reads one of ``data``'s ground-truth visual tastes, else None."""
+    visual = taste_attributes(data, "visual")
+    if not visual:
+        return None
+    try:
+        judge = zoo.load_judge()
+    except ZooError:
+        return None
+    return judge if set(visual) & set(judge.attributes) else None

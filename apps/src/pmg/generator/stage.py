@@ -2,9 +2,10 @@
 
 Text first (SFT of ``TextPreferenceAdapter``: new rows for the textual tokens + LoRA), then
 image (``ImagePreferenceAdapter``: textual inversion of the visual tokens in both CLIP text
-encoders, optional UNet LoRA). With ``generator.prompt=keywords_and_tokens`` (the default) the
-training prompts also carry some of each liked item's own words, and generation prompts the
-user's history keywords beside the tokens (``pmg.generator.prompts``). Artifacts in ``<run>/generator/``:
+encoders, optional UNet LoRA; an optional latent prior, ``pmg.generator.latent_prior``). With
+``generator.prompt=keywords_and_tokens`` (the default) the training prompts also carry some of
+each liked item's own words, and generation prompts the user's history keywords beside the tokens
+(``pmg.generator.prompts``). Artifacts in ``<run>/generator/``:
 
     text_adapter/        prefgen text adapter (peft folder + tokenizer + JSON); reload onto the zoo LM
     image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/]

@@ -34,7 +34,7 @@ from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.images import load_image_tensor
 from pmg.generator.config import GeneratorConfig
-from pmg.generator.evaluation import image_taste_hits, taste_attributes, text_taste_hits
+from pmg.generator.evaluation import image_taste_hits, taste_attributes, text_taste_hits, visual_taste_judge
 from pmg.generator.generate import generate_for_users, write_samples
 from pmg.generator.prompts import (
     UserPrompts,
@@ -58,7 +58,6 @@ from pmg.reward.modules import (
 from pmg.runs import RunDirectory, RunError, stage_fingerprint
 from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.training import ResumableLoader, build_trainer, completed_fit, resume_point
-from pmg.zoo.errors import ZooError
 from pmg.zoo.manifest import load_zoo
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 from prefquant import fit_linear_map
@@ -254,15 +253,8 @@ def _taste_scores(data: InteractionData, zoo: Zoo, keep: KeptState, write_texts:
     if keep is not KeptState.reward_keeping_taste:
         return None, None, "kept by validation reward"
     text = partial(_text_taste, data=data, write_texts=write_texts) if taste_attributes(data, "textual") else None
-    image: TasteScore | None = None
-    visual = taste_attributes(data, "visual")
-    if visual:
-        try:
-            judge = zoo.load_judge()
-        except ZooError:
-            judge = None
-        if judge is not None and set(visual) & set(judge.attributes):
-            image = partial(_image_taste, data=data, judge=judge)
+    judge = visual_taste_judge(data, zoo)
+    image = partial(_image_taste, data=data, judge=judge) if judge is not None else None
     kept = [kind for kind, score in (("text", text), ("image", image)) if score is not None]
     note = (f"{' and '.join(kept)} kept by validation reward among states keeping the SFT taste share" if kept
             else "kept by validation reward (no ground-truth tastes to keep)")
