@@ -130,8 +130,9 @@ class ImageGeneratorConfig:
     not raise the image's personalization (docs/results.md, rows S9 and S10).
     ``latent_prior_scales``: its candidate scales (and the history-latent baseline's); the one
     whose images show the selection users' visual tastes most often is kept (0: no prior).
-    Without a judge and ground-truth tastes to choose by, the first is kept. ``latent_prior_ridge``: its ridge penalty; ``latent_prior_rank``: how many
-    latent directions its offsets may move along (0: every channel; :func:`prefgen.fit_latent_prior`).
+    Without a judge and ground-truth tastes to choose by, the first is kept.
+    ``latent_prior_ridge``: its ridge penalty; ``latent_prior_rank``: how many latent directions its
+    offsets may move along (0: every channel; :func:`prefgen.fit_latent_prior`).
     """
 
     enabled: bool = True

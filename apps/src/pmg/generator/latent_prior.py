@@ -12,8 +12,7 @@ A :class:`prefgen.LatentPrior` moves the initial latents' channel means by the u
 3. the scale is chosen on the selection users (never the evaluation users): each candidate of
    ``generator.image.latent_prior_scales`` generates their images from their token prompts (with
    :data:`CALIBRATION_SEEDS` seeds), the zoo's judge reads their visual tastes off them, and the
-   best share wins (ties: the smaller
-   scale, so 0, no prior, wins when nothing helps). Without a judge that reads a ground-truth
+   best share wins (ties: the smaller scale, so 0, no prior, wins when nothing helps). Without a judge that reads a ground-truth
    visual taste (a dataset without tastes, a zoo without a judge) there is nothing to choose
    by, and the first candidate is used.
 
