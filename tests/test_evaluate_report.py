@@ -182,6 +182,43 @@ def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_ru
         assert item not in seen and generation["texts"]["title"] == data.items[item].title
 
 
+def test_image_seed_benchmark_starts_from_the_evaluated_image_and_bounds_every_choice_by_the_judge(
+        tiny_run: Path, benchmark_module: Callable[[str], object]) -> None:
+    bench = benchmark_module("image_seeds")
+    figures = bench.profile_figures(RunDirectory(tiny_run), seeds=3, limit=4)
+    table = _table(tiny_run)
+    assert figures["n_users"] == 4 and figures["tastes"] == ["colour", "pattern"]
+    for variant in ("tokens_reward", "keywords", "keywords_tuned"):
+        shown = figures["variants"][variant]
+        # Seed 0 is the image `pmg evaluate` judged for the same users.
+        assert shown["per_seed"][0] == pytest.approx(_cell(table, "generation", "image_personalization", variant), abs=1e-4)
+        assert len(shown["per_seed"]) == 3 and shown["mean"] == pytest.approx(np.mean(shown["per_seed"]), abs=1e-3)
+        assert shown["mean"] == pytest.approx((shown["colour"] + shown["pattern"]) / 2, abs=1e-3)
+    difference = figures["differences"]["default_vs_keywords_tuned"]
+    assert difference["per_seed"] == pytest.approx(np.subtract(figures["variants"]["tokens_reward"]["per_seed"],
+                                                               figures["variants"]["keywords_tuned"]["per_seed"]), abs=1e-3)
+    for variant, chosen in figures["best_of_seeds"].items():
+        assert set(chosen) >= {"first", "history_clip", "oracle"}
+        assert chosen["first"]["image_personalization"] == pytest.approx(figures["variants"][variant]["per_seed"][0], abs=1e-4)
+        # No scorer picks better than the judge, which picks at least the best seed's images on average.
+        assert all(c["image_personalization"] <= chosen["oracle"]["image_personalization"] + 1e-9 for c in chosen.values())
+        assert chosen["oracle"]["image_personalization"] >= max(figures["variants"][variant]["per_seed"]) - 1e-9
+        assert chosen["oracle"]["agreement"] in (None, 1.0)
+    assert {"personalization", "personalization_pixels", "history_pixels"} <= set(figures["best_of_seeds"]["tokens_reward"])
+
+
+def test_seed_choice_agreement_counts_pairs_ordered_as_the_judge_and_skips_users_without_a_difference(
+        benchmark_module: Callable[[str], object]) -> None:
+    import torch
+
+    agreement = benchmark_module("image_seeds")._agreement
+    shares = torch.tensor([[0.0, 0.5, 1.0], [0.5, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    scores = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [0.0, 1.0, 1.0]])
+    # User 0: all three pairs in order; user 1: no pair differs; user 2: both pairs reversed, the tie not counted.
+    assert agreement(scores, shares).tolist() == [1.0, 0.0]
+    assert agreement(torch.zeros(1, 3), shares[:1]).tolist() == [0.5]  # ties count half
+
+
 def test_preference_score_is_chance_for_identical_content_and_one_for_matching_content() -> None:
     import torch
 

@@ -39,7 +39,7 @@ from pmg.zoo.manifest import Zoo
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 
 __all__ = ["IMAGE_ADAPTER", "SOFT_PROMPT", "TEXT_ADAPTER", "SoftPromptGenerators", "UserGeneration", "generate_for_user",
-           "generate_for_users", "joined_text", "load_generators", "load_soft_prompt_generators", "write_samples"]
+           "generate_for_users", "joined_text", "load_generators", "load_soft_prompt_generators", "generate_images", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -121,12 +121,10 @@ def generate_for_users(
                          for n, b in enumerate(chunk)]
         pictures: list[Any] = [None] * len(chunk)
         if image_adapter is not None:
-            size = image_adapter.image_size
             soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
             offsets = image_latent_offsets[chunk.start : chunk.stop] if image_latent_offsets is not None else None
-            pictures = image_adapter.generate(image_prompts, seed=[sample.seed] * len(chunk), num_inference_steps=sample.num_inference_steps,
-                                              guidance_scale=sample.guidance_scale, soft_prompt=soft, height=size, width=size,
-                                              latent_offsets=offsets)
+            seeds = [sample.seed] * len(chunk)
+            pictures = generate_images(image_adapter, image_prompts, config, seeds, soft_prompt=soft, latent_offsets=offsets)
         for n, b in enumerate(chunk):
             user = users[b]
             results.append(UserGeneration(data.user_ids[user] if user is not None else "(cold start)",
@@ -134,6 +132,21 @@ def generate_for_users(
                                           build_text_prompt(text_fragments[b], config.text.context_of(targets[0]), templates),
                                           texts[n], image_prompts[n], pictures[n]))
     return results
+
+
+def generate_images(image_adapter: ImagePreferenceAdapter, prompts: Sequence[str], config: GeneratorConfig,
+                    seeds: Sequence[int], *, soft_prompt: Sequence[torch.Tensor] | None = None,
+                    latent_offsets: torch.Tensor | None = None) -> list[Any]:
+    """One image (PIL) per prompt, sampled with ``config.sample``'s steps and guidance at the adapter's
+    size, prompt ``b`` from its own noise seeded with ``seeds[b]`` (so that an image does not depend on
+    the batch it is drawn in). ``soft_prompt`` (one [B, S, d_e] per text encoder) and ``latent_offsets``
+    [B, C] as :meth:`prefgen.ImagePreferenceAdapter.generate` takes them."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    sample, size = config.sample, image_adapter.image_size
+    return image_adapter.generate(list(prompts), seed=[int(s) for s in seeds], num_inference_steps=sample.num_inference_steps,
+                                  guidance_scale=sample.guidance_scale, soft_prompt=soft_prompt, height=size, width=size,
+                                  latent_offsets=latent_offsets)
 
 
 def generate_for_user(
