@@ -6,10 +6,11 @@ Usage:
     uv run --frozen python benchmarks/image_seeds.py --runs sparse=runs/bench-generation-sparse --seeds 3 --users 100
     uv run --frozen python benchmarks/image_seeds.py --check-file saved.log   # a saved output against TARGETS (none)
 
-`benchmarks/generation.py` judges every user's image at one seed, the same for every user and every
-variant (``generator.sample.seed``): its intervals are over users, for that one draw of the noise. This
-benchmark draws each evaluation user's image at ``--seeds`` seeds (``sample.seed`` + 0, 1, ...; seed 0
-is the image `generation.py` judges) for the default variant (``tokens_reward``) and the two keyword
+`benchmarks/generation.py` judges one image per user and variant, each user's from their own noise
+(``pmg.generator.generate.user_seed`` of ``generator.sample.seed``; until that existed, one noise for
+every user, so that the whole figure rested on one draw of it). This benchmark draws each evaluation
+user's image at ``--seeds`` seeds (``user_seed`` of ``sample.seed`` + 0, 1, ...; seed 0 is the image
+`generation.py` judges) for the default variant (``tokens_reward``) and the two keyword
 baselines (``keywords``: the zoo's models, ``keywords_tuned``: the run's final adapters), with the
 prompts and texts of `pmg evaluate` (texts are greedy, written once). The runs are those
 `benchmarks/generation.py` built (``runs/bench-generation-<profile>``, or the run itself where it had
@@ -62,7 +63,7 @@ from pmg.evaluate.stage import (
 )
 from pmg.features import PIXEL_SIZE, FeatureEncoderSpec, encode_items, pixel_features, rgb_array
 from pmg.generator.evaluation import judge_attribute_hits, taste_attributes, visual_taste_judge
-from pmg.generator.generate import generate_images
+from pmg.generator.generate import generate_images, user_seed
 from pmg.preference import PreferenceConfig
 from pmg.preference.stage import load_preferences
 from pmg.reward import RewardConfig, fit_content_maps
@@ -144,7 +145,7 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
             for k in range(1, seeds):
                 drawn.append([image for s in range(0, len(prompts), 16)
                               for image in generate_images(variant.image, prompts[s : s + 16], generator,
-                                                           [generator.sample.seed + k] * len(prompts[s : s + 16]))])
+                                                           [user_seed(generator.sample.seed + k, data, u) for u in users[s : s + 16]])])
         images[name] = drawn
         hits[name] = torch.stack([
             torch.stack([judge_attribute_hits(batch, [data.user_tastes[t][u] for u in users], judge, t, readings) for t in tastes])

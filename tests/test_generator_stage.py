@@ -476,6 +476,30 @@ def test_batched_generation_gives_each_user_what_they_get_alone(tiny_run: Path) 
             assert difference.max() <= 2, difference.max()
 
 
+def test_each_user_starts_from_their_own_noise_which_follows_their_id_not_their_index(tiny_run: Path) -> None:
+    from types import SimpleNamespace
+
+    from pmg.config import load_config
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.generator import GeneratorConfig, load_generators
+    from pmg.generator.generate import generate_for_users, user_seed
+    from pmg.zoo.manifest import load_zoo
+
+    run = RunDirectory(tiny_run)
+    data, split = load_prepared(run)
+    config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
+    _, image = load_generators(run, zoo=load_zoo(run))
+    # The same prompt for three users and the cold-start user: four different images.
+    out = generate_for_users(data, config, users=[0, 1, 2, None], text_fragments=[None] * 4, image_fragments=[None] * 4,
+                             text_adapter=None, image_adapter=image, history=split.train, subjects=["a hat"] * 4)
+    assert len({g.image_prompt for g in out}) == 1
+    pictures = [np.asarray(g.image, dtype=np.int16) for g in out]
+    assert all(np.abs(pictures[a] - pictures[b]).max() > 10 for a in range(4) for b in range(a + 1, 4))
+    assert user_seed(config.sample.seed, data, None) == config.sample.seed
+    assert user_seed(5, SimpleNamespace(user_ids=["u1", "u2"]), 1) == user_seed(5, SimpleNamespace(user_ids=["u2", "u1"]), 0)
+    assert user_seed(5, SimpleNamespace(user_ids=["u1", "u2"]), 0) != user_seed(5, SimpleNamespace(user_ids=["u1", "u2"]), 1)
+
+
 def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> None:
     from pmg.config import load_config
     from pmg.data.dataset_stage import load_prepared

@@ -1,7 +1,9 @@
 """Generation section of the evaluation table: every variant judged on the same evaluation users.
 
-Variants (the same sampling settings, ``generator.sample``: greedy text, seeded diffusion; every
-user's image with the same seed, so variants differ only by their conditioning):
+Variants (the same sampling settings, ``generator.sample``: greedy text, seeded diffusion; a user's
+image in every variant from the same noise, that user's own (:func:`pmg.generator.generate.user_seed`),
+so variants differ only by their conditioning and a figure over users averages over as many draws of
+the noise):
 
 - ``no_tokens``: the generator stage's adapters with the no-token prompt (what the tokens add);
 - ``soft_prompt``: the continuous baseline (``<run>/generator/soft_prompt``), each user's preference

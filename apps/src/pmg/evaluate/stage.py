@@ -204,7 +204,7 @@ def _generation(run: RunDirectory, data: InteractionData, split: Split, tokens: 
                                            settings.consistency_attribute, settings.joint_text_attribute)
     section.notes.append(
         f"{len(users)} of the data stage's evaluation users (never trained on, nor selected on, by any stage), the same for "
-        f"every column; one seeded image and greedy texts ({', '.join(generator.text.targets)}) per user; keywords from each "
+        f"every column; one image per user from that user's own seeded noise, and greedy texts ({', '.join(generator.text.targets)}) per user; keywords from each "
         "user's training interactions only")
     position = {u: n for n, u in enumerate(tokens.user_ids)}
     record: dict[str, Any] = {

@@ -18,6 +18,7 @@ The folders the generator stage saves the adapters in (``TEXT_ADAPTER``, ``IMAGE
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from pmg.zoo.manifest import Zoo
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 
 __all__ = ["IMAGE_ADAPTER", "SOFT_PROMPT", "TEXT_ADAPTER", "SoftPromptGenerators", "UserGeneration", "generate_for_user",
-           "generate_for_users", "joined_text", "load_generators", "load_soft_prompt_generators", "generate_images", "write_samples"]
+           "generate_for_users", "joined_text", "load_generators", "load_soft_prompt_generators", "generate_images", "user_seed", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
 IMAGE_ADAPTER = "image_adapter"
@@ -61,6 +62,14 @@ class UserGeneration:
     def text(self) -> str:
         """Every generated text as one (:func:`joined_text`)."""
         return joined_text(self.texts)
+
+
+def user_seed(seed: int, data: InteractionData, user: int | None) -> int:
+    """The seed of data user ``user``'s image noise: ``seed`` offset by a stable hash of their id
+    (``seed`` itself for a cold-start user, None). Users start from different noise, so a figure over users averages over as
+    many draws of it rather than resting on one draw shared by all; a user's image does not depend on
+    which other users the dataset holds or in what order."""
+    return seed if user is None else (seed + zlib.crc32(data.user_ids[user].encode("utf-8"))) % 2**32
 
 
 def joined_text(texts: Mapping[str, str]) -> str:
@@ -87,8 +96,8 @@ def generate_for_users(
     batch_size: int = 16,
 ) -> list[UserGeneration]:
     """:func:`generate_for_user` for several users at once (no reference item), ``batch_size`` users
-    per generator call. Every user's image starts from its own noise seeded with ``config.sample.seed``,
-    so it is the image that user gets alone; greedy texts are batched with left padding.
+    per generator call. Every user's image starts from its own noise, seeded by :func:`user_seed` from
+    ``config.sample.seed``, so it is the image that user gets alone; greedy texts are batched with left padding.
 
     ``users[b]``, ``text_fragments[b]``, ``image_fragments[b]``, ``subjects[b]`` (None: the
     user's most liked subject in ``history``, the split's training rows) and ``keywords[b]``
@@ -123,7 +132,7 @@ def generate_for_users(
         if image_adapter is not None:
             soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
             offsets = image_latent_offsets[chunk.start : chunk.stop] if image_latent_offsets is not None else None
-            seeds = [sample.seed] * len(chunk)
+            seeds = [user_seed(sample.seed, data, users[b]) for b in chunk]
             pictures = generate_images(image_adapter, image_prompts, config, seeds, soft_prompt=soft, latent_offsets=offsets)
         for n, b in enumerate(chunk):
             user = users[b]
@@ -187,7 +196,8 @@ def generate_for_user(
         sample = config.sample
         size = image_adapter.image_size
         pixels = (load_image_tensor(reference, size, data.image_read_fit).unsqueeze(0) + 1) / 2  # [1, 3, S, S] in [0, 1]
-        result.image = image_adapter.generate([result.image_prompt], reference_images=pixels, strength=strength, seed=sample.seed,
+        result.image = image_adapter.generate([result.image_prompt], reference_images=pixels, strength=strength,
+                                              seed=user_seed(sample.seed, data, user),
                                               num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
                                               soft_prompt=image_soft_prompt)[0]
     return result

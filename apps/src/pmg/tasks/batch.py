@@ -9,8 +9,8 @@ dot or slash, which WebDataset would read as an extension or a folder).
 Generation runs in Lightning's predict loop (:class:`BatchGenerationModule`): one predict batch is
 one shard, and shard ``k`` belongs to global rank ``k % world_size``, so under DDP no two processes
 write the same file. Each user's texts and image come from
-:func:`pmg.generator.generate.generate_for_users` (the image noise seeded per user with
-``generator.sample.seed``, greedy texts), and the tar members carry fixed metadata, so a rerun
+:func:`pmg.generator.generate.generate_for_users` (the image noise seeded per user from
+``generator.sample.seed``, :func:`pmg.generator.generate.user_seed`; greedy texts), and the tar members carry fixed metadata, so a rerun
 writes byte-identical shards.
 
 Resuming: a finished shard is renamed into place (:func:`pmg.atomic.atomic_file`) and then
