@@ -25,8 +25,10 @@ Per profile:
 - best of the seeds: per user, the image a scorer ranks first, judged. Scorers: ``personalization``,
   the reward stage's personalization term (the zoo CLIP's image embedding mapped into the preference
   stage's item space by the ridge map ``pmg.reward.fit_content_maps`` fits, cosine with the user's
-  visual preference vector); ``history_clip``, the CLIP cosine with the mean embedding of the user's
-  training-split item images (words-and-images, no tokens); ``first`` (seed 0); and the judge itself
+  visual preference vector); ``personalization_pixels``, the same from the preference stage's own
+  image features (``pixels``) by a ridge map fitted likewise; ``history_clip`` and ``history_pixels``,
+  the cosine with the mean CLIP embedding / pixel features of the user's training-split item images
+  (words-and-images, no tokens); ``first`` (seed 0); and the judge itself
   (``oracle``: a bound on what any choice among these images reaches, not a method). With each, its
   ``agreement``: over pairs of one user's images whose judged shares differ, the share the scorer
   orders as the judge does (0.5 is chance), averaged per user, with an interval over users.
@@ -231,6 +233,8 @@ def main() -> None:
     args = parse_args_with_check(parser, TARGETS)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2: one seed is what benchmarks/generation.py judges")
+    if args.runs and any("=" not in item for item in args.runs):
+        parser.error(f"--runs takes PROFILE=RUN pairs (e.g. sparse=runs/bench-generation-sparse), got {args.runs}")
     named = dict(item.split("=", 1) for item in args.runs) if args.runs else {p: str(_benchmark_run(p)) for p in ("default", "sparse")}
     started = time.perf_counter()
     profiles = {profile: profile_figures(RunDirectory(Path(path)), args.seeds, args.users) for profile, path in named.items()}

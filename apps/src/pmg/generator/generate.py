@@ -66,9 +66,9 @@ class UserGeneration:
 
 def user_seed(seed: int, data: InteractionData, user: int | None) -> int:
     """The seed of data user ``user``'s image noise: ``seed`` offset by a stable hash of their id
-    (``seed`` itself for a cold-start user, None). Users start from different noise, so a figure over users averages over as
-    many draws of it rather than resting on one draw shared by all; a user's image does not depend on
-    which other users the dataset holds or in what order."""
+    (``seed`` itself for a cold-start user, None). Users start from different noise, so a figure over
+    users averages over as many draws of it rather than resting on one draw shared by all; a user's
+    image does not depend on which other users the dataset holds or in what order."""
     return seed if user is None else (seed + zlib.crc32(data.user_ids[user].encode("utf-8"))) % 2**32
 
 
