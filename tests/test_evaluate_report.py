@@ -452,6 +452,22 @@ def test_a_failing_evaluation_or_report_leaves_the_previous_outputs(tiny_run: Pa
     assert not [p for p in run_path.iterdir() if p.name.startswith(".report.")]  # no temporary folder left behind
 
 
+def test_an_evaluation_made_under_another_protocol_is_made_again_not_reused(tiny_run: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import pmg.evaluate.stage
+    from pmg.config import load_config
+    from pmg.evaluate import EvaluateConfig, run_evaluate_stage
+
+    run = RunDirectory(Path(shutil.copytree(tiny_run, tmp_path / "protocol")))
+    config = load_config(EvaluateConfig, overrides=["generation.num_users=2", "recommendation.lightgcn.max_epochs=1"])
+    upstream = run.require("reward")["fingerprint"]
+    first = run_evaluate_stage(config, run, upstream, True)
+    assert run_evaluate_stage(config, run, upstream, False).reused
+    monkeypatch.setattr(pmg.evaluate.stage, "EVALUATION_PROTOCOL", pmg.evaluate.stage.EVALUATION_PROTOCOL + 1)
+    again = run_evaluate_stage(config, run, upstream, False)
+    assert not again.reused and again.fingerprint != first.fingerprint
+
+
 def test_config_errors_name_the_key() -> None:
     from pmg.config import ConfigError, load_config
     from pmg.evaluate import EvaluateConfig

@@ -55,15 +55,21 @@ from pmg.generator.generate import UserGeneration, load_generators, load_soft_pr
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens
 from pmg.reward import load_reward_generators
-from pmg.runs import RunDirectory, RunError, stage_fingerprint
+from pmg.runs import RunDirectory, RunError, fingerprint, stage_fingerprint
 from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.tasks.state import load_preference_state
 from pmg.zoo.manifest import Zoo, ZooError, load_zoo
 from prefreward import ConsistencyReward
 
-__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "GENERATIONS_JSON", "UPSTREAM_STAGES", "GenerationInputs",
+__all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "EVALUATION_PROTOCOL", "GENERATIONS_JSON", "UPSTREAM_STAGES", "GenerationInputs",
            "evaluation_users", "generate_variants", "generation_judges", "generation_variants", "load_evaluation",
            "load_generation_inputs", "require_stages", "run_evaluate_stage"]
+
+# Bumped when how the variants are generated or judged changes, so that a run evaluated the old way
+# is evaluated again rather than reused (a stage's fingerprint covers its config, not pmg's code).
+# 2: each user's image from that user's own noise (pmg.generator.generate.user_seed), no longer one
+# noise for every user.
+EVALUATION_PROTOCOL = 2
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
@@ -252,8 +258,9 @@ def _summary(table: EvaluationTable, out: Path) -> str:
 
 
 def run_evaluate_stage(config: EvaluateConfig, run: RunDirectory, upstream: str, force: bool) -> StageResult:
-    """Compute the evaluation table of ``run`` and write it (JSON + Markdown) with the generations."""
-    stage_fp = stage_fingerprint("evaluate", config, upstream)
+    """Compute the evaluation table of ``run`` and write it (JSON + Markdown) with the generations.
+    An evaluation recorded under another :data:`EVALUATION_PROTOCOL` is computed again, not reused."""
+    stage_fp = stage_fingerprint("evaluate", config, fingerprint(upstream, f"protocol {EVALUATION_PROTOCOL}"))
     # Checked before anything is cleared: a bad config or a missing stage loses no earlier evaluation.
     config.validate()
     require_stages(run, UPSTREAM_STAGES)
