@@ -177,8 +177,9 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
     clip, processor = zoo.load_clip()
     embedder = ConsistencyReward.from_model(clip, processor).embedder
     size = variants[DEFAULT_VARIANT].image.image_size
+    history = history_items(data, split, users)
     histories = []
-    for items in history_items(data, split, users):
+    for items in history:
         pictures = [load_image_tensor(data.items[int(i)].image, size, data.image_read_fit) for i in items if data.items[int(i)].image is not None]
         with torch.no_grad():
             histories.append(embedder.embed_images(torch.stack(pictures)).mean(dim=0) if pictures else None)
@@ -197,7 +198,7 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
     known = items.mask.nonzero().flatten()
     pixel_map = fit_linear_map(items.values[known], preferences.item_embeddings["visual"][known].float(), ridge=reward.map_ridge)  # [256, d]
     pixel_histories = [items.values[torch.as_tensor(i, dtype=torch.long)][items.mask[torch.as_tensor(i, dtype=torch.long)]].mean(dim=0)
-                       for i in history_items(data, split, users)]
+                       for i in history]
     for name, scorers in SCORERS.items():
         content = torch.stack([_embed(embedder, batch) for batch in images[name]])  # [seeds, U, d_c]
         pixels = torch.stack([_pixels(batch, data.image_read_fit) for batch in images[name]])  # [seeds, U, 256]
