@@ -165,3 +165,30 @@ def test_vae_colour_term_weighs_a_colour_cast_not_pattern_noise() -> None:
     torch.testing.assert_close(shifted["loss"], shifted["mse"] + 4.0 * shifted["colour"])
     off = VaeModule(torch.nn.Identity(), OptimizerConfig(), crop_size=16, kl_weight=0.0)  # type: ignore[arg-type]
     torch.testing.assert_close(off.loss(images, images + cast, zero)["loss"], shifted["mse"])
+
+
+def test_unet_module_keeps_a_moving_average_of_its_weights_in_its_state(clip_parts) -> None:
+    """With ``ema_decay`` the weights kept are the average over steps (the first step copies them),
+    held in the module's state, which resume checkpoints save; without it, the last step's."""
+    from pmg.training import OptimizerConfig
+    from pmg.zoo.lightning_modules import UNetDiffusionModule
+
+    tokenizer, clip = clip_parts
+    torch.manual_seed(0)
+    pipe = build_tiny_sdxl_pipeline(SDXL_SIZE, tokenizer, tokenizer, text_encoders=text_encoders_from_clip(clip))
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    time_ids = torch.tensor([16, 16, 0, 0, 16, 16])
+    averaged = UNetDiffusionModule(pipe.unet, scheduler, OptimizerConfig(), time_ids=time_ids, prompt_dropout=0.0, snr_gamma=0.0,
+                                   ema_decay=0.75)
+    assert averaged.ema is not None and not any(p.requires_grad for p in averaged.ema.parameters())
+    assert any(name.startswith("ema.module.") for name in averaged.state_dict())
+    name, parameter = next(iter(pipe.unet.named_parameters()))
+    with torch.no_grad():
+        parameter.fill_(1.0)
+        averaged.on_train_batch_end(None, {}, 0)
+        parameter.fill_(3.0)
+        averaged.on_train_batch_end(None, {}, 1)
+    torch.testing.assert_close(averaged.averaged_unet_state()[name], torch.full_like(parameter, 0.75 * 1.0 + 0.25 * 3.0))
+    last = UNetDiffusionModule(pipe.unet, scheduler, OptimizerConfig(), time_ids=time_ids, prompt_dropout=0.0, snr_gamma=0.0)
+    assert last.ema is None
+    torch.testing.assert_close(last.averaged_unet_state()[name], torch.full_like(parameter, 3.0))

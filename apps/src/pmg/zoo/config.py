@@ -169,6 +169,9 @@ class UNetTrainingConfig:
     # tokens' images showed the user's shade no more often (0.52 against 0.47-0.51 without it), and the
     # keyword prompt gained colour (benchmarks/generation.py, docs/results.md row S5).
     hidden_visual_words: bool = False
+    # > 0: the zoo keeps an exponential moving average of the UNet's weights with this decay
+    # (updated every step) instead of the last step's weights; 0: the last step's.
+    ema_decay: float = 0.0
     # 1200 steps, not 600: held-out colour at guidance 3 0.81-0.95 (mean 0.88, four UNets)
     # against 0.67-0.78 (mean 0.74, three), category 0.80-0.88 against 0.55-0.64; more images
     # per step instead (600 × 48) gave 0.79, a higher lr worse (128 images each, GPU sweep).
@@ -208,6 +211,8 @@ class SDXLTrainingConfig:
             raise ValueError(f"zoo.sdxl.vae.crop_size must be a multiple of the VAE factor {factor}")
         if not 0.0 <= self.unet.prompt_dropout < 1.0:
             raise ValueError("zoo.sdxl.unet.prompt_dropout must be in [0, 1)")
+        if not 0.0 <= self.unet.ema_decay < 1.0:
+            raise ValueError(f"zoo.sdxl.unet.ema_decay must be in [0, 1) (0: no average), not {self.unet.ema_decay}")
         if self.vae.colour_weight < 0 or self.vae.colour_pool < 1 or self.vae.crop_size % self.vae.colour_pool:
             raise ValueError("zoo.sdxl.vae.colour_weight must be >= 0 and zoo.sdxl.vae.colour_pool >= 1, dividing crop_size")
         if self.unet.snr_gamma < 0 or self.vae.kl_weight < 0 or self.unet.noise_offset < 0:

@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import CLIPModel, PreTrainedModel
 
 from pmg.training import LrScheduleConfig, OptimizerConfig, build_lr_scheduler, build_optimizer
@@ -114,6 +115,10 @@ class UNetDiffusionModule(_OptimizedModule):
     ``prompt_embeds`` [B, T, D] (both encoders' penultimate states concatenated),
     ``pooled`` [B, P] (encoder 2's projected pooled output). ``time_ids`` [6] are the
     constant size/crop ids (H, W, 0, 0, H, W) that the pipeline passes at inference.
+
+    ``ema_decay`` > 0 keeps ``ema``, an exponential moving average of the UNet's weights updated
+    after every step (the first step copies them), which is part of the module's state and so of
+    its resume checkpoints; :meth:`averaged_unet_state` gives its weights.
     """
 
     def __init__(
@@ -126,10 +131,15 @@ class UNetDiffusionModule(_OptimizedModule):
         prompt_dropout: float,
         snr_gamma: float,
         noise_offset: float = 0.0,
+        ema_decay: float = 0.0,
         lr_schedule: LrScheduleConfig | None = None,
     ) -> None:
         super().__init__(optimizer, lr_schedule)
         self.unet, self.noise_scheduler = unet, noise_scheduler
+        self.ema: AveragedModel | None = None
+        if ema_decay > 0:
+            self.ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)  # the optimizer takes every parameter that requires a gradient
         self.prompt_dropout, self.snr_gamma, self.noise_offset = prompt_dropout, snr_gamma, noise_offset
         self.register_buffer("time_ids", time_ids.float(), persistent=False)
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.float().clone(), persistent=False)
@@ -158,6 +168,15 @@ class UNetDiffusionModule(_OptimizedModule):
         loss = per_sample.mean()
         self.log("unet/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_batch_end(self, outputs: object, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.unet)
+
+    def averaged_unet_state(self) -> dict[str, torch.Tensor]:
+        """The UNet's weights to keep: their moving average with ``ema_decay``, else the last step's."""
+        source = self.ema.module if self.ema is not None else self.unet
+        return {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
 
 
 class CausalLMModule(_OptimizedModule):

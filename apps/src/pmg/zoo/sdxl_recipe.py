@@ -136,9 +136,11 @@ def train_sdxl(config: SDXLTrainingConfig, corpus: ZooCorpus, pipe: StableDiffus
     time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution])
     module = UNetDiffusionModule(pipe.unet, noise_scheduler, config.unet.optimizer, time_ids=time_ids,
                                  prompt_dropout=config.unet.prompt_dropout, snr_gamma=config.unet.snr_gamma,
-                                 noise_offset=config.unet.noise_offset, lr_schedule=config.unet.lr_schedule)
+                                 noise_offset=config.unet.noise_offset, ema_decay=config.unet.ema_decay,
+                                 lr_schedule=config.unet.lr_schedule)
     collate = _LatentCollate(mean, std, scaling, torch.from_numpy(prompt_index), prompt_embeds, pooled)
     fit_steps(module, RowIndices(len(items)), trainer_config=config.unet.trainer, batch_size=min(config.unet.batch_size, len(items)),
               log_dir=log_dir / "unet", collate=collate, checkpoints=checkpoints.part("unet") if checkpoints else None)
+    pipe.unet.load_state_dict(module.averaged_unet_state())
     trainable(pipe.unet, False).eval()
     return pipe
