@@ -27,8 +27,8 @@ Per profile:
   stage's item space by the ridge map ``pmg.reward.fit_content_maps`` fits, cosine with the user's
   visual preference vector); ``personalization_pixels``, the same from the preference stage's own
   image features (``pixels``) by a ridge map fitted likewise; ``history_clip`` and ``history_pixels``,
-  the cosine with the mean CLIP embedding / pixel features of the user's training-split item images
-  (words-and-images, no tokens); ``first`` (seed 0); and the judge itself
+  the user's ``clip_i_history`` / ``pixel_history`` of the evaluation (``pmg.evaluate.field_metrics``:
+  the mean cosine with the user's training-split item images; words-and-images, no tokens); ``first`` (seed 0); and the judge itself
   (``oracle``: a bound on what any choice among these images reaches, not a method). With each, its
   ``agreement``: over pairs of one user's images whose judged shares differ, the share the scorer
   orders as the judge does (0.5 is chance), averaged per user, with an interval over users.
@@ -54,8 +54,8 @@ import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
-from pmg.data.images import load_image_tensor
-from pmg.evaluate.generation import history_items, image_tensor
+from pmg.evaluate.field_metrics import FieldReferences, pixel_vectors
+from pmg.evaluate.generation import history_items, image_tensor, item_embeddings
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.evaluate.stage import (
     evaluation_users,
@@ -63,7 +63,7 @@ from pmg.evaluate.stage import (
     generation_variants,
     load_generation_inputs,
 )
-from pmg.features import PIXEL_SIZE, FeatureEncoderSpec, encode_items, pixel_features, rgb_array
+from pmg.features import FeatureEncoderSpec, encode_items
 from pmg.generator.evaluation import judge_attribute_hits, taste_attributes, visual_taste_judge
 from pmg.generator.generate import generate_images, user_seed
 from pmg.preference import PreferenceConfig
@@ -111,11 +111,6 @@ def _embed(embedder: object, images: Sequence[object]) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([embedder.embed_images(torch.stack([image_tensor(i) for i in images[s : s + _EMBED_BATCH]]))
                           for s in range(0, len(images), _EMBED_BATCH)])
-
-
-def _pixels(images: Sequence[object], fit: object) -> torch.Tensor:
-    """The ``pixels`` item features (``pmg.features.pixel_features``) of PIL ``images``: [N, 256]."""
-    return torch.from_numpy(np.stack([pixel_features(rgb_array(i, PIXEL_SIZE, fit)) for i in images]))
 
 
 def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, object]:
@@ -178,11 +173,9 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
     embedder = ConsistencyReward.from_model(clip, processor).embedder
     size = variants[DEFAULT_VARIANT].image.image_size
     history = history_items(data, split, users)
-    histories = []
-    for items in history:
-        pictures = [load_image_tensor(data.items[int(i)].image, size, data.image_read_fit) for i in items if data.items[int(i)].image is not None]
-        with torch.no_grad():
-            histories.append(embedder.embed_images(torch.stack(pictures)).mean(dim=0) if pictures else None)
+    # The evaluation's own references: history_clip / history_pixels are its clip_i_history / pixel_history per user.
+    references = FieldReferences.of_users(data, history, [np.zeros(0, dtype=np.int64)] * len(users),
+                                          item_embeddings(data, np.unique(np.concatenate(history)), embedder, "image"))
     preferences = load_preferences(run)
     reward = load_config(RewardConfig, run.stage_dir("reward") / "config.yaml")
     visual_map = fit_content_maps(data, {"visual": preferences.item_embeddings["visual"]}, embedder, image_size=size,
@@ -197,19 +190,16 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
     items = encode_items(data, FeatureEncoderSpec("visual", "pixels"), features.cache_dir or None)
     known = items.mask.nonzero().flatten()
     pixel_map = fit_linear_map(items.values[known], preferences.item_embeddings["visual"][known].float(), ridge=reward.map_ridge)  # [256, d]
-    pixel_histories = [items.values[torch.as_tensor(i, dtype=torch.long)][items.mask[torch.as_tensor(i, dtype=torch.long)]].mean(dim=0)
-                       for i in history]
     for name, scorers in SCORERS.items():
         content = torch.stack([_embed(embedder, batch) for batch in images[name]])  # [seeds, U, d_c]
-        pixels = torch.stack([_pixels(batch, data.image_read_fit) for batch in images[name]])  # [seeds, U, 256]
+        pixels = torch.stack([pixel_vectors(batch) for batch in images[name]])  # [seeds, U, 256], unit
         scores = {
             "first": -torch.arange(seeds, dtype=torch.float32)[:, None].expand(seeds, len(users)),
             "oracle": share[name],
-            "history_clip": torch.stack([torch.stack([c @ h if h is not None else c.new_zeros(()) for c, h in zip(content[k], histories, strict=True)])
-                                         for k in range(seeds)]),
+            "history_clip": torch.stack([references.user_similarities("history", "clip", content[k]) for k in range(seeds)]).nan_to_num(0.0),
             "personalization": torch.stack([personalization(content[k], user_vectors) for k in range(seeds)]),
             "personalization_pixels": torch.nn.functional.cosine_similarity(pixels @ pixel_map, user_vectors[None], dim=-1),
-            "history_pixels": torch.nn.functional.cosine_similarity(pixels, torch.nan_to_num(torch.stack(pixel_histories))[None], dim=-1),
+            "history_pixels": torch.stack([references.user_similarities("history", "pixels", pixels[k]) for k in range(seeds)]).nan_to_num(0.0),
         }
         out = figures["best_of_seeds"][name] = {}
         for scorer in scorers:

@@ -20,7 +20,6 @@ The last line printed is one JSON object: ``{"builds": {"<profile>/<name>": {"ov
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,10 +27,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pmg.benchmark_targets import last_json_line
+from pmg.benchmark_targets import Targets, last_json_line, parse_args_with_check, print_result
 from pmg.data.catalog import CATALOG_PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
+# No target: a sweep compares settings with each other (benchmarks/zoo.py holds the zoo's targets).
+TARGETS: Targets = {}
 # Progress bars would fill the logs; each fit still logs to TensorBoard.
 QUIET = tuple(f"{model}.trainer.enable_progress_bar=false" for model in ("clip", "sdxl.vae", "sdxl.unet", "lm", "judge"))
 # What the summary lines show of each build (all of zoo.py's figures go into the JSON).
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--images-per-combo", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=None, help="seconds a build may take before it is stopped")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "zoo-sweep")
-    args = parser.parse_args()
+    args = parse_args_with_check(parser, TARGETS)
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
         parser.error(f"variant names must differ: {names}")
@@ -91,8 +92,8 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         results = list(pool.map(lambda job: _build(*job, args), jobs))
     builds = {f"{profile}/{name}": result for (profile, name, _), result in zip(jobs, results, strict=True)}
-    print(json.dumps({"builds": builds, "threads_per_build": args.threads, "parallel": args.parallel,
-                      "images_per_combo": args.images_per_combo}), flush=True)
+    print_result({"builds": builds, "threads_per_build": args.threads, "parallel": args.parallel,
+                  "images_per_combo": args.images_per_combo}, TARGETS, args.check)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pmg.evaluate.field_metrics import FieldReferences
 from pmg.evaluate.image_similarity import (
     frechet_distance,
     gaussian_window,
@@ -124,3 +125,15 @@ def test_pixel_features_start_with_a_colour_histogram_that_sums_to_one() -> None
     assert histogram[3 * 16 + 0 * 4 + 0] == pytest.approx(1.0)  # every foreground pixel in the (red, -, -) bin
     features = pixel_features(rgb)
     assert features.shape == (256,) and np.array_equal(features[:64], histogram)
+
+
+def test_user_similarities_average_each_users_reference_cosines_and_mark_users_without_one() -> None:
+    unit = torch.nn.functional.normalize
+    clip = {item: unit(torch.tensor(v), dim=0) for item, v in {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0]}.items()}
+    references = FieldReferences(None, history_images=[[1, 2], [], [3]], target_images=[[], [], []], target_texts=[[], [], []],  # type: ignore[arg-type]
+                                 clip=clip)
+    generated = unit(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=1)  # one per user
+    found = references.user_similarities("history", "clip", generated)
+    assert found[0].item() == pytest.approx(0.5)  # cosines 1 and 0
+    assert torch.isnan(found[1]) and found[2].item() == pytest.approx(2**-0.5)
+    assert torch.isnan(references.user_similarities("target", "clip", generated)).all()

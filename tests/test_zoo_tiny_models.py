@@ -11,6 +11,8 @@ from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, CLIPModel
 
+from pmg.training import OptimizerConfig
+from pmg.zoo.lightning_modules import UNetDiffusionModule
 from prefgen.testing.offline_tokenizers import train_causal_lm_tokenizer, train_clip_tokenizer
 from prefgen.testing.tiny import (
     TinyCausalLMConfig,
@@ -170,9 +172,6 @@ def test_vae_colour_term_weighs_a_colour_cast_not_pattern_noise() -> None:
 def test_unet_module_keeps_a_moving_average_of_its_weights_in_its_state(clip_parts) -> None:
     """With ``ema_decay`` the weights kept are the average over steps (the first step copies them),
     held in the module's state, which resume checkpoints save; without it, the last step's."""
-    from pmg.training import OptimizerConfig
-    from pmg.zoo.lightning_modules import UNetDiffusionModule
-
     tokenizer, clip = clip_parts
     torch.manual_seed(0)
     pipe = build_tiny_sdxl_pipeline(SDXL_SIZE, tokenizer, tokenizer, text_encoders=text_encoders_from_clip(clip))

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from pmg.data.format import InteractionData
 
-__all__ = ["FIELD_ROWS", "FieldReferences", "field_cells"]
+__all__ = ["FIELD_ROWS", "FieldReferences", "field_cells", "pixel_vectors"]
 
 # (metric, label, range) in table order.
 FIELD_ROWS: list[tuple[str, str, tuple[float, float]]] = [
@@ -80,6 +80,12 @@ Reference = Literal["history", "target"]
 
 # Image pairs compared per SSIM call: bounds the memory of the pairs' maps ([chunk, 1, H, W] each).
 _SSIM_CHUNK = 512
+
+
+def pixel_vectors(images: Sequence[Image]) -> torch.Tensor:
+    """Unit ``pixels`` features (:func:`pmg.features.pixel_features`) of ``images``: float32 [N, 256]."""
+    return torch.nn.functional.normalize(torch.from_numpy(np.stack([pixel_features(rgb_array(image, PIXEL_SIZE)) for image in images])),
+                                         dim=-1)
 
 
 @dataclass
@@ -146,6 +152,18 @@ class FieldReferences:
                     torch.from_numpy(np.stack([self._pixel_pair(i)[0] for i in items])), dim=-1)
         return self._stacks[key]
 
+    def user_similarities(self, which: Reference, kind: Literal["clip", "pixels"], vectors: torch.Tensor) -> torch.Tensor:
+        """Per user, the mean cosine between each of their ``which`` images and their row of
+        ``vectors`` [N, d] (unit, one per user in order: zoo-CLIP image embeddings for "clip",
+        :func:`pixel_vectors` for "pixels"): float64 [N], NaN for a user without such an image. The
+        ``clip_i_<which>`` and ``pixel_<which>`` rows are their means over the users with one."""
+        owners = self.owners(which)
+        if len(owners) == 0:
+            return torch.full((len(vectors),), float("nan"), dtype=torch.float64)
+        with torch.no_grad():
+            pairs = (self.stacked(which, kind) * vectors.float()[owners]).sum(dim=-1)
+        return _user_means(pairs, owners, len(vectors))
+
     def grayscale_windows(self, which: Reference, size: tuple[int, int]) -> LocalStatistics:
         """SSIM's statistics of every pair's reference in grayscale at ``size`` (width, height), in
         :meth:`owners` order (built once per size): images [P, 1, height, width]."""
@@ -155,12 +173,16 @@ class FieldReferences:
         return self._windows[which, size]
 
 
-def _per_user_means(values: torch.Tensor, owners: torch.Tensor, num_users: int) -> np.ndarray:
-    """Per user with at least one pair (in order), the mean of its pairs' ``values`` [P]: float64 [N_kept]."""
+def _user_means(values: torch.Tensor, owners: torch.Tensor, num_users: int) -> torch.Tensor:
+    """Per user, the mean of its pairs' ``values`` [P] (``owners`` [P]): float64 [num_users], NaN without a pair."""
     counts = torch.bincount(owners, minlength=num_users)
     sums = torch.zeros(num_users, dtype=torch.float64).index_add_(0, owners, values.double())
-    kept = counts > 0
-    return (sums[kept] / counts[kept]).numpy()
+    return sums / counts  # 0 / 0: NaN
+
+
+def _users_cell(means: torch.Tensor) -> Cell:
+    """The cell of per-user ``means`` [N] over the users that have a value."""
+    return Cell.of_users(means[~torch.isnan(means)].numpy())
 
 
 def _image_cells(references: FieldReferences, images: Sequence[Image], clip_vectors: torch.Tensor) -> dict[str, Cell]:
@@ -168,8 +190,7 @@ def _image_cells(references: FieldReferences, images: Sequence[Image], clip_vect
     cells: dict[str, Cell] = {}
     size = images[0].size
     gray = LocalStatistics.of(torch.stack([grayscale_tensor(image, size) for image in images]))  # [N, 1, H, W]
-    rgb = [rgb_array(image, PIXEL_SIZE) for image in images]
-    pixels = torch.nn.functional.normalize(torch.from_numpy(np.stack([pixel_features(x) for x in rgb])), dim=-1)  # [N, 256]
+    pixels = pixel_vectors(images)  # [N, 256]
     which: Reference
     for which in ("history", "target"):
         owners = references.owners(which)  # [P]
@@ -178,21 +199,19 @@ def _image_cells(references: FieldReferences, images: Sequence[Image], clip_vect
                 f"no evaluated user has a {which} item with an image")
             continue
         with torch.no_grad():
-            clip = (references.stacked(which, "clip") * clip_vectors.float()[owners]).sum(dim=-1)
-            pixel = (references.stacked(which, "pixels") * pixels[owners]).sum(dim=-1)
             reference = references.grayscale_windows(which, size)
             ssim = torch.cat([similarity_of_statistics(gray.select(owners[start : start + _SSIM_CHUNK]),
                                                        reference.select(slice(start, start + _SSIM_CHUNK)))
                               for start in range(0, len(owners), _SSIM_CHUNK)])
-        cells[f"clip_i_{which}"] = Cell.of_users(_per_user_means(clip, owners, len(images)))
-        cells[f"ssim_{which}"] = Cell.of_users(_per_user_means(ssim, owners, len(images)))
-        cells[f"pixel_{which}"] = Cell.of_users(_per_user_means(pixel, owners, len(images)))
+        cells[f"clip_i_{which}"] = _users_cell(references.user_similarities(which, "clip", clip_vectors))
+        cells[f"ssim_{which}"] = _users_cell(_user_means(ssim, owners, len(images)))
+        cells[f"pixel_{which}"] = _users_cell(references.user_similarities(which, "pixels", pixels))
     kept = [n for n, items in enumerate(references.target_images) if items]
     pooled = [i for n in kept for i in references.target_images[n]]
     if len(kept) < 2 or len(pooled) < 2:
         cells["fid_colour_target"] = Cell.absent("fewer than 2 evaluated users have a target item with an image")
     else:
-        generated = np.stack([colour_histogram(rgb[n]) for n in kept])
+        generated = np.stack([colour_histogram(rgb_array(images[n], PIXEL_SIZE)) for n in kept])
         cells["fid_colour_target"] = Cell.of(frechet_distance(generated, references.colour_histograms(pooled)), n=len(kept))
     return cells
 

@@ -99,7 +99,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "VARIANT_LABELS", "FAVOURITE_COUNT", "GenerationJudges", "RetrievalVariant", "VariantGenerators",
            "favourite_hits", "favourite_values", "future_items", "zoo_generators",
-           "generation_record", "generation_section", "history_items", "history_latent_variant", "hybrid_variant", "image_tensor", "keyword_variant",
+           "generation_record", "generation_section", "history_items", "item_embeddings", "history_latent_variant", "hybrid_variant", "image_tensor", "keyword_variant",
            "no_token_variant", "soft_prompt_variant", "token_variant", "user_keywords"]
 
 VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "history_latent", "hybrid", "retrieve", "tokens_sft",
@@ -337,7 +337,7 @@ class GenerationJudges:
     embedder: ClipEmbedder
 
 
-def _item_embeddings(data: InteractionData, items: np.ndarray, embedder: ClipEmbedder, modality: str) -> dict[int, torch.Tensor]:
+def item_embeddings(data: InteractionData, items: np.ndarray, embedder: ClipEmbedder, modality: str) -> dict[int, torch.Tensor]:
     """Unit CLIP embeddings {item: [d]} of the ``items`` that have the modality (image or text)."""
     if modality == "image":
         kept = [int(i) for i in items if data.items[i].image is not None]
@@ -383,8 +383,8 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
     needed = np.unique(np.concatenate(future)) if future else np.zeros(0, dtype=np.int64)
     # Images: the history's too (CLIP-I against the history); texts are compared with the future only.
     with_history = np.unique(np.concatenate([needed, *history])) if history else needed
-    item_vectors = {"image": _item_embeddings(data, with_history, judges.embedder, "image"),
-                    "text": _item_embeddings(data, needed, judges.embedder, "text")}
+    item_vectors = {"image": item_embeddings(data, with_history, judges.embedder, "image"),
+                    "text": item_embeddings(data, needed, judges.embedder, "text")}
     references = FieldReferences.of_users(data, history, future, item_vectors["image"])
     # Without ground-truth tastes a multi-label head still says whether an image shows what the
     # user goes on to watch: their favourite values, read off their held-out future items.
