@@ -17,7 +17,7 @@ from pmg.data.format import DatasetError, ItemKind
 from pmg.data.sources import load_movielens
 from pmg.data.split import temporal_split
 from pmg.data.subjects import caption_words, image_subject, item_subject, liked_caption_words, subject_caption
-from pmg.generator.config import GeneratorConfig
+from pmg.generator.config import GeneratorConfig, ImagePromptForm
 from pmg.generator.prompts import (
     item_image_prompt,
     keyword_prompts,
@@ -39,7 +39,7 @@ def _catalog_prompts(config: GeneratorConfig) -> list[str]:
     split = temporal_split(data)
     out = []
     _, image_attributes = prompt_attributes(data, config)
-    templates = prompt_templates(data, config.image.default_subject, config.text.audience)
+    templates = prompt_templates(data, config.image.default_subject, config.text.audience, config.image.prompt_form)
     for i in range(data.num_items):
         values = {a: data.items[i].attributes[a] for a in image_attributes if data.items[i].attributes.get(a)}
         out.append(item_image_prompt(data, i, values, "<pv_0_1><pv_1_2>" if i % 2 else None, templates, config.image.default_subject))
@@ -53,10 +53,16 @@ def _catalog_prompts(config: GeneratorConfig) -> list[str]:
     return out
 
 
-def test_the_catalogs_prompts_are_byte_identical_to_before_dataset_subjects() -> None:
+def _noun_first() -> GeneratorConfig:
+    config = GeneratorConfig()
+    config.image.prompt_form = ImagePromptForm.noun_first
+    return config
+
+
+def test_the_catalogs_noun_first_prompts_are_byte_identical_to_before_dataset_subjects() -> None:
     # Recorded at e442d91, before prompts took their words from the dataset: the same 110 prompts
     # through the functions of then (build_image_prompt(described_subject(item_subject(...)))...).
-    prompts = _catalog_prompts(GeneratorConfig())
+    prompts = _catalog_prompts(_noun_first())
     assert prompts[:2] == ["a product: a pink polka-dot hat", "a product for <pv_0_1><pv_1_2>: a purple striped bag"]
     assert prompts[61] == "a product for <pv_0_3>: a blue checked trousers"
     assert prompts[-1] == "User silk <pt_0_1><pv_0_2> would love: review:"
@@ -65,8 +71,18 @@ def test_the_catalogs_prompts_are_byte_identical_to_before_dataset_subjects() ->
     assert hashlib.sha256("\n".join(prompts).encode()).hexdigest() == "388b78bf25b9e9d640a6cc8654b46bd95372128914cd51d9011a4d12fff82867"
 
 
+def test_subject_first_image_prompts_are_the_zoos_captions_then_the_tokens() -> None:
+    noun_first, subject_first = _catalog_prompts(_noun_first()), _catalog_prompts(GeneratorConfig())
+    # The default: no noun in front, so a prompt without tokens is a caption the zoo's UNet trained on.
+    assert subject_first[:2] == ["a pink polka-dot hat", "a purple striped bag for <pv_0_1><pv_1_2>"]
+    assert subject_first[61] == "a blue checked trousers for <pv_0_3>"
+    # Only the image prompts differ; the text prompts are the same in both forms.
+    changed = [n for n, (a, b) in enumerate(zip(noun_first, subject_first, strict=True)) if a != b]
+    assert changed == list(range(60 + 41))
+
+
 def test_the_configs_subject_and_audience_override_the_datasets() -> None:
-    config = GeneratorConfig()
+    config = _noun_first()
     config.image.default_subject, config.text.audience = "a garment", "A buyer"
     prompts = _catalog_prompts(config)
     # Items with a category keep theirs; the noun opening each prompt and the no-token text are the config's.
@@ -82,10 +98,12 @@ def test_movielens_items_are_movie_posters_described_by_their_genres() -> None:
     assert item_subject(data, heat, image_subject(data)) == "a movie poster"
     assert subject_caption("a movie poster", data.items[heat].title, caption_words(data, heat)) == \
         "a movie poster of Heat (1995), action, crime, thriller"
-    config = GeneratorConfig()
-    templates = prompt_templates(data, config.image.default_subject, config.text.audience)
+    config = _noun_first()
+    templates = prompt_templates(data, config.image.default_subject, config.text.audience, config.image.prompt_form)
     assert item_image_prompt(data, heat, {}, "<pv_0_1>", templates) == "a movie poster for <pv_0_1>: a movie poster, action, crime, thriller"
     assert item_image_prompt(data, heat, {}, None, templates) == "a movie poster: a movie poster, action, crime, thriller"
+    first = prompt_templates(data, config.image.default_subject, config.text.audience)  # subject_first, the default
+    assert item_image_prompt(data, heat, {}, "<pv_0_1>", first) == "a movie poster, action, crime, thriller for <pv_0_1>"
     assert build_text_prompt(None, "review:", templates) == "A viewer would love: review:"
     assert build_text_prompt("<pt_0_1>", "", templates) == "User <pt_0_1> would love:"
     # A user's generation prompt: the genres their training history holds most, no title.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -49,12 +50,17 @@ def test_adamw8bit_keeps_8bit_state_for_large_tensors(small_catalog: Path, tmp_p
     assert artifacts.metrics["best_val_score"] > 0
 
 
-def test_adamw8bit_learns_like_adamw() -> None:
+# CI has no GPU; where there is one, the 8-bit optimizer's CUDA kernels are checked as well.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_adamw8bit_learns_like_adamw(device: str) -> None:
     torch.manual_seed(0)
-    target = torch.randn(128, 64)
+    target = torch.randn(128, 64, device=device)
     losses = {}
     for name in ("adamw", "bnb.AdamW8bit"):
-        weight = torch.nn.Parameter(torch.zeros(128, 64))  # 8,192 elements: the 8-bit path
+        weight = torch.nn.Parameter(torch.zeros(128, 64, device=device))  # 8,192 elements: the 8-bit path
         optimizer = build_optimizer([weight], load_config(PreferenceConfig, None, [f"optimizer.name={name}", "optimizer.lr=0.05"]).optimizer)
         for _ in range(100):
             loss = (weight - target).pow(2).mean()

@@ -10,7 +10,7 @@ from pmg.data.ratings import InteractionWeight
 from pmg.training import OptimizerConfig, TrainerConfig
 from prefquant import DEFAULT_PREFIXES
 
-__all__ = ["GenerationTarget", "PromptMode", "TextTarget", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig",
+__all__ = ["GenerationTarget", "ImagePromptForm", "PromptMode", "TextTarget", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig",
            "KeywordConfig", "GeneratorConfig", "TEXT_TARGETS"]
 
 
@@ -32,6 +32,23 @@ class GenerationTarget(StrEnum):
 
     history = "history"
     next_item = "next_item"
+
+
+class ImagePromptForm(StrEnum):
+    """Where the image subject stands in an image prompt (``generator.image.prompt_form``).
+
+    ``subject_first``: the subject, then the user's tokens ("a red striped dress for <pv_0_3>";
+    without tokens the subject alone), so that a prompt without tokens is the caption a
+    text-to-image model is trained on, and with them begins like it (CLIP's text encoders read
+    left to right: what follows does not change how the caption's words are encoded). The
+    default: through the zoo's UNet, the dataset's noun in front ("a product: ...") cost the
+    prompted colour and pattern a fifth to a quarter of their hits (docs/results.md).
+    ``noun_first``: the dataset's noun first ("a product for <pv_0_3>: a red striped dress", "a
+    product: ..."), prefgen's default templates and rounds 1 to 3's prompts.
+    """
+
+    subject_first = "subject_first"
+    noun_first = "noun_first"
 
 
 class PromptMode(StrEnum):
@@ -113,11 +130,13 @@ class ImageGeneratorConfig:
     """Textual inversion of the users' visual tokens in the SDXL pipeline (+ optional UNet LoRA).
 
     ``default_subject``: the image subject of items without one of their own (the catalog's
-    ``category``), and the noun that opens every image prompt ("a movie poster for <pv_0_1>: ...").
+    ``category``), and the noun that opens every image prompt with ``prompt_form`` ``noun_first``
+    ("a movie poster for <pv_0_1>: ...").
     None (default): the dataset's (``item_kind.subject`` in its ``dataset.json``, set by its loader
     or by ``data.item_kind.subject``), else "a product" (:func:`pmg.data.subjects.image_subject`).
     Set here it overrides the dataset's for this stage and those after it, not for the zoo's
     captions, which come before: ``data.item_kind.subject`` changes both.
+    ``prompt_form``: where the subject stands in the prompt (:class:`ImagePromptForm`).
     ``subject_from_text``: dataset attributes (e.g. ``colour``) whose value the user's generated
     text names is put into the image subject at generation time ("a jacket" → "an orange
     jacket"), so that the image shows what the text says (the text is written first); the
@@ -144,6 +163,7 @@ class ImageGeneratorConfig:
     unet_lora_r: int = 0  # 0: no UNet LoRA, only the token rows train
     unet_lora_alpha: int = 0  # 0: alpha = r
     default_subject: str | None = None
+    prompt_form: ImagePromptForm = ImagePromptForm.subject_first
     no_token_fraction: float = 0.1
     subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
     latent_prior: bool = False

@@ -112,7 +112,7 @@ def generate_for_users(
         raise ValueError(f"{len(users)} users need as many fragments, subjects, keywords and latent offsets")
     sample, targets = config.sample, config.text.targets
     described = subject_attributes(data, config) if text_adapter is not None and image_adapter is not None else {}
-    templates = prompt_templates(data, config.image.default_subject, config.text.audience)
+    templates = prompt_templates(data, config.image.default_subject, config.text.audience, config.image.prompt_form)
     results: list[UserGeneration] = []
     for start in range(0, len(users), batch_size):
         chunk = range(start, min(start + batch_size, len(users)))

@@ -100,7 +100,7 @@ class GeneratorModule(TrainableOnlyCheckpoint, L.LightningModule):
         self.config, self.optimizer_config = config, optimizer
         # The dataset's prompt templates with this generator's override of its words.
         self.templates = (prompt_templates(data, audience=config.audience) if isinstance(config, TextGeneratorConfig)
-                          else prompt_templates(data, subject=config.default_subject))
+                          else prompt_templates(data, subject=config.default_subject, form=config.prompt_form))
         self.dropout = _TokenDropout(config.no_token_fraction, seed)
         self.soft_prompt = soft_prompt
         self.register_buffer("preferences", preferences.float() if preferences is not None else None, persistent=False)

@@ -14,8 +14,9 @@ and, once a user's texts are generated, the image prompt that shows what they na
 the user's visual tokens).
 
 The templates around them are the dataset's (:func:`prompt_templates`): the embedded catalog's
-"a product for <pv_0_3>: a red dress" and "A shopper would love:", MovieLens's "a movie poster
-for <pv_0_3>: a movie poster, drama, comedy" and "A viewer would love:".
+"a red dress for <pv_0_3>" and "A shopper would love:", MovieLens's "a movie poster, drama,
+comedy for <pv_0_3>" and "A viewer would love:" (``generator.image.prompt_form=noun_first``: "a
+product for <pv_0_3>: a red dress", "a movie poster for <pv_0_3>: a movie poster, drama, comedy").
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pmg.data.format import InteractionData
 from pmg.data.keywords import HistoryKeywords, history_keywords, keyword_attributes
 from pmg.data.ratings import interaction_weights
 from pmg.data.subjects import caption_words, image_subject, item_subject, liked_caption_words, subject_caption
-from pmg.generator.config import GeneratorConfig, PromptMode
+from pmg.generator.config import GeneratorConfig, ImagePromptForm, PromptMode
 from pmg.generator.evaluation import named_value
 from pmg.quantize.stage import UserTokens
 from pmg.runs import RunError
@@ -50,18 +51,23 @@ def _literal(phrase: str) -> str:
     return phrase.strip().replace("{", "{{").replace("}", "}}")
 
 
-def prompt_templates(data: InteractionData, subject: str | None = None, audience: str | None = None) -> PromptTemplates:
-    """The dataset's prompt templates: ``"<subject> for {tokens}: {subject}"`` for images and
-    ``"<audience> would love: {context}"`` for a user without tokens ("User {tokens} would love:
-    {context}" with tokens, as for every dataset).
+def prompt_templates(data: InteractionData, subject: str | None = None, audience: str | None = None,
+                     form: ImagePromptForm = ImagePromptForm.subject_first) -> PromptTemplates:
+    """The dataset's prompt templates: for images, by ``form`` (``generator.image.prompt_form``),
+    ``"{subject} for {tokens}"`` and the subject alone without tokens (``subject_first``), or
+    ``"<noun> for {tokens}: {subject}"`` and ``"<noun>: {subject}"`` (``noun_first``, prefgen's
+    defaults for the embedded catalog, byte for byte); for texts ``"<audience> would love:
+    {context}"`` for a user without tokens ("User {tokens} would love: {context}" with tokens, as
+    for every dataset).
 
     ``subject`` / ``audience`` are the config's overrides (``generator.image.default_subject``,
     ``generator.text.audience``); when None, the dataset's ``item_kind`` says
-    (:func:`pmg.data.subjects.image_subject`), else "a product" / "A shopper": the embedded
-    catalog's templates, prefgen's defaults, byte for byte.
+    (:func:`pmg.data.subjects.image_subject`), else "a product" / "A shopper".
     """
-    noun = _literal(image_subject(data, subject))
     who = _literal(audience or data.item_kind.audience or DEFAULT_AUDIENCE)
+    if form == ImagePromptForm.subject_first:
+        return PromptTemplates(image="{subject} for {tokens}", image_no_tokens="{subject}", text_no_tokens=f"{who} would love: {{context}}")
+    noun = _literal(image_subject(data, subject))
     return PromptTemplates(image=f"{noun} for {{tokens}}: {{subject}}", image_no_tokens=f"{noun}: {{subject}}",
                            text_no_tokens=f"{who} would love: {{context}}")
 
@@ -256,4 +262,5 @@ def user_image_prompt(data: InteractionData, config: GeneratorConfig, user: int 
     chosen = text_named_values(text, described)
     chosen.update(keywords or {})
     caption = subject_caption(described_subject(data, subject, chosen), "", liked_caption_words(data, history, user))
-    return build_image_prompt(caption, fragment, prompt_templates(data, config.image.default_subject, config.text.audience))
+    return build_image_prompt(caption, fragment, prompt_templates(data, config.image.default_subject, config.text.audience,
+                                                                  config.image.prompt_form))
