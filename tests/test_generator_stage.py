@@ -80,6 +80,11 @@ def test_sft_targets_continue_the_prompt_and_token_rows_get_their_own_lr(tiny_ru
 
 
 
+def _image_subject(prompt: str) -> str:
+    """The subject of an image prompt (``generator.image.prompt_form`` subject_first: "<subject>[ for <tokens>]")."""
+    return prompt.split(" for <", 1)[0]
+
+
 def test_training_prompts_carry_some_of_the_liked_items_own_words(tiny_run: Path) -> None:
     from pmg.data.dataset_stage import load_prepared
     from pmg.generator.config import GeneratorConfig
@@ -113,7 +118,9 @@ def test_training_prompts_carry_some_of_the_liked_items_own_words(tiny_run: Path
                                  words=ItemWords(data, image_attributes, 1.0, 0))
     image.dropout.fraction = 0.0
     described = " ".join(data.attributes[a].prompt_word(own[a]) for a in image_attributes if own.get(a))
-    assert image.prompts(batch)[0].endswith(f"{described} {own['category']}")
+    # The subject first, described by the item's own words, then the user's tokens (prompt_form subject_first).
+    subject, _, tokens = image.prompts(batch)[0].partition(" for ")
+    assert subject.endswith(f"{described} {own['category']}") and tokens == fragments[0]
 
 
 @pytest.mark.parametrize("variant", ["tokens", "soft_prompt"])
@@ -175,7 +182,7 @@ def test_generate_writes_an_image_and_texts_for_a_known_user(tiny_run: Path, tmp
     data, split = load_prepared(RunDirectory(tiny_run))
     config = load_config(GeneratorConfig, tiny_run / "generator" / "config.yaml")
     words = user_prompts(data, config, load_user_tokens(RunDirectory(tiny_run)), split.train).subject_words[data.user_index()[user_id]]
-    assert words and record["image_prompt"].endswith(f": {described_subject(data, 'a dress', words)}")
+    assert words and record["image_prompt"].startswith(f"{described_subject(data, 'a dress', words)} for <pv_")
     assert out.stat().st_size > 0 and "<pv_" in record["image_prompt"] and "<pt_" in record["text_prompt"]
     assert not record["cold_start"] and set(record["texts"]) == {"title", "review"}
 
@@ -521,12 +528,12 @@ def test_the_image_subject_carries_the_colour_the_text_names(tiny_run: Path) -> 
     out = generate_for_users(data, config, users=[0, 1, 2], text_fragments=fragments, image_fragments=fragments,
                              text_adapter=text, image_adapter=image, history=split.train, subjects=["a hat"] * 3)
     article = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
-    assert [g.image_prompt.split(": ", 1)[1] for g in out] == [  # the first colour named, if any
+    assert [_image_subject(g.image_prompt) for g in out] == [  # the first colour named, if any
         f"{article[colours[1]]} {colours[1]} hat", "a hat", f"{article[colours[2]]} {colours[2]} hat"]
     independent = generate_for_users(data, _stage_config("generator.image.subject_from_text=[]"), users=[0], text_fragments=[None],
                                      image_fragments=[None], text_adapter=text, image_adapter=image, history=split.train,
                                      subjects=["a hat"])
-    assert independent[0].image_prompt.endswith(": a hat")
+    assert _image_subject(independent[0].image_prompt) == "a hat"
     assert np.abs(np.asarray(independent[0].image, dtype=np.int16) - np.asarray(out[0].image, dtype=np.int16)).max() > 0
     with pytest.raises(RunError, match=r"subject_from_text names \['color'\].*set generator.image.subject_from_text=\[\]"):
         subject_attributes(data, _stage_config("generator.image.subject_from_text=[color]"))
@@ -553,7 +560,7 @@ def test_image_training_prompts_name_what_the_items_text_names(tiny_run: Path) -
     def prompts(described):
         module = ImageGeneratorModule(None, data, ["<pv_0_1>"] * data.num_users, config.image, OptimizerConfig(),  # type: ignore[arg-type]
                                       described=described)
-        return [p.split(": ", 1)[1] for p in module.prompts(batch)]
+        return [_image_subject(p) for p in module.prompts(batch)]
 
     article = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
     assert prompts(subject_attributes(data, config)) == [f"{article[colours[1]]} {colours[1]} {category}",

@@ -57,10 +57,11 @@ def test_movielens_with_stand_in_posters_runs_end_to_end_prompting_movie_posters
     for stage in ("generator", "reward"):
         samples = json.loads((run / stage / "samples" / "samples.json").read_text())
         prompts = [s["image_prompt"] for s in samples]
-        # "a movie poster for <pv_0_3><pv_1_6>: a movie poster, action, adventure, comedy": the genres the user's history holds most.
+        # "a movie poster, action, adventure, comedy for <pv_0_3><pv_1_6>": the genres the user's history holds most.
         assert samples and all(p.startswith("a movie poster") and "a product" not in p for p in prompts), prompts
         cold = next(s for s in samples if s["cold_start"])
-        assert cold["text_prompt"].startswith("A viewer would love:") and cold["image_prompt"].startswith("a movie poster: a movie poster")
+        assert cold["text_prompt"].startswith("A viewer would love:") and cold["image_prompt"].startswith("a movie poster, ")
+        assert " for <" not in cold["image_prompt"]
     # The zoo's judge reads genres off posters (a multi-label head, configs/movielens_posters.yaml) and measures itself
     # beside its chance; the evaluation scores every variant's posters against the users' favourite genres.
     metrics = load_zoo(run).metrics
