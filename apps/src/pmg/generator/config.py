@@ -41,8 +41,9 @@ class ImagePromptForm(StrEnum):
     without tokens the subject alone), so that a prompt without tokens is the caption a
     text-to-image model is trained on, and with them begins like it (CLIP's text encoders read
     left to right: what follows does not change how the caption's words are encoded). The
-    default: through the zoo's UNet, the dataset's noun in front ("a product: ...") cost the
-    prompted colour and pattern a fifth to a quarter of their hits (docs/results.md).
+    default: through the zoo's UNet, the dataset's noun in front ("a product: ...") cost up to a
+    third of the prompted colour's and pattern's hits on combinations it was trained on, and the
+    default's image personalization a tenth (docs/results.md).
     ``noun_first``: the dataset's noun first ("a product for <pv_0_3>: a red striped dress", "a
     product: ..."), prefgen's default templates and rounds 1 to 3's prompts.
     """
