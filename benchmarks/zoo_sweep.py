@@ -76,7 +76,8 @@ def _build(profile: str, name: str, overrides: list[str], args: argparse.Namespa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", type=parse_variant, action="append", required=True, metavar="NAME[=key=value,...]")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME[=key=value,...]",
+                        help="a build to make (one or more)")
     parser.add_argument("--profiles", nargs="+", choices=CATALOG_PROFILES, default=["default"])
     parser.add_argument("--parallel", type=int, default=1, help="builds at a time")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per build (OMP_NUM_THREADS)")
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds a build may take before it is stopped")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "zoo-sweep")
     args = parse_args_with_check(parser, TARGETS)
+    if not args.variant:
+        parser.error("name at least one --variant NAME[=key=value,...]")
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
         parser.error(f"variant names must differ: {names}")
