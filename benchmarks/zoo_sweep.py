@@ -6,7 +6,8 @@ processes, each from scratch in a run of its own; one JSON object of their figur
 
 A variant is ``NAME[=key=value,key=value...]`` (``ZooConfig`` overrides as ``benchmarks/zoo.py`` takes
 them, e.g. ``sdxl.unet.ema_decay=0.995``, comma-separated). Every build
-has the same seeds, so two variants that differ in one setting differ in nothing else; images are
+has the same seeds, so two variants that differ in one setting differ in nothing else on the CPU (on
+a GPU, non-deterministic kernels make even two builds of the same settings differ); images are
 judged on the same held-out combinations with the same sampling noise (``--images-per-combo``
 each). A build's log is ``<out>/<profile>-<name>.log``; a build that fails or passes ``--timeout``
 is reported with its log's tail and does not stop the others. Meant for a machine with many cores
