@@ -8,7 +8,8 @@ after the dataset's noun in the ``noun_first`` form ("a product: a red striped d
 3; ``pmg.generator.prompts.prompt_templates``). On the run's zoo, the judge reads the prompted colour
 and pattern off images of the same combinations drawn from the same noise (paired) in each form, at
 the generator's guidance and sampler steps: on the held-out combinations (``zoo.holdout``, never
-trained on) and on ``--combos`` combinations of training items. Each rate is over images; the paired
+trained on; the zoo's record) and on ``--combos`` combinations of items it trained on, with the run's
+generator settings. Each rate is over images; the paired
 difference (noun_first − subject_first) has a 95% bootstrap interval over combinations. The last
 line printed is one JSON object.
 """
@@ -23,13 +24,14 @@ import numpy as np
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
+from pmg.data.format import InteractionData
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.generator import GeneratorConfig
 from pmg.generator.config import ImagePromptForm
 from pmg.generator.prompts import prompt_templates
-from pmg.runs import RunDirectory
-from pmg.zoo import ZooConfig, load_zoo
-from pmg.zoo.corpus import attribute_caption, build_corpus
+from pmg.runs import RunDirectory, RunError
+from pmg.zoo import Zoo, load_zoo
+from pmg.zoo.corpus import attribute_caption
 from pmg.zoo.evaluation import generate_images
 
 ATTRIBUTES = ("colour", "pattern")
@@ -37,12 +39,14 @@ ATTRIBUTES = ("colour", "pattern")
 TARGETS: Targets = {}
 
 
-def _seen_combos(corpus, count: int, seed: int) -> list[dict[str, str]]:
-    combos = {tuple(corpus.data.items[int(i)].attributes.get(a, "") for a in ("category", "colour", "pattern"))
-              for i in corpus.image_items(corpus.train_items)}
+def _seen_combos(data: InteractionData, zoo: Zoo, count: int, seed: int) -> list[dict[str, str]]:
+    """``count`` combinations (of the held-out combinations' attributes) of items the zoo trained on, seeded."""
+    names = list(zoo.heldout_combos[0])
+    held = set(zoo.heldout_items)
+    combos = {tuple(item.attributes.get(a, "") for a in names) for item in data.items if item.image is not None and item.item_id not in held}
     ordered = sorted(c for c in combos if all(c))
     chosen = np.random.default_rng(seed).choice(len(ordered), size=min(count, len(ordered)), replace=False)
-    return [dict(zip(("category", "colour", "pattern"), ordered[int(i)], strict=True)) for i in sorted(chosen)]
+    return [dict(zip(names, ordered[int(i)], strict=True)) for i in sorted(chosen)]
 
 
 def _hits(pipe, judge, prompts: list[str], combos: list[dict[str, str]], per: int, steps: int, guidance: float) -> dict[str, np.ndarray]:
@@ -63,14 +67,16 @@ def main() -> None:
     args = parse_args_with_check(parser, TARGETS)
 
     run = RunDirectory(args.run)
-    data, split = load_prepared(run)
-    zoo_config = load_config(ZooConfig, None, [])
-    generator = load_config(GeneratorConfig, None, [])
+    data, _ = load_prepared(run)
+    # The run's own generator settings (its guidance, steps and subject) once its generator stage has run.
+    recorded = run.stage_dir("generator") / "config.yaml"
+    generator = load_config(GeneratorConfig, recorded if recorded.is_file() else None, [])
     forms = {form: prompt_templates(data, generator.image.default_subject, form=form).image_no_tokens for form in ImagePromptForm}
     zoo = load_zoo(run)
+    if not zoo.heldout_combos or zoo.judge is None:
+        raise RunError(f"{run.root}: the zoo has no held-out attribute combinations or no judge to read them")
     pipe, judge = zoo.load_sdxl(), zoo.load_judge()
-    corpus = build_corpus(data, split, zoo_config.holdout, zoo_config.judge.model.image_size)
-    sets = {"heldout": corpus.heldout_combos, "seen": _seen_combos(corpus, args.combos, args.seed)}
+    sets = {"heldout": zoo.heldout_combos, "seen": _seen_combos(data, zoo, args.combos, args.seed)}
     steps, guidance = generator.sample.num_inference_steps, generator.sample.guidance_scale
     result: dict = {"run": str(args.run), "templates": forms, "guidance_scale": guidance, "steps": steps,
                     "images_per_combo": args.images_per_combo}

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from pmg.cli import main
 from pmg.runs import RunDirectory
+from pmg.zoo.manifest import load_zoo
 
 VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "history_latent", "hybrid", "retrieve", "tokens_sft",
             "tokens_reward")
@@ -566,3 +568,24 @@ def test_report_renders_in_headless_chromium_with_every_image_and_table(tiny_run
         pixels = np.asarray(image.convert("RGB")).astype(int)
     blue = (np.abs(pixels - np.array([31, 119, 180])).sum(axis=-1) < 30).sum()
     assert blue > 500, f"only {blue} pixels of the plots' bar colour: the images did not render"
+
+
+def test_prompt_wording_benchmark_pairs_both_forms_on_the_zoos_held_out_and_trained_combinations(
+        tiny_run: Path, benchmark_module: Callable[[str], object], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bench = benchmark_module("prompt_wrapping")
+    monkeypatch.setattr(sys, "argv", ["prompt_wrapping", "--run", str(tiny_run), "--combos", "3", "--images-per-combo", "2"])
+    with pytest.raises(SystemExit) as exited:
+        bench.main()
+    assert exited.value.code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["templates"] == {"subject_first": "{subject}", "noun_first": "a product: {subject}"}
+    zoo = load_zoo(RunDirectory(tiny_run))
+    assert result["heldout"]["combos"] == len(zoo.heldout_combos) and result["seen"]["combos"] == 3
+    for part in ("heldout", "seen"):
+        for attribute in ("colour", "pattern"):
+            shown = result[part][attribute]
+            assert 0 <= shown["subject_first"] <= 1 and 0 <= shown["noun_first"] <= 1
+            assert shown["noun_first_minus_subject_first"] == pytest.approx(shown["noun_first"] - shown["subject_first"])
+            low, high = shown["interval"]
+            assert low <= shown["noun_first_minus_subject_first"] <= high

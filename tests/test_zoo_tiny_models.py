@@ -151,7 +151,6 @@ def test_tiny_configs_reject_bad_sizes() -> None:
 def test_vae_colour_term_weighs_a_colour_cast_not_pattern_noise() -> None:
     """The pooled term sees a hue cast (what the judge reads as another colour), not a zero-mean
     checkerboard of the same pixel error: both cost the same pixel MSE."""
-    from pmg.training import OptimizerConfig
     from pmg.zoo.lightning_modules import VaeModule
 
     module = VaeModule(torch.nn.Identity(), OptimizerConfig(), crop_size=16, kl_weight=0.0, colour_weight=4.0,  # type: ignore[arg-type]

@@ -43,7 +43,7 @@ class ImagePromptForm(StrEnum):
     left to right: what follows does not change how the caption's words are encoded). The
     default: through the zoo's UNet, the dataset's noun in front ("a product: ...") cost up to a
     third of the prompted colour's and pattern's hits on combinations it was trained on, and the
-    default's image personalization a tenth (docs/results.md).
+    default's image personalization 0.10 on the default catalog (docs/results.md, round 4).
     ``noun_first``: the dataset's noun first ("a product for <pv_0_3>: a red striped dress", "a
     product: ..."), prefgen's default templates and rounds 1 to 3's prompts.
     """
