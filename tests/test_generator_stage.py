@@ -618,6 +618,37 @@ def test_a_prompt_mode_outside_the_closed_set_fails_at_config_load() -> None:
         load_config(GeneratorConfig, None, ["prompt=keywords"])
 
 
+def test_the_image_adapter_can_keep_every_item_word_while_the_text_adapter_drops_some(tiny_run: Path) -> None:
+    from pmg.config import ConfigError, load_config
+    from pmg.generator.config import GeneratorConfig
+    from pmg.generator.modules import ImageGeneratorModule
+    from pmg.generator.prompts import prompt_attributes, training_item_words
+
+    data, split = load_prepared(RunDirectory(tiny_run))
+    config = load_config(GeneratorConfig, None, ["image.item_word_keep=1.0"])
+    assert load_config(GeneratorConfig, None, []).image.item_word_keep is None
+    with pytest.raises(ConfigError, match="item_word_keep"):
+        load_config(GeneratorConfig, None, ["image.item_word_keep=1.5"])
+    text_attributes, image_attributes = prompt_attributes(data, config)
+    items = [int(i) for i in np.unique(data.item[split.train])[:40]]
+    text_words, image_words = training_item_words(data, config, "text"), training_item_words(data, config, "image")
+    assert text_words is not None and image_words is not None
+    own = [{a: data.items[i].attributes[a] for a in image_attributes if data.items[i].attributes.get(a)} for i in items]
+    assert [image_words.values(i) for i in items] == own
+    text_own = sum(1 for i in items for a in text_attributes if data.items[i].attributes.get(a))
+    assert 0 < sum(len(text_words.values(i)) for i in items) < text_own  # generator.item_word_keep 0.5 still applies to text
+    assert training_item_words(data, load_config(GeneratorConfig, None, ["prompt=tokens"]), "image") is None
+    # The image adapter's training prompts then name every one of the item's own image words.
+    tokens = load_user_tokens(RunDirectory(tiny_run))
+    fragments = user_fragments(data, tokens, config.image.modalities)
+    module = ImageGeneratorModule(None, data, fragments, config.image, config.optimizer_for(config.image.lr),  # type: ignore[arg-type]
+                                  words=image_words)
+    batch = {"user": torch.zeros(len(items), dtype=torch.long), "item": torch.tensor(items), "review": [""] * len(items),
+             "text": [""] * len(items)}
+    for prompt, values in zip(module.prompts(batch), own, strict=True):
+        assert all(data.attributes[a].prompt_word(v) in prompt for a, v in values.items())
+
+
 def test_the_latent_prior_is_fitted_on_training_users_and_scaled_on_selection_users(tiny_run: Path,
                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from pmg.data.modules import GenerationDataModule

@@ -144,6 +144,10 @@ class ImageGeneratorConfig:
     training prompts name what each liked item's own text names, so that the adapter learns to
     follow those words. Empty: image and text are generated independently, and agree only as
     far as their tokens do.
+    ``item_word_keep``: with ``keywords_and_tokens``, the share of a liked item's own words kept
+    in this adapter's training prompts; None (default): ``generator.item_word_keep``. At 1 every
+    word the image prompt can carry is always there, so the token rows learn only what no word
+    says (the sparse catalog's hidden shade) and never to stand in for a word the prompt gives.
     ``latent_prior``: fit a latent prior (:mod:`pmg.generator.latent_prior`: per-token offsets of
     the initial latents, for visual tastes the text encoders cannot ask for). Off by default: on
     the sparse catalog it drew the hidden shade more often but colour and pattern less, and did
@@ -167,6 +171,7 @@ class ImageGeneratorConfig:
     prompt_form: ImagePromptForm = ImagePromptForm.subject_first
     no_token_fraction: float = 0.1
     subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
+    item_word_keep: float | None = None
     latent_prior: bool = False
     latent_prior_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])
     latent_prior_ridge: float = 1.0
@@ -178,6 +183,8 @@ class ImageGeneratorConfig:
             raise ValueError(f"generator.image.latent_prior_scales must be one or more distinct numbers >= 0, got {scales!r}")
         if self.latent_prior_rank < 0:
             raise ValueError(f"generator.image.latent_prior_rank must be >= 0 (0: every latent channel), got {self.latent_prior_rank}")
+        if self.item_word_keep is not None and not 0.0 <= self.item_word_keep <= 1.0:
+            raise ValueError(f"generator.image.item_word_keep must be in [0, 1] or null (generator.item_word_keep), got {self.item_word_keep}")
         if not self.latent_prior_ridge > 0:
             raise ValueError(f"generator.image.latent_prior_ridge must be > 0, got {self.latent_prior_ridge}")
         _check_common("image", self.modalities, self.lr, self.max_steps, self.max_epochs, self.batch_size, self.no_token_fraction)

@@ -25,6 +25,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from pmg.runs import RunError
 from prefgen import PromptTemplates, build_image_prompt, describe_subject
 
 __all__ = ["DEFAULT_AUDIENCE", "ItemWords", "UserPrompts", "described_subject", "item_image_prompt", "joined_fragment", "keyword_prompts",
-           "liked_subject", "prompt_attributes", "prompt_keywords", "prompt_templates", "subject_attributes", "text_named_values", "token_rows",
+           "liked_subject", "prompt_attributes", "prompt_keywords", "prompt_templates", "subject_attributes", "text_named_values", "token_rows", "training_item_words",
            "user_fragments", "user_image_prompt", "user_prompts"]
 
 # Who would love an item in a no-token text prompt, where the dataset does not say (prefgen's default template's).
@@ -160,6 +161,19 @@ class ItemWords:
         """:meth:`values` as prompt words (schema order), None when none is kept."""
         values = self.values(item)
         return " ".join(self.data.attributes[a].prompt_word(v) for a, v in values.items()) or None
+
+
+def training_item_words(data: InteractionData, config: GeneratorConfig, kind: Literal["text", "image"]) -> ItemWords | None:
+    """The item words of the ``kind`` generator's training prompts: its prompt attributes kept with
+    ``generator.item_word_keep`` (the image adapter's own ``generator.image.item_word_keep`` when
+    set), seeded by the trainer's seed; None with ``prompt=tokens``, whose prompts carry no words."""
+    if config.prompt is PromptMode.tokens:
+        return None
+    text_attributes, image_attributes = prompt_attributes(data, config)
+    if kind == "text":
+        return ItemWords(data, text_attributes, config.item_word_keep, config.trainer.seed)
+    keep = config.item_word_keep if config.image.item_word_keep is None else config.image.item_word_keep
+    return ItemWords(data, image_attributes, keep, config.trainer.seed)
 
 
 def keyword_prompts(data: InteractionData, keywords: Sequence[HistoryKeywords | None], config: GeneratorConfig,

@@ -38,11 +38,11 @@ from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.format import InteractionData
 from pmg.data.modules import GenerationDataModule
 from pmg.data.split import Split, training_split
-from pmg.generator.config import GeneratorConfig, PromptMode
+from pmg.generator.config import GeneratorConfig
 from pmg.generator.generate import IMAGE_ADAPTER, SOFT_PROMPT, TEXT_ADAPTER, write_samples
 from pmg.generator.latent_prior import attach_latent_prior
 from pmg.generator.modules import GeneratorModule, ImageGeneratorModule, TextGeneratorModule
-from pmg.generator.prompts import ItemWords, prompt_attributes, subject_attributes, user_fragments
+from pmg.generator.prompts import subject_attributes, training_item_words, user_fragments
 from pmg.generator.soft_prompt import SoftPromptBaseline, preference_inputs
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens
@@ -87,14 +87,6 @@ def _soft_prompt_baseline(config: GeneratorConfig, preferences: torch.Tensor | N
     return SoftPromptBaseline.for_users(modalities, preferences, config.baselines.soft_prompt_slots, spaces)
 
 
-def _item_words(data: InteractionData, config: GeneratorConfig, kind: str) -> ItemWords | None:
-    """The training prompts' item words of the ``kind`` ("text"/"image") generator; None with ``prompt=tokens``."""
-    if config.prompt is PromptMode.tokens:
-        return None
-    text_attributes, image_attributes = prompt_attributes(data, config)
-    return ItemWords(data, text_attributes if kind == "text" else image_attributes, config.item_word_keep, config.trainer.seed)
-
-
 def train_text_generator(config: GeneratorConfig, data: InteractionData, split: Split, zoo: Zoo, tokens: UserTokens,
                          out: Path, *, preferences: Mapping[str, torch.Tensor] | None = None, callbacks: Sequence[Callback] = (),
                          checkpoints: Path | None = None, resume_key: str | None = None,
@@ -123,7 +115,7 @@ def train_text_generator(config: GeneratorConfig, data: InteractionData, split: 
     baseline = _soft_prompt_baseline(config, inputs, [adapter.embedding_center_and_spread()], modalities)
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
     module = TextGeneratorModule(adapter, data, fragments, text, config.optimizer_for(text.lr), seed=config.trainer.seed,
-                                 soft_prompt=baseline, preferences=inputs, words=None if baseline else _item_words(data, config, "text"))
+                                 soft_prompt=baseline, preferences=inputs, words=None if baseline else training_item_words(data, config, "text"))
     datamodule = _datamodule(config, data, split, batch_size=text.batch_size, image_size=8, with_images=False)
     metrics = _fit(module, config, datamodule, text.max_steps, text.max_epochs, out, callbacks, checkpoints, resume_key)
     return module.adapter.cpu().eval(), baseline.cpu().eval() if baseline else None, metrics
@@ -151,7 +143,7 @@ def train_image_generator(config: GeneratorConfig, data: InteractionData, split:
     fragments = ["".join(adapter.soft_prompt_tokens)] * data.num_users if baseline else user_fragments(data, tokens, modalities)
     module = ImageGeneratorModule(adapter, data, fragments, image, config.optimizer_for(image.lr), seed=config.trainer.seed,
                                   soft_prompt=baseline, preferences=inputs, described=subject_attributes(data, config),
-                                  words=None if baseline else _item_words(data, config, "image"))
+                                  words=None if baseline else training_item_words(data, config, "image"))
     datamodule = _datamodule(config, data, split, batch_size=image.batch_size, image_size=adapter.image_size,
                              with_images=True)
     metrics = _fit(module, config, datamodule, image.max_steps, image.max_epochs, out, callbacks, checkpoints, resume_key)
