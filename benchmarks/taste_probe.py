@@ -18,11 +18,21 @@ Under ``items``, the same for the items' own value of each attribute (a seeded q
 items held out): ``features_<modality>`` on the raw item features, ``vectors_<modality>`` on the
 preference stage's item vectors, to see whether the stage kept an attribute its input held.
 
+Under ``hidden_image_gain``, for each hidden visual taste (one no text names: the sparse catalog's
+shade), what each reading is worth to an image: how much the image's personalization (the mean, over
+the catalog's visual tastes, of the judge reading the user's value) would gain over a prompt of
+words if the image drew that taste exactly as the reading says and every named taste as the words
+do. Words leave an unnamed taste to the sampler, which draws the user's value at chance, so the gain
+is ``(rate - chance) / number of visual tastes``, its interval the rate's, moved the same way. It is
+a ceiling on what drawing the hidden taste can add (a perfect drawing); beating the words by more
+means drawing a named taste better than the words do.
+
 No target is stated for it (``TARGETS`` is empty): it locates losses, it does not grade them.
 
 The LAST line is one JSON object: ``{"runs": {run: {"n_train", "n_eval", "tastes": {taste:
 {"chance", "history_majority", "history_majority_ci", "preference_visual", ...}},
-"items": {taste: {"features_visual", "vectors_visual", ...}}}}}``.
+"items": {taste: {"features_visual", "vectors_visual", ...}}, "hidden_image_gain": {taste:
+{"visual_tastes", "history_majority", "history_majority_ci", "codes_visual", ...}}}}}``.
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ from safetensors.torch import load_file
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.data.dataset_stage import load_prepared, load_user_roles
+from pmg.data.format import InteractionData
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.evaluate.probes import linear_probe_hits, one_hot_codes
+from pmg.generator.evaluation import taste_attributes
 from pmg.preference.stage import load_preferences
 from pmg.runs import RunDirectory, RunError
 
@@ -89,6 +101,7 @@ def probe_run(run: RunDirectory) -> dict[str, object]:
             row[f"{name}_ci"] = [round(v, 4) for v in bootstrap_interval(values)]
         tastes[taste] = row
         print(f"[{run.root.name}] {taste}: " + ", ".join(f"{k} {v}" for k, v in row.items() if not k.endswith("_ci")), flush=True)
+    hidden_image_gain = _hidden_image_gain(data, tastes)
     item_vectors = load_file(run.stage_dir("preference") / "item_embeddings.safetensors")
     order = torch.randperm(data.num_items, generator=torch.Generator().manual_seed(0))
     seen, held_out = order[: data.num_items * 3 // 4], order[data.num_items * 3 // 4 :]
@@ -100,7 +113,28 @@ def probe_run(run: RunDirectory) -> dict[str, object]:
         row |= {f"vectors_{m}": v for m, v in item_vectors.items() if f"features_{m}" in row}
         items[taste] = {name: round(float(linear_probe_hits(x, labels, fit, score).float().mean()), 4) for name, x in sorted(row.items())}
         print(f"[{run.root.name}] items' {taste}: " + ", ".join(f"{k} {v}" for k, v in items[taste].items()), flush=True)
-    return {"n_train": len(roles.training), "n_eval": len(roles.evaluation), "tastes": tastes, "items": items}
+    return {"n_train": len(roles.training), "n_eval": len(roles.evaluation), "tastes": tastes, "items": items,
+            "hidden_image_gain": hidden_image_gain}
+
+
+def _hidden_image_gain(data: InteractionData, tastes: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """Per hidden visual taste, each reading's ceiling gain in image personalization over words (module docstring)."""
+    visual = taste_attributes(data, "visual")
+    out: dict[str, dict[str, object]] = {}
+    for taste in visual:
+        if not data.attributes[taste].hidden:
+            continue
+        row, chance = tastes[taste], float(tastes[taste]["chance"])  # type: ignore[arg-type]
+        gains: dict[str, object] = {"visual_tastes": len(visual)}
+        for name, rate in row.items():
+            if name == "chance" or name.endswith("_ci"):
+                continue
+            gains[name] = round((float(rate) - chance) / len(visual), 4)  # type: ignore[arg-type]
+            gains[f"{name}_ci"] = [round((float(v) - chance) / len(visual), 4) for v in row[f"{name}_ci"]]  # type: ignore[union-attr]
+        out[taste] = gains
+        print(f"[{data.name}] drawing the hidden {taste} as read would add to the image, at most: "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in gains.items() if not k.endswith("_ci") and k != "visual_tastes"), flush=True)
+    return out
 
 
 def main() -> None:
