@@ -102,6 +102,9 @@ def probe_run(run: RunDirectory) -> dict[str, object]:
         tastes[taste] = row
         print(f"[{run.root.name}] {taste}: " + ", ".join(f"{k} {v}" for k, v in row.items() if not k.endswith("_ci")), flush=True)
     hidden_image_gain = _hidden_image_gain(data, tastes)
+    for taste, gains in hidden_image_gain.items():
+        print(f"[{run.root.name}] drawing the hidden {taste} as read would add to the image, at most: "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in gains.items() if not k.endswith("_ci") and k != "visual_tastes"), flush=True)
     item_vectors = load_file(run.stage_dir("preference") / "item_embeddings.safetensors")
     order = torch.randperm(data.num_items, generator=torch.Generator().manual_seed(0))
     seen, held_out = order[: data.num_items * 3 // 4], order[data.num_items * 3 // 4 :]
@@ -132,8 +135,6 @@ def _hidden_image_gain(data: InteractionData, tastes: dict[str, dict[str, object
             gains[name] = round((float(rate) - chance) / len(visual), 4)  # type: ignore[arg-type]
             gains[f"{name}_ci"] = [round((float(v) - chance) / len(visual), 4) for v in row[f"{name}_ci"]]  # type: ignore[union-attr]
         out[taste] = gains
-        print(f"[{data.name}] drawing the hidden {taste} as read would add to the image, at most: "
-              + ", ".join(f"{k} {v:+.3f}" for k, v in gains.items() if not k.endswith("_ci") and k != "visual_tastes"), flush=True)
     return out
 
 
