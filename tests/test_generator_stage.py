@@ -625,10 +625,12 @@ def test_the_image_adapter_can_keep_every_item_word_while_the_text_adapter_drops
     from pmg.generator.prompts import prompt_attributes, training_item_words
 
     data, split = load_prepared(RunDirectory(tiny_run))
-    config = load_config(GeneratorConfig, None, ["image.item_word_keep=1.0"])
-    assert load_config(GeneratorConfig, None, []).image.item_word_keep is None
+    config = load_config(GeneratorConfig, None, [])
+    assert config.image.item_word_keep == 1.0 and config.item_word_keep == 0.5
     with pytest.raises(ConfigError, match="item_word_keep"):
         load_config(GeneratorConfig, None, ["image.item_word_keep=1.5"])
+    inherited = training_item_words(data, load_config(GeneratorConfig, None, ["image.item_word_keep=null"]), "image")
+    assert inherited is not None and inherited.keep == 0.5
     text_attributes, image_attributes = prompt_attributes(data, config)
     items = [int(i) for i in np.unique(data.item[split.train])[:40]]
     text_words, image_words = training_item_words(data, config, "text"), training_item_words(data, config, "image")

@@ -145,9 +145,12 @@ class ImageGeneratorConfig:
     follow those words. Empty: image and text are generated independently, and agree only as
     far as their tokens do.
     ``item_word_keep``: with ``keywords_and_tokens``, the share of a liked item's own words kept
-    in this adapter's training prompts; None (default): ``generator.item_word_keep``. At 1 every
-    word the image prompt can carry is always there, so the token rows learn only what no word
-    says (the sparse catalog's hidden shade) and never to stand in for a word the prompt gives.
+    in this adapter's training prompts; None: ``generator.item_word_keep``, as the text adapter.
+    At 1 (default) every word the image prompt can carry is always there, so the token rows learn
+    only what no word says (the sparse catalog's hidden shade) and never to stand in for a word
+    the prompt gives: at 0.5 they learned to pull the colour toward the training users' and drew
+    the sparse catalog's evaluation users' colour less often than the words alone (docs/results.md,
+    round 4, row G3).
     ``latent_prior``: fit a latent prior (:mod:`pmg.generator.latent_prior`: per-token offsets of
     the initial latents, for visual tastes the text encoders cannot ask for). Off by default: on
     the sparse catalog it drew the hidden shade more often but colour and pattern less, and did
@@ -171,7 +174,7 @@ class ImageGeneratorConfig:
     prompt_form: ImagePromptForm = ImagePromptForm.subject_first
     no_token_fraction: float = 0.1
     subject_from_text: list[str] = field(default_factory=lambda: ["colour"])
-    item_word_keep: float | None = None
+    item_word_keep: float | None = 1.0
     latent_prior: bool = False
     latent_prior_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])
     latent_prior_ridge: float = 1.0
@@ -258,9 +261,10 @@ class GeneratorConfig:
     ``target``: "history" (liked training items, rating >= ``min_rating`` when known) or
     "next_item" (each user's held-out next item). ``prompt``: what stands for the user in
     the prompts (:class:`PromptMode`). ``item_word_keep``: with ``keywords_and_tokens``, each
-    training example's prompts carry each of the liked item's own attribute words with this
-    probability (:class:`pmg.generator.prompts.ItemWords`): the generators learn to follow the
-    words, and to read the user's tokens for what the words leave out. Only the data stage's training users
+    text training example's prompt carries each of the liked item's own attribute words with this
+    probability (:class:`pmg.generator.prompts.ItemWords`): the text adapter learns to follow the
+    words, and to read the user's tokens for what the words leave out. The image adapter has its
+    own share, ``image.item_word_keep``. Only the data stage's training users
     (``data.users``, ``<run>/data/user_roles.json``) are trained on, so that selection and
     evaluation see users, and token combinations, the generators never saw.
     ``optimizer`` gives the optimizer name
