@@ -611,11 +611,14 @@ def test_prompts_put_the_history_keywords_before_the_tokens_and_into_the_image_s
 
 def test_a_prompt_mode_outside_the_closed_set_fails_at_config_load() -> None:
     from pmg.config import ConfigError, load_config
-    from pmg.generator.config import GeneratorConfig, PromptMode
+    from pmg.generator.config import GeneratorConfig, LatentPriorTarget, PromptMode
 
     assert load_config(GeneratorConfig, None, ["prompt=tokens"]).prompt is PromptMode.tokens
     with pytest.raises(ConfigError, match="prompt"):
         load_config(GeneratorConfig, None, ["prompt=keywords"])
+    assert load_config(GeneratorConfig, None, ["image.latent_prior_target=beyond_words"]).image.latent_prior_target is LatentPriorTarget.beyond_words
+    with pytest.raises(ConfigError, match="latent_prior_target"):
+        load_config(GeneratorConfig, None, ["image.latent_prior_target=residual"])
 
 
 def test_the_image_adapter_can_keep_every_item_word_while_the_text_adapter_drops_some(tiny_run: Path) -> None:
@@ -655,6 +658,7 @@ def test_the_latent_prior_is_fitted_on_training_users_and_scaled_on_selection_us
                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from pmg.data.modules import GenerationDataModule
     from pmg.generator import latent_prior
+    from pmg.generator.config import LatentPriorTarget
     from prefgen import ImagePreferenceAdapter
 
     metrics = json.loads((tiny_run / "generator" / "metrics.json").read_text())
@@ -679,6 +683,20 @@ def test_the_latent_prior_is_fitted_on_training_users_and_scaled_on_selection_us
     items = np.unique(data.item[rows[data.user[rows] == first]])
     means = latent_prior.item_latent_means(data, items, adapter)
     torch.testing.assert_close(targets[0], torch.stack([means[int(i)] for i in items]).mean(dim=0))
+    # Beyond the words: each item's latent less the mean of the items with the same image words.
+    assert latent_prior.target_words(data, config) is None
+    beyond = replace(config, image=replace(config.image, latent_prior_target=LatentPriorTarget.beyond_words))
+    words = latent_prior.target_words(data, beyond)
+    assert words is not None and words.keep == 1.0
+    all_means = latent_prior.item_latent_means(data, np.unique(data.item[rows]), adapter)
+    residuals = latent_prior.beyond_words(all_means, words)
+    key = tuple(sorted(words.values(int(items[0])).items()))
+    group = [i for i in all_means if tuple(sorted(words.values(i).items())) == key]
+    centre = torch.stack([all_means[i] for i in group]).mean(dim=0)
+    torch.testing.assert_close(residuals[int(items[0])], all_means[int(items[0])] - centre)
+    torch.testing.assert_close(torch.stack([residuals[i] for i in group]).sum(dim=0), torch.zeros_like(centre), atol=1e-5, rtol=0)
+    _, beyond_targets = latent_prior.user_latent_targets(data, rows, adapter, words)
+    torch.testing.assert_close(beyond_targets[0], torch.stack([residuals[int(i)] for i in items]).mean(dim=0))
 
     # The rule: the best selection share wins, a tie goes to the smaller scale; without a judge, the first candidate.
     seen: list[list[int]] = []

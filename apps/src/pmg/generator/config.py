@@ -10,7 +10,7 @@ from pmg.data.ratings import InteractionWeight
 from pmg.training import OptimizerConfig, TrainerConfig
 from prefquant import DEFAULT_PREFIXES
 
-__all__ = ["GenerationTarget", "ImagePromptForm", "PromptMode", "TextTarget", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig",
+__all__ = ["GenerationTarget", "ImagePromptForm", "LatentPriorTarget", "PromptMode", "TextTarget", "TextGeneratorConfig", "ImageGeneratorConfig", "SampleConfig", "BaselinesConfig",
            "KeywordConfig", "GeneratorConfig", "TEXT_TARGETS"]
 
 
@@ -32,6 +32,21 @@ class GenerationTarget(StrEnum):
 
     history = "history"
     next_item = "next_item"
+
+
+class LatentPriorTarget(StrEnum):
+    """What the latent prior fits each training user's tokens to (``generator.image.latent_prior_target``).
+
+    ``liked_images``: the mean latent of the user's liked images (rows S9 and S10 of
+    docs/results.md): it holds the liked colours as well as what no word names, so its offsets
+    also pull the image's colour away from the prompt's.
+    ``beyond_words``: the same mean over each liked image's latent less the mean latent of the
+    training images whose image words (colour, pattern) are the same: only what the words the
+    prompt carries do not explain, as the image adapter's token rows learn (``item_word_keep`` 1).
+    """
+
+    liked_images = "liked_images"
+    beyond_words = "beyond_words"
 
 
 class ImagePromptForm(StrEnum):
@@ -158,6 +173,7 @@ class ImageGeneratorConfig:
     ``latent_prior_scales``: its candidate scales (and the history-latent baseline's); the one
     whose images show the selection users' visual tastes most often is kept (0: no prior).
     Without a judge and ground-truth tastes to choose by, the first is kept.
+    ``latent_prior_target``: what the prior is fitted to (:class:`LatentPriorTarget`).
     ``latent_prior_ridge``: its ridge penalty; ``latent_prior_rank``: how many latent directions its
     offsets may move along (0: every channel; :func:`prefgen.fit_latent_prior`).
     """
@@ -179,6 +195,7 @@ class ImageGeneratorConfig:
     latent_prior_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])
     latent_prior_ridge: float = 1.0
     latent_prior_rank: int = 1
+    latent_prior_target: LatentPriorTarget = LatentPriorTarget.liked_images
 
     def validate(self) -> None:
         scales = self.latent_prior_scales

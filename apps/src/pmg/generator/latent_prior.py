@@ -6,7 +6,9 @@ as the initial noise falls, so textual inversion cannot carry it (docs/results.m
 A :class:`prefgen.LatentPrior` moves the initial latents' channel means by the user's tokens:
 
 1. each training user's target is the mean latent of the images the image adapter trained on
-   for them (the VAE's posterior mean, averaged over space and over the user's liked items);
+   for them (the VAE's posterior mean, averaged over space and over the user's liked items), or
+   with ``generator.image.latent_prior_target=beyond_words`` the mean of what each image's words
+   do not explain (its latent less that of the images with the same words);
 2. :func:`prefgen.fit_latent_prior` fits one offset per visual token by ridge regression, kept to the
    ``generator.image.latent_prior_rank`` latent directions the fitted offsets vary most along;
 3. the scale is chosen on the selection users (never the evaluation users): each candidate of
@@ -22,7 +24,7 @@ more often and colour and pattern less (docs/results.md, rows S9 and S10).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -33,10 +35,10 @@ from pmg.data.format import InteractionData
 from pmg.data.images import load_image_tensor
 from pmg.data.modules import GenerationDataModule
 from pmg.data.split import Split, training_split
-from pmg.generator.config import GeneratorConfig
+from pmg.generator.config import GeneratorConfig, LatentPriorTarget
 from pmg.generator.evaluation import image_taste_hits, visual_taste_judge
 from pmg.generator.generate import generate_for_users
-from pmg.generator.prompts import user_prompts
+from pmg.generator.prompts import ItemWords, prompt_attributes, user_prompts
 from pmg.quantize.stage import UserTokens
 from pmg.zoo.manifest import Zoo
 from prefgen import ImagePreferenceAdapter, LatentPrior, fit_latent_prior
@@ -44,8 +46,8 @@ from prefgen import ImagePreferenceAdapter, LatentPrior, fit_latent_prior
 if TYPE_CHECKING:
     from pmg.zoo.judge import AttributeJudge
 
-__all__ = ["CALIBRATION_SEEDS", "attach_latent_prior", "choose_scale", "history_latent_offsets", "item_latent_means",
-           "user_latent_targets", "visual_taste_share"]
+__all__ = ["CALIBRATION_SEEDS", "attach_latent_prior", "beyond_words", "choose_scale", "history_latent_offsets", "item_latent_means",
+           "target_words", "user_latent_targets", "visual_taste_share"]
 
 _ENCODE_BATCH = 64
 # Each selection user's image drawn from this many seeds per candidate scale: with ~50 selection
@@ -66,10 +68,35 @@ def item_latent_means(data: InteractionData, items: np.ndarray, adapter: ImagePr
     return out
 
 
-def user_latent_targets(data: InteractionData, rows: np.ndarray, adapter: ImagePreferenceAdapter) -> tuple[list[int], torch.Tensor]:
+def beyond_words(latents: Mapping[int, torch.Tensor], words: ItemWords) -> dict[int, torch.Tensor]:
+    """{item: [C]}: each item's latent less the mean latent of the items of ``latents`` whose
+    ``words`` (all kept) are the same: the part of an image its words do not explain."""
+    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    for item in latents:
+        groups.setdefault(tuple(sorted(words.values(item).items())), []).append(item)
+    out: dict[int, torch.Tensor] = {}
+    for members in groups.values():
+        centre = torch.stack([latents[i] for i in members]).mean(dim=0)
+        out.update((i, latents[i] - centre) for i in members)
+    return out
+
+
+def target_words(data: InteractionData, config: GeneratorConfig) -> ItemWords | None:
+    """The image words whose latents :func:`beyond_words` takes out under
+    ``generator.image.latent_prior_target=beyond_words``; None under ``liked_images``."""
+    if config.image.latent_prior_target is LatentPriorTarget.liked_images:
+        return None
+    return ItemWords(data, prompt_attributes(data, config)[1], 1.0, config.trainer.seed)
+
+
+def user_latent_targets(data: InteractionData, rows: np.ndarray, adapter: ImagePreferenceAdapter,
+                        words: ItemWords | None = None) -> tuple[list[int], torch.Tensor]:
     """The users of interaction ``rows`` that have an image among them, and per user the mean of
-    :func:`item_latent_means` over their items: ([U] data user indices, float32 [U, C])."""
+    :func:`item_latent_means` over their items (with ``words``, of :func:`beyond_words` over the
+    items of ``rows``): ([U] data user indices, float32 [U, C])."""
     latents = item_latent_means(data, np.unique(data.item[rows]), adapter)
+    if words is not None:
+        latents = beyond_words(latents, words)
     users: list[int] = []
     targets: list[torch.Tensor] = []
     for user in np.unique(data.user[rows]).tolist():
@@ -116,7 +143,7 @@ def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: S
     (``latent_prior/scale``, ``latent_prior/users``, ``latent_prior/share_at_<scale>`` per candidate).
     A chosen scale of 0 leaves the adapter without a prior."""
     scales = list(config.image.latent_prior_scales)
-    users, targets = user_latent_targets(data, training_rows, adapter)
+    users, targets = user_latent_targets(data, training_rows, adapter, target_words(data, config))
     if not users:
         raise ValueError("no training user has an image among the generator's training examples: "
                          "set generator.image.latent_prior=false to train without a latent prior")
@@ -142,14 +169,14 @@ def attach_latent_prior(config: GeneratorConfig, data: InteractionData, split: S
 
 def history_latent_offsets(config: GeneratorConfig, data: InteractionData, split: Split, adapter: ImagePreferenceAdapter,
                            users: Sequence[int], training_users: Sequence[int]) -> torch.Tensor:
-    """The words-and-images baseline's offsets [len(users), C]: each user's own mean latent over the
-    images of their liked history (``split.train`` rows, rating >= ``config.min_rating`` where
+    """The words-and-images baseline's offsets [len(users), C]: each user's own mean latent (its part
+    beyond the words, as the prior's target is) over the images of their liked history (``split.train`` rows, rating >= ``config.min_rating`` where
     known), less the mean over ``training_users`` of theirs (the centre the prior is fitted
     around), kept to the ``config.image.latent_prior_rank`` directions the training users' vary
     most along, as the prior is; 0 for a user without such an image. No token is involved."""
     rows = GenerationDataModule(data, training_split(data, split, np.asarray(list(users) + list(training_users))),
                                 target="history", min_rating=config.min_rating).train_rows()
-    found, targets = user_latent_targets(data, rows, adapter)
+    found, targets = user_latent_targets(data, rows, adapter, target_words(data, config))
     by_user = dict(zip(found, targets, strict=True))
     trained = [by_user[u] for u in training_users if u in by_user]
     if not trained:
