@@ -19,7 +19,7 @@ A :class:`prefgen.LatentPrior` moves the initial latents' channel means by the u
    by, and the first candidate is used.
 
 Off by default (``generator.image.latent_prior``): on the sparse catalog it drew the hidden shade
-more often and colour and pattern less (docs/results.md, rows S9 and S10).
+more often and colour and pattern less (docs/results.md, rows S9, S10 and G4).
 """
 
 from __future__ import annotations
