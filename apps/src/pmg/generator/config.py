@@ -41,7 +41,7 @@ class LatentPriorTarget(StrEnum):
     docs/results.md): it holds the liked colours as well as what no word names, so its offsets
     also pull the image's colour away from the prompt's.
     ``beyond_words``: the same mean over each liked image's latent less the mean latent of the
-    training images whose image words (colour, pattern) are the same: only what the words the
+    images (of the interactions it is fitted on) whose image words (colour, pattern) are the same: only what the words the
     prompt carries do not explain, as the image adapter's token rows learn (``item_word_keep`` 1).
     On the sparse catalog it drew the hidden shade for 0.615 of the evaluation users and their
     colour for 0.525, against 0.515 and 0.585 without a prior (docs/results.md, round 4, row G4).
