@@ -20,14 +20,18 @@ Protocol:
   them), at most ``--users``; the same users for every variant.
 - variants: those of ``pmg evaluate`` (``pmg.evaluate.generation``): no tokens, soft prompt,
   keywords (the history's words where the tokens would go, through the zoo's models), keywords
-  through the run's final adapters (no tokens), the same with the initial latents shifted by each
+  through the run's final adapters (no tokens), the same with each image the best of as many as
+  the default draws, chosen by the user's history images (keywords best of: the words' baseline at
+  the same sampling cost), the same with the initial latents shifted by each
   user's own history images (keywords + history latent, the words-and-images baseline of the
   tokens' latent prior; always judged here), hybrid (keywords + tokens),
   retrieve (the top-1 recommended item's own image and text), tokens after SFT, tokens after
-  reward. Per variant: image and text personalization, the joint rate, each attribute's rate,
+  reward (each image the best of ``reward.image.candidates`` by the reward's personalization
+  term, as ``pmg generate`` draws it). Per variant: image and text personalization, the joint rate, each attribute's rate,
   each with a 95% bootstrap interval over users, and the field's rows (``pmg.evaluate.field_metrics``:
   CLIP-I, SSIM, pixel features, colour FID, BLEU, ROUGE-L, distinct-n); the default variant's paired
-  difference with each keywords baseline and with keywords + history latent, with its interval.
+  difference with each keywords baseline (keywords, keywords tuned, keywords best of) and with
+  keywords + history latent, with its interval.
 - ``history_keyword_hit_rate``: per taste, the share of users whose extracted keyword (what the
   keywords variant prompts with) is their true value; ``history_majority_hit_rate``: the share
   whose training items' most frequent value is (the keyword upper bound; for a hidden taste, what
@@ -36,13 +40,15 @@ Protocol:
   image, through the adapters with the run's prompts (words and tokens) vs the zoo's plain LM and
   SDXL pipeline with the same words and no tokens vs the plain models with the no-token prompt,
   interleaved over ``--timing-users`` users after a warm-up, ``--repeats`` times (medians over
-  users): ``token_overhead = time_tokens / time_words - 1`` (what the tokens cost) and
+  users; one image each, whatever ``reward.image.candidates``: drawing K images costs about K
+  times one): ``token_overhead = time_tokens / time_words - 1`` (what the tokens cost) and
   ``overhead_vs_generic_prompt = time_tokens / time_generic - 1`` (what personalization costs).
 
 Progress goes to stdout; the LAST line is one JSON object:
 ``{"default_variant", "profiles": {profile: P}, "token_overhead", ...}`` with
 ``P = {"n_users", "history_keyword_hit_rate", "history_majority_hit_rate", "variants": {variant: {...}},
-"default_vs_keywords": {...}, "default_vs_keywords_tuned": {...}, "default_vs_history_latent": {...}}``.
+"default_vs_keywords": {...}, "default_vs_keywords_tuned": {...}, "default_vs_keywords_best_of": {...},
+"default_vs_history_latent": {...}}``.
 """
 
 from __future__ import annotations
@@ -197,6 +203,7 @@ def _profile(profile: str, quick: bool, limit: int, tag: str, extra: list[str]) 
         "variants": {name: _variant_figures(section, name) for name in VARIANTS},
         "default_vs_keywords": _paired(section, DEFAULT_VARIANT, "keywords"),
         "default_vs_keywords_tuned": _paired(section, DEFAULT_VARIANT, "keywords_tuned"),
+        "default_vs_keywords_best_of": _paired(section, DEFAULT_VARIANT, "keywords_best_of"),
         "default_vs_history_latent": _paired(section, DEFAULT_VARIANT, "history_latent"),
     }
     for name in VARIANTS:

@@ -10,7 +10,8 @@ Usage:
 (``pmg.generator.generate.user_seed`` of ``generator.sample.seed``; until that existed, one noise for
 every user, so that the whole figure rested on one draw of it). This benchmark draws each evaluation
 user's image at ``--seeds`` seeds (``user_seed`` of ``sample.seed`` + 0, 1, ...; seed 0 is the image
-`generation.py` judges) for the default variant (``tokens_reward``) and the two keyword
+`generation.py` judges for a variant that draws one image; the default variant's judged image is the
+best of its first ``reward.image.candidates`` seeds by the ``personalization`` scorer) for the default variant (``tokens_reward``) and the two keyword
 baselines (``keywords``: the zoo's models, ``keywords_tuned``: the run's final adapters), with the
 prompts and texts of `pmg evaluate` (texts are greedy, written once). The runs are those
 `benchmarks/generation.py` built (``runs/bench-generation-<profile>``, or the run itself where it had
@@ -45,6 +46,7 @@ The LAST line is one JSON object: ``{"seeds", "profiles": {profile: {"run", "n_u
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +129,9 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
     missing = {name: v for name, v in variants.items() if isinstance(v, str)}
     if missing:
         raise RunError(f"{run.root}: variants missing: {missing}")
+    # One draw per seed: the best-of choice `pmg evaluate` makes for the default variant
+    # (reward.image.candidates) is what best_of_seeds studies, over these same draws.
+    variants = {name: dataclasses.replace(v, image_choice=None) for name, v in variants.items()}
     print(f"[{run.root.name}] {len(users)} evaluation users, {seeds} seeds", flush=True)
     generations = generate_variants(variants, data, generator, users, progress=True)
 

@@ -270,10 +270,11 @@ HEADLINE_ROWS = {
     "soft_prompt": "soft prompt (preference vectors, no quantization)",
     "keywords": "keywords (history words, the zoo's models)",
     "keywords_tuned": "keywords through our tuned adapters (no tokens)",
+    "keywords_best_of": "keywords through our tuned adapters, the image the best of as many as ours by the user's history images (no tokens)",
     "history_latent": "keywords + history latent (no tokens; initial latents from the user's history images)",
     "retrieve": "retrieve (top-1 recommended item)",
     "tokens_sft": "keywords + tokens after SFT",
-    "tokens_reward": "**keywords + tokens after reward** (the default)",
+    "tokens_reward": "**keywords + tokens after reward, the image the best of several by the reward** (the default)",
 }
 HEADLINE_FIGURES = ("image_personalization", "text_personalization", "joint")
 

@@ -25,8 +25,8 @@ from pmg.cli import main
 from pmg.runs import RunDirectory
 from pmg.zoo.manifest import load_zoo
 
-VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "history_latent", "hybrid", "retrieve", "tokens_sft",
-            "tokens_reward")
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "keywords_best_of", "history_latent", "hybrid", "retrieve",
+            "tokens_sft", "tokens_reward")
 GENERATION_METRICS = ("image_colour_accuracy", "image_pattern_accuracy", "image_personalization", "text_material_accuracy",
                       "text_style_accuracy", "text_personalization", "consistency", "joint", "clip_score", "user_preference_image",
                       "user_preference_text")
@@ -187,14 +187,17 @@ def test_generation_figures_match_the_per_user_records_of_the_same_users(tiny_ru
 def test_image_seed_benchmark_starts_from_the_evaluated_image_and_bounds_every_choice_by_the_judge(
         tiny_run: Path, benchmark_module: Callable[[str], object]) -> None:
     bench = benchmark_module("image_seeds")
-    figures = bench.profile_figures(RunDirectory(tiny_run), seeds=3, limit=4)
+    # As many seeds as the reward stage's candidates (reward.image.candidates' default, 4), so that the
+    # best-of choices below are the ones `pmg evaluate` made.
+    figures = bench.profile_figures(RunDirectory(tiny_run), seeds=4, limit=4)
     table = _table(tiny_run)
     assert figures["n_users"] == 4 and figures["tastes"] == ["colour", "pattern"]
     for variant in ("tokens_reward", "keywords", "keywords_tuned"):
         shown = figures["variants"][variant]
-        # Seed 0 is the image `pmg evaluate` judged for the same users.
-        assert shown["per_seed"][0] == pytest.approx(_cell(table, "generation", "image_personalization", variant), abs=1e-4)
-        assert len(shown["per_seed"]) == 3 and shown["mean"] == pytest.approx(np.mean(shown["per_seed"]), abs=1e-3)
+        if variant != "tokens_reward":
+            # Seed 0 is the image `pmg evaluate` judged for the same users.
+            assert shown["per_seed"][0] == pytest.approx(_cell(table, "generation", "image_personalization", variant), abs=1e-4)
+        assert len(shown["per_seed"]) == 4 and shown["mean"] == pytest.approx(np.mean(shown["per_seed"]), abs=1e-3)
         assert shown["mean"] == pytest.approx((shown["colour"] + shown["pattern"]) / 2, abs=1e-3)
     difference = figures["differences"]["default_vs_keywords_tuned"]
     assert difference["per_seed"] == pytest.approx(np.subtract(figures["variants"]["tokens_reward"]["per_seed"],
@@ -207,6 +210,13 @@ def test_image_seed_benchmark_starts_from_the_evaluated_image_and_bounds_every_c
         assert chosen["oracle"]["image_personalization"] >= max(figures["variants"][variant]["per_seed"]) - 1e-9
         assert chosen["oracle"]["agreement"] in (None, 1.0)
     assert {"personalization", "personalization_pixels", "history_pixels"} <= set(figures["best_of_seeds"]["tokens_reward"])
+    # The evaluation's default image is the best of the 4 seeds by the reward's personalization term, and its
+    # equal-cost words baseline the tuned keyword variant's best by the user's history images.
+    chosen = figures["best_of_seeds"]
+    assert chosen["tokens_reward"]["personalization"]["image_personalization"] == pytest.approx(
+        _cell(table, "generation", "image_personalization", "tokens_reward"), abs=1e-4)
+    assert chosen["keywords_tuned"]["history_pixels"]["image_personalization"] == pytest.approx(
+        _cell(table, "generation", "image_personalization", "keywords_best_of"), abs=1e-4)
 
 
 def test_seed_choice_agreement_counts_pairs_ordered_as_the_judge_and_skips_users_without_a_difference(
@@ -282,7 +292,7 @@ def test_missing_ground_truth_and_modalities_are_reported_with_a_reason(tiny_run
     clip, processor = zoo.load_clip()
     judges = GenerationJudges(zoo.load_judge(), "", ConsistencyReward.from_model(clip, processor).embedder)
     generations = {"no_tokens": "not trained here", "soft_prompt": "not trained here", "keywords": "not trained here",
-                   "keywords_tuned": "not trained here", "history_latent": "not trained here", "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
+                   "keywords_tuned": "not trained here", "keywords_best_of": "not trained here", "history_latent": "not trained here", "hybrid": "not trained here", "retrieve": "not trained here", "tokens_sft": with_images,
                    "tokens_reward": text_only}
     section, _ = generation_section(no_truth, split, users, generations, judges, "colour", "material")
     assert [r.metric for r in section.rows] == ["image_personalization", "text_personalization", "consistency", "joint",

@@ -16,6 +16,10 @@ the noise):
 - ``keywords_tuned``: the same keywords, no tokens, through the pipeline's final adapters: with
   ``generator.prompt=keywords_and_tokens`` they were trained on prompts with words, and some
   without tokens, so this is the words-only baseline with the same training as the tokens;
+- ``keywords_best_of`` (words and images, no tokens): ``keywords_tuned`` with each user's image the
+  best of as many as ``tokens_reward`` draws (``reward.image.candidates``), chosen by its mean
+  similarity to the user's own history images in model-free pixel features
+  (:class:`HistoryPixelScorer`): the words' baseline at the same sampling cost as the tokens';
 - ``history_latent`` (words and images, no tokens; when asked for): ``keywords_tuned`` with each
   user's initial latents shifted by the mean latent of their own liked history images
   (:func:`pmg.generator.latent_prior.history_latent_offsets`), at the scale that shows the
@@ -28,7 +32,9 @@ the noise):
   item the preference stage ranks first for the user outside their training history;
 - ``tokens_sft``: the generator stage's adapters prompted as the run prompts (``generator.prompt``:
   the user's discrete tokens, with their history keywords by default);
-- ``tokens_reward``: the reward stage's adapters prompted so: what ``pmg generate`` gives a user.
+- ``tokens_reward``: the reward stage's adapters prompted so, each image the best of
+  ``reward.image.candidates`` by the reward's personalization term (:mod:`pmg.reward.choice`):
+  what ``pmg generate`` gives a user.
 
 Metrics per variant (``pmg.generator.evaluation`` for the ground-truth checks), each with a 95%
 bootstrap interval over the users (``pmg.evaluate.intervals``) and the number of users it rests on:
@@ -70,7 +76,7 @@ import torch
 
 from pmg.data.images import load_image, load_image_tensor
 from pmg.data.keywords import HistoryKeywords
-from pmg.evaluate.field_metrics import FIELD_ROWS, FieldReferences, field_cells
+from pmg.evaluate.field_metrics import FIELD_ROWS, FieldReferences, field_cells, pixel_vectors
 from pmg.evaluate.table import Cell, Section
 from pmg.generator.config import PromptMode
 from pmg.generator.evaluation import (
@@ -80,7 +86,7 @@ from pmg.generator.evaluation import (
     text_attribute_hits,
     visual_taste_judge,
 )
-from pmg.generator.generate import SoftPromptGenerators, UserGeneration, generate_for_users
+from pmg.generator.generate import ImageChoice, SoftPromptGenerators, UserGeneration, generate_for_users
 from pmg.generator.latent_prior import choose_scale, history_latent_offsets, visual_taste_share
 from pmg.generator.prompts import keyword_prompts, prompt_keywords, user_prompts
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
@@ -97,15 +103,17 @@ if TYPE_CHECKING:
     from prefgraph import Scorer
     from prefreward._clip import ClipEmbedder
 
-__all__ = ["VARIANTS", "VARIANT_LABELS", "FAVOURITE_COUNT", "GenerationJudges", "RetrievalVariant", "VariantGenerators",
+__all__ = ["VARIANTS", "VARIANT_LABELS", "FAVOURITE_COUNT", "GenerationJudges", "HistoryPixelScorer", "RetrievalVariant",
+           "VariantGenerators",
            "favourite_hits", "favourite_values", "future_items", "zoo_generators",
            "generation_record", "generation_section", "history_items", "item_embeddings", "history_latent_variant", "hybrid_variant", "image_tensor", "keyword_variant",
            "no_token_variant", "soft_prompt_variant", "token_variant", "user_keywords"]
 
-VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "history_latent", "hybrid", "retrieve", "tokens_sft",
-            "tokens_reward")
+VARIANTS = ("no_tokens", "soft_prompt", "keywords", "keywords_tuned", "keywords_best_of", "history_latent", "hybrid", "retrieve",
+            "tokens_sft", "tokens_reward")
 VARIANT_LABELS = {"no_tokens": "no tokens", "soft_prompt": "soft prompt", "keywords": "keywords",
-                  "keywords_tuned": "keywords (tuned adapters)", "history_latent": "keywords + history latent",
+                  "keywords_tuned": "keywords (tuned adapters)", "keywords_best_of": "keywords, best of history-like images",
+                  "history_latent": "keywords + history latent",
                   "hybrid": "keywords + tokens",
                   "retrieve": "retrieve (top-1 item)", "tokens_sft": "ours (SFT)", "tokens_reward": "ours (reward)"}
 # How many of a user's most frequent future values are their favourites (MovieLens: genres). Three:
@@ -123,6 +131,7 @@ class VariantGenerators:
     {attribute: value} words that describe the image subject (None: none). With ``soft`` the
     prompts carry the baseline's placeholders, filled from ``preferences`` ({modality: [U, d]}).
     ``latent_offsets``: per data user, a shift of the image's initial latents, [U, C] (None: none).
+    ``image_choice``: each user's image is the best of several (None: one draw).
     """
 
     text: TextPreferenceAdapter | None
@@ -134,6 +143,7 @@ class VariantGenerators:
     soft: SoftPromptGenerators | None = None
     preferences: Mapping[str, torch.Tensor] | None = None
     latent_offsets: torch.Tensor | None = None
+    image_choice: ImageChoice | None = None
 
     def generate(self, data: InteractionData, config: GeneratorConfig, user: int) -> UserGeneration:
         """Texts (one per ``config.text.targets``) and an image for data user ``user``."""
@@ -147,7 +157,7 @@ class VariantGenerators:
             return generate_for_users(data, config, users=list(users), text_fragments=[self.soft.fragment(self.text)] * len(users),
                                       image_fragments=[self.soft.fragment(self.image)] * len(users), text_adapter=self.text,
                                       image_adapter=self.image, history=self.history, text_soft_prompt=text_vectors,
-                                      image_soft_prompt=image_vectors)
+                                      image_soft_prompt=image_vectors, image_choice=self.image_choice)
 
         def per_user(values: Sequence[Any] | None) -> list[Any]:
             return [values[u] if values is not None else None for u in users]
@@ -157,6 +167,7 @@ class VariantGenerators:
             image_fragments=per_user(self.image_fragments), text_adapter=self.text, image_adapter=self.image,
             history=self.history, keywords=per_user(self.subject_keywords) if self.subject_keywords is not None else None,
             image_latent_offsets=self.latent_offsets[list(users)] if self.latent_offsets is not None else None,
+            image_choice=self.image_choice,
         )
 
 
@@ -263,6 +274,36 @@ def no_token_variant(text: TextPreferenceAdapter | None, image: ImagePreferenceA
 def soft_prompt_variant(soft: SoftPromptGenerators, preferences: Mapping[str, torch.Tensor], history: np.ndarray) -> VariantGenerators:
     """The continuous soft-prompt baseline, each user's preference vectors in its placeholders."""
     return VariantGenerators(soft.text, soft.image, history, soft=soft, preferences=preferences)
+
+
+class HistoryPixelScorer:
+    """Scores generated images for data users by their mean cosine with the user's own history
+    images (``history`` rows: the training split) in model-free pixel features
+    (:func:`pmg.evaluate.field_metrics.pixel_vectors`): a choice among images that reads the
+    history's images and no model of the user. Called with B PIL images and their B users: float [B];
+    a user without a history image scores 0 (the first candidate stays)."""
+
+    def __init__(self, data: InteractionData, history: np.ndarray, users: Sequence[int]) -> None:
+        items = [np.unique(data.item[history[data.user[history] == u]]) for u in users]
+        self.references = FieldReferences.of_users(data, items, [np.zeros(0, dtype=np.int64)] * len(users), {})
+        self.position = {int(u): n for n, u in enumerate(users)}
+
+    def __call__(self, images: Sequence[Image], users: Sequence[int | None]) -> torch.Tensor:
+        if len(images) != len(users):
+            raise ValueError(f"{len(images)} images for {len(users)} users")
+        vectors = pixel_vectors(images)  # [B, 256], unit
+        owners = self.references.owners("history")
+        stacked = self.references.stacked("history", "pixels") if len(owners) else torch.zeros(0, vectors.shape[1])
+        scores = torch.zeros(len(images))
+        for b, user in enumerate(users):
+            if user is None:
+                continue
+            if int(user) not in self.position:
+                raise ValueError(f"user {user} is not one of the {len(self.position)} this scorer read the history of")
+            mine = stacked[owners == self.position[int(user)]]  # [H, 256]
+            if len(mine):
+                scores[b] = (mine @ vectors[b]).mean()
+        return scores
 
 
 def image_tensor(image: Image) -> torch.Tensor:

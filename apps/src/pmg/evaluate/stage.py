@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from pmg.evaluate.generation import (
     VARIANT_LABELS,
     VARIANTS,
     GenerationJudges,
+    HistoryPixelScorer,
     RetrievalVariant,
     VariantGenerators,
     generation_record,
@@ -51,10 +52,10 @@ from pmg.evaluate.generation import (
 from pmg.evaluate.recommendation import quantizer_section, recommendation_section
 from pmg.evaluate.table import EvaluationTable, Section
 from pmg.generator.config import GeneratorConfig, PromptMode
-from pmg.generator.generate import UserGeneration, load_generators, load_soft_prompt_generators
+from pmg.generator.generate import ImageChoice, UserGeneration, load_generators, load_soft_prompt_generators
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import UserTokens, load_user_tokens
-from pmg.reward import load_reward_generators
+from pmg.reward import image_choice, load_reward_generators
 from pmg.runs import RunDirectory, RunError, fingerprint, stage_fingerprint
 from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 from pmg.tasks.state import load_preference_state
@@ -68,8 +69,9 @@ __all__ = ["EVALUATE_STAGE", "EVALUATION_JSON", "EVALUATION_MD", "EVALUATION_PRO
 # Bumped when how the variants are generated or judged changes, so that a run evaluated the old way
 # is evaluated again rather than reused (a stage's fingerprint covers its config, not pmg's code).
 # 2: each user's image from that user's own noise (pmg.generator.generate.user_seed), no longer one
-# noise for every user.
-EVALUATION_PROTOCOL = 2
+# noise for every user. 3: tokens_reward's image the best of reward.image.candidates, and the
+# keywords_best_of baseline.
+EVALUATION_PROTOCOL = 3
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
@@ -128,7 +130,9 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     as they are, ``keywords_tuned`` and the hybrid the run's final adapters (the reward stage's), as
     ``tokens_reward`` does.
     ``tokens_sft`` and ``tokens_reward`` prompt as the run does (``generator.prompt``); when that is
-    ``keywords_and_tokens``, ``hybrid`` is ``tokens_reward`` itself (generated once).
+    ``keywords_and_tokens``, ``hybrid`` is ``tokens_reward`` itself (generated once). ``tokens_reward``
+    picks each image as ``pmg generate`` does (the best of ``reward.image.candidates``), and
+    ``keywords_best_of`` as many of ``keywords_tuned``'s by the user's history images.
     ``history_latent`` is built only when asked for (its scale is chosen by generating for the
     selection users: ``evaluate.generation.history_latent_baseline``).
     """
@@ -141,13 +145,18 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
     state = load_preference_state(run)
     roles = load_user_roles(run, data)
     image_size = sft_image.image_size if sft_image is not None else 64
+    choice = image_choice(run, zoo) if reward_image is not None else None
+    keywords_tuned = keyword_variant(reward_text, reward_image, data, history, keywords, generator)
     variants: dict[str, GenerationVariant | str] = {
         "no_tokens": no_token_variant(sft_text, sft_image, history),
         "soft_prompt": soft_prompt_variant(soft, load_preferences(run).user_preferences, history) if soft is not None else (
             "the generator stage did not train the soft-prompt baseline (generator.baselines.soft_prompt=false); "
             "rerun `pmg pipeline ... generator.baselines.soft_prompt=true` to compare with it"),
         "keywords": keyword_variant(*zoo_generators(zoo), data, history, keywords, generator),
-        "keywords_tuned": keyword_variant(reward_text, reward_image, data, history, keywords, generator),
+        "keywords_tuned": keywords_tuned,
+        "keywords_best_of": (replace(keywords_tuned, image_choice=ImageChoice(choice.candidates, HistoryPixelScorer(data, history, users)))
+                             if choice is not None else
+                             "the reward stage draws one image per user (reward.image.candidates=1): nothing to choose among"),
         "history_latent": (history_latent_variant(reward_text, reward_image, data, split, keywords, generator, zoo, users,
                                                   roles.selection.tolist(), roles.training.tolist())
                            if history_latent else "not asked for (evaluate.generation.history_latent_baseline=true)"),
@@ -155,7 +164,7 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
         "retrieve": RetrievalVariant(state.model.scorer(state.graph, state.embeddings, cold_start_history=state.cold_start_history),
                                      history, image_size),
         "tokens_sft": token_variant(sft_text, sft_image, data, history, tokens, generator),
-        "tokens_reward": token_variant(reward_text, reward_image, data, history, tokens, generator),
+        "tokens_reward": replace(token_variant(reward_text, reward_image, data, history, tokens, generator), image_choice=choice),
     }
     if generator.prompt is PromptMode.keywords_and_tokens:
         variants["hybrid"] = variants["tokens_reward"]

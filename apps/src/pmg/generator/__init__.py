@@ -13,6 +13,7 @@ from pmg.generator.config import (
            TextGeneratorConfig,
 )
 from pmg.generator.generate import (
+           ImageChoice,
            SoftPromptGenerators,
            UserGeneration,
            generate_for_user,
@@ -22,6 +23,6 @@ from pmg.generator.generate import (
 )
 from pmg.generator.stage import GENERATOR_STAGE, run_generator_stage
 
-__all__ = ["GENERATOR_STAGE", "BaselinesConfig", "GeneratorConfig", "ImageGeneratorConfig", "SampleConfig",
+__all__ = ["GENERATOR_STAGE", "BaselinesConfig", "GeneratorConfig", "ImageChoice", "ImageGeneratorConfig", "SampleConfig",
            "SoftPromptGenerators", "TextGeneratorConfig", "UserGeneration", "generate_for_user", "generate_for_users",
            "load_generators", "load_soft_prompt_generators", "run_generator_stage"]

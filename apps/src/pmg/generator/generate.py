@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from pmg.runs import RunDirectory
 from pmg.zoo.manifest import Zoo
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_prompt
 
-__all__ = ["IMAGE_ADAPTER", "SOFT_PROMPT", "TEXT_ADAPTER", "SoftPromptGenerators", "UserGeneration", "generate_for_user",
+__all__ = ["IMAGE_ADAPTER", "SOFT_PROMPT", "TEXT_ADAPTER", "ImageChoice", "ImageScorer", "SoftPromptGenerators", "UserGeneration", "generate_for_user",
            "generate_for_users", "joined_text", "load_generators", "load_soft_prompt_generators", "generate_images", "user_seed", "write_samples"]
 
 TEXT_ADAPTER = "text_adapter"
@@ -62,6 +62,39 @@ class UserGeneration:
     def text(self) -> str:
         """Every generated text as one (:func:`joined_text`)."""
         return joined_text(self.texts)
+
+
+# (images: B PIL images, users: B data users, None for a cold start) -> scores float [B], higher is better.
+ImageScorer = Callable[[Sequence[Any], Sequence["int | None"]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """Best of ``candidates`` images per user: each user's image is drawn from ``candidates`` noises
+    (``user_seed`` of ``sample.seed`` + 0, 1, ...; the first is the one image drawn without a
+    choice) and the one ``scorer`` scores highest is kept. A scorer reads no ground truth: it is a
+    model of the user (the reward stage's personalization term, :func:`pmg.reward.image_choice`)
+    or of their history."""
+
+    candidates: int
+    scorer: ImageScorer
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1:
+            raise ValueError(f"an image choice needs at least 1 candidate, got {self.candidates}")
+
+    def draw(self, image_adapter: ImagePreferenceAdapter, prompts: Sequence[str], config: GeneratorConfig,
+             data: InteractionData, users: Sequence[int | None], *, soft_prompt: Sequence[torch.Tensor] | None = None,
+             latent_offsets: torch.Tensor | None = None) -> list[Any]:
+        """One image (PIL) per prompt, user ``users[b]``'s: the best scored of its candidates."""
+        drawn = [generate_images(image_adapter, prompts, config, [user_seed(config.sample.seed + k, data, u) for u in users],
+                                 soft_prompt=soft_prompt, latent_offsets=latent_offsets)
+                 for k in range(self.candidates)]
+        if self.candidates == 1:
+            return drawn[0]
+        scores = torch.stack([self.scorer(images, users).float() for images in drawn])  # [K, B]
+        best = scores.argmax(dim=0).tolist()  # the first of tied candidates
+        return [drawn[k][b] for b, k in enumerate(best)]
 
 
 def user_seed(seed: int, data: InteractionData, user: int | None) -> int:
@@ -93,6 +126,7 @@ def generate_for_users(
     text_soft_prompt: torch.Tensor | None = None,
     image_soft_prompt: Sequence[torch.Tensor] | None = None,
     image_latent_offsets: torch.Tensor | None = None,
+    image_choice: ImageChoice | None = None,
     batch_size: int = 16,
 ) -> list[UserGeneration]:
     """:func:`generate_for_user` for several users at once (no reference item), ``batch_size`` users
@@ -103,7 +137,8 @@ def generate_for_users(
     user's most liked subject in ``history``, the split's training rows) and ``keywords[b]``
     (words for the image subject, {attribute: value}) describe user ``b``; soft-prompt vectors are stacked per user:
     ``text_soft_prompt`` [B, S, d], ``image_soft_prompt`` one [B, S, d_e] per text encoder;
-    ``image_latent_offsets`` [B, C] shift each user's initial latents (besides the adapter's latent prior).
+    ``image_latent_offsets`` [B, C] shift each user's initial latents (besides the adapter's latent prior);
+    ``image_choice``: each user's image is the best of several drawn (None: one draw).
     Texts come first: the values of ``config.image.subject_from_text`` they name go into the
     image subject (:func:`pmg.generator.prompts.user_image_prompt`).
     """
@@ -132,8 +167,9 @@ def generate_for_users(
         if image_adapter is not None:
             soft = [v[chunk.start : chunk.stop] for v in image_soft_prompt] if image_soft_prompt is not None else None
             offsets = image_latent_offsets[chunk.start : chunk.stop] if image_latent_offsets is not None else None
-            seeds = [user_seed(sample.seed, data, users[b]) for b in chunk]
-            pictures = generate_images(image_adapter, image_prompts, config, seeds, soft_prompt=soft, latent_offsets=offsets)
+            choice = image_choice or ImageChoice(1, _unscored)
+            pictures = choice.draw(image_adapter, image_prompts, config, data, [users[b] for b in chunk], soft_prompt=soft,
+                                   latent_offsets=offsets)
         for n, b in enumerate(chunk):
             user = users[b]
             results.append(UserGeneration(data.user_ids[user] if user is not None else "(cold start)",
@@ -141,6 +177,10 @@ def generate_for_users(
                                           build_text_prompt(text_fragments[b], config.text.context_of(targets[0]), templates),
                                           texts[n], image_prompts[n], pictures[n]))
     return results
+
+
+def _unscored(images: Sequence[Any], users: Sequence[int | None]) -> torch.Tensor:
+    return torch.zeros(len(images))
 
 
 def generate_images(image_adapter: ImagePreferenceAdapter, prompts: Sequence[str], config: GeneratorConfig,
@@ -174,6 +214,7 @@ def generate_for_user(
     strength: float = 0.6,
     text_soft_prompt: torch.Tensor | None = None,
     image_soft_prompt: Sequence[torch.Tensor] | None = None,
+    image_choice: ImageChoice | None = None,
 ) -> UserGeneration:
     """Texts (one per ``config.text.targets``) and an image for data user ``user`` (None: an
     unknown/cold-start user) from the given fragments (None: the no-token prompt).
@@ -181,7 +222,8 @@ def generate_for_user(
     ``subject`` defaults to the reference item's subject, else the user's most liked one in
     ``history`` (interaction rows: the split's training rows); ``keywords`` ({attribute: value},
     :attr:`pmg.generator.prompts.UserPrompts.subject_words`) describe it.
-    With ``reference_item`` the image is an img2img edit of that item's image.
+    With ``reference_item`` the image is an img2img edit of that item's image (one draw: ``image_choice``,
+    the best of several images, applies to text-to-image only).
     Soft-prompt baseline: the fragments are the adapters' placeholder tokens and
     ``text_soft_prompt`` [1, S, d] / ``image_soft_prompt`` (one [1, S, d_e] per text encoder)
     the user's vectors (:meth:`SoftPromptGenerators.vectors`).
@@ -191,7 +233,8 @@ def generate_for_user(
         subject = item_subject(data, reference_item, image_subject(data, config.image.default_subject))
     result = generate_for_users(data, config, users=[user], text_fragments=[text_fragment], image_fragments=[image_fragment],
                                 text_adapter=text_adapter, image_adapter=image_adapter if reference is None else None,
-                                history=history, subjects=[subject], keywords=[keywords], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt)[0]
+                                history=history, subjects=[subject], keywords=[keywords], text_soft_prompt=text_soft_prompt, image_soft_prompt=image_soft_prompt,
+                                image_choice=image_choice)[0]
     if image_adapter is not None and reference is not None:
         sample = config.sample
         size = image_adapter.image_size
@@ -204,14 +247,15 @@ def generate_for_user(
 
 
 def write_samples(folder: Path, data: InteractionData, split: Split, config: GeneratorConfig, tokens: UserTokens,
-                   text_adapter: TextPreferenceAdapter | None, image_adapter: ImagePreferenceAdapter | None) -> list[dict]:
+                  text_adapter: TextPreferenceAdapter | None, image_adapter: ImagePreferenceAdapter | None,
+                  image_choice: ImageChoice | None = None) -> list[dict]:
     """A few users' generations (evenly spaced users) and one cold-start generation."""
     count = min(config.sample.num_users, data.num_users)
     users: list[int | None] = [round(k * (data.num_users - 1) / max(count - 1, 1)) for k in range(count)] + [None]
     prompts = user_prompts(data, config, tokens, split.train, users=users)
     results = generate_for_users(data, config, users=users, text_fragments=prompts.text, image_fragments=prompts.image,
                                  keywords=prompts.subject_words, text_adapter=text_adapter, image_adapter=image_adapter,
-                                 history=split.train)
+                                 history=split.train, image_choice=image_choice)
     records = []
     for n, (user, result) in enumerate(zip(users, results, strict=True)):
         name = f"{n:02d}_{'cold_start' if user is None else _safe(result.user_id)}"

@@ -77,6 +77,10 @@ class ImageRewardConfig:
     (classifier-free guidance ``guidance_scale``), decoded by the frozen VAE, and the combined
     reward's gradient reaches the token rows (+ UNet LoRA) through the last
     ``backprop_last_k`` steps only.
+
+    ``candidates``: at generation (``pmg generate``, the evaluation's ``tokens_reward``, the stage's
+    samples) each user's image is the best of this many, drawn from different noise and scored by
+    the reward's personalization term (:mod:`pmg.reward.choice`); 1: one draw.
     """
 
     enabled: bool = True
@@ -86,9 +90,12 @@ class ImageRewardConfig:
     num_inference_steps: int = 10
     backprop_last_k: int = 2
     guidance_scale: float = 5.0
+    candidates: int = 4
 
     def validate(self) -> None:
         _check_common("image", self.lr, self.max_steps, self.users_per_step)
+        if self.candidates < 1:
+            raise ValueError(f"reward.image.candidates must be >= 1 (1: one image per user), got {self.candidates}")
         if self.num_inference_steps < 1 or not 1 <= self.backprop_last_k <= self.num_inference_steps:
             raise ValueError("reward.image: num_inference_steps >= 1 and 1 <= backprop_last_k <= num_inference_steps")
         if self.guidance_scale < 1:

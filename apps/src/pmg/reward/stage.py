@@ -8,6 +8,10 @@ new token rows and LoRA weights change. Artifacts in ``<run>/reward/``:
     text_adapter/        prefgen text adapter (same format as the generator's; the best validation state)
     image_adapter/       prefgen image adapter (textual-inversion files per encoder [+ unet_lora/])
     samples/             <n>_<user_id>.png + samples.json, as the generator stage writes them
+    personalization_map.safetensors
+                         the personalization term's visual map [d, d_c] (content -> preference space),
+                         with which the best of ``reward.image.candidates`` images is chosen at
+                         generation (:mod:`pmg.reward.choice`)
     metrics.json         validation reward (total and components, and the share of the users' tastes
                          shown where the dataset has them) before and in the kept state
     config.yaml          the stage's config
@@ -35,7 +39,7 @@ from pmg.data.dataset_stage import load_prepared, load_user_roles
 from pmg.data.images import load_image_tensor
 from pmg.generator.config import GeneratorConfig
 from pmg.generator.evaluation import image_taste_hits, taste_attributes, text_taste_hits, visual_taste_judge
-from pmg.generator.generate import generate_for_users, write_samples
+from pmg.generator.generate import ImageChoice, generate_for_users, write_samples
 from pmg.generator.prompts import (
     UserPrompts,
     prompt_templates,
@@ -45,6 +49,7 @@ from pmg.generator.prompts import (
 )
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
+from pmg.reward.choice import PersonalizationScorer, save_personalization_map
 from pmg.reward.config import KeptState, RewardConfig
 from pmg.reward.modules import (
     GenerationRewards,
@@ -384,8 +389,13 @@ def run_reward_stage(config: RewardConfig, run: RunDirectory, upstream: str, for
         image_adapter = image_adapter.cpu().eval()
         with atomic_directory(out / "image_adapter") as tmp:
             image_adapter.save(tmp)
+    choice = None
+    if "visual" in maps:
+        save_personalization_map(out, maps["visual"])
+        if config.image.candidates > 1 and "visual" in user_prefs:
+            choice = ImageChoice(config.image.candidates, PersonalizationScorer(embedder, maps["visual"], user_prefs["visual"]))
     with atomic_directory(out / "samples") as tmp:
-        write_samples(tmp, data, split, generator, tokens, text_policy, image_adapter)
+        write_samples(tmp, data, split, generator, tokens, text_policy, image_adapter, image_choice=choice)
     metrics["validation_users"] = float(len(val_users))
     metrics["validation_users_scored"] = float(len(scored))
     write_stage_record(out, metrics, config)

@@ -44,11 +44,11 @@ from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.data.split import Split
 from pmg.generator.config import GeneratorConfig
-from pmg.generator.generate import generate_for_users
+from pmg.generator.generate import ImageChoice, generate_for_users
 from pmg.generator.prompts import token_rows, user_prompts
 from pmg.quantize.stage import UserTokens, load_user_tokens
 from pmg.runs import RunDirectory, RunError, fingerprint
-from pmg.tasks.generation import run_generators
+from pmg.tasks.generation import run_generators, run_image_choice
 from pmg.tasks.state import lookup_user
 from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter
 
@@ -207,11 +207,13 @@ class BatchGenerationModule(L.LightningModule):
 
     def __init__(self, out: Path, plan: ShardPlan, config_fingerprint: str, data: InteractionData, split: Split,
                  config: GeneratorConfig, tokens: UserTokens, text_adapter: TextPreferenceAdapter | None,
-                 image_adapter: ImagePreferenceAdapter | None, batch_size: int) -> None:
+                 image_adapter: ImagePreferenceAdapter | None, batch_size: int, image_choice: ImageChoice | None = None) -> None:
         super().__init__()
         self.out, self.plan, self.config_fingerprint = out, plan, config_fingerprint
         self.data, self.split, self.config, self.tokens = data, split, config, tokens
         self.text_adapter, self.image_adapter = text_adapter, image_adapter
+        # Not a submodule: it scores the decoded (PIL) images, on the CPU, whichever device generates.
+        self.image_choice = image_choice
         self.batch_size = batch_size
         self.generated: list[int] = []  # this rank's shards generated now
         # perf_counter at the loop's start, after every rank has loaded the models and joined (Lightning skips
@@ -239,7 +241,7 @@ class BatchGenerationModule(L.LightningModule):
         results = generate_for_users(self.data, self.config, users=users, text_fragments=prompts.text,
                                      image_fragments=prompts.image, keywords=prompts.subject_words,
                                      text_adapter=self.text_adapter, image_adapter=self.image_adapter,
-                                     history=self.split.train, batch_size=self.batch_size)
+                                     history=self.split.train, image_choice=self.image_choice, batch_size=self.batch_size)
         rows = token_rows(self.data, self.tokens, users)
         samples = []
         for user_id, row, result in zip(self.plan.user_ids[positions], rows, results, strict=True):
@@ -306,12 +308,13 @@ def generate_batch(run: RunDirectory, out: Path, users: str, *, shard_size: int 
     chosen = read_users(run, data, users)
     plan = ShardPlan(tuple(chosen), tuple(data.user_ids[u] for u in chosen), shard_size)
     stage, text_adapter, image_adapter = run_generators(run, sft=sft)
+    choice = run_image_choice(run, stage) if image_adapter is not None else None
     settings = {"adapters": stage, "adapters_fingerprint": run.require(stage)["fingerprint"], "seed": config.sample.seed,
                 "shard_size": shard_size, "batch_size": batch_size}
     manifest_config = {"run": str(run.root.resolve()), "users": len(chosen), **settings, "fingerprint": fingerprint(settings)}
     out.mkdir(parents=True, exist_ok=True)
     module = BatchGenerationModule(out, plan, manifest_config["fingerprint"], data, split, config, load_user_tokens(run),
-                                   text_adapter, image_adapter, batch_size)
+                                   text_adapter, image_adapter, batch_size, choice)
     if module_hook is not None:
         module_hook(module)
     options = replace(config.trainer, **{name: str(value) if name == "devices" else value for name, value in (trainer or {}).items()})

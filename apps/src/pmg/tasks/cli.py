@@ -31,7 +31,13 @@ from pmg.quantize.stage import load_user_tokens
 from pmg.runs import RunDirectory, RunError
 from pmg.tasks.batch import generate_batch
 from pmg.tasks.config import TasksConfig
-from pmg.tasks.generation import explain, reference_tokens, resolve_reference, run_generators
+from pmg.tasks.generation import (
+    explain,
+    reference_tokens,
+    resolve_reference,
+    run_generators,
+    run_image_choice,
+)
 from pmg.tasks.ranking import recommend, search
 from pmg.tasks.rating import RATING_DIR, evaluate_rating, predict_rating, rating_model
 from pmg.tasks.state import load_preference_state, lookup_user
@@ -156,11 +162,13 @@ def _generate(args: argparse.Namespace, run: RunDirectory, out: Path) -> int:
     if conditioned is not None:
         text_fragment = joined_fragment(text_words, conditioned.fragment(config.text.modalities))
         image_fragment = conditioned.fragment(config.image.modalities)
-    _, text_adapter, image_adapter = run_generators(run, sft=args.sft)
+    stage, text_adapter, image_adapter = run_generators(run, sft=args.sft)
     result = generate_for_user(
         data, config, user=user, text_fragment=text_fragment, image_fragment=image_fragment,
         text_adapter=text_adapter, image_adapter=image_adapter, history=split.train,
         subject=f"a {args.category}" if args.category else None, keywords=subject_words, reference_item=reference, strength=args.strength,
+        # The no-token prompt (--no-tokens, a cold start) stays one draw: no preference to choose by.
+        image_choice=run_image_choice(run, stage) if image_adapter is not None and image_fragment is not None else None,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"user_id": args.user, "cold_start": text_fragment is None and image_fragment is None,

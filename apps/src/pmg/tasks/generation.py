@@ -10,11 +10,11 @@ from pmg.config import load_config
 from pmg.data.dataset_stage import load_prepared
 from pmg.data.format import InteractionData
 from pmg.generator.config import GeneratorConfig
-from pmg.generator.generate import load_generators
+from pmg.generator.generate import ImageChoice, load_generators
 from pmg.generator.prompts import prompt_templates, user_prompts
 from pmg.preference.stage import load_preferences
 from pmg.quantize.stage import load_user_tokens
-from pmg.reward import load_reward_generators
+from pmg.reward import image_choice, load_reward_generators
 from pmg.runs import RunDirectory, RunError
 from pmg.tasks.config import ExplainConfig, ReferenceConfig
 from pmg.tasks.state import history_items, lookup_item, lookup_user
@@ -23,7 +23,8 @@ from prefgen import ImagePreferenceAdapter, TextPreferenceAdapter, build_text_pr
 from prefgraph import history_weights, weighted_history
 from prefquant import PreferenceTokenizer, ResidualQuantizer
 
-__all__ = ["Explanation", "explain", "ReferenceTokens", "reference_tokens", "resolve_reference", "run_generators"]
+__all__ = ["Explanation", "explain", "ReferenceTokens", "reference_tokens", "resolve_reference", "run_generators",
+           "run_image_choice"]
 
 
 def run_generators(run: RunDirectory, *, sft: bool = False
@@ -34,6 +35,13 @@ def run_generators(run: RunDirectory, *, sft: bool = False
     if run.record("reward") is not None and not sft:
         return ("reward", *load_reward_generators(run, load_zoo(run)))
     return ("generator", *load_generators(run, load_zoo(run)))
+
+
+def run_image_choice(run: RunDirectory, stage: str) -> ImageChoice | None:
+    """How ``pmg generate`` picks a user's image with the adapters of ``stage`` (what
+    :func:`run_generators` named): the reward stage's best of ``reward.image.candidates``
+    (:func:`pmg.reward.image_choice`); the generator stage's adapters draw one image."""
+    return image_choice(run, load_zoo(run)) if stage == "reward" else None
 
 
 @dataclass(frozen=True)
