@@ -4,6 +4,7 @@ the more personal of a user's images.
 Usage:
     uv run --frozen python benchmarks/image_seeds.py                 # both profiles' benchmark runs, 5 seeds
     uv run --frozen python benchmarks/image_seeds.py --runs sparse=runs/bench-generation-sparse --seeds 3 --users 100
+    uv run --frozen python benchmarks/image_seeds.py --role selection --seeds 4 --users 0   # the selection users, to choose by
     uv run --frozen python benchmarks/image_seeds.py --check-file saved.log   # a saved output against TARGETS (none)
 
 `benchmarks/generation.py` judges one image per user and variant, each user's from their own noise
@@ -35,9 +36,12 @@ Per profile:
   orders as the judge does (0.5 is chance), averaged per user, with an interval over users.
 
 No stage trains or selects on these users, and nothing here is chosen on them: the scorers are fixed.
+With ``--role selection`` the same figures are for the data stage's selection users instead (those the
+stages choose settings on, never evaluated): what a choice of scorer or of the number of candidates
+may be made on.
 No target is stated (``TARGETS`` is empty): the figures qualify `generation.py`'s one-seed figures.
 
-The LAST line is one JSON object: ``{"seeds", "profiles": {profile: {"run", "n_users",
+The LAST line is one JSON object: ``{"seeds", "profiles": {profile: {"run", "role", "n_users",
 "variants": {variant: {"per_seed", "mean", "mean_ci", "<taste>"}}, "differences": {"default_vs_<baseline>":
 {"per_seed", "mean", "mean_ci"}}, "best_of_seeds": {variant: {scorer: {"image_personalization",
 "image_personalization_ci", "agreement", "agreement_ci"}}}}}, "minutes"}``.
@@ -56,6 +60,7 @@ import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
+from pmg.data.dataset_stage import load_user_roles
 from pmg.evaluate.field_metrics import FieldReferences, pixel_vectors
 from pmg.evaluate.generation import history_items, image_tensor, item_embeddings
 from pmg.evaluate.intervals import bootstrap_interval
@@ -115,15 +120,21 @@ def _embed(embedder: object, images: Sequence[object]) -> torch.Tensor:
                           for s in range(0, len(images), _EMBED_BATCH)])
 
 
-def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, object]:
-    """This benchmark's figures for one run (see the module docstring), at ``seeds`` seeds for at most ``limit`` evaluation users."""
+def profile_figures(run: RunDirectory, seeds: int, limit: int, role: str = "evaluation") -> dict[str, object]:
+    """This benchmark's figures for one run (see the module docstring), at ``seeds`` seeds for at most
+    ``limit`` (0: all) of the data stage's ``role`` users ("evaluation" or "selection")."""
     inputs = load_generation_inputs(run, tastes_for="benchmarks/image_seeds.py")
     data, split, zoo, tokens, generator = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     judge = visual_taste_judge(data, zoo)
     if judge is None:
         raise RunError(f"{run.root}: the zoo has no judge reading the catalog's visual tastes")
     tastes = [t for t in taste_attributes(data, "visual") if t in judge.attributes]
-    users = evaluation_users(run, data, tokens, limit)
+    if role == "evaluation":
+        users = evaluation_users(run, data, tokens, limit)
+    else:
+        with_tokens = set(tokens.user_ids)
+        users = [int(u) for u in load_user_roles(run, data).selection if data.user_ids[u] in with_tokens]
+        users = users[:limit] if limit > 0 else users
     built = generation_variants(run, data, split, zoo, tokens, generator, users)
     variants = {name: built[name] for name in (DEFAULT_VARIANT, *BASELINES)}
     missing = {name: v for name, v in variants.items() if isinstance(v, str)}
@@ -132,7 +143,7 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
     # One draw per seed: the best-of choice `pmg evaluate` makes for the default variant
     # (reward.image.candidates) is what best_of_seeds studies, over these same draws.
     variants = {name: dataclasses.replace(v, image_choice=None) for name, v in variants.items()}
-    print(f"[{run.root.name}] {len(users)} evaluation users, {seeds} seeds", flush=True)
+    print(f"[{run.root.name}] {len(users)} {role} users, {seeds} seeds", flush=True)
     generations = generate_variants(variants, data, generator, users, progress=True)
 
     images: dict[str, list[list[object]]] = {}  # variant -> [seed][user]
@@ -155,7 +166,7 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int) -> dict[str, obje
         print(f"  [{name}] {seeds - 1} more seeds in {time.perf_counter() - started:.0f}s", flush=True)
 
     share = {name: h.float().mean(dim=1) for name, h in hits.items()}  # [seeds, users]
-    figures: dict[str, object] = {"run": str(run.root), "n_users": len(users), "tastes": tastes, "variants": {}, "differences": {},
+    figures: dict[str, object] = {"run": str(run.root), "role": role, "n_users": len(users), "tastes": tastes, "variants": {}, "differences": {},
                                   "best_of_seeds": {}}
     for name, values in share.items():
         per_user = values.mean(dim=0).numpy()
@@ -225,7 +236,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", metavar="PROFILE=RUN", default=None,
                         help="the runs to judge, named (default: default and sparse, the runs benchmarks/generation.py built)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per user's image (at least 2)")
-    parser.add_argument("--users", type=int, default=200, help="at most this many evaluation users (0: all)")
+    parser.add_argument("--users", type=int, default=200, help="at most this many users of --role (0: all)")
+    parser.add_argument("--role", choices=("evaluation", "selection"), default="evaluation",
+                        help="whose images: the data stage's evaluation users, or its selection users (to choose settings on)")
     args = parse_args_with_check(parser, TARGETS)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2: one seed is what benchmarks/generation.py judges")
@@ -233,7 +246,7 @@ def main() -> None:
         parser.error(f"--runs takes PROFILE=RUN pairs (e.g. sparse=runs/bench-generation-sparse), got {args.runs}")
     named = dict(item.split("=", 1) for item in args.runs) if args.runs else {p: str(_benchmark_run(p)) for p in ("default", "sparse")}
     started = time.perf_counter()
-    profiles = {profile: profile_figures(RunDirectory(Path(path)), args.seeds, args.users) for profile, path in named.items()}
+    profiles = {profile: profile_figures(RunDirectory(Path(path)), args.seeds, args.users, args.role) for profile, path in named.items()}
     print_result({"seeds": args.seeds, "profiles": profiles, "minutes": round((time.perf_counter() - started) / 60, 2),
                   "torch_threads": torch.get_num_threads()}, TARGETS, args.check)
 

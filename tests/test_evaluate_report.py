@@ -219,6 +219,32 @@ def test_image_seed_benchmark_starts_from_the_evaluated_image_and_bounds_every_c
         _cell(table, "generation", "image_personalization", "keywords_best_of"), abs=1e-4)
 
 
+def test_history_pixel_scorer_prefers_the_users_own_history_image_and_refuses_a_user_it_did_not_read(tiny_run: Path) -> None:
+    from pmg.data.dataset_stage import load_prepared
+    from pmg.data.images import load_image
+    from pmg.evaluate.field_metrics import FieldReferences, pixel_vectors
+    from pmg.evaluate.generation import HistoryPixelScorer, history_items
+    from pmg.reward import image_choice
+
+    data, split = load_prepared(RunDirectory(tiny_run))
+    owners = data.user[split.train]
+    users = [int(u) for u in np.unique(owners)[:2]]
+    scorer = HistoryPixelScorer(data, split.train, users)
+    mine = [load_image(data.items[int(data.item[split.train][owners == u][0])].image, 32) for u in users]
+    # The score is the evaluation's pixel_history of that image for that user (its per-user mean cosine).
+    references = FieldReferences.of_users(data, history_items(data, split, users), [np.zeros(0, dtype=np.int64)] * 2, {})
+    for images in (mine, mine[::-1]):
+        expected = references.user_similarities("history", "pixels", pixel_vectors(images))
+        assert scorer(images, users).tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert scorer([mine[0]], [None]).tolist() == [0.0]
+    with pytest.raises(ValueError, match="not one of the 2"):
+        scorer([mine[0]], [int(np.setdiff1d(np.arange(data.num_users), users)[0])])
+    # The reward stage saved the map its default choice scores with: 4 candidates, by the personalization term.
+    choice = image_choice(RunDirectory(tiny_run), load_zoo(RunDirectory(tiny_run)))
+    assert choice is not None and choice.candidates == 4
+    assert (tiny_run / "reward" / "personalization_map.safetensors").is_file()
+
+
 def test_seed_choice_agreement_counts_pairs_ordered_as_the_judge_and_skips_users_without_a_difference(
         benchmark_module: Callable[[str], object]) -> None:
     import torch
