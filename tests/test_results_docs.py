@@ -119,7 +119,7 @@ def test_tables_and_sentences_read_the_records(writer: ModuleType, tmp_path: Pat
         "| no_tokens | 0.100 | — | 0.200 | 0.000 | — | — |",
         "| tokens_reward | 0.900 | 0.500 | 0.800 | — | — | 0.600 |",
     ]
-    assert "| **keywords + tokens after reward** (the default) | 0.70 [0.65, 0.75] | — | — |" in writer.headline_table(records, "generation")
+    assert "| **keywords + tokens after reward, the image the best of several by the reward** (the default) | 0.70 [0.65, 0.75] | — | — |" in writer.headline_table(records, "generation")
     assert writer.render("{{generation:profiles.default.variants.no_tokens|dict.2f}}", records, "") == \
         "image_colour 0.10, text_style 0.20, consistency 0.00"
     assert writer.number(-0.02, "+.3f") == "−0.020" and writer.number(1e-5) == "1e-05"
