@@ -245,6 +245,21 @@ def test_history_pixel_scorer_prefers_the_users_own_history_image_and_refuses_a_
     assert (tiny_run / "reward" / "personalization_map.safetensors").is_file()
 
 
+def test_a_damaged_or_missing_personalization_map_names_the_file_and_the_command(tiny_run: Path, tmp_path: Path) -> None:
+    from pmg.reward import image_choice
+    from pmg.runs import RunError
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("evaluate", "report"))
+    saved = copy / "reward" / "personalization_map.safetensors"
+    saved.write_bytes(saved.read_bytes()[:20])
+    with pytest.raises(RunError, match=r"personalization_map.safetensors is damaged .*--force reward"):
+        image_choice(RunDirectory(copy), load_zoo(RunDirectory(copy)))
+    saved.unlink()
+    with pytest.raises(RunError, match=r"personalization_map.safetensors is missing .*--force reward"):
+        image_choice(RunDirectory(copy), load_zoo(RunDirectory(copy)))
+
+
 def test_seed_choice_agreement_counts_pairs_ordered_as_the_judge_and_skips_users_without_a_difference(
         benchmark_module: Callable[[str], object]) -> None:
     import torch

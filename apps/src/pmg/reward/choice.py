@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pmg.atomic import atomic_file
@@ -84,7 +85,10 @@ def image_choice(run: RunDirectory, zoo: Zoo) -> ImageChoice | None:
     if not path.is_file():
         raise RunError(f"{path} is missing (reward.image.candidates={config.image.candidates} needs the reward stage's "
                        f"personalization map); rerun `pmg pipeline --run {run.root} --force reward`")
-    visual_map = load_file(str(path))["visual"]
+    try:
+        visual_map = load_file(str(path))["visual"]
+    except (SafetensorError, OSError, KeyError) as err:
+        raise RunError(f"{path} is damaged ({err!r}); rerun `pmg pipeline --run {run.root} --force reward`") from err
     preferences = load_preferences(run).user_preferences.get("visual")
     if preferences is None:
         raise RunError(f"reward.image.candidates={config.image.candidates} needs the preference stage's visual preferences; "
