@@ -54,13 +54,13 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
-from pmg.data.dataset_stage import load_user_roles
 from pmg.evaluate.field_metrics import FieldReferences, pixel_vectors
 from pmg.evaluate.generation import history_items, image_tensor, item_embeddings
 from pmg.evaluate.intervals import bootstrap_interval
@@ -120,7 +120,7 @@ def _embed(embedder: object, images: Sequence[object]) -> torch.Tensor:
                           for s in range(0, len(images), _EMBED_BATCH)])
 
 
-def profile_figures(run: RunDirectory, seeds: int, limit: int, role: str = "evaluation") -> dict[str, object]:
+def profile_figures(run: RunDirectory, seeds: int, limit: int, role: Literal["evaluation", "selection"] = "evaluation") -> dict[str, object]:
     """This benchmark's figures for one run (see the module docstring), at ``seeds`` seeds for at most
     ``limit`` (0: all) of the data stage's ``role`` users ("evaluation" or "selection")."""
     inputs = load_generation_inputs(run, tastes_for="benchmarks/image_seeds.py")
@@ -129,12 +129,7 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int, role: str = "eval
     if judge is None:
         raise RunError(f"{run.root}: the zoo has no judge reading the catalog's visual tastes")
     tastes = [t for t in taste_attributes(data, "visual") if t in judge.attributes]
-    if role == "evaluation":
-        users = evaluation_users(run, data, tokens, limit)
-    else:
-        with_tokens = set(tokens.user_ids)
-        users = [int(u) for u in load_user_roles(run, data).selection if data.user_ids[u] in with_tokens]
-        users = users[:limit] if limit > 0 else users
+    users = evaluation_users(run, data, tokens, limit, role)
     built = generation_variants(run, data, split, zoo, tokens, generator, users)
     variants = {name: built[name] for name in (DEFAULT_VARIANT, *BASELINES)}
     missing = {name: v for name, v in variants.items() if isinstance(v, str)}

@@ -229,7 +229,7 @@ def test_history_pixel_scorer_prefers_the_users_own_history_image_and_refuses_a_
     data, split = load_prepared(RunDirectory(tiny_run))
     owners = data.user[split.train]
     users = [int(u) for u in np.unique(owners)[:2]]
-    scorer = HistoryPixelScorer(data, split.train, users)
+    scorer = HistoryPixelScorer(data, history_items(data, split, users), users)
     mine = [load_image(data.items[int(data.item[split.train][owners == u][0])].image, 32) for u in users]
     # The score is the evaluation's pixel_history of that image for that user (its per-user mean cosine).
     references = FieldReferences.of_users(data, history_items(data, split, users), [np.zeros(0, dtype=np.int64)] * 2, {})
@@ -243,6 +243,15 @@ def test_history_pixel_scorer_prefers_the_users_own_history_image_and_refuses_a_
     choice = image_choice(RunDirectory(tiny_run), load_zoo(RunDirectory(tiny_run)))
     assert choice is not None and choice.candidates == 4
     assert (tiny_run / "reward" / "personalization_map.safetensors").is_file()
+    # The selection users a setting is chosen on (image_seeds --role selection) are never evaluation users.
+    from pmg.data.dataset_stage import load_user_roles
+    from pmg.evaluate.stage import evaluation_users
+    from pmg.quantize.stage import load_user_tokens
+
+    tokens = load_user_tokens(RunDirectory(tiny_run))
+    selection = evaluation_users(RunDirectory(tiny_run), data, tokens, 0, "selection")
+    assert selection == sorted(int(u) for u in load_user_roles(RunDirectory(tiny_run), data).selection)
+    assert not set(selection) & set(evaluation_users(RunDirectory(tiny_run), data, tokens, 0))
 
 
 def test_a_damaged_or_missing_personalization_map_names_the_file_and_the_command(tiny_run: Path, tmp_path: Path) -> None:

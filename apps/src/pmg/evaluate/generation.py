@@ -278,14 +278,15 @@ def soft_prompt_variant(soft: SoftPromptGenerators, preferences: Mapping[str, to
 
 class HistoryPixelScorer:
     """Scores generated images for data users by their mean cosine with the user's own history
-    images (``history`` rows: the training split) in model-free pixel features
+    images (``history[n]``: the items of ``users[n]``'s training rows, :func:`history_items`) in model-free pixel features
     (:func:`pmg.evaluate.field_metrics.pixel_vectors`): a choice among images that reads the
     history's images and no model of the user. Called with B PIL images and their B users: float [B];
     a user without a history image scores 0 (the first candidate stays)."""
 
-    def __init__(self, data: InteractionData, history: np.ndarray, users: Sequence[int]) -> None:
-        items = [np.unique(data.item[history[data.user[history] == u]]) for u in users]
-        self.references = FieldReferences.of_users(data, items, [np.zeros(0, dtype=np.int64)] * len(users), {})
+    def __init__(self, data: InteractionData, history: Sequence[np.ndarray], users: Sequence[int]) -> None:
+        if len(history) != len(users):
+            raise ValueError(f"{len(history)} histories for {len(users)} users")
+        self.references = FieldReferences.of_users(data, history, [np.zeros(0, dtype=np.int64)] * len(users), {})
         self.position = {int(u): n for n, u in enumerate(users)}
 
     def __call__(self, images: Sequence[Image], users: Sequence[int | None]) -> torch.Tensor:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -40,6 +40,7 @@ from pmg.evaluate.generation import (
     VariantGenerators,
     generation_record,
     generation_section,
+    history_items,
     history_latent_variant,
     hybrid_variant,
     keyword_variant,
@@ -113,11 +114,15 @@ def load_generation_inputs(run: RunDirectory, *, tastes_for: str | None) -> Gene
                             load_config(GeneratorConfig, run.stage_dir("generator") / "config.yaml"))
 
 
-def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, limit: int) -> list[int]:
-    """At most ``limit`` (0: all) of the data stage's evaluation users that have tokens, in index order
-    (the roles are a seeded random draw, so the first ``limit`` are a random sample of them)."""
+def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, limit: int,
+                     role: Literal["evaluation", "selection"] = "evaluation") -> list[int]:
+    """At most ``limit`` (0: all) of the data stage's evaluation users (``role="selection"``: its
+    selection users, whom settings may be chosen on) that have tokens, in index order (the roles are
+    a seeded random draw, so the first ``limit`` are a random sample of them)."""
     with_tokens = set(tokens.user_ids)
-    users = [int(u) for u in load_user_roles(run, data).evaluation if data.user_ids[u] in with_tokens]
+    roles = load_user_roles(run, data)
+    chosen = {"evaluation": roles.evaluation, "selection": roles.selection}[role]
+    users = [int(u) for u in chosen if data.user_ids[u] in with_tokens]
     return users[:limit] if limit > 0 else users
 
 
@@ -154,7 +159,7 @@ def generation_variants(run: RunDirectory, data: InteractionData, split: Split, 
             "rerun `pmg pipeline ... generator.baselines.soft_prompt=true` to compare with it"),
         "keywords": keyword_variant(*zoo_generators(zoo), data, history, keywords, generator),
         "keywords_tuned": keywords_tuned,
-        "keywords_best_of": (replace(keywords_tuned, image_choice=ImageChoice(choice.candidates, HistoryPixelScorer(data, history, users)))
+        "keywords_best_of": (replace(keywords_tuned, image_choice=ImageChoice(choice.candidates, HistoryPixelScorer(data, history_items(data, split, users), users)))
                              if choice is not None else
                              "the reward stage draws one image per user (reward.image.candidates=1): nothing to choose among"),
         "history_latent": (history_latent_variant(reward_text, reward_image, data, split, keywords, generator, zoo, users,
