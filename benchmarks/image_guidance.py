@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
-from pmg.data.dataset_stage import load_user_roles
 from pmg.evaluate.generation import token_variant
 from pmg.evaluate.intervals import bootstrap_interval
-from pmg.evaluate.stage import load_generation_inputs
+from pmg.evaluate.stage import evaluation_users, load_generation_inputs
 from pmg.generator.evaluation import taste_attributes
 from pmg.reward import load_reward_generators
 from pmg.runs import RunDirectory, RunError
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/default"))
     parser.add_argument("--role", choices=["selection", "training"], default="training",
                         help="whose images are judged (never the evaluation users)")
-    parser.add_argument("--users", type=int, default=200, help="at most this many users of the role (the first, in index order)")
+    parser.add_argument("--users", type=int, default=200, help="at most this many users of the role (the first, in index order; 0: all)")
     parser.add_argument("--scales", type=float, nargs="+", default=[5.0, 7.5, 10.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
     args = parse_args_with_check(parser, TARGETS)
@@ -56,9 +55,7 @@ def main() -> None:
     _, image = load_reward_generators(run, zoo)
     if image is None:
         raise RunError(f"{run.root}: no image generator")
-    roles = load_user_roles(run, data)
-    with_tokens = set(tokens.user_ids)
-    users = [int(u) for u in getattr(roles, args.role) if data.user_ids[u] in with_tokens][: args.users]
+    users = evaluation_users(run, data, tokens, args.users, args.role)
     variant = token_variant(None, image, data, split.train, tokens, generator)
     judge = zoo.load_judge()
     tastes = taste_attributes(data, "visual")

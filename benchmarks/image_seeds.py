@@ -5,6 +5,7 @@ Usage:
     uv run --frozen python benchmarks/image_seeds.py                 # both profiles' benchmark runs, 5 seeds
     uv run --frozen python benchmarks/image_seeds.py --runs sparse=runs/bench-generation-sparse --seeds 3 --users 100
     uv run --frozen python benchmarks/image_seeds.py --role selection --seeds 4 --users 0   # the selection users, to choose by
+    uv run --frozen python benchmarks/image_seeds.py --runs sparse=runs/bench-generation-sparse --role training --seeds 8 --best-of 4
     uv run --frozen python benchmarks/image_seeds.py --check-file saved.log   # a saved output against TARGETS (none)
 
 `benchmarks/generation.py` judges one image per user and variant, each user's from their own noise
@@ -28,23 +29,29 @@ Per profile:
   the reward stage's personalization term (the zoo CLIP's image embedding mapped into the preference
   stage's item space by the ridge map ``pmg.reward.fit_content_maps`` fits, cosine with the user's
   visual preference vector); ``personalization_pixels``, the same from the preference stage's own
-  image features (``pixels``) by a ridge map fitted likewise; ``history_clip`` and ``history_pixels``,
+  image features (``pixels``) by a ridge map fitted likewise; ``recommender``, the preference stage's
+  own score of the image as a new item (its GNN's visual projection of the image's ``pixels``
+  features, cosine with the user's visual preference); ``prompt``, how well the image follows its
+  own prompt (the zoo CLIP's image–text cosine; no user model); ``history_clip`` and ``history_pixels``,
   the user's ``clip_i_history`` / ``pixel_history`` of the evaluation (``pmg.evaluate.field_metrics``:
   the mean cosine with the user's training-split item images; words-and-images, no tokens); ``first`` (seed 0); and the judge itself
   (``oracle``: a bound on what any choice among these images reaches, not a method). With each, its
   ``agreement``: over pairs of one user's images whose judged shares differ, the share the scorer
-  orders as the judge does (0.5 is chance), averaged per user, with an interval over users.
+  orders as the judge does (0.5 is chance), averaged per user, with an interval over users; and each
+  taste's rate in the chosen images.
 
 No stage trains or selects on these users, and nothing here is chosen on them: the scorers are fixed.
 With ``--role selection`` the same figures are for the data stage's selection users instead (those the
 stages choose settings on, never evaluated): what a choice of scorer or of the number of candidates
-may be made on.
+may be made on; ``--role training``, for users the stages trained on (more of them than the 50
+selection users, to compare scorers on; the adapters have seen their items).
 No target is stated (``TARGETS`` is empty): the figures qualify `generation.py`'s one-seed figures.
 
 The LAST line is one JSON object: ``{"seeds", "profiles": {profile: {"run", "role", "n_users",
 "variants": {variant: {"per_seed", "mean", "mean_ci", "<taste>"}}, "differences": {"default_vs_<baseline>":
 {"per_seed", "mean", "mean_ci"}}, "best_of_seeds": {variant: {scorer: {"image_personalization",
-"image_personalization_ci", "agreement", "agreement_ci"}}}}}, "minutes"}``.
+"image_personalization_ci", "agreement", "agreement_ci", "<taste>"}}}, "best_of_first": {K: {variant: {scorer: ...}}}}},
+"minutes"}`` (``best_of_first`` only with ``--best-of``).
 """
 
 from __future__ import annotations
@@ -70,13 +77,14 @@ from pmg.evaluate.stage import (
     generation_variants,
     load_generation_inputs,
 )
-from pmg.features import FeatureEncoderSpec, encode_items
+from pmg.features import PIXEL_SIZE, FeatureEncoderSpec, encode_items, pixel_features, rgb_array
 from pmg.generator.evaluation import judge_attribute_hits, taste_attributes, visual_taste_judge
 from pmg.generator.generate import generate_images, user_seed
 from pmg.preference import PreferenceConfig
 from pmg.preference.stage import load_preferences
 from pmg.reward import RewardConfig, fit_content_maps
 from pmg.runs import RunDirectory, RunError
+from pmg.tasks.state import load_preference_state
 from prefquant import fit_linear_map
 from prefreward import ConsistencyReward, PersonalizationReward
 
@@ -86,8 +94,9 @@ DEFAULT_VARIANT = "tokens_reward"
 BASELINES = ("keywords", "keywords_tuned")
 # Which scorers choose among which variant's images: the personalization term needs the user's
 # preference vector, which a words-only variant does not have.
-SCORERS = {DEFAULT_VARIANT: ("first", "personalization", "personalization_pixels", "history_clip", "history_pixels", "oracle"),
-           "keywords_tuned": ("first", "history_clip", "history_pixels", "oracle")}
+SCORERS = {DEFAULT_VARIANT: ("first", "personalization", "personalization_pixels", "recommender", "prompt", "history_clip",
+                             "history_pixels", "oracle"),
+           "keywords_tuned": ("first", "prompt", "history_clip", "history_pixels", "oracle")}
 _EMBED_BATCH = 64
 
 
@@ -120,9 +129,32 @@ def _embed(embedder: object, images: Sequence[object]) -> torch.Tensor:
                           for s in range(0, len(images), _EMBED_BATCH)])
 
 
-def profile_figures(run: RunDirectory, seeds: int, limit: int, role: Literal["evaluation", "selection"] = "evaluation") -> dict[str, object]:
+def _best_of(scores: dict[str, torch.Tensor], share: torch.Tensor, hits: torch.Tensor, tastes: Sequence[str],
+             scorers: Sequence[str], k: int, variant: str) -> dict[str, dict[str, object]]:
+    """Per scorer, the judged figures of the image it ranks first among each user's first ``k``
+    seeds: ``scores`` {scorer: [seeds, U]}, ``share`` [seeds, U] judged shares, ``hits`` [seeds, tastes, U]."""
+    out: dict[str, dict[str, object]] = {}
+    for scorer in scorers:
+        score = scores[scorer][:k]
+        chosen = score.argmax(dim=0)  # [U]
+        picked = share[:k].gather(0, chosen[None]).squeeze(0).numpy()
+        agreement = _agreement(score.T, share[:k].T)
+        out[scorer] = {"image_personalization": round(float(picked.mean()), 4), "image_personalization_ci": _rounded(bootstrap_interval(picked)),
+                       "agreement": round(float(agreement.mean()), 4) if len(agreement) else None,
+                       "agreement_ci": _rounded(bootstrap_interval(agreement)) if len(agreement) > 1 else None,
+                       **{t: round(float(hits[:k, n].gather(0, chosen[None]).float().mean()), 4) for n, t in enumerate(tastes)}}
+        print(f"  best of {k} {variant} by {scorer}: {out[scorer]['image_personalization']} "
+              f"(agrees with the judge on {out[scorer]['agreement']} of pairs; "
+              + ", ".join(f"{t} {out[scorer][t]}" for t in tastes) + ")", flush=True)
+    return out
+
+
+def profile_figures(run: RunDirectory, seeds: int, limit: int,
+                    role: Literal["evaluation", "selection", "training"] = "evaluation",
+                    best_of: Sequence[int] = ()) -> dict[str, object]:
     """This benchmark's figures for one run (see the module docstring), at ``seeds`` seeds for at most
-    ``limit`` (0: all) of the data stage's ``role`` users ("evaluation" or "selection")."""
+    ``limit`` (0: all) of the data stage's ``role`` users; the best of each user's first ``k`` seeds
+    too for each ``k`` of ``best_of`` (``best_of_first``)."""
     inputs = load_generation_inputs(run, tastes_for="benchmarks/image_seeds.py")
     data, split, zoo, tokens, generator = inputs.data, inputs.split, inputs.zoo, inputs.tokens, inputs.generator
     judge = visual_taste_judge(data, zoo)
@@ -201,28 +233,28 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int, role: Literal["ev
     items = encode_items(data, FeatureEncoderSpec("visual", "pixels"), features.cache_dir or None)
     known = items.mask.nonzero().flatten()
     pixel_map = fit_linear_map(items.values[known], preferences.item_embeddings["visual"][known].float(), ridge=reward.map_ridge)  # [256, d]
+    projection = load_preference_state(run).model.item_projections["visual"].requires_grad_(False)  # features [*, 256] -> [*, d]
     for name, scorers in SCORERS.items():
         content = torch.stack([_embed(embedder, batch) for batch in images[name]])  # [seeds, U, d_c]
         pixels = torch.stack([pixel_vectors(batch) for batch in images[name]])  # [seeds, U, 256], unit
+        raw_pixels = torch.stack([torch.from_numpy(np.stack([pixel_features(rgb_array(i, PIXEL_SIZE)) for i in batch]))
+                                  for batch in images[name]])  # [seeds, U, 256], as the preference stage encodes items
+        with torch.no_grad():
+            prompts = embedder.embed_texts([g.image_prompt for g in generations[name]])  # [U, d_c], unit
         scores = {
             "first": -torch.arange(seeds, dtype=torch.float32)[:, None].expand(seeds, len(users)),
             "oracle": share[name],
             "history_clip": torch.stack([references.user_similarities("history", "clip", content[k]) for k in range(seeds)]).nan_to_num(0.0),
             "personalization": torch.stack([personalization(content[k], user_vectors) for k in range(seeds)]),
             "personalization_pixels": torch.nn.functional.cosine_similarity(pixels @ pixel_map, user_vectors[None], dim=-1),
+            "recommender": torch.nn.functional.cosine_similarity(projection(raw_pixels.float()), user_vectors[None], dim=-1),
+            "prompt": (content * prompts[None]).sum(dim=-1),
             "history_pixels": torch.stack([references.user_similarities("history", "pixels", pixels[k]) for k in range(seeds)]).nan_to_num(0.0),
         }
-        out = figures["best_of_seeds"][name] = {}
-        for scorer in scorers:
-            score = scores[scorer]
-            chosen = score.argmax(dim=0)  # [U]
-            picked = share[name].gather(0, chosen[None]).squeeze(0).numpy()
-            agreement = _agreement(score.T, share[name].T)
-            out[scorer] = {"image_personalization": round(float(picked.mean()), 4), "image_personalization_ci": _rounded(bootstrap_interval(picked)),
-                           "agreement": round(float(agreement.mean()), 4) if len(agreement) else None,
-                           "agreement_ci": _rounded(bootstrap_interval(agreement)) if len(agreement) > 1 else None}
-            print(f"  best of {seeds} {name} by {scorer}: {out[scorer]['image_personalization']} "
-                  f"(agrees with the judge on {out[scorer]['agreement']} of pairs)", flush=True)
+        figures["best_of_seeds"][name] = _best_of(scores, share[name], hits[name], tastes, scorers, seeds, name)
+        for k in best_of:
+            figures.setdefault("best_of_first", {}).setdefault(str(k), {})[name] = _best_of(scores, share[name], hits[name], tastes,
+                                                                                         scorers, k, name)
     return figures
 
 
@@ -232,16 +264,22 @@ def main() -> None:
                         help="the runs to judge, named (default: default and sparse, the runs benchmarks/generation.py built)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per user's image (at least 2)")
     parser.add_argument("--users", type=int, default=200, help="at most this many users of --role (0: all)")
-    parser.add_argument("--role", choices=("evaluation", "selection"), default="evaluation",
-                        help="whose images: the data stage's evaluation users, or its selection users (to choose settings on)")
+    parser.add_argument("--role", choices=("evaluation", "selection", "training"), default="evaluation",
+                        help="whose images: the data stage's evaluation users, its selection users (to choose settings on), "
+                             "or its training users (more users, to compare scorers on)")
+    parser.add_argument("--best-of", type=int, nargs="*", default=[], metavar="K",
+                        help="also choose among each user's first K seeds only, for each K (2 <= K < --seeds)")
     args = parse_args_with_check(parser, TARGETS)
+    if any(not 2 <= k < args.seeds for k in args.best_of):
+        parser.error(f"--best-of values must be at least 2 and below --seeds ({args.seeds}), got {args.best_of}")
     if args.seeds < 2:
         parser.error("--seeds must be at least 2: one seed is what benchmarks/generation.py judges")
     if args.runs and any("=" not in item for item in args.runs):
         parser.error(f"--runs takes PROFILE=RUN pairs (e.g. sparse=runs/bench-generation-sparse), got {args.runs}")
     named = dict(item.split("=", 1) for item in args.runs) if args.runs else {p: str(_benchmark_run(p)) for p in ("default", "sparse")}
     started = time.perf_counter()
-    profiles = {profile: profile_figures(RunDirectory(Path(path)), args.seeds, args.users, args.role) for profile, path in named.items()}
+    profiles = {profile: profile_figures(RunDirectory(Path(path)), args.seeds, args.users, args.role, args.best_of)
+                for profile, path in named.items()}
     print_result({"seeds": args.seeds, "profiles": profiles, "minutes": round((time.perf_counter() - started) / 60, 2),
                   "torch_threads": torch.get_num_threads()}, TARGETS, args.check)
 

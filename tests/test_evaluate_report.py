@@ -189,7 +189,7 @@ def test_image_seed_benchmark_starts_from_the_evaluated_image_and_bounds_every_c
     bench = benchmark_module("image_seeds")
     # As many seeds as the reward stage's candidates (reward.image.candidates' default, 4), so that the
     # best-of choices below are the ones `pmg evaluate` made.
-    figures = bench.profile_figures(RunDirectory(tiny_run), seeds=4, limit=4)
+    figures = bench.profile_figures(RunDirectory(tiny_run), seeds=4, limit=4, best_of=[2])
     table = _table(tiny_run)
     assert figures["n_users"] == 4 and figures["tastes"] == ["colour", "pattern"]
     for variant in ("tokens_reward", "keywords", "keywords_tuned"):
@@ -209,7 +209,13 @@ def test_image_seed_benchmark_starts_from_the_evaluated_image_and_bounds_every_c
         assert all(c["image_personalization"] <= chosen["oracle"]["image_personalization"] + 1e-9 for c in chosen.values())
         assert chosen["oracle"]["image_personalization"] >= max(figures["variants"][variant]["per_seed"]) - 1e-9
         assert chosen["oracle"]["agreement"] in (None, 1.0)
-    assert {"personalization", "personalization_pixels", "history_pixels"} <= set(figures["best_of_seeds"]["tokens_reward"])
+    assert {"personalization", "personalization_pixels", "recommender", "prompt", "history_pixels"} <= set(figures["best_of_seeds"]["tokens_reward"])
+    for variant, two in figures["best_of_first"]["2"].items():  # the best of each user's first 2 seeds
+        assert two["first"]["image_personalization"] == figures["best_of_seeds"][variant]["first"]["image_personalization"]
+        assert two["oracle"]["image_personalization"] <= figures["best_of_seeds"][variant]["oracle"]["image_personalization"] + 1e-9
+        assert two["oracle"]["image_personalization"] >= max(figures["variants"][variant]["per_seed"][:2]) - 1e-9
+    for chosen in figures["best_of_seeds"]["tokens_reward"].values():  # each taste's rate in the chosen images
+        assert chosen["image_personalization"] == pytest.approx((chosen["colour"] + chosen["pattern"]) / 2, abs=1e-3)
     # The evaluation's default image is the best of the 4 seeds by the reward's personalization term, and its
     # equal-cost words baseline the tuned keyword variant's best by the user's history images.
     chosen = figures["best_of_seeds"]
@@ -422,8 +428,8 @@ def test_report_is_one_self_contained_page_with_the_table_images_and_plots(tiny_
     out = tiny_run / "report"
     page = (out / "report.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["evaluation_generation.png", "evaluation_quantizer.png", "evaluation_recommendation.png",
-                    "training_curves.png"]
+    assert pngs == ["evaluation_generation.png", "evaluation_headline.png", "evaluation_quantizer.png",
+                    "evaluation_recommendation.png", "training_curves.png"]
     for name in pngs:
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 200
@@ -431,8 +437,8 @@ def test_report_is_one_self_contained_page_with_the_table_images_and_plots(tiny_
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/") for s in sources)
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
-    # 4 plots + 2 users × (3 history thumbnails + 7 variants' images).
-    assert len(sources) == 4 + 2 * (3 + len(VARIANTS))
+    # 5 plots + 2 users × (3 history thumbnails + the variants' images).
+    assert len(sources) == 5 + 2 * (3 + len(VARIANTS))
     plot = base64.b64decode(sources[0].split(",", 1)[1])
     with Image.open(io.BytesIO(plot)) as image:
         assert image.format == "PNG"
@@ -543,6 +549,27 @@ def test_config_errors_name_the_key() -> None:
         load_config(EvaluateConfig, overrides=["recommendation.lightgcn.max_epochs=0"])
     with pytest.raises(ConfigError, match="num_user"):
         load_config(ReportConfig, overrides=["num_user=3"])
+    with pytest.raises(ConfigError, match="section/metric"):
+        load_config(ReportConfig, overrides=["headline=[joint]"])
+
+
+def test_headline_chart_holds_the_named_rows_in_order_and_names_a_misspelt_one(tiny_run: Path) -> None:
+    from pmg.evaluate.stage import load_evaluation
+    from pmg.report.plots import headline_section
+
+    table, _ = load_evaluation(RunDirectory(tiny_run))
+    generation = table.section("generation")
+    chosen = headline_section(table, ["generation/joint", "recommendation/recall@20", "generation/image_personalization"])
+    assert chosen is not None and [row.metric for row in chosen.rows] == ["joint", "recall@20", "image_personalization"]
+    assert chosen.columns == generation.columns  # the first named section's columns
+    joint = next(row for row in generation.rows if row.metric == "joint")
+    assert chosen.rows[0].cells == joint.cells and chosen.rows[0].label == joint.label
+    # The recommendation's row is read under the headline's columns; the variants it has no figure for are missing.
+    assert set(chosen.rows[1].cells) == set(generation.columns)
+    assert all(chosen.rows[1].cells[c].value is None for c in generation.columns if c not in table.section("recommendation").columns)
+    assert headline_section(table, ["nosuch/joint"]) is None  # a run without that section draws no headline chart
+    with pytest.raises(ValueError, match="generation/jiont.*generation/joint"):
+        headline_section(table, ["generation/jiont"])
 
 
 # Debian names its package's binary chromium, Ubuntu's chromium-browser; both under /usr/bin when installed.

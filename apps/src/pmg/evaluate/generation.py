@@ -445,14 +445,14 @@ def generation_section(data: InteractionData, split: Split, users: list[int],
                                                   joint_text_attribute, future, item_vectors, references, favourites)
         columns[variant] = cells
     rows = [(f"image_{a}_accuracy", f"image shows the user's {a}", (0.0, 1.0)) for a in visual]
-    rows.append(("image_personalization", "image personalization (mean of the above)" if visual else "image personalization",
+    rows.append(("image_personalization", f"image personalization (mean of {', '.join(visual)})" if visual else "image personalization",
                  (0.0, 1.0)))
     for a in favourites:
         rows += [(f"image_favourite_{a}", f"image shows one of the user's favourite {a} (top {FAVOURITE_COUNT} of their "
                                           "future items)", (0.0, 1.0)),
                  (f"image_favourite_{a}_shuffled", f"baseline: image shows one of another evaluated user's favourite {a}", (0.0, 1.0))]
     rows += [(f"text_{a}_accuracy", f"text names the user's {a}", (0.0, 1.0)) for a in textual]
-    rows.append(("text_personalization", "text personalization (mean of the above)" if textual else "text personalization",
+    rows.append(("text_personalization", f"text personalization (mean of {', '.join(textual)})" if textual else "text personalization",
                  (0.0, 1.0)))
     rows += [("consistency", f"image–text consistency ({consistency_attribute})", (0.0, 1.0)),
              ("joint", f"joint: image shows the user's {consistency_attribute}, text names the user's {joint_text_attribute}, "

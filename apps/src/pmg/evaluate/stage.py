@@ -115,14 +115,13 @@ def load_generation_inputs(run: RunDirectory, *, tastes_for: str | None) -> Gene
 
 
 def evaluation_users(run: RunDirectory, data: InteractionData, tokens: UserTokens, limit: int,
-                     role: Literal["evaluation", "selection"] = "evaluation") -> list[int]:
+                     role: Literal["evaluation", "selection", "training"] = "evaluation") -> list[int]:
     """At most ``limit`` (0: all) of the data stage's evaluation users (``role="selection"``: its
-    selection users, whom settings may be chosen on) that have tokens, in index order (the roles are
-    a seeded random draw, so the first ``limit`` are a random sample of them)."""
+    selection users, whom settings may be chosen on; ``"training"``: those the stages trained on)
+    that have tokens, in index order (the roles are a seeded random draw, so the first ``limit``
+    are a random sample of them)."""
     with_tokens = set(tokens.user_ids)
-    roles = load_user_roles(run, data)
-    chosen = {"evaluation": roles.evaluation, "selection": roles.selection}[role]
-    users = [int(u) for u in chosen if data.user_ids[u] in with_tokens]
+    users = [int(u) for u in load_user_roles(run, data).of(role) if data.user_ids[u] in with_tokens]
     return users[:limit] if limit > 0 else users
 
 

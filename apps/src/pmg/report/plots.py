@@ -1,5 +1,7 @@
 """The report's PNG plots (matplotlib, Agg backend: no display needed).
 
+- ``evaluation_headline.png``: the same chart for the rows ``ReportConfig.headline`` names (a
+  short one, of the figures read first), when the table has any of them;
 - ``evaluation_<section>.png``: one bar chart per section of the evaluation table, a group of
   bars per metric, one bar per column (a missing cell is marked "n/a");
 - ``training_curves.png``: one panel per (stage, TensorBoard tag) chosen by ``ReportConfig.curves``,
@@ -9,7 +11,8 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from matplotlib.patches import Patch
 
 from pmg.evaluate.table import EvaluationTable, Section
 
-__all__ = ["Curve", "evaluation_plots", "read_curves", "training_curves_plot"]
+__all__ = ["Curve", "evaluation_plots", "headline_section", "read_curves", "training_curves_plot"]
 
 
 def _pyplot():
@@ -113,14 +116,15 @@ def _section_plot(section: Section, labels: Mapping[str, str], path: Path, dpi: 
         missing = all(v is None for v in values)
         handles.append(Patch(color=colour, label=labels.get(column, column) + (" (n/a)" if missing else "")))
     axis.set_yticks(range(len(rows)))
-    axis.set_yticklabels([row.label for row in rows], fontsize=8)
+    axis.set_yticklabels([textwrap.fill(row.label, 48) for row in rows], fontsize=8)
     axis.invert_yaxis()  # the first row on top, as in the table
     # A row with a wide range (the colour FID's is [0, 4]) would squeeze the [0, 1] rows: the axis
     # stops at the largest figure drawn (or 1) when that is below the widest range.
     drawn = [end for row in rows for cell in row.cells.values() if cell.value is not None
              for end in (cell.value, *(cell.interval or ()))]
     high = max(row.range[1] for row in rows)
-    axis.set_xlim(min(min(row.range[0] for row in rows), 0.0), min(high, max([1.0, *(1.1 * end for end in drawn)])))
+    # 8% beyond the end leaves room for the value printed after a full bar.
+    axis.set_xlim(min(min(row.range[0] for row in rows), 0.0), 1.08 * min(high, max([1.0, *(1.1 * end for end in drawn)])))
     axis.axvline(0.0, color="black", linewidth=0.6)
     axis.set_title(section.title)
     axis.grid(axis="x", alpha=0.3)
@@ -130,9 +134,39 @@ def _section_plot(section: Section, labels: Mapping[str, str], path: Path, dpi: 
     plt.close(figure)
 
 
-def evaluation_plots(table: EvaluationTable, folder: Path, labels: Mapping[str, str], dpi: int) -> list[tuple[str, str]]:
-    """One bar chart per section with rows into ``folder``; [(section title, file name)] in table order."""
+def headline_section(table: EvaluationTable, names: Sequence[str]) -> Section | None:
+    """The rows ``names`` (``section/metric``) of ``table`` as one section, in that order, with the
+    columns of the first named section present; None when no named section is in the table (a run
+    without that evaluation). ``ValueError`` naming the metrics there are for a metric a present
+    section lacks (a misspelt name)."""
+    sections = {section.name: section for section in table.sections}
+    rows = []
+    for name in names:
+        section_name, metric = name.split("/", 1)
+        if section_name not in sections:
+            continue
+        found = [row for row in sections[section_name].rows if row.metric == metric]
+        if not found:
+            known = ", ".join(f"{section_name}/{row.metric}" for row in sections[section_name].rows)
+            raise ValueError(f"report.headline names {name!r}, which the evaluation does not have; it has {known}")
+        rows.append((sections[section_name], found[0]))
+    if not rows:
+        return None
+    headline = Section("headline", "Headline figures", list(rows[0][0].columns))
+    for _, row in rows:
+        headline.add(row.metric, row.label, row.range, row.cells)
+    return headline
+
+
+def evaluation_plots(table: EvaluationTable, folder: Path, labels: Mapping[str, str], dpi: int,
+                     headline: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The chart of the ``headline`` rows (:func:`headline_section`), then one bar chart per section
+    with rows, into ``folder``; [(title, file name)] in that order."""
     written = []
+    chosen = headline_section(table, headline)
+    if chosen is not None:
+        _section_plot(chosen, labels, folder / "evaluation_headline.png", dpi)
+        written.append((chosen.title, "evaluation_headline.png"))
     for section in table.sections:
         if not section.rows:
             continue

@@ -7,6 +7,7 @@ logs. Artifacts in ``<run>/report/`` (the folder is replaced in one rename when 
 
     report.html                 the page: evaluation tables, plots, and per user the history thumbnails,
                                 tokens, every variant's image and texts and the judge's verdict
+    evaluation_headline.png     a short chart of the rows report.headline names
     evaluation_<section>.png    a bar chart per section of the evaluation table
     training_curves.png         the stages' training curves (``report.curves``)
     config.yaml, metrics.json   the stage's config; counts of users, plots and embedded images
@@ -65,7 +66,8 @@ def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, for
     curves = read_curves(run.root, config.curves)
     out = run.root / "report"
     with atomic_directory(out) as tmp:
-        plots = [(f"Evaluation: {title}", tmp / name) for title, name in evaluation_plots(table, tmp, VARIANT_LABELS, config.dpi)]
+        plots = [(f"Evaluation: {title}", tmp / name) for title, name in evaluation_plots(table, tmp, VARIANT_LABELS, config.dpi,
+                                                                                              config.headline)]
         if training_curves_plot(curves, tmp / "training_curves.png", config.dpi):
             plots.append(("Training curves (TensorBoard logs of the stages)", tmp / "training_curves.png"))
         summary = [f"run directory: {run.root.resolve()}",
