@@ -63,6 +63,36 @@ def test_one_candidate_is_the_plain_draw_and_ties_keep_the_first() -> None:
         ImageChoice(0, lambda images, users: torch.zeros(len(images)))
 
 
+def test_a_cold_start_user_keeps_its_one_draw_and_costs_no_candidates() -> None:
+    config, data, painter = GeneratorConfig(), _data(2), SeedPainter()
+    users: list[int | None] = [0, None, 1]
+    seen: list[list[int | None]] = []
+
+    def brightest(images: list[Image.Image], users: list[int | None]) -> torch.Tensor:
+        seen.append(list(users))
+        return torch.tensor([float(_grey(image)) for image in images])
+
+    offsets = torch.arange(3.0)[:, None].expand(3, 4)  # [B, C]: each row names its user's place in the batch
+    received: list[torch.Tensor] = []
+
+    class OffsetPainter(SeedPainter):
+        def generate(self, prompts: list[str], *, seed: list[int], latent_offsets: torch.Tensor | None = None,
+                     **rest: object) -> list[Image.Image]:
+            received.append(latent_offsets)
+            return super().generate(prompts, seed=seed, **rest)
+
+    painter = OffsetPainter()
+    chosen = ImageChoice(4, brightest).draw(painter, ["a", "b", "c"], config, data, users, latent_offsets=offsets)
+    # Every user's first draw, then three more for the two known users only, with their own offsets.
+    assert painter.calls[0] == [user_seed(config.sample.seed, data, u) for u in users]
+    assert painter.calls[1:] == [[user_seed(config.sample.seed + k, data, u) for u in (0, 1)] for k in range(1, 4)]
+    assert all(torch.equal(r, offsets[[0, 2]]) for r in received[1:])
+    assert seen == [[0, 1]] * 4  # the scorer never sees the cold-start user
+    assert _grey(chosen[1]) == user_seed(config.sample.seed, data, None) % 251
+    for image, user in ((chosen[0], 0), (chosen[2], 1)):
+        assert _grey(image) == max(user_seed(config.sample.seed + k, data, user) % 251 for k in range(4))
+
+
 def test_generate_for_users_passes_the_users_to_the_scorer_and_keeps_each_its_own_choice() -> None:
     data, _ = generate_catalog(CatalogConfig(seed=0, num_users=6, num_items=40, image_size=16))
     config, painter = GeneratorConfig(), SeedPainter()

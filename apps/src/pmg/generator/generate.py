@@ -86,15 +86,26 @@ class ImageChoice:
     def draw(self, image_adapter: ImagePreferenceAdapter, prompts: Sequence[str], config: GeneratorConfig,
              data: InteractionData, users: Sequence[int | None], *, soft_prompt: Sequence[torch.Tensor] | None = None,
              latent_offsets: torch.Tensor | None = None) -> list[Any]:
-        """One image (PIL) per prompt, user ``users[b]``'s: the best scored of its candidates."""
-        drawn = [generate_images(image_adapter, prompts, config, [user_seed(config.sample.seed + k, data, u) for u in users],
-                                 soft_prompt=soft_prompt, latent_offsets=latent_offsets)
-                 for k in range(self.candidates)]
-        if self.candidates == 1:
-            return drawn[0]
-        scores = torch.stack([self.scorer(images, users).float() for images in drawn])  # [K, B]
-        best = scores.argmax(dim=0).tolist()  # the first of tied candidates
-        return [drawn[k][b] for b, k in enumerate(best)]
+        """One image (PIL) per prompt, user ``users[b]``'s: the best scored of its candidates. A cold-start
+        user (None) has nothing to be scored against, so it keeps its first draw and no more are drawn."""
+        first = generate_images(image_adapter, prompts, config, [user_seed(config.sample.seed, data, u) for u in users],
+                                soft_prompt=soft_prompt, latent_offsets=latent_offsets)
+        known = [b for b, u in enumerate(users) if u is not None]
+        if self.candidates == 1 or not known:
+            return first
+        rows = torch.as_tensor(known)
+        known_users = [users[b] for b in known]
+        drawn = [[first[b] for b in known]] + [
+            generate_images(image_adapter, [prompts[b] for b in known], config,
+                            [user_seed(config.sample.seed + k, data, u) for u in known_users],
+                            soft_prompt=None if soft_prompt is None else [t[rows] for t in soft_prompt],
+                            latent_offsets=None if latent_offsets is None else latent_offsets[rows])
+            for k in range(1, self.candidates)]
+        scores = torch.stack([self.scorer(images, known_users).float() for images in drawn])  # [K, known]
+        chosen = list(first)
+        for n, k in enumerate(scores.argmax(dim=0).tolist()):  # the first of tied candidates
+            chosen[known[n]] = drawn[k][n]
+        return chosen
 
 
 def user_seed(seed: int, data: InteractionData, user: int | None) -> int:
