@@ -512,8 +512,13 @@ def test_a_failing_evaluation_or_report_leaves_the_previous_outputs(tiny_run: Pa
              and p.name != "stage.json"}
     assert after == evaluation
 
-    monkeypatch.setattr(pmg.report.page, "_card", broken)
     (run_path / "evaluate" / "stage.json").write_text(json.dumps({"fingerprint": "x", "summary": "restored"}))
+    # A headline row the evaluation lacks is refused before the earlier report is cleared, record included.
+    with pytest.raises(ValueError, match="'generation/jiont'"):
+        run_report_stage(load_config(ReportConfig, overrides=["headline=[generation/jiont]"]), run, "x", True)
+    assert run.record("report") is not None and (run_path / "report" / "report.html").read_bytes() == report
+
+    monkeypatch.setattr(pmg.report.page, "_card", broken)
     with pytest.raises(RuntimeError, match="judge crashed"):
         run_report_stage(load_config(ReportConfig), run, "x", True)
     assert (run_path / "report" / "report.html").read_bytes() == report

@@ -159,14 +159,13 @@ def headline_section(table: EvaluationTable, names: Sequence[str]) -> Section | 
 
 
 def evaluation_plots(table: EvaluationTable, folder: Path, labels: Mapping[str, str], dpi: int,
-                     headline: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """The chart of the ``headline`` rows (:func:`headline_section`), then one bar chart per section
+                     headline: Section | None = None) -> list[tuple[str, str]]:
+    """The chart of ``headline`` (:func:`headline_section`) when given, then one bar chart per section
     with rows, into ``folder``; [(title, file name)] in that order."""
     written = []
-    chosen = headline_section(table, headline)
-    if chosen is not None:
-        _section_plot(chosen, labels, folder / "evaluation_headline.png", dpi)
-        written.append((chosen.title, "evaluation_headline.png"))
+    if headline is not None:
+        _section_plot(headline, labels, folder / "evaluation_headline.png", dpi)
+        written.append((headline.title, "evaluation_headline.png"))
     for section in table.sections:
         if not section.rows:
             continue

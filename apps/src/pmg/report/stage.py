@@ -27,7 +27,7 @@ from pmg.evaluate.generation import VARIANT_LABELS, VARIANTS
 from pmg.evaluate.stage import UPSTREAM_STAGES, load_evaluation, require_stages
 from pmg.report.config import ReportConfig
 from pmg.report.page import HistoryItem, UserCard, render_page
-from pmg.report.plots import evaluation_plots, read_curves, training_curves_plot
+from pmg.report.plots import evaluation_plots, headline_section, read_curves, training_curves_plot
 from pmg.runs import RunDirectory, stage_fingerprint
 from pmg.stages import Stage, StageResult, complete_stage, reuse_or_clear, write_stage_record
 
@@ -54,9 +54,10 @@ def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, for
     # Checked before anything is cleared: a bad config or a missing stage loses no earlier report.
     config.validate()
     require_stages(run, (*UPSTREAM_STAGES, "evaluate"))
+    table, record = load_evaluation(run)
+    headline = headline_section(table, config.headline)  # a misspelt row fails here, before the earlier report is cleared
     if (reused := reuse_or_clear(run, "report", stage_fp, force)) is not None:
         return reused
-    table, record = load_evaluation(run)
     data, split = load_prepared(run)
     index = data.user_index()
     cards = []
@@ -67,7 +68,7 @@ def run_report_stage(config: ReportConfig, run: RunDirectory, upstream: str, for
     out = run.root / "report"
     with atomic_directory(out) as tmp:
         plots = [(f"Evaluation: {title}", tmp / name) for title, name in evaluation_plots(table, tmp, VARIANT_LABELS, config.dpi,
-                                                                                              config.headline)]
+                                                                                              headline)]
         if training_curves_plot(curves, tmp / "training_curves.png", config.dpi):
             plots.append(("Training curves (TensorBoard logs of the stages)", tmp / "training_curves.png"))
         summary = [f"run directory: {run.root.resolve()}",
