@@ -635,7 +635,7 @@ def test_report_renders_in_headless_chromium_with_every_image_and_table(tiny_run
         with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
             image.load()
             sizes.append([*image.size])
-    assert len(sizes) == 4 + 2 * (3 + len(VARIANTS))
+    assert len(sizes) == 5 + 2 * (3 + len(VARIANTS))  # the headline chart, 3 section charts and the curves
 
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", f"{PROBE}</body>"))
