@@ -68,7 +68,7 @@ import torch
 
 from pmg.benchmark_targets import Targets, parse_args_with_check, print_result
 from pmg.config import load_config
-from pmg.evaluate.field_metrics import FieldReferences, pixel_vectors
+from pmg.evaluate.field_metrics import FieldReferences
 from pmg.evaluate.generation import history_items, image_tensor, item_embeddings
 from pmg.evaluate.intervals import bootstrap_interval
 from pmg.evaluate.stage import (
@@ -236,9 +236,9 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int,
     projection = load_preference_state(run).model.item_projections["visual"].requires_grad_(False)  # features [*, 256] -> [*, d]
     for name, scorers in SCORERS.items():
         content = torch.stack([_embed(embedder, batch) for batch in images[name]])  # [seeds, U, d_c]
-        pixels = torch.stack([pixel_vectors(batch) for batch in images[name]])  # [seeds, U, 256], unit
         raw_pixels = torch.stack([torch.from_numpy(np.stack([pixel_features(rgb_array(i, PIXEL_SIZE)) for i in batch]))
-                                  for batch in images[name]])  # [seeds, U, 256], as the preference stage encodes items
+                                  for batch in images[name]]).float()  # [seeds, U, 256], as the preference stage encodes items
+        pixels = torch.nn.functional.normalize(raw_pixels, dim=-1)  # the evaluation's unit pixel vectors (field_metrics.pixel_vectors)
         with torch.no_grad():
             prompts = embedder.embed_texts([g.image_prompt for g in generations[name]])  # [U, d_c], unit
         scores = {
@@ -247,7 +247,7 @@ def profile_figures(run: RunDirectory, seeds: int, limit: int,
             "history_clip": torch.stack([references.user_similarities("history", "clip", content[k]) for k in range(seeds)]).nan_to_num(0.0),
             "personalization": torch.stack([personalization(content[k], user_vectors) for k in range(seeds)]),
             "personalization_pixels": torch.nn.functional.cosine_similarity(pixels @ pixel_map, user_vectors[None], dim=-1),
-            "recommender": torch.nn.functional.cosine_similarity(projection(raw_pixels.float()), user_vectors[None], dim=-1),
+            "recommender": torch.nn.functional.cosine_similarity(projection(raw_pixels), user_vectors[None], dim=-1),
             "prompt": (content * prompts[None]).sum(dim=-1),
             "history_pixels": torch.stack([references.user_similarities("history", "pixels", pixels[k]) for k in range(seeds)]).nan_to_num(0.0),
         }
