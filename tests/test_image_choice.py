@@ -64,7 +64,7 @@ def test_one_candidate_is_the_plain_draw_and_ties_keep_the_first() -> None:
 
 
 def test_a_cold_start_user_keeps_its_one_draw_and_costs_no_candidates() -> None:
-    config, data, painter = GeneratorConfig(), _data(2), SeedPainter()
+    config, data = GeneratorConfig(), _data(2)
     users: list[int | None] = [0, None, 1]
     seen: list[list[int | None]] = []
 
@@ -86,7 +86,7 @@ def test_a_cold_start_user_keeps_its_one_draw_and_costs_no_candidates() -> None:
     # Every user's first draw, then three more for the two known users only, with their own offsets.
     assert painter.calls[0] == [user_seed(config.sample.seed, data, u) for u in users]
     assert painter.calls[1:] == [[user_seed(config.sample.seed + k, data, u) for u in (0, 1)] for k in range(1, 4)]
-    assert all(torch.equal(r, offsets[[0, 2]]) for r in received[1:])
+    assert torch.equal(received[0], offsets) and all(torch.equal(r, offsets[[0, 2]]) for r in received[1:])
     assert seen == [[0, 1]] * 4  # the scorer never sees the cold-start user
     assert _grey(chosen[1]) == user_seed(config.sample.seed, data, None) % 251
     for image, user in ((chosen[0], 0), (chosen[2], 1)):
